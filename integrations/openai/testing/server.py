@@ -1,0 +1,311 @@
+"""HTTP side of the fake: a standard-library threading server, request parsing and admin routes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import zlib
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from . import routes
+from .state import FakeError, FakeState, Fault, RecordedRequest
+
+ADMIN_PREFIX = "/_fake/"
+
+
+def _png_1x1() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    pixels = zlib.compress(b"\x00\x10\xa3\x7f")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+            + chunk(b"IEND", b""))
+
+
+PNG = _png_1x1()
+
+
+def parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
+    """Form fields by name: plain fields as ``str``, file fields as ``(filename, bytes)``."""
+    message = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode("latin-1") + body)
+    if not message.is_multipart():
+        raise FakeError(400, "Could not parse the multipart body.")
+    form: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            continue
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None:
+            form[str(name)] = (filename, payload)
+        else:
+            form[str(name)] = payload.decode("utf-8", "replace")
+    return form
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeOpenAI/1.0"
+    timeout = 60
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Small JSON answers must not wait on Nagle/delayed-ACK (about 40 ms per request).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        if isinstance(payload, bytes):
+            data, ctype = payload, "application/octet-stream"
+        else:
+            data, ctype = json.dumps(payload).encode("utf-8"), "application/json"
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("x-request-id", f"req_fake_{id(self):x}")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_error(self, err: FakeError, headers: dict[str, str] | None = None) -> None:
+        self._send(err.status, err.body(), headers)
+
+    def _handle(self) -> None:
+        fake: FakeOpenAI = self.server.fake
+        split = urlsplit(self.path)
+        path = split.path.rstrip("/") or "/"
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+        method = self.command
+        raw = self._read_body()
+        if path.startswith(ADMIN_PREFIX):
+            self._admin(fake, method, path, raw)
+            return
+        route, handler, params = routes.match(method, path)
+        body: Any = None
+        form: dict[str, Any] = {}
+        parse_error: FakeError | None = None
+        ctype = self.headers.get("Content-Type", "")
+        try:
+            if ctype.lower().startswith("multipart/form-data"):
+                form = parse_multipart(ctype, raw)
+            elif raw.strip():
+                body = json.loads(raw)
+        except (ValueError, FakeError) as exc:
+            parse_error = exc if isinstance(exc, FakeError) else FakeError(
+                400, f"We could not parse the JSON body of your request: {exc}")
+        headers = {k: v for k, v in self.headers.items()}
+        recorded = body if body is not None else (
+            {k: v for k, v in form.items() if isinstance(v, str)} or None)
+        fake.state.record(method, path, route, headers, recorded, query)
+        fault = fake.state.take_fault(route)
+        if fault is not None:
+            self._send_error(fault.error(), fault.headers())
+            return
+        if parse_error is not None:
+            self._send_error(parse_error)
+            return
+        if handler is None:
+            status = 405 if route != f"{method} {path}" else 404
+            self._send_error(FakeError(status, f"Invalid URL ({method} {path})"))
+            return
+        request = routes.Request(fake.state, params, body, query, fake.base_url, form)
+        try:
+            self._send(200, handler(request))
+        except FakeError as err:
+            self._send_error(err)
+        except Exception as exc:  # a bug in the fake: answer 500 rather than hang the client
+            self._send_error(FakeError(500, f"Fake server error: {exc!r}"))
+
+    def _admin(self, fake: FakeOpenAI, method: str, path: str, raw: bytes) -> None:
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except ValueError as exc:
+            self._send_error(FakeError(400, f"Malformed JSON: {exc}"))
+            return
+        if method == "GET" and path == "/_fake/stats":
+            self._send(200, fake.stats())
+        elif method == "POST" and path == "/_fake/faults":
+            try:
+                fake.fail_next(**body)
+            except TypeError as exc:
+                self._send_error(FakeError(400, str(exc)))
+                return
+            self._send(200, {"ok": True, "faults": len(fake.state.faults)})
+        elif method == "POST" and path == "/_fake/reset":
+            fake.reset()
+            self._send(200, {"ok": True})
+        elif method == "POST" and path == "/_fake/hooks":
+            for key in ("next_file_status", "next_run_status", "next_response_status"):
+                if key in body:
+                    setattr(fake, key, body[key])
+            self._send(200, {"ok": True})
+        elif method == "GET" and path.startswith("/_fake/images/"):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(PNG)))
+            self.end_headers()
+            self.wfile.write(PNG)
+        else:
+            self._send_error(FakeError(404, f"Unknown admin endpoint {method} {path}"))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    fake: FakeOpenAI
+
+
+class FakeOpenAI:
+    """A stateful fake of the OpenAI HTTP API served on a loopback port.
+
+    ``run_seconds``/``file_seconds``/``response_seconds`` set how long a run, a file's
+    processing and a background response take to finish."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, run_seconds: float = 0.2,
+                 file_seconds: float = 0.1, response_seconds: float = 0.2) -> None:
+        self.host = host
+        self._requested_port = port
+        self.state = FakeState(run_seconds=run_seconds, file_seconds=file_seconds,
+                               response_seconds=response_seconds)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> FakeOpenAI:
+        if self._server is not None:
+            return self
+        server = _Server((self.host, self._requested_port), Handler)
+        server.fake = self
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"fake-openai-{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def serve_forever(self) -> None:
+        """Block until :meth:`stop` is called from another thread (or a signal handler)."""
+        if self._thread is None:
+            self.start()
+        assert self._thread is not None
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=0.2)
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("FakeOpenAI is not running; call start() first")
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    # -- inspection ----------------------------------------------------------------------------
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self.state.lock:
+            return list(self.state.requests)
+
+    def count(self, route: str | None = None, method: str | None = None) -> int:
+        return self.state.count(route, method)
+
+    def count_by_idempotency_key(self) -> dict[str, int]:
+        return self.state.count_by_idempotency_key()
+
+    def stats(self) -> dict[str, Any]:
+        with self.state.lock:
+            return {"requests": [r.to_dict() for r in self.state.requests],
+                    "by_route": self.state.count_by_route(),
+                    "by_idempotency_key": self.state.count_by_idempotency_key()}
+
+    # -- steering ------------------------------------------------------------------------------
+    def fail_next(self, route: str, status: int = 500, times: int = 1,
+                  retry_after: float | None = None, message: str = "Injected fault", *,
+                  reset_requests: str | None = None, code: str | None = None,
+                  type: str | None = None) -> None:
+        """The next ``times`` requests to ``route`` ("POST /v1/assistants", or a path alone for
+        any method, or "*") answer ``status`` with an OpenAI-shaped error body."""
+        self.state.add_fault(Fault(route, int(status), int(times), retry_after, message,
+                                   reset_requests, code, type))
+
+    def complete_run(self, thread_id: str, run_id: str) -> dict[str, Any]:
+        return self.state.complete_run(thread_id, run_id)
+
+    def set_run_status(self, thread_id: str, run_id: str, status: str,
+                       **fields: Any) -> dict[str, Any]:
+        return self.state.set_run_status(thread_id, run_id, status, **fields)
+
+    def reset(self) -> None:
+        """Forget every object, recorded request, pending fault and hook."""
+        self.state.clear()
+
+    next_file_status = property(
+        lambda self: self.state.next_file_status,
+        lambda self, value: setattr(self.state, "next_file_status", value),
+        doc="Final status ('processed' or 'error') of the next uploaded file.")
+    next_run_status = property(
+        lambda self: self.state.next_run_status,
+        lambda self, value: setattr(self.state, "next_run_status", value),
+        doc="Outcome of the next created run ('failed', 'expired', 'incomplete', ...).")
+    next_response_status = property(
+        lambda self: self.state.next_response_status,
+        lambda self, value: setattr(self.state, "next_response_status", value),
+        doc="Outcome of the next created response ('failed', 'incomplete', ...).")
