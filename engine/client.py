@@ -1,0 +1,96 @@
+"""`Engine`: trigger runs and inspect them from Python (the CLI is built on it)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from types import TracebackType
+from typing import Any
+
+from . import clock, migrate
+from .exceptions import EngineError, UnknownJobError
+from .jobs import check_against_schema, registry
+from .schema import FINAL_RUN_STATUSES
+from .store import DEFAULT_DATABASE_URL, Store
+
+
+def database_url(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("ENGINE_DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+class Engine:
+    """A handle on one engine database: `await Engine(url).trigger("job-id", payload)`."""
+
+    def __init__(self, database_url_: str | None = None) -> None:
+        self.store = Store(database_url(database_url_))
+        self._upgraded = False
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def upgrade(self) -> None:
+        """Brings the schema to head (idempotent)."""
+        if not self._upgraded:
+            await migrate.upgrade(self.store)
+            self._upgraded = True
+
+    async def trigger(
+        self, job_id: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> str:
+        """Queues a run of `job_id` and returns its id; one idempotency key gives one run."""
+        await self.upgrade()
+        job = registry.get(job_id)
+        if job is not None:
+            stored = job.check_payload(payload)
+            await self.store.register_jobs([(job.id, job.version, job.payload_schema())])
+            version = job.version
+        else:
+            found = await self.store.registered_job(job_id)
+            if found is None:
+                raise UnknownJobError(
+                    f"no job {job_id!r} is registered in this database: start a worker with "
+                    "`engine run APP` once, or pass `--app APP` so its jobs are registered"
+                )
+            version, schema = found
+            check_against_schema(job_id, payload, schema)
+            stored = payload
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            raise EngineError("idempotency_key: give a string")
+        run_id, _ = await self.store.create_run(job_id, version, stored, idempotency_key)
+        return run_id
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        return await self.store.get_run(run_id)
+
+    async def list_runs(
+        self, job_id: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        return await self.store.list_runs(job_id, status, limit)
+
+    async def cancel(self, run_id: str) -> str:
+        return await self.store.cancel_run(run_id)
+
+    async def retry(self, run_id: str) -> None:
+        await self.store.retry_run(run_id)
+
+    async def wait_for(self, run_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Polls until the run is COMPLETED, FAILED or CANCELED (for scripts and tests)."""
+        deadline = clock.now() + timeout
+        while True:
+            run = await self.store.get_run(run_id)
+            if run["status"] in FINAL_RUN_STATUSES:
+                return run
+            if clock.now() > deadline:
+                raise EngineError(f"run {run_id} is still {run['status']} after {timeout}s")
+            await asyncio.sleep(0.02)

@@ -1,0 +1,128 @@
+"""Executes one claimed run: replays the job from the top and records how this execution ended.
+
+An execution ends in one of four ways: the job returned (COMPLETED), raised (FAILED), every
+branch parked on a wait (the run is unloaded: WAITING), or the lease was lost (nothing is
+written; the new owner carries on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from . import serialization
+from .context import Context
+from .exceptions import LeaseLost, NotSerializableError, Suspend
+from .io import IO
+from .jobs import Job
+from .replay import Replay
+from .store import ClaimedRun, Store
+
+log = logging.getLogger("engine.executor")
+
+# Loop turns to let ready callbacks run before deciding that every branch is parked.
+_SETTLE_TURNS = 8
+
+
+@dataclass
+class Outcome:
+    status: str  # COMPLETED, FAILED, WAITING, or LOST
+    wake_at: float | None = None
+
+
+class _Namespace:
+    """`io` as a job sees it: the IO calls plus one attribute per integration."""
+
+
+async def execute(
+    store: Store,
+    job: Job,
+    claimed: ClaimedRun,
+    worker_id: str,
+    replays: dict[str, Replay] | None = None,
+) -> Outcome:
+    """Replays `claimed` to its next persisted end; `replays` lets the worker watch it."""
+    replay = await Replay.load(store, claimed.id, claimed.epoch)
+    if replays is not None:
+        replays[claimed.id] = replay
+    io = IO(replay, claimed.id)
+    for name, integration in job.integrations.items():
+        setattr(io, name, integration.bind(io))
+    ctx = Context(claimed.id, job.id, job.version, max(claimed.attempt, 1), worker_id)
+
+    async def run_job() -> Any:
+        return await job.fn(job.load_payload(claimed.payload), io, ctx)
+
+    job_task = asyncio.ensure_future(run_job())
+    try:
+        await _supervise(job_task, replay)
+    except asyncio.CancelledError:
+        job_task.cancel()
+        raise
+    return await _conclude(store, job_task, replay, claimed)
+
+
+async def _supervise(job_task: asyncio.Future[Any], replay: Replay) -> None:
+    """Returns when the job has finished, or has been unloaded because every branch parked."""
+    while not job_task.done():
+        changed = asyncio.ensure_future(replay.changed.wait())
+        await asyncio.wait({job_task, changed}, return_when=asyncio.FIRST_COMPLETED)
+        changed.cancel()
+        replay.changed.clear()
+        if job_task.done() or replay.in_flight:
+            continue
+        if replay.draining:
+            replay.unload()
+            await asyncio.wait({job_task})
+            return
+        if not replay.parked:
+            continue
+        stamp = replay.progress
+        for _ in range(_SETTLE_TURNS):
+            await asyncio.sleep(0)
+        if replay.progress == stamp and not replay.in_flight and replay.parked:
+            replay.unload()
+            await asyncio.wait({job_task})
+
+
+async def _conclude(
+    store: Store, job_task: asyncio.Future[Any], replay: Replay, claimed: ClaimedRun
+) -> Outcome:
+    # The job may have ended (raised past a gather) while other branches still run: let their
+    # steps commit, start no new ones, and release what is parked, before recording the end.
+    if not replay.unloading:
+        replay.unload()
+    while replay.in_flight > 0:
+        replay.changed.clear()
+        await replay.changed.wait()
+    exc = job_task.exception() if not job_task.cancelled() else asyncio.CancelledError()
+    if replay.fatal is not None and not isinstance(exc, LeaseLost):
+        exc = replay.fatal
+    if isinstance(exc, LeaseLost) or replay.lost:
+        return Outcome("LOST")
+    logs = replay.take_logs()
+    if isinstance(exc, Suspend):
+        ok = await store.suspend_run(claimed.id, claimed.epoch, replay.wake_at, logs)
+        return Outcome("WAITING", replay.wake_at) if ok else Outcome("LOST")
+    if exc is None:
+        try:
+            output, output_type = serialization.encode(job_task.result(), "the job's return value")
+        except NotSerializableError as error:
+            exc = error
+        else:
+            ok = await store.finish_run(
+                claimed.id,
+                claimed.epoch,
+                "COMPLETED",
+                output=output,
+                output_type=output_type,
+                logs=logs,
+            )
+            return Outcome("COMPLETED") if ok else Outcome("LOST")
+    log.info("run %s failed: %s: %s", claimed.id, type(exc).__name__, exc)
+    ok = await store.finish_run(
+        claimed.id, claimed.epoch, "FAILED", error=serialization.encode_error(exc), logs=logs
+    )
+    return Outcome("FAILED") if ok else Outcome("LOST")

@@ -1,0 +1,456 @@
+"""`io`: everything a job does durably. Each call is a task in the log, found again on replay.
+
+A step is: look up the recorded task (by parent path and key) -> return or raise what was
+recorded, or run it -> commit the outcome before returning. Waits park the branch that reached
+them; the executor unloads the run once every branch is parked or finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from . import clock, pollers, serialization
+from .exceptions import (
+    DivergenceError,
+    EngineError,
+    LeaseLost,
+    NotSerializableError,
+    TaskTimeoutError,
+)
+from .replay import Replay, current_path
+from .retry import NO_RETRY, RetryPolicy, is_retryable
+from .store import TaskRow, TaskWrite
+
+T = TypeVar("T")
+
+Encoder = Callable[[Any], tuple[Any, str | None]]
+Decoder = Callable[[Any, str | None], Any]
+
+_log = logging.getLogger("engine.job")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a task function receives: who it is and which attempt this is."""
+
+    run_id: str
+    key: str
+    name: str
+    path: tuple[str, ...]
+    attempt: int
+    params: Any
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across attempts and crashes: give it to APIs that deduplicate requests."""
+        return f"{self.run_id}:{'/'.join(self.path)}"
+
+
+class Logger:
+    """`io.logger`: lines recorded in the task log once, never again on replay."""
+
+    def __init__(self, replay: Replay, run_id: str) -> None:
+        self._replay = replay
+        self._run_id = run_id
+
+    def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
+        try:
+            serialization.check_params(fields, f"io.logger.{level.lower()}({message!r})")
+        except NotSerializableError:
+            fields = {k: repr(v) for k, v in fields.items()}
+        if self._replay.log(level, str(message), fields or None):
+            _log.log(getattr(logging, level), "[%s] %s %s", self._run_id, message, fields or "")
+
+    def debug(self, message: str, **fields: Any) -> None:
+        self._emit("DEBUG", message, fields)
+
+    def info(self, message: str, **fields: Any) -> None:
+        self._emit("INFO", message, fields)
+
+    def warn(self, message: str, **fields: Any) -> None:
+        self._emit("WARNING", message, fields)
+
+    warning = warn
+
+    def error(self, message: str, **fields: Any) -> None:
+        self._emit("ERROR", message, fields)
+
+
+def _return_annotation(fn: Callable[..., Any]) -> Any:
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        return None
+    annotation = hints.get("return")
+    return None if annotation in (None, Any, type(None)) else annotation
+
+
+class IO:
+    """The durable calls a job makes. One IO per execution of a run."""
+
+    def __init__(self, replay: Replay, run_id: str) -> None:
+        self._replay = replay
+        self.run_id = run_id
+        self.logger = Logger(replay, run_id)
+
+    # -- public calls --------------------------------------------------------------------------
+
+    async def run_task(
+        self,
+        key: str,
+        fn: Callable[[Task], Awaitable[T]],
+        *,
+        name: str | None = None,
+        params: Any = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> T:
+        """Runs `fn` once for this run; every later execution returns its recorded output."""
+        annotation = _return_annotation(fn)
+
+        def encode(value: Any) -> tuple[Any, str | None]:
+            return serialization.encode(value, f"io.run_task({key!r}) output", annotation)
+
+        def decode(value: Any, type_name: str | None) -> Any:
+            return serialization.decode(value, type_name, annotation)
+
+        result: T = await self.call(
+            key,
+            fn,
+            kind="task",
+            name=name or getattr(fn, "__name__", "task"),
+            params=params,
+            retry=retry,
+            timeout=timeout,
+            encode=encode,
+            decode=decode,
+        )
+        return result
+
+    async def wait(self, key: str, seconds: float) -> None:
+        """A durable sleep: the run is unloaded and resumed when `seconds` have passed."""
+        if not isinstance(seconds, int | float) or seconds < 0:
+            raise EngineError(f"io.wait({key!r}, {seconds!r}): give a number of seconds >= 0")
+        replay = self._replay
+        parent, key, _ = replay.claim_key(key)
+        replay.enter()
+        try:
+            row = replay.recorded.get((parent, key))
+            self._check_kind(row, key, "wait", "wait")
+            if row is not None and row.status == "COMPLETED":
+                return
+            now = clock.now()
+            seq = replay.take_seq((parent, key))
+            if row is None:
+                due = now + float(seconds)
+                await replay.write(
+                    TaskWrite(
+                        parent,
+                        key,
+                        "wait",
+                        "wait",
+                        "WAITING",
+                        0,
+                        seq,
+                        params={"seconds": seconds},
+                        due_at=due,
+                        started_at=now,
+                    )
+                )
+                replay.recorded[(parent, key)] = _row(parent, key, "wait", "wait", due, seq)
+            else:
+                due = row.due_at.timestamp() if row.due_at else now
+            if due > now:
+                await replay.park(due)
+                return  # not reached: parking ends in Suspend
+            await replay.write(
+                TaskWrite(
+                    parent,
+                    key,
+                    "wait",
+                    "wait",
+                    "COMPLETED",
+                    1,
+                    seq,
+                    params={"seconds": seconds},
+                    due_at=due,
+                    completed_at=now,
+                )
+            )
+        finally:
+            replay.leave()
+
+    async def background_poll(
+        self,
+        key: str,
+        url: str,
+        *,
+        interval: float = pollers.DEFAULT_INTERVAL,
+        max_interval: float | None = None,
+        backoff: float = 1.0,
+        timeout: float = pollers.DEFAULT_TIMEOUT,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Polls `url` from the scheduler while the run is unloaded; returns the 2xx JSON body."""
+        pollers.check_http_params(url, headers)
+        params = {"url": url, "method": method}
+        if headers:
+            params["headers"] = headers  # type: ignore[assignment]
+        return await self.poll(
+            key,
+            "http",
+            params,
+            name="background_poll",
+            interval=interval,
+            max_interval=max_interval or interval,
+            backoff=backoff,
+            timeout=timeout,
+        )
+
+    # -- building blocks for integrations ------------------------------------------------------
+
+    async def poll(
+        self,
+        key: str,
+        poller: str,
+        params: Any,
+        *,
+        name: str,
+        interval: float = pollers.DEFAULT_INTERVAL,
+        max_interval: float = pollers.DEFAULT_MAX_INTERVAL,
+        backoff: float = 1.5,
+        timeout: float = pollers.DEFAULT_TIMEOUT,
+        kind: str = "poll",
+    ) -> Any:
+        """A wait performed by the registered poller `poller`; returns the JSON it finished with.
+
+        The first poll happens `interval` seconds after the call; each next one `backoff` times
+        later, capped at `max_interval`; after `timeout` the task fails with PollTimeoutError.
+        """
+        pollers.validate_schedule(interval, max_interval, timeout)
+        pollers.get(poller)
+        replay = self._replay
+        parent, key, _ = replay.claim_key(key)
+        params = serialization.check_params(params, f"{name}({key!r}) params")
+        replay.enter()
+        try:
+            row = replay.recorded.get((parent, key))
+            self._check_kind(row, key, kind, name)
+            if row is not None and row.status == "COMPLETED":
+                return row.output
+            if row is not None and row.status == "ERRORED":
+                raise serialization.decode_error(row.error or {})
+            if row is None:
+                now = clock.now()
+                state = {
+                    "interval": interval,
+                    "max_interval": max_interval,
+                    "backoff": backoff,
+                    "timeout": timeout,
+                    "deadline": now + timeout,
+                    "polls": 0,
+                }
+                seq = replay.take_seq((parent, key))
+                await replay.write(
+                    TaskWrite(
+                        parent,
+                        key,
+                        kind,
+                        name,
+                        "WAITING",
+                        1,
+                        seq,
+                        params=params,
+                        poller=poller,
+                        poll_state=state,
+                        next_poll_at=now + interval,
+                        started_at=now,
+                    )
+                )
+                replay.recorded[(parent, key)] = _row(parent, key, kind, name, None, seq)
+            await replay.park(None)
+        finally:
+            replay.leave()
+
+    async def call(
+        self,
+        key: str,
+        fn: Callable[[Task], Awaitable[Any]],
+        *,
+        kind: str,
+        name: str,
+        params: Any = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        encode: Encoder | None = None,
+        decode: Decoder | None = None,
+        record_start: bool = False,
+    ) -> Any:
+        """The durable step every other call is built on.
+
+        `record_start` commits a RUNNING row before `fn` runs, so attempts are counted even
+        when the worker dies during a slow call (used for paid API calls).
+        """
+        replay = self._replay
+        parent, key, path = replay.claim_key(key)
+        where = f"{name}({key!r})"
+        params = serialization.check_params(params, f"{where} params")
+        encode = encode or (lambda v: serialization.encode(v, f"{where} output"))
+        decode = decode or serialization.decode
+        policy = retry or NO_RETRY
+        replay.enter()
+        try:
+            row = replay.recorded.get((parent, key))
+            self._check_kind(row, key, kind, name)
+            attempts = 0
+            if row is not None:
+                if row.status == "COMPLETED":
+                    return decode(row.output, row.output_type)
+                if row.status == "ERRORED":
+                    raise serialization.decode_error(row.error or {})
+                if row.status == "CANCELED":
+                    raise LeaseLost()
+                attempts = row.attempts
+                if row.status == "WAITING" and row.due_at and row.due_at.timestamp() > clock.now():
+                    await replay.park(row.due_at.timestamp())
+            seq = replay.take_seq((parent, key))
+            while True:
+                attempt = attempts + 1
+                started = clock.now()
+                if record_start:
+                    await replay.write(
+                        TaskWrite(
+                            parent,
+                            key,
+                            kind,
+                            name,
+                            "RUNNING",
+                            attempt,
+                            seq,
+                            params=params,
+                            started_at=started,
+                        )
+                    )
+                task = Task(self.run_id, key, name, path, attempt, params)
+                token = current_path.set(path)
+                try:
+                    value = await _with_timeout(fn(task), timeout, where)
+                    stored, type_name = encode(value)
+                except NotSerializableError as exc:
+                    await self._record_error(
+                        parent, key, kind, name, attempt, seq, params, exc, started
+                    )
+                    raise
+                except Exception as exc:
+                    final = attempt >= policy.max_attempts or not is_retryable(exc)
+                    if final:
+                        await self._record_error(
+                            parent, key, kind, name, attempt, seq, params, exc, started
+                        )
+                        raise
+                    delay = policy.delay(attempt, exc)
+                    due = clock.now() + delay
+                    await replay.write(
+                        TaskWrite(
+                            parent,
+                            key,
+                            kind,
+                            name,
+                            "WAITING",
+                            attempt,
+                            seq,
+                            params=params,
+                            error=serialization.encode_error(exc),
+                            due_at=due,
+                            started_at=started,
+                        )
+                    )
+                    attempts = attempt
+                    if delay > 0:
+                        await replay.park(due)
+                    continue
+                finally:
+                    current_path.reset(token)
+                await replay.write(
+                    TaskWrite(
+                        parent,
+                        key,
+                        kind,
+                        name,
+                        "COMPLETED",
+                        attempt,
+                        seq,
+                        params=params,
+                        output=stored,
+                        output_type=type_name,
+                        started_at=started,
+                        completed_at=clock.now(),
+                    )
+                )
+                return decode(stored, type_name)
+        finally:
+            replay.leave()
+
+    async def _record_error(
+        self,
+        parent: str,
+        key: str,
+        kind: str,
+        name: str,
+        attempt: int,
+        seq: int,
+        params: Any,
+        exc: BaseException,
+        started: float,
+    ) -> None:
+        await self._replay.write(
+            TaskWrite(
+                parent,
+                key,
+                kind,
+                name,
+                "ERRORED",
+                attempt,
+                seq,
+                params=params,
+                error=serialization.encode_error(exc),
+                started_at=started,
+                completed_at=clock.now(),
+            )
+        )
+
+    def _check_kind(self, row: TaskRow | None, key: str, kind: str, name: str) -> None:
+        if row is None or (row.kind == kind and row.name == name):
+            return
+        path = " > ".join((*current_path.get(), key))
+        error = DivergenceError(
+            f"the run diverged from its recorded history at key {path!r}: the log has a "
+            f"{row.kind} {row.name!r} there, but the code now calls {kind} {name!r}. "
+            "Code changes that reorder or rename steps need a new job version (runs started "
+            "on the old version finish on a worker that still has it)."
+        )
+        self._replay.fatal = error
+        raise error
+
+
+async def _with_timeout(awaitable: Awaitable[T], timeout: float | None, where: str) -> T:
+    if timeout is None:
+        return await awaitable
+    try:
+        async with asyncio.timeout(timeout):
+            return await awaitable
+    except TimeoutError:
+        raise TaskTimeoutError(f"{where} ran longer than its timeout of {timeout}s") from None
+
+
+def _row(parent: str, key: str, kind: str, name: str, due: float | None, seq: int) -> TaskRow:
+    from datetime import UTC, datetime
+
+    due_at = datetime.fromtimestamp(due, UTC) if due is not None else None
+    return TaskRow(parent, key, kind, name, "WAITING", 0, None, None, None, due_at, seq)

@@ -1,0 +1,151 @@
+"""The state of one execution of a run: what was recorded, what this execution has reached.
+
+`io` consults it for every step (look up the recorded task, record a new one), and the executor
+watches it to know when every branch of the job is parked on a wait, which is when the run can
+be unloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import clock
+from .exceptions import DuplicateKeyError, LeaseLost, Suspend
+from .store import LogWrite, Store, TaskRow, TaskWrite
+
+# The keys of the tasks enclosing the code that is running now: () at the job's top level.
+current_path: ContextVar[tuple[str, ...]] = ContextVar("engine_current_path", default=())
+
+
+def path_text(path: tuple[str, ...]) -> str:
+    return json.dumps(list(path), separators=(",", ":"))
+
+
+@dataclass
+class Replay:
+    store: Store
+    run_id: str
+    epoch: int
+    recorded: dict[tuple[str, str], TaskRow]
+    logged: set[tuple[str, int]]
+    next_seq: int = 0
+    seen: set[tuple[str, str]] = field(default_factory=set)
+    log_counters: dict[str, int] = field(default_factory=dict)
+    pending_logs: list[LogWrite] = field(default_factory=list)
+    # Parking: each waiting branch holds a future here with the time it is due (None = poll).
+    parked: list[tuple[asyncio.Future[None], float | None]] = field(default_factory=list)
+    in_flight: int = 0
+    progress: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    unloading: bool = False
+    draining: bool = False
+    wake_at: float | None = None
+    lost: bool = False
+    fatal: BaseException | None = None
+
+    @classmethod
+    async def load(cls, store: Store, run_id: str, epoch: int) -> Replay:
+        rows, logged = await store.load_replay(run_id)
+        recorded = {(r.parent_path, r.key): r for r in rows}
+        next_seq = max((r.seq for r in rows), default=0) + 1
+        return cls(store, run_id, epoch, recorded, logged, next_seq)
+
+    # -- identity --------------------------------------------------------------------------------
+
+    def claim_key(self, key: str) -> tuple[str, str, tuple[str, ...]]:
+        """(parent_path, key, own path) for a new step; a key used twice is an error."""
+        if not isinstance(key, str) or not key:
+            raise DuplicateKeyError(f"step key {key!r}: give every step a non-empty string key")
+        parent = current_path.get()
+        ident = (path_text(parent), key)
+        if ident in self.seen:
+            where = " > ".join(parent) or "the job"
+            raise DuplicateKeyError(
+                f"key {key!r} is used twice in {where}: sibling steps need distinct keys "
+                f'(for loops, put the index in the key, e.g. f"{key}-{{i}}")'
+            )
+        self.seen.add(ident)
+        return ident[0], key, (*parent, key)
+
+    def take_seq(self, ident: tuple[str, str]) -> int:
+        row = self.recorded.get(ident)
+        if row is not None:
+            return row.seq
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def write(self, task: TaskWrite) -> None:
+        """Commits a task before the job may go on; raises LeaseLost when fenced out."""
+        if self.lost:
+            raise LeaseLost()
+        logs, self.pending_logs = self.pending_logs, []
+        if not await self.store.write_task(self.run_id, self.epoch, task, logs):
+            self.lost = True
+            raise LeaseLost()
+
+    def log(self, level: str, message: str, fields: dict[str, Any] | None) -> bool:
+        """Buffers a log line unless a previous execution wrote it; True when it is new."""
+        parent = path_text(current_path.get())
+        seq = self.log_counters.get(parent, 0) + 1
+        self.log_counters[parent] = seq
+        if (parent, seq) in self.logged:
+            return False
+        self.pending_logs.append(LogWrite(parent, seq, level, message, fields, clock.now()))
+        return True
+
+    def take_logs(self) -> list[LogWrite]:
+        logs, self.pending_logs = self.pending_logs, []
+        return logs
+
+    # -- flow ------------------------------------------------------------------------------------
+
+    def enter(self) -> None:
+        """A step starts: the execution is busy until it returns or parks."""
+        if self.lost:
+            raise LeaseLost()
+        if self.unloading:
+            raise Suspend()
+        self.in_flight += 1
+        self.progress += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        self.progress += 1
+        self.changed.set()
+
+    async def park(self, due_at: float | None) -> None:
+        """Waits here until the executor unloads the run (raising Suspend)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (future, due_at)
+        self.parked.append(entry)
+        self.leave()  # a parked step no longer keeps the execution busy
+        try:
+            await future
+        finally:
+            self.in_flight += 1
+            self.parked.remove(entry)
+
+    def wake_time(self) -> float | None:
+        due = [d for _, d in self.parked if d is not None]
+        return min(due) if due else None
+
+    def drain(self) -> None:
+        """The worker is stopping: start no new step; unload once the running ones commit."""
+        self.draining = True
+        self.unloading = True
+        self.changed.set()
+
+    def unload(self) -> None:
+        """Every branch is parked: make each raise Suspend, remembering when to wake."""
+        self.wake_at = clock.now() if self.draining else self.wake_time()
+        self.unloading = True
+        for future, _ in self.parked:
+            if not future.done():
+                future.set_exception(Suspend())

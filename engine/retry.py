@@ -1,0 +1,52 @@
+"""Retry policies: how often a failing task runs again, and how long it waits in between."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .exceptions import EngineError
+
+MAX_ATTEMPTS_CAP = 100
+MAX_DELAY_CAP = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`max_attempts` counts every execution, the first included; delays are in seconds.
+
+    The n-th retry waits `min(max_delay, min_delay * factor ** (n - 1))`, or what the failure
+    itself asks for (a `retry_after` attribute, as rate-limit errors carry), capped at `max_delay`.
+    """
+
+    max_attempts: int = 3
+    min_delay: float = 1.0
+    max_delay: float = 60.0
+    factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS_CAP:
+            raise EngineError(
+                f"RetryPolicy(max_attempts={self.max_attempts}): use 1 to {MAX_ATTEMPTS_CAP}"
+            )
+        if not 0 <= self.min_delay <= self.max_delay <= MAX_DELAY_CAP:
+            raise EngineError(
+                f"RetryPolicy(min_delay={self.min_delay}, max_delay={self.max_delay}): need "
+                f"0 <= min_delay <= max_delay <= {MAX_DELAY_CAP:.0f} seconds"
+            )
+        if self.factor < 1:
+            raise EngineError(f"RetryPolicy(factor={self.factor}): use a factor of 1 or more")
+
+    def delay(self, attempt: int, exc: BaseException | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        asked = getattr(exc, "retry_after", None)
+        if isinstance(asked, int | float) and asked >= 0:
+            return float(min(asked, self.max_delay))
+        return float(min(self.max_delay, self.min_delay * self.factor ** (attempt - 1)))
+
+
+NO_RETRY = RetryPolicy(max_attempts=1, min_delay=0.0, max_delay=0.0)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """An exception may say it is final (a 400 from an API) with `retryable = False`."""
+    return bool(getattr(exc, "retryable", True))

@@ -1,0 +1,237 @@
+"""The scheduler loop inside `engine run`: claims runs, performs polls, keeps leases alive.
+
+It waits on "new work, the next due time, or stop", whichever comes first: a trigger or a
+finished poll wakes it (LISTEN/NOTIFY on PostgreSQL, in-process events everywhere), and the next
+due time (a wait, a poll, an expired lease) comes from the database, so it never spins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from . import clock, pollers, serialization
+from .exceptions import EngineError, PollTimeoutError
+from .executor import execute
+from .jobs import Job
+from .store import DuePoll, Store
+
+log = logging.getLogger("engine.scheduler")
+
+MAX_LEASE_SECONDS = 3600.0
+MAX_CONCURRENCY = 10_000
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        jobs: Sequence[Job],
+        *,
+        concurrency: int = 20,
+        lease_seconds: float = 30.0,
+        idle_poll: float | None = None,
+        poll_concurrency: int = 50,
+        worker_id: str | None = None,
+    ) -> None:
+        if not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise EngineError(f"--concurrency {concurrency}: use 1 to {MAX_CONCURRENCY}")
+        if not 1 <= lease_seconds <= MAX_LEASE_SECONDS:
+            raise EngineError(f"--lease-seconds {lease_seconds}: use 1 to {MAX_LEASE_SECONDS:.0f}")
+        self.store = store
+        self.jobs = {job.key: job for job in jobs}
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        # Without NOTIFY (SQLite), work triggered by another process is noticed this often.
+        self.idle_poll = idle_poll or (5.0 if store.is_postgres else 0.25)
+        self.poll_slots = poll_concurrency
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.active: dict[str, asyncio.Task[Any]] = {}
+        self.polling: set[asyncio.Task[Any]] = set()
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self._replays: dict[str, Any] = {}
+        self._saturated = False
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Works until `stop()`; then lets in-flight runs reach their next persisted point."""
+        self.store.add_local_listener(self.wake.set)
+        side = [asyncio.create_task(self._heartbeats(), name="engine-heartbeat")]
+        if self.store.is_postgres:
+            side.append(asyncio.create_task(self._listen(), name="engine-listen"))
+        try:
+            while not self.stopping.is_set():
+                self._check_side_tasks(side)
+                busy = await self.tick()
+                if not busy:
+                    await self._sleep()
+        finally:
+            await self._drain()
+            for task in side:
+                task.cancel()
+            await asyncio.gather(*side, return_exceptions=True)
+            self.store.remove_local_listener(self.wake.set)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    async def tick(self) -> bool:
+        """One round of claiming; True when there may be more to take right away."""
+        self.wake.clear()
+        free = self.concurrency - len(self.active)
+        claimed = (
+            await self.store.claim_runs(self.worker_id, free, self.lease_seconds, list(self.jobs))
+            if free > 0
+            else []
+        )
+        for run in claimed:
+            self.active[run.id] = asyncio.create_task(self._execute(run), name=f"run-{run.id}")
+        poll_free = self.poll_slots - len(self.polling)
+        polls = (
+            await self.store.claim_polls(
+                sorted(pollers.registered()), poll_free, self.lease_seconds
+            )
+            if poll_free > 0
+            else []
+        )
+        for poll in polls:
+            task = asyncio.create_task(self._poll(poll))
+            self.polling.add(task)
+            task.add_done_callback(self._poll_done)
+        # With every slot taken, due work must wait for a slot (whose release wakes us).
+        self._saturated = free - len(claimed) <= 0 or poll_free - len(polls) <= 0
+        return (free > 0 and len(claimed) == free) or (poll_free > 0 and len(polls) == poll_free)
+
+    async def _sleep(self) -> None:
+        timeout = self.idle_poll
+        due = None
+        if not self._saturated:
+            due = await self.store.next_due(list(self.jobs), sorted(pollers.registered()))
+        if due is not None:
+            timeout = min(timeout, max(due - clock.now(), 0.002))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.wake.wait()
+
+    # -- runs -------------------------------------------------------------------------------------
+
+    async def _execute(self, run: Any) -> None:
+        job = self.jobs[f"{run.job_id}@{run.job_version}"]
+        try:
+            outcome = await execute(self.store, job, run, self.worker_id, self._replays)
+            log.debug("run %s: %s", run.id, outcome.status)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The run stays RUNNING; its lease expires and it is picked up again.
+            log.exception("run %s: the execution could not record its outcome", run.id)
+        finally:
+            self.active.pop(run.id, None)
+            self._replays.pop(run.id, None)
+            self.wake.set()
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                held = await self.store.heartbeat(self.worker_id, self.lease_seconds)
+            except EngineError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for run_id, replay in list(self._replays.items()):
+                if held.get(run_id) != replay.epoch:
+                    # Canceled, or reclaimed after we stalled: stop at the next io call.
+                    replay.lost = True
+
+    async def _listen(self) -> None:
+        import asyncpg
+
+        dsn = self.store.parsed_url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        while True:
+            try:
+                conn = await asyncpg.connect(dsn)
+                closed = asyncio.Event()
+                conn.add_termination_listener(functools.partial(_set, closed))
+                await conn.add_listener("engine_wake", lambda *_: self.wake.set())
+                # A NOTIFY may have been sent while we were not listening.
+                self.wake.set()
+                try:
+                    await closed.wait()
+                finally:
+                    await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("LISTEN connection lost (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+
+    def _check_side_tasks(self, side: list[asyncio.Task[Any]]) -> None:
+        for task in side:
+            if task.done() and not task.cancelled() and task.exception():
+                raise EngineError(f"worker side task {task.get_name()} died: {task.exception()}")
+
+    async def _drain(self) -> None:
+        for replay in list(self._replays.values()):
+            replay.drain()
+        if self.active:
+            await asyncio.gather(*self.active.values(), return_exceptions=True)
+        if self.polling:
+            await asyncio.gather(*self.polling, return_exceptions=True)
+
+    # -- polls ------------------------------------------------------------------------------------
+
+    def _poll_done(self, task: asyncio.Task[Any]) -> None:
+        self.polling.discard(task)
+        self.wake.set()
+
+    async def _poll(self, poll: DuePoll) -> None:
+        state = dict(poll.poll_state)
+        now = clock.now()
+        deadline = float(state.get("deadline") or now + float(state.get("timeout", 3600)))
+        state["deadline"] = deadline
+        try:
+            result = await pollers.get(poll.poller)(poll.params)
+        except Exception as exc:  # a failing poll is retried on schedule, until the deadline
+            log.warning("poll %s (%s) failed: %s", poll.task_id, poll.poller, exc)
+            result = pollers.PollResult(done=False)
+        try:
+            state["polls"] = int(state.get("polls", 0)) + 1
+            if result.done:
+                await self.store.finish_poll(
+                    poll, output=result.value, error=result.error, poll_state=state
+                )
+                return
+            now = clock.now()
+            if now >= deadline:
+                timeout = PollTimeoutError(
+                    f"{poll.poller} poll gave up after {state.get('timeout')}s "
+                    f"({state['polls']} polls)"
+                )
+                await self.store.finish_poll(
+                    poll, error=serialization.encode_error(timeout), poll_state=state
+                )
+                return
+            interval = (
+                float(state.get("interval", 1.0))
+                * float(state.get("backoff", 1.0)) ** (state["polls"])
+            )
+            interval = min(interval, float(state.get("max_interval", interval)))
+            await self.store.reschedule_poll(poll.task_id, min(now + interval, deadline), state)
+        except EngineError as exc:
+            log.warning("poll %s could not be recorded: %s", poll.task_id, exc)
+
+
+def _set(event: asyncio.Event, *_: Any) -> None:
+    event.set()

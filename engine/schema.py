@@ -1,0 +1,151 @@
+"""The task log: every table the engine keeps, as SQLAlchemy Core (also Alembic's metadata).
+
+The model in ten lines:
+- A *run* is one triggered execution of a job (`engine_runs`): payload in, output or error out.
+- A run is executed by replaying the job function from the top; every `io` call is a *task*
+  (`engine_tasks`), identified by (run, parent path, key). The unique constraint on that identity
+  is what makes a recorded step impossible to record twice.
+- A task's *attempts* count its executions; a failed attempt with retries left becomes a *wait*.
+- A *wait* is a task in status WAITING with a `due_at` (a sleep, a retry delay) or a `poller`
+  (a background poll the scheduler performs). A waiting run holds no worker memory: its row's
+  `wake_at` says when the scheduler should claim it again.
+- A worker executes a run only while it holds the run's *lease*: `lease_epoch` grows with every
+  claim, and every write an execution makes is fenced on the epoch it claimed with.
+- Log lines (`engine_logs`) and registered job versions (`engine_jobs`) complete the picture.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+RUN_STATUSES = ("QUEUED", "RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELED")
+TASK_STATUSES = ("RUNNING", "WAITING", "COMPLETED", "ERRORED", "CANCELED")
+FINAL_RUN_STATUSES = ("COMPLETED", "FAILED", "CANCELED")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A UTC timestamp: `timestamptz` on PostgreSQL, an ISO-8601 text on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, int | float):
+            value = datetime.fromtimestamp(value, UTC)
+        if dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# JSON on SQLite, JSONB (indexable, queryable with ->>) on PostgreSQL.
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+jobs = Table(
+    "engine_jobs",
+    metadata,
+    Column("job_id", String(200), primary_key=True),
+    Column("version", String(100), primary_key=True),
+    Column("payload_schema", Json, nullable=True),
+    Column("registered_at", UTCDateTime, nullable=False),
+)
+
+runs = Table(
+    "engine_runs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("job_id", String(200), nullable=False),
+    Column("job_version", String(100), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("payload", Json, nullable=True),
+    Column("output", Json, nullable=True),
+    Column("output_type", String(300), nullable=True),
+    Column("error", Json, nullable=True),
+    Column("idempotency_key", String(300), nullable=True),
+    # How many executions (claims) this run has had; `ctx.attempt`.
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_epoch", Integer, nullable=False, default=0),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
+    # When a WAITING run is due to be claimed again (a wait fell due, a poll finished).
+    Column("wake_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("completed_at", UTCDateTime, nullable=True),
+    UniqueConstraint("job_id", "idempotency_key", name="uq_engine_runs_idempotency"),
+)
+Index("ix_engine_runs_status_wake", runs.c.status, runs.c.wake_at)
+Index("ix_engine_runs_created", runs.c.created_at)
+
+tasks = Table(
+    "engine_tasks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), ForeignKey("engine_runs.id", ondelete="CASCADE"), nullable=False),
+    # The keys of the enclosing tasks, as a JSON array text: "[]" at the top level.
+    Column("parent_path", Text, nullable=False),
+    Column("key", String(500), nullable=False),
+    # What made the task: "task" (run_task), "wait", "poll", or an integration's method.
+    Column("kind", String(40), nullable=False),
+    Column("name", String(300), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("params", Json, nullable=True),
+    Column("output", Json, nullable=True),
+    Column("output_type", String(300), nullable=True),
+    Column("error", Json, nullable=True),
+    # A WAITING task is due at `due_at` (sleep, retry delay) or polled by `poller`.
+    Column("due_at", UTCDateTime, nullable=True),
+    Column("poller", String(200), nullable=True),
+    Column("poll_state", Json, nullable=True),
+    Column("next_poll_at", UTCDateTime, nullable=True),
+    # Order in which the run first reached each task.
+    Column("seq", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("completed_at", UTCDateTime, nullable=True),
+    UniqueConstraint("run_id", "parent_path", "key", name="uq_engine_tasks_identity"),
+)
+Index("ix_engine_tasks_polls", tasks.c.status, tasks.c.next_poll_at)
+
+logs = Table(
+    "engine_logs",
+    metadata,
+    Column(
+        "run_id", String(40), ForeignKey("engine_runs.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("parent_path", Text, primary_key=True),
+    # The n-th log call in its parent, so a replay recognises a line it already wrote.
+    Column("seq", Integer, primary_key=True),
+    Column("level", String(10), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("fields", Json, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,857 @@
+"""Every SQL statement the engine issues, behind one class.
+
+Writes made on behalf of an execution are *fenced*: they only take effect while the run's
+`lease_epoch` is still the one the execution claimed with, in the same statement, so a worker
+that lost its lease cannot record anything. Dialect differences (SQLite vs PostgreSQL) live in
+the small `_dialect_*` helpers at the bottom, nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Integer, String, Text, bindparam, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import TextClause
+
+from . import clock
+from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
+from .schema import Json, UTCDateTime
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///engine.db"
+WAKE_CHANNEL = "engine_wake"
+
+
+@dataclass
+class ClaimedRun:
+    id: str
+    job_id: str
+    job_version: str
+    payload: Any
+    epoch: int
+    attempt: int
+
+
+@dataclass
+class TaskRow:
+    """A recorded task, as an execution needs it for replay."""
+
+    parent_path: str
+    key: str
+    kind: str
+    name: str
+    status: str
+    attempts: int
+    output: Any
+    output_type: str | None
+    error: dict[str, Any] | None
+    due_at: datetime | None
+    seq: int
+
+
+@dataclass
+class TaskWrite:
+    """One task row to insert, or to update where (run, parent_path, key) exists."""
+
+    parent_path: str
+    key: str
+    kind: str
+    name: str
+    status: str
+    attempts: int
+    seq: int
+    params: Any = None
+    output: Any = None
+    output_type: str | None = None
+    error: dict[str, Any] | None = None
+    due_at: float | None = None
+    poller: str | None = None
+    poll_state: dict[str, Any] | None = None
+    next_poll_at: float | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+
+
+@dataclass
+class LogWrite:
+    parent_path: str
+    seq: int
+    level: str
+    message: str
+    fields: dict[str, Any] | None
+    created_at: float
+
+
+@dataclass
+class DuePoll:
+    task_id: int
+    run_id: str
+    poller: str
+    params: Any
+    poll_state: dict[str, Any]
+
+
+def _t(sql: str, **types: Any) -> TextClause:
+    clause = text(sql)
+    if types:
+        clause = clause.bindparams(*(bindparam(name, type_=t) for name, t in types.items()))
+    return clause
+
+
+_TASK_TYPES = dict(
+    run_id=String(),
+    parent_path=Text(),
+    key=String(),
+    kind=String(),
+    name=String(),
+    status=String(),
+    attempts=Integer(),
+    output_type=String(),
+    poller=String(),
+    seq=Integer(),
+    epoch=Integer(),
+    params=Json,
+    output=Json,
+    error=Json,
+    poll_state=Json,
+    due_at=UTCDateTime,
+    next_poll_at=UTCDateTime,
+    started_at=UTCDateTime,
+    completed_at=UTCDateTime,
+)
+
+
+class Store:
+    """The engine's database: create with a URL, `await connect()`, `await close()`."""
+
+    def __init__(self, database_url: str | None = None, *, pool_size: int = 10) -> None:
+        self.url = database_url or DEFAULT_DATABASE_URL
+        try:
+            parsed = make_url(self.url)
+        except ArgumentError as exc:
+            raise DatabaseError(
+                f"database URL {self.url!r} is not a URL: use sqlite+aiosqlite:///engine.db "
+                "or postgresql+asyncpg://user@host/db"
+            ) from exc
+        self.dialect = parsed.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise DatabaseError(
+                f"database URL {self.url!r}: only sqlite+aiosqlite:// and "
+                "postgresql+asyncpg:// are supported"
+            )
+        if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+            parsed = parsed.set(drivername="sqlite+aiosqlite")
+        elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+            parsed = parsed.set(drivername="postgresql+asyncpg")
+        self.parsed_url = parsed
+        self.is_postgres = self.dialect == "postgresql"
+        self.engine: AsyncEngine = _dialect_engine(parsed, pool_size)
+        self._sql = _Statements(self.is_postgres)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def begin(self) -> Any:
+        """A transaction; driver errors come out as DatabaseError."""
+        return _Transaction(self)
+
+    async def check(self) -> None:
+        async with self.begin() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    # -- jobs ------------------------------------------------------------------------------------
+
+    async def register_jobs(self, entries: Iterable[tuple[str, str, Any]]) -> None:
+        rows = [
+            {"job_id": j, "version": v, "payload_schema": s, "registered_at": clock.now()}
+            for j, v, s in entries
+        ]
+        if not rows:
+            return
+        async with self.begin() as conn:
+            await conn.execute(self._sql.register_job, rows)
+
+    async def registered_job(self, job_id: str) -> tuple[str, Any] | None:
+        """The most recently registered version of `job_id` and its payload schema."""
+        async with self.begin() as conn:
+            row = (await conn.execute(self._sql.latest_job, {"job_id": job_id})).first()
+        return (row.version, row.payload_schema) if row else None
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    async def create_run(
+        self, job_id: str, version: str, payload: Any, idempotency_key: str | None
+    ) -> tuple[str, bool]:
+        """Returns (run id, created); an existing idempotency key returns the first run."""
+        run_id = uuid.uuid4().hex
+        async with self.begin() as conn:
+            result = await conn.execute(
+                self._sql.create_run,
+                {
+                    "id": run_id,
+                    "job_id": job_id,
+                    "job_version": version,
+                    "payload": payload,
+                    "idempotency_key": idempotency_key,
+                    "created_at": clock.now(),
+                },
+            )
+            created = result.rowcount == 1
+            if created:
+                await self._notify(conn)
+            else:
+                run_id = (
+                    await conn.execute(
+                        self._sql.run_by_idempotency, {"job_id": job_id, "key": idempotency_key}
+                    )
+                ).scalar_one()
+        if created:
+            self._wake_local()
+        return run_id, created
+
+    async def claim_runs(
+        self, worker_id: str, limit: int, lease_seconds: float, job_keys: Sequence[str]
+    ) -> list[ClaimedRun]:
+        if limit <= 0 or not job_keys:
+            return []
+        now = clock.now()
+        async with self.begin() as conn:
+            rows = (
+                await conn.execute(
+                    self._sql.claim_runs,
+                    {
+                        "worker": worker_id,
+                        "now": now,
+                        "expires": now + lease_seconds,
+                        "limit": limit,
+                        "job_keys": list(job_keys),
+                    },
+                )
+            ).all()
+        return [
+            ClaimedRun(r.id, r.job_id, r.job_version, r.payload, r.lease_epoch, r.attempt)
+            for r in rows
+        ]
+
+    async def load_replay(self, run_id: str) -> tuple[list[TaskRow], set[tuple[str, int]]]:
+        """All recorded tasks of a run in one query, and the log lines already written."""
+        async with self.begin() as conn:
+            tasks = (await conn.execute(self._sql.load_tasks, {"run_id": run_id})).all()
+            logs = (await conn.execute(self._sql.load_log_keys, {"run_id": run_id})).all()
+        return (
+            [
+                TaskRow(
+                    r.parent_path,
+                    r.key,
+                    r.kind,
+                    r.name,
+                    r.status,
+                    r.attempts,
+                    r.output,
+                    r.output_type,
+                    r.error,
+                    r.due_at,
+                    r.seq,
+                )
+                for r in tasks
+            ],
+            {(r.parent_path, r.seq) for r in logs},
+        )
+
+    async def write_task(
+        self, run_id: str, epoch: int, task: TaskWrite, logs: Sequence[LogWrite] = ()
+    ) -> bool:
+        """Records a task (fenced). False when the execution no longer holds the lease."""
+        async with self.begin() as conn:
+            result = await conn.execute(
+                self._sql.write_task, {"run_id": run_id, "epoch": epoch, **task.__dict__}
+            )
+            if result.rowcount != 1:
+                await conn.rollback()
+                return False
+            if logs:
+                await self._write_logs(conn, run_id, logs)
+        return True
+
+    async def suspend_run(
+        self, run_id: str, epoch: int, wake_at: float | None, logs: Sequence[LogWrite] = ()
+    ) -> bool:
+        statement = self._sql.suspend_at if wake_at is not None else self._sql.suspend
+        async with self.begin() as conn:
+            result = await conn.execute(
+                statement, {"id": run_id, "epoch": epoch, "wake_at": wake_at}
+            )
+            if result.rowcount != 1:
+                await conn.rollback()
+                return False
+            if logs:
+                await self._write_logs(conn, run_id, logs)
+        return True
+
+    async def finish_run(
+        self,
+        run_id: str,
+        epoch: int,
+        status: str,
+        *,
+        output: Any = None,
+        output_type: str | None = None,
+        error: dict[str, Any] | None = None,
+        logs: Sequence[LogWrite] = (),
+    ) -> bool:
+        now = clock.now()
+        async with self.begin() as conn:
+            result = await conn.execute(
+                self._sql.finish_run,
+                {
+                    "id": run_id,
+                    "epoch": epoch,
+                    "status": status,
+                    "output": output,
+                    "output_type": output_type,
+                    "error": error,
+                    "now": now,
+                },
+            )
+            if result.rowcount != 1:
+                await conn.rollback()
+                return False
+            await conn.execute(self._sql.cancel_open_tasks, {"run_id": run_id, "now": now})
+            if logs:
+                await self._write_logs(conn, run_id, logs)
+        return True
+
+    async def heartbeat(self, worker_id: str, lease_seconds: float) -> dict[str, int]:
+        """Extends this worker's leases; returns the runs it still holds, with their epochs."""
+        now = clock.now()
+        async with self.begin() as conn:
+            rows = (
+                await conn.execute(
+                    self._sql.heartbeat, {"worker": worker_id, "expires": now + lease_seconds}
+                )
+            ).all()
+        return {r.id: r.lease_epoch for r in rows}
+
+    async def release_runs(self, worker_id: str) -> None:
+        """Hands this worker's RUNNING runs back to the queue at once (graceful shutdown)."""
+        async with self.begin() as conn:
+            await conn.execute(self._sql.release_runs, {"worker": worker_id})
+
+    async def next_due(self, job_keys: Sequence[str], pollers: Sequence[str]) -> float | None:
+        """The earliest time at which this scheduler has something to do, if any."""
+        async with self.begin() as conn:
+            row = (
+                await conn.execute(
+                    self._sql.next_due,
+                    {
+                        "job_keys": list(job_keys) or [""],
+                        "pollers": list(pollers) or [""],
+                    },
+                )
+            ).first()
+        times = [t for t in row or () if t is not None]
+        return min(times).timestamp() if times else None
+
+    async def has_ready_runs(self, job_keys: Sequence[str]) -> bool:
+        async with self.begin() as conn:
+            row = (
+                await conn.execute(
+                    self._sql.ready_runs, {"now": clock.now(), "job_keys": list(job_keys)}
+                )
+            ).first()
+        return row is not None
+
+    # -- polls -----------------------------------------------------------------------------------
+
+    async def claim_polls(self, pollers: Sequence[str], limit: int, hold: float) -> list[DuePoll]:
+        """Due polls, each pushed `hold` seconds into the future so no one else takes it."""
+        if not pollers:
+            return []
+        now = clock.now()
+        async with self.begin() as conn:
+            rows = (
+                await conn.execute(
+                    self._sql.claim_polls,
+                    {
+                        "now": now,
+                        "hold": now + hold,
+                        "limit": limit,
+                        "pollers": list(pollers),
+                    },
+                )
+            ).all()
+        return [DuePoll(r.id, r.run_id, r.poller, r.params, r.poll_state or {}) for r in rows]
+
+    async def reschedule_poll(
+        self, task_id: int, next_poll_at: float, poll_state: dict[str, Any]
+    ) -> None:
+        async with self.begin() as conn:
+            await conn.execute(
+                self._sql.reschedule_poll,
+                {
+                    "id": task_id,
+                    "next_poll_at": next_poll_at,
+                    "poll_state": poll_state,
+                },
+            )
+
+    async def finish_poll(
+        self,
+        poll: DuePoll,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        poll_state: dict[str, Any] | None = None,
+    ) -> None:
+        """Completes (or errors) a poll task and wakes its run."""
+        now = clock.now()
+        async with self.begin() as conn:
+            result = await conn.execute(
+                self._sql.finish_poll,
+                {
+                    "id": poll.task_id,
+                    "status": "ERRORED" if error else "COMPLETED",
+                    "output": output,
+                    "error": error,
+                    "now": now,
+                    "poll_state": poll_state if poll_state is not None else poll.poll_state,
+                },
+            )
+            woke = result.rowcount == 1
+            if woke:
+                await conn.execute(self._sql.wake_run, {"id": poll.run_id, "now": now})
+                await self._notify(conn)
+        if woke:
+            self._wake_local()
+
+    # -- inspection and control ------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        async with self.begin() as conn:
+            row = (await conn.execute(self._sql.get_run, {"id": run_id})).first()
+        if row is None:
+            raise RunNotFoundError(
+                f"no run has id {run_id!r}: `engine runs list` shows the runs there are"
+            )
+        return dict(row._mapping)
+
+    async def list_runs(
+        self, job_id: str | None, status: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        async with self.begin() as conn:
+            rows = (
+                await conn.execute(
+                    self._sql.list_runs, {"job_id": job_id, "status": status, "limit": limit}
+                )
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+    async def get_tasks(self, run_id: str) -> list[dict[str, Any]]:
+        async with self.begin() as conn:
+            rows = (await conn.execute(self._sql.get_tasks, {"run_id": run_id})).all()
+        return [dict(r._mapping) for r in rows]
+
+    async def get_logs(self, run_id: str) -> list[dict[str, Any]]:
+        async with self.begin() as conn:
+            rows = (await conn.execute(self._sql.get_logs, {"run_id": run_id})).all()
+        return [dict(r._mapping) for r in rows]
+
+    async def cancel_run(self, run_id: str) -> str:
+        """Cancels a QUEUED, WAITING or RUNNING run; returns its status before."""
+        now = clock.now()
+        async with self.begin() as conn:
+            row = (await conn.execute(self._sql.get_run, {"id": run_id})).first()
+            if row is None:
+                raise RunNotFoundError(f"no run has id {run_id!r}")
+            if row.status in ("COMPLETED", "FAILED", "CANCELED"):
+                raise InvalidRunStateError(
+                    f"run {run_id} is already {row.status}: only QUEUED, WAITING and RUNNING "
+                    "runs can be canceled"
+                )
+            await conn.execute(self._sql.cancel_run, {"id": run_id, "now": now})
+            await conn.execute(self._sql.cancel_open_tasks, {"run_id": run_id, "now": now})
+            return str(row.status)
+
+    async def retry_run(self, run_id: str) -> None:
+        """Queues a FAILED run again; its failed tasks will run again, completed ones replay."""
+        now = clock.now()
+        async with self.begin() as conn:
+            row = (await conn.execute(self._sql.get_run, {"id": run_id})).first()
+            if row is None:
+                raise RunNotFoundError(f"no run has id {run_id!r}")
+            if row.status != "FAILED":
+                raise InvalidRunStateError(
+                    f"run {run_id} is {row.status}: only a FAILED run can be retried"
+                )
+            await conn.execute(self._sql.retry_run, {"id": run_id})
+            await conn.execute(self._sql.reopen_failed_tasks, {"run_id": run_id, "now": now})
+            await self._notify(conn)
+        self._wake_local()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    async def _write_logs(
+        self, conn: AsyncConnection, run_id: str, logs: Sequence[LogWrite]
+    ) -> None:
+        await conn.execute(
+            self._sql.write_log, [{"run_id": run_id, **log.__dict__} for log in logs]
+        )
+
+    async def _notify(self, conn: AsyncConnection) -> None:
+        if self.is_postgres:
+            await conn.execute(text(f"NOTIFY {WAKE_CHANNEL}"))
+
+    # Schedulers in this process that share the database hear of new work without a query;
+    # called after the commit, so what they claim is visible to them.
+    def add_local_listener(self, callback: Callable[[], None]) -> None:
+        _local_listeners.setdefault(self.url, set()).add(callback)
+
+    def remove_local_listener(self, callback: Callable[[], None]) -> None:
+        _local_listeners.get(self.url, set()).discard(callback)
+
+    def _wake_local(self) -> None:
+        for callback in list(_local_listeners.get(self.url, ())):
+            callback()
+
+
+_local_listeners: dict[str, set[Callable[[], None]]] = {}
+
+
+class _Transaction:
+    """`async with store.begin() as conn`, translating driver failures into DatabaseError."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.ctx: Any = None
+
+    async def __aenter__(self) -> AsyncConnection:
+        try:
+            self.ctx = self.store.engine.begin()
+            return await self.ctx.__aenter__()  # type: ignore[no-any-return]
+        except (OSError, SQLAlchemyError) as exc:
+            raise _database_error(self.store, exc) from exc
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await self.ctx.__aexit__(*exc_info)
+        except (OSError, SQLAlchemyError) as exc:
+            raise _database_error(self.store, exc) from exc
+        if exc_info[1] is not None and isinstance(exc_info[1], (OSError, SQLAlchemyError)):
+            raise _database_error(self.store, exc_info[1]) from exc_info[1]
+
+
+def _database_error(store: Store, exc: BaseException) -> DatabaseError:
+    safe_url = store.parsed_url.render_as_string(hide_password=True)
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0:1]
+    reason = detail[0] if detail else type(exc).__name__
+    if isinstance(exc, (OSError, OperationalError, DBAPIError)) and (
+        "no such table" in reason or ("does not exist" in reason and "relation" in reason)
+    ):
+        return DatabaseError(
+            f"database {safe_url} has no engine tables: run `engine db upgrade` "
+            f"(or start `engine run`, which upgrades it) ({reason})"
+        )
+    return DatabaseError(f"database {safe_url}: {reason}")
+
+
+# -- statements --------------------------------------------------------------------------------
+
+_RUN_COLUMNS = (
+    "id, job_id, job_version, status, payload, output, output_type, error, idempotency_key, "
+    "attempt, lease_owner, lease_epoch, created_at, started_at, completed_at, wake_at"
+)
+_RUN_TYPES = dict(
+    payload=Json,
+    output=Json,
+    error=Json,
+    created_at=UTCDateTime,
+    started_at=UTCDateTime,
+    completed_at=UTCDateTime,
+    wake_at=UTCDateTime,
+    lease_expires_at=UTCDateTime,
+)
+
+
+class _Statements:
+    """The SQL text, compiled once per store; `{lock}` and friends are the dialect's pieces."""
+
+    def __init__(self, postgres: bool) -> None:
+        share = " FOR SHARE" if postgres else ""
+        skip = " FOR UPDATE SKIP LOCKED" if postgres else ""
+        now = dict(now=UTCDateTime)
+        fence = (
+            f"EXISTS (SELECT 1 FROM engine_runs WHERE id = :run_id AND lease_epoch = :epoch{share})"
+        )
+
+        self.register_job = _t(
+            "INSERT INTO engine_jobs (job_id, version, payload_schema, registered_at) "
+            "VALUES (:job_id, :version, :payload_schema, :registered_at) "
+            "ON CONFLICT (job_id, version) DO UPDATE SET payload_schema = excluded.payload_schema, "
+            "registered_at = excluded.registered_at",
+            payload_schema=Json,
+            registered_at=UTCDateTime,
+        )
+        self.latest_job = _t(
+            "SELECT version, payload_schema FROM engine_jobs WHERE job_id = :job_id "
+            "ORDER BY registered_at DESC LIMIT 1"
+        ).columns(payload_schema=Json)
+        self.create_run = _t(
+            "INSERT INTO engine_runs (id, job_id, job_version, status, payload, idempotency_key, "
+            "attempt, lease_epoch, created_at) VALUES (:id, :job_id, :job_version, 'QUEUED', "
+            ":payload, :idempotency_key, 0, 0, :created_at) "
+            "ON CONFLICT (job_id, idempotency_key) DO NOTHING",
+            payload=Json,
+            created_at=UTCDateTime,
+        )
+        self.run_by_idempotency = _t(
+            "SELECT id FROM engine_runs WHERE job_id = :job_id AND idempotency_key = :key"
+        )
+        ready = (
+            "(status = 'QUEUED' OR (status = 'WAITING' AND wake_at <= :now) "
+            "OR (status = 'RUNNING' AND lease_expires_at < :now)) "
+            "AND job_id || '@' || job_version IN :job_keys"
+        )
+        self.claim_runs = (
+            _t(
+                "UPDATE engine_runs SET status = 'RUNNING', lease_owner = :worker, "
+                "lease_epoch = lease_epoch + 1, lease_expires_at = :expires, wake_at = NULL, "
+                "attempt = attempt + CASE WHEN status = 'WAITING' THEN 0 ELSE 1 END, "
+                "started_at = COALESCE(started_at, :now) "
+                f"WHERE id IN (SELECT id FROM engine_runs WHERE {ready} "
+                f"ORDER BY created_at LIMIT :limit{skip}) "
+                "RETURNING id, job_id, job_version, payload, lease_epoch, attempt",
+                now=UTCDateTime,
+                expires=UTCDateTime,
+            )
+            .bindparams(bindparam("job_keys", expanding=True))
+            .columns(payload=Json)
+        )
+        self.ready_runs = _t(f"SELECT id FROM engine_runs WHERE {ready} LIMIT 1", **now).bindparams(
+            bindparam("job_keys", expanding=True)
+        )
+        self.load_tasks = _t(
+            "SELECT parent_path, key, kind, name, status, attempts, output, output_type, error, "
+            "due_at, seq FROM engine_tasks WHERE run_id = :run_id"
+        ).columns(output=Json, error=Json, due_at=UTCDateTime)
+        self.load_log_keys = _t("SELECT parent_path, seq FROM engine_logs WHERE run_id = :run_id")
+        cols = (
+            "run_id, parent_path, key, kind, name, status, attempts, params, output, "
+            "output_type, error, due_at, poller, poll_state, next_poll_at, seq, started_at, "
+            "completed_at"
+        )
+        values = ", ".join(":" + c.strip() for c in cols.split(","))
+        updates = ", ".join(
+            f"{c} = excluded.{c}"
+            for c in (
+                "kind",
+                "name",
+                "status",
+                "attempts",
+                "params",
+                "output",
+                "output_type",
+                "error",
+                "due_at",
+                "poller",
+                "poll_state",
+                "next_poll_at",
+                "completed_at",
+            )
+        )
+        self.write_task = _t(
+            f"INSERT INTO engine_tasks ({cols}) SELECT {values} WHERE {fence} "
+            f"ON CONFLICT (run_id, parent_path, key) DO UPDATE SET {updates}, "
+            "started_at = COALESCE(engine_tasks.started_at, excluded.started_at)",
+            **_TASK_TYPES,
+        )
+        self.write_log = _t(
+            "INSERT INTO engine_logs (run_id, parent_path, seq, level, message, fields, "
+            "created_at) VALUES (:run_id, :parent_path, :seq, :level, :message, :fields, "
+            ":created_at) ON CONFLICT (run_id, parent_path, seq) DO NOTHING",
+            fields=Json,
+            created_at=UTCDateTime,
+        )
+        # A poll that finished while the run was still running left `wake_at` set: keep the
+        # earlier of the two, so that wake-up is not lost.
+        self.suspend_at = _t(
+            "UPDATE engine_runs SET status = 'WAITING', lease_owner = NULL, "
+            "lease_expires_at = NULL, wake_at = CASE WHEN wake_at IS NOT NULL AND "
+            "wake_at < :wake_at THEN wake_at ELSE :wake_at END "
+            "WHERE id = :id AND lease_epoch = :epoch",
+            wake_at=UTCDateTime,
+        )
+        self.suspend = _t(
+            "UPDATE engine_runs SET status = 'WAITING', lease_owner = NULL, "
+            "lease_expires_at = NULL WHERE id = :id AND lease_epoch = :epoch"
+        )
+        self.finish_run = _t(
+            "UPDATE engine_runs SET status = :status, output = :output, "
+            "output_type = :output_type, error = :error, completed_at = :now, "
+            "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL "
+            "WHERE id = :id AND lease_epoch = :epoch",
+            output=Json,
+            error=Json,
+            **now,
+        )
+        self.cancel_open_tasks = _t(
+            "UPDATE engine_tasks SET status = 'CANCELED', completed_at = :now, "
+            "next_poll_at = NULL WHERE run_id = :run_id AND status IN ('RUNNING', 'WAITING')",
+            **now,
+        )
+        self.heartbeat = _t(
+            "UPDATE engine_runs SET lease_expires_at = :expires "
+            "WHERE lease_owner = :worker AND status = 'RUNNING' RETURNING id, lease_epoch",
+            expires=UTCDateTime,
+        )
+        self.release_runs = _t(
+            "UPDATE engine_runs SET status = 'QUEUED', attempt = attempt - 1, "
+            "lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1 "
+            "WHERE lease_owner = :worker AND status = 'RUNNING'"
+        )
+        mine = "AND job_id || '@' || job_version IN :job_keys"
+        self.next_due = (
+            _t(
+                f"SELECT (SELECT MIN(wake_at) FROM engine_runs WHERE status = 'WAITING' {mine}), "
+                "(SELECT MIN(lease_expires_at) FROM engine_runs WHERE status = 'RUNNING' "
+                f"{mine}), (SELECT MIN(next_poll_at) FROM engine_tasks WHERE status = 'WAITING' "
+                "AND poller IN :pollers)"
+            )
+            .bindparams(bindparam("job_keys", expanding=True), bindparam("pollers", expanding=True))
+            .columns(*(_col(n) for n in ("a", "b", "c")))
+        )
+        self.claim_polls = (
+            _t(
+                "UPDATE engine_tasks SET next_poll_at = :hold WHERE id IN ("
+                "SELECT id FROM engine_tasks WHERE status = 'WAITING' AND poller IN :pollers "
+                f"AND next_poll_at <= :now ORDER BY next_poll_at LIMIT :limit{skip}) "
+                "RETURNING id, run_id, poller, params, poll_state",
+                now=UTCDateTime,
+                hold=UTCDateTime,
+            )
+            .bindparams(bindparam("pollers", expanding=True))
+            .columns(params=Json, poll_state=Json)
+        )
+        self.reschedule_poll = _t(
+            "UPDATE engine_tasks SET next_poll_at = :next_poll_at, poll_state = :poll_state "
+            "WHERE id = :id AND status = 'WAITING'",
+            next_poll_at=UTCDateTime,
+            poll_state=Json,
+        )
+        self.finish_poll = _t(
+            "UPDATE engine_tasks SET status = :status, output = :output, error = :error, "
+            "poll_state = :poll_state, completed_at = :now, next_poll_at = NULL "
+            "WHERE id = :id AND status = 'WAITING'",
+            output=Json,
+            error=Json,
+            poll_state=Json,
+            **now,
+        )
+        self.wake_run = _t(
+            "UPDATE engine_runs SET wake_at = :now WHERE id = :id "
+            "AND status IN ('WAITING', 'RUNNING')",
+            **now,
+        )
+        self.get_run = _t(f"SELECT {_RUN_COLUMNS} FROM engine_runs WHERE id = :id").columns(
+            **_RUN_TYPES
+        )
+        self.list_runs = _t(
+            f"SELECT {_RUN_COLUMNS} FROM engine_runs "
+            "WHERE (:job_id IS NULL OR job_id = :job_id) "
+            "AND (:status IS NULL OR status = :status) "
+            "ORDER BY created_at DESC LIMIT :limit",
+            job_id=_str(),
+            status=_str(),
+        ).columns(**_RUN_TYPES)
+        self.get_tasks = _t(
+            "SELECT id, parent_path, key, kind, name, status, attempts, params, output, "
+            "output_type, error, due_at, poller, next_poll_at, seq, started_at, completed_at "
+            "FROM engine_tasks WHERE run_id = :run_id ORDER BY seq, id"
+        ).columns(
+            params=Json,
+            output=Json,
+            error=Json,
+            due_at=UTCDateTime,
+            next_poll_at=UTCDateTime,
+            started_at=UTCDateTime,
+            completed_at=UTCDateTime,
+        )
+        self.get_logs = _t(
+            "SELECT parent_path, seq, level, message, fields, created_at FROM engine_logs "
+            "WHERE run_id = :run_id ORDER BY created_at, seq"
+        ).columns(fields=Json, created_at=UTCDateTime)
+        self.cancel_run = _t(
+            "UPDATE engine_runs SET status = 'CANCELED', completed_at = :now, wake_at = NULL, "
+            "lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1 "
+            "WHERE id = :id",
+            **now,
+        )
+        self.retry_run = _t(
+            "UPDATE engine_runs SET status = 'QUEUED', error = NULL, completed_at = NULL, "
+            "wake_at = NULL WHERE id = :id"
+        )
+        self.reopen_failed_tasks = _t(
+            "UPDATE engine_tasks SET status = 'WAITING', attempts = 0, due_at = :now, "
+            "completed_at = NULL, next_poll_at = CASE WHEN poller IS NULL THEN NULL ELSE :now "
+            "END WHERE run_id = :run_id AND status IN ('ERRORED', 'CANCELED')",
+            **now,
+        )
+
+
+def _col(name: str) -> Any:
+    from sqlalchemy import column
+
+    return column(name, UTCDateTime)
+
+
+def _str() -> Any:
+    from sqlalchemy import String
+
+    return String()
+
+
+# -- dialects ----------------------------------------------------------------------------------
+
+
+def _dialect_engine(url: Any, pool_size: int) -> AsyncEngine:
+    if url.get_backend_name() == "postgresql":
+        return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    # One connection: SQLite has one writer anyway, and queueing in the pool is far cheaper
+    # than SQLite's sleep-and-retry busy handler.
+    engine = create_async_engine(
+        url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=120,
+        connect_args={"timeout": 30},
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves (IMMEDIATE, below); the driver must not.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL: a commit survives a process crash (kill -9); see docs/concepts.md.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        # Take the write lock up front: a deferred transaction that upgrades later can fail
+        # with "database is locked" instead of waiting its turn.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

@@ -1,0 +1,1 @@
+"""The engine's Alembic migrations (installed as `engine.migrations`)."""
