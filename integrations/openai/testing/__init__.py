@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .faults import FakeError, Fault, RecordedRequest
 from .server import FakeOpenAI
-from .state import FakeError, Fault, RecordedRequest
 
 
 @contextmanager

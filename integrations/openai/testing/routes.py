@@ -11,8 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .state import FakeError, FakeState, message_content, not_found, plain_text, public
+from .faults import FakeError, not_found
+from .state import FakeState, message_content, plain_text, public
 
+FILE_PURPOSES = ("assistants", "assistants_output", "batch", "batch_output", "fine-tune",
+                 "fine-tune-results", "vision", "user_data")
 MODELS = ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "dall-e-3")
 EMBEDDING_DIMENSIONS = 8
 
@@ -108,8 +111,8 @@ def create_file(req: Request) -> Any:
     purpose = req.form.get("purpose")
     if not isinstance(upload, tuple):
         raise FakeError(400, "Missing required parameter: 'file'.", param="file")
-    if not isinstance(purpose, str) or not purpose:
-        raise FakeError(400, "Missing required parameter: 'purpose'.", param="purpose")
+    if purpose not in FILE_PURPOSES:
+        raise FakeError(400, f"Invalid value for 'purpose': {purpose!r}.", param="purpose")
     filename, content = upload
     return req.state.create_file(filename or "upload", purpose, content)
 

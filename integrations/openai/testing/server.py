@@ -13,7 +13,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from . import routes
-from .state import FakeError, FakeState, Fault, RecordedRequest
+from .faults import FakeError, Fault, RecordedRequest
+from .state import FakeState
 
 ADMIN_PREFIX = "/_fake/"
 
