@@ -7,10 +7,10 @@ import os
 from types import TracebackType
 from typing import Any
 
-from . import clock, migrate
+from . import clock, migrate, views
 from .exceptions import EngineError, UnknownJobError
 from .jobs import check_against_schema, registry
-from .schema import FINAL_RUN_STATUSES
+from .schema import FINAL_RUN_STATUSES, RUN_STATUSES
 from .store import DEFAULT_DATABASE_URL, Store
 
 
@@ -76,7 +76,13 @@ class Engine:
     async def list_runs(
         self, job_id: str | None = None, status: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
-        return await self.store.list_runs(job_id, status, limit)
+        """Runs, newest first, each shaped like `show_run` without `tasks`."""
+        if status is not None and status.upper() not in RUN_STATUSES:
+            raise EngineError(
+                f"status {status!r} is not a run status: use one of {', '.join(RUN_STATUSES)}"
+            )
+        rows = await self.store.list_runs(job_id, status and status.upper(), limit)
+        return [views.run_view(row) for row in rows]
 
     async def cancel(self, run_id: str) -> str:
         return await self.store.cancel_run(run_id)
@@ -94,3 +100,12 @@ class Engine:
             if clock.now() > deadline:
                 raise EngineError(f"run {run_id} is still {run['status']} after {timeout}s")
             await asyncio.sleep(0.02)
+
+    async def show_run(self, run_id: str) -> dict[str, Any]:
+        """The run and its task tree, as `engine runs show --json` prints it."""
+        view = views.run_view(await self.store.get_run(run_id))
+        view["tasks"] = views.task_tree(await self.store.get_tasks(run_id))
+        return view
+
+    async def run_logs(self, run_id: str) -> list[dict[str, Any]]:
+        return await self.store.get_logs(run_id)

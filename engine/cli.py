@@ -1,0 +1,291 @@
+"""The `engine` command: run workers, trigger runs, inspect and control them.
+
+Built on click (parsing, help, exit codes) and rich (tables and trees for people); `--json`
+output is for scripts and is exactly what CONTRACT.md section 4 says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape as _escape
+from rich.table import Table
+from rich.tree import Tree
+
+from . import migrate
+from .app import load_app
+from .client import Engine
+from .exceptions import EngineError
+from .worker import run_worker
+
+T = TypeVar("T")
+
+_DB_HELP = "Database URL (default: $ENGINE_DATABASE_URL, else sqlite+aiosqlite:///engine.db)."
+_STATUS_STYLE = {
+    "COMPLETED": "green",
+    "FAILED": "red",
+    "ERRORED": "red",
+    "CANCELED": "yellow",
+    "WAITING": "cyan",
+    "RUNNING": "blue",
+    "QUEUED": "white",
+}
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _run(make: Callable[[], Awaitable[T]]) -> T:
+    """Runs a coroutine; a user-caused error becomes one line on stderr and exit code 1."""
+    try:
+        return asyncio.run(make())  # type: ignore[arg-type]
+    except EngineError as exc:
+        _fail(exc.message)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    raise AssertionError("unreachable")
+
+
+async def _with_engine(url: str | None, use: Callable[[Engine], Awaitable[T]]) -> T:
+    engine = Engine(url)
+    try:
+        return await use(engine)
+    finally:
+        await engine.close()
+
+
+@click.group()
+@click.version_option(package_name="engine")
+def main() -> None:
+    """A durable-execution engine: async jobs whose steps are recorded in a SQL task log."""
+
+
+@main.command()
+@click.argument("app")
+@click.option("--database-url", help=_DB_HELP)
+@click.option("--concurrency", default=20, show_default=True, help="Runs in flight at once.")
+@click.option(
+    "--lease-seconds",
+    default=30.0,
+    show_default=True,
+    help="How long a run stays claimed without a heartbeat before another worker may take it over.",
+)
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+def run(
+    app: str, database_url: str | None, concurrency: int, lease_seconds: float, log_level: str
+) -> None:
+    """Execute APP's jobs (a module path or a .py file) until SIGINT/SIGTERM."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _run(
+        lambda: run_worker(app, database_url, concurrency=concurrency, lease_seconds=lease_seconds)
+    )
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--payload", default=None, help="The payload, as JSON.")
+@click.option(
+    "--idempotency-key", default=None, help="Triggering twice with one key gives one run."
+)
+@click.option("--app", default=None, help="Register APP's jobs first (validates with its model).")
+@click.option("--database-url", help=_DB_HELP)
+def trigger(
+    job_id: str,
+    payload: str | None,
+    idempotency_key: str | None,
+    app: str | None,
+    database_url: str | None,
+) -> None:
+    """Queue a run of JOB_ID and print its id."""
+    try:
+        data = json.loads(payload) if payload is not None else None
+    except json.JSONDecodeError as exc:
+        _fail(
+            f"--payload is not valid JSON ({exc.msg} at line {exc.lineno} column "
+            f"{exc.colno}): pass e.g. --payload '{{\"n\": 1}}'"
+        )
+    if app:
+        try:
+            load_app(app)
+        except EngineError as exc:
+            _fail(exc.message)
+    run_id = _run(
+        lambda: _with_engine(
+            database_url, lambda e: e.trigger(job_id, data, idempotency_key=idempotency_key)
+        )
+    )
+    click.echo(run_id)
+
+
+@main.group()
+def runs() -> None:
+    """Inspect and control runs."""
+
+
+@runs.command("list")
+@click.option("--job", "job_id", default=None, help="Only runs of this job id.")
+@click.option("--status", default=None, help="Only runs in this status (e.g. FAILED).")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--database-url", help=_DB_HELP)
+def list_runs(
+    job_id: str | None, status: str | None, limit: int, as_json: bool, database_url: str | None
+) -> None:
+    """List runs, newest first."""
+    rows = _run(lambda: _with_engine(database_url, lambda e: e.list_runs(job_id, status, limit)))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(box=None, header_style="bold")
+    table.add_column("ID", no_wrap=True, min_width=32)
+    for column in ("JOB", "STATUS", "CREATED", "DURATION"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["id"],
+            row["job_id"],
+            _status(row["status"]),
+            _short_time(row["created_at"]),
+            _duration(row["started_at"], row["completed_at"]),
+        )
+    Console().print(table if rows else "no runs")
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--database-url", help=_DB_HELP)
+def show_run(run_id: str, as_json: bool, database_url: str | None) -> None:
+    """Show a run and its task tree."""
+
+    async def load(engine: Engine) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return await engine.show_run(run_id), await engine.run_logs(run_id)
+
+    view, logs = _run(lambda: _with_engine(database_url, load))
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+        return
+    print_run(view, logs)
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@click.option("--database-url", help=_DB_HELP)
+def cancel_run(run_id: str, database_url: str | None) -> None:
+    """Cancel a QUEUED, WAITING or RUNNING run."""
+    before = _run(lambda: _with_engine(database_url, lambda e: e.cancel(run_id)))
+    click.echo(f"canceled {run_id} (was {before})")
+
+
+@runs.command("retry")
+@click.argument("run_id")
+@click.option("--database-url", help=_DB_HELP)
+def retry_run(run_id: str, database_url: str | None) -> None:
+    """Re-execute a FAILED run from where it failed."""
+    _run(lambda: _with_engine(database_url, lambda e: e.retry(run_id)))
+    click.echo(f"queued {run_id} again")
+
+
+@main.group()
+def db() -> None:
+    """Manage the engine's database schema."""
+
+
+@db.command()
+@click.option("--database-url", help=_DB_HELP)
+def upgrade(database_url: str | None) -> None:
+    """Bring the schema to head (Alembic migrations)."""
+    _run(lambda: _with_engine(database_url, lambda e: migrate.upgrade(e.store)))
+    click.echo("database is at head")
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def print_run(
+    view: dict[str, Any], logs: list[dict[str, Any]], console: Console | None = None
+) -> None:
+    console = console or Console()
+    created = _parse(view["created_at"])
+    console.print(
+        f"[bold]{view['id']}[/bold]  {view['job_id']}  {_status(view['status'])}  "
+        f"created {_short_time(view['created_at'])}  "
+        f"{_duration(view['started_at'], view['completed_at'])}"
+    )
+    tree = Tree("[bold]tasks[/bold]")
+    _add_tasks(tree, view["tasks"])
+    console.print(tree)
+    if view["output"] is not None:
+        console.print(f"output: {_short(view['output'], 300)}")
+    if view["error"]:
+        console.print(
+            f"[red]error: {view['error'].get('type')}: {view['error'].get('message')}[/red]"
+        )
+    if logs:
+        console.print("[bold]logs[/bold]")
+        for line in logs:
+            offset = (line["created_at"] - created).total_seconds() if created else 0.0
+            fields = f" {_short(line['fields'], 120)}" if line["fields"] else ""
+            console.print(
+                f"  +{offset:7.3f}s {line['level']:<7} {line['message']}{fields}", markup=False
+            )
+
+
+def _add_tasks(tree: Tree, tasks: list[dict[str, Any]]) -> None:
+    for task in tasks:
+        label = (
+            f"{task['key']} [dim]{task['name']}[/dim] {_status(task['status'])} "
+            f"x{task['attempts']} {_duration(task['started_at'], task['completed_at'])}"
+        )
+        error = task["error"]
+        if error:
+            message = _escape(_short(error.get("message"), 100))
+            label += f" [red]{error.get('type')}: {message}[/red]"
+        elif task["output"] is not None:
+            label += f" [dim]→ {_escape(_short(task['output'], 80))}[/dim]"
+        _add_tasks(tree.add(label), task["children"])
+
+
+def _status(status: str) -> str:
+    return f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+def _short(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _short_time(value: str | None) -> str:
+    parsed = _parse(value)
+    return parsed.strftime("%Y-%m-%d %H:%M:%S") if parsed else "-"
+
+
+def _duration(start: str | None, end: str | None) -> str:
+    a, b = _parse(start), _parse(end)
+    if not a or not b:
+        return ""
+    seconds = (b - a).total_seconds()
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.1f}s"
