@@ -1,0 +1,27 @@
+import asyncio
+
+from support import unique_id
+
+from engine import job
+
+
+async def test_a_job_with_tasks_and_waits_completes(harness):
+    calls = []
+
+    @job(id=unique_id("smoke"))
+    async def smoke(payload, io, ctx):
+        async def step(task):
+            calls.append(task.key)
+            return payload["n"] * 2
+
+        a = await io.run_task("a", step)
+        await io.wait("w", 0.05)
+        b, _ = await asyncio.gather(io.run_task("b", step), io.wait("w2", 0.05))
+        return {"a": a, "b": b}
+
+    await harness.start(smoke)
+    view = await harness.run(smoke, {"n": 2})
+    assert view["status"] == "COMPLETED", view["error"]
+    assert view["output"] == {"a": 4, "b": 4}
+    assert calls == ["a", "b"]
+    assert [t["key"] for t in view["tasks"]] == ["a", "w", "b", "w2"]
