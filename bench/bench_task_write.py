@@ -61,7 +61,7 @@ async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
     try:
         for _ in range(args.repeat):
             # Claim and execute directly, as the scheduler would, with nothing else running.
-            (run_id,) = await common.create_runs(store, job, [None])
+            await common.create_runs(store, job, [None])
             (claimed,) = await store.claim_runs("bench", 1, 300, [job.key])
             with common.StatementCounter(store) as counter:
                 if profile is not None:

@@ -87,13 +87,19 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: str = ""
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
     if title:
         print(title)
-    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(
-        zip(headers, widths, strict=True)))
+    line = "  ".join(
+        h.ljust(w) if i == 0 else h.rjust(w)
+        for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+    )
     print(line)
     print("-" * len(line))
     for r in cells:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(
-            zip(r, widths, strict=True))))
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
     print(flush=True)
 
 
