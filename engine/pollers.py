@@ -89,6 +89,9 @@ def _http_get(url: str, method: str, headers: dict[str, str]) -> PollResult:
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             body = response.read()
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return PollResult(done=False)
     except (urllib.error.URLError, TimeoutError, OSError):
         return PollResult(done=False)  # not 2xx yet, or not reachable yet: poll again
     try:

@@ -20,22 +20,27 @@ from .exceptions import EngineError, NotSerializableError, TaskError
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
-def _check_plain(value: Any, where: str) -> None:
+def _plain(value: Any, where: str) -> Any:
+    """`value` as JSON data (tuples become lists), or NotSerializableError naming `where`.
+
+    The first execution returns this normalized value too, so it and every replay agree.
+    """
     if isinstance(value, _JSON_SCALARS):
-        return
-    if isinstance(value, list):
-        for item in value:
-            _check_plain(item, where)
-        return
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(item, where) for item in value]
     if isinstance(value, dict):
+        out = {}
         for k, item in value.items():
             if not isinstance(k, str):
                 raise NotSerializableError(
                     f"{where}: dict key {k!r} is a {type(k).__name__}; "
                     "the task log stores JSON, whose keys are strings"
                 )
-            _check_plain(item, where)
-        return
+            out[k] = _plain(item, where)
+        return out
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
     raise NotSerializableError(
         f"{where}: a {type(value).__name__} cannot be stored in the task log; "
         "return JSON-compatible data (dict, list, str, int, float, bool, None) or a pydantic "
@@ -72,8 +77,7 @@ def encode(value: Any, where: str, annotation: Any = None) -> tuple[Any, str | N
             ) from exc
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json"), type_name(type(value))
-    _check_plain(value, where)
-    return value, None
+    return _plain(value, where), None
 
 
 def decode(value: Any, type_name_: str | None, annotation: Any = None) -> Any:
@@ -89,10 +93,7 @@ def decode(value: Any, type_name_: str | None, annotation: Any = None) -> Any:
 
 def check_params(params: Any, where: str) -> Any:
     """Params are recorded as given; they must be JSON already (or a pydantic model)."""
-    if isinstance(params, BaseModel):
-        return params.model_dump(mode="json")
-    _check_plain(params, where)
-    return params
+    return _plain(params, where)
 
 
 def dumps(value: Any) -> str:

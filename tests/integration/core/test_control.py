@@ -1,0 +1,290 @@
+"""Trigger idempotency, cancel, retry, and background polls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from pydantic import BaseModel
+from support import unique_id
+
+from engine import (
+    EngineError,
+    InvalidRunStateError,
+    PayloadValidationError,
+    PollTimeoutError,
+    UnknownJobError,
+    job,
+)
+
+
+async def _until(engine, run_id, status, timeout=10.0):
+    for _ in range(int(timeout / 0.01)):
+        run = await engine.get_run(run_id)
+        if run["status"] == status:
+            return run
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"run {run_id} never reached {status}: {run['status']}")
+
+
+async def test_one_idempotency_key_gives_one_run_even_when_racing(harness):
+    @job(id=unique_id("idem"))
+    async def idem(payload, io, ctx):
+        return payload
+
+    await harness.engine.upgrade()
+    ids = await asyncio.gather(*(
+        harness.engine.trigger(idem.id, {"n": i}, idempotency_key="order-42") for i in range(8)
+    ))
+    assert len(set(ids)) == 1
+    runs = await harness.engine.list_runs(idem.id)
+    assert len(runs) == 1
+    other = await harness.engine.trigger(idem.id, {"n": 1}, idempotency_key="order-43")
+    assert other != ids[0]
+
+
+async def test_payload_model_validates_and_reaches_the_job_as_a_model(harness):
+    class Order(BaseModel):
+        id: int
+        item: str
+
+    @job(id=unique_id("typed"), payload=Order)
+    async def typed(payload: Order, io, ctx):
+        return {"type": type(payload).__name__, "item": payload.item}
+
+    await harness.start(typed)
+    with pytest.raises(PayloadValidationError, match="id: Input should be a valid integer"):
+        await harness.engine.trigger(typed.id, {"id": "x", "item": "pen"})
+    assert await harness.engine.list_runs(typed.id) == []
+    view = await harness.run(typed, {"id": 1, "item": "pen"})
+    assert view["output"] == {"type": "Order", "item": "pen"}
+
+
+async def test_unknown_job_is_refused(harness):
+    await harness.engine.upgrade()
+    with pytest.raises(UnknownJobError, match="no job 'nope' is registered"):
+        await harness.engine.trigger("nope")
+
+
+async def test_cancel_a_waiting_run(harness):
+    @job(id=unique_id("cancelwait"))
+    async def sleeper(payload, io, ctx):
+        await io.wait("long", 3600)
+
+    await harness.start(sleeper)
+    run_id = await harness.engine.trigger(sleeper.id)
+    await _until(harness.engine, run_id, "WAITING")
+    assert await harness.engine.cancel(run_id) == "WAITING"
+    view = await harness.engine.show_run(run_id)
+    assert view["status"] == "CANCELED"
+    assert view["tasks"][0]["status"] == "CANCELED"
+    with pytest.raises(InvalidRunStateError, match="already CANCELED"):
+        await harness.engine.cancel(run_id)
+
+
+async def test_cancel_a_queued_run(harness):
+    @job(id=unique_id("cancelq"))
+    async def never(payload, io, ctx):
+        return 1
+
+    await harness.engine.upgrade()
+    run_id = await harness.engine.trigger(never.id)
+    await harness.engine.cancel(run_id)
+    await harness.start(never)
+    await asyncio.sleep(0.3)
+    assert (await harness.engine.get_run(run_id))["status"] == "CANCELED"
+
+
+async def test_cancel_a_running_run_stops_it_at_its_next_io_call(harness):
+    reached: list[str] = []
+    release = asyncio.Event()
+
+    @job(id=unique_id("cancelrun"))
+    async def busy(payload, io, ctx):
+        async def blocking(task):
+            reached.append(task.key)
+            await release.wait()
+            return 1
+
+        async def later(task):
+            reached.append(task.key)
+
+        await io.run_task("blocking", blocking)
+        await io.run_task("later", later)
+
+    await harness.start(busy, lease_seconds=3)
+    run_id = await harness.engine.trigger(busy.id)
+    for _ in range(500):
+        if reached:
+            break
+        await asyncio.sleep(0.01)
+    await harness.engine.cancel(run_id)
+    release.set()
+    await asyncio.sleep(0.5)
+    view = await harness.engine.show_run(run_id)
+    assert view["status"] == "CANCELED"
+    assert reached == ["blocking"]
+    # The fenced write of "blocking" was refused: the canceled run records nothing more.
+    assert [t["key"] for t in view["tasks"]] == []
+
+
+async def test_retry_a_failed_run_reruns_only_what_failed(harness):
+    calls: list[str] = []
+    broken = {"yes": True}
+
+    @job(id=unique_id("retryrun"))
+    async def fragile(payload, io, ctx):
+        async def good(task):
+            calls.append(task.key)
+            return 1
+
+        async def bad(task):
+            calls.append(task.key)
+            if broken["yes"]:
+                raise RuntimeError("downstream is down")
+            return 2
+
+        return [await io.run_task("good", good), await io.run_task("bad", bad)]
+
+    await harness.start(fragile)
+    view = await harness.run(fragile)
+    assert view["status"] == "FAILED"
+    with pytest.raises(InvalidRunStateError):
+        await harness.engine.retry(await harness.engine.trigger(fragile.id))
+    broken["yes"] = False
+    await harness.engine.retry(view["id"])
+    run = await harness.engine.wait_for(view["id"], 10)
+    assert run["status"] == "COMPLETED" and run["output"] == [1, 2]
+    # Two runs ran "good" (the failed one, once, and the one triggered above); the retried
+    # run did not run it again.
+    assert calls.count("good") == 2
+
+
+async def test_retry_does_not_repeat_completed_tasks(harness):
+    calls: list[str] = []
+    broken = {"yes": True}
+
+    @job(id=unique_id("retry2"))
+    async def fragile(payload, io, ctx):
+        async def good(task):
+            calls.append("good")
+
+        async def bad(task):
+            calls.append("bad")
+            if broken["yes"]:
+                raise RuntimeError("down")
+
+        await io.run_task("good", good)
+        await io.run_task("bad", bad)
+        return "ok"
+
+    await harness.start(fragile)
+    view = await harness.run(fragile)
+    assert view["status"] == "FAILED"
+    broken["yes"] = False
+    await harness.engine.retry(view["id"])
+    run = await harness.engine.wait_for(view["id"], 10)
+    assert run["status"] == "COMPLETED" and run["error"] is None
+    assert calls == ["good", "bad", "bad"]
+
+
+class _Flag:
+    def __init__(self) -> None:
+        self.ready = False
+        self.hits = 0
+
+
+def _serve(flag: _Flag) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            flag.hits += 1
+            if not flag.ready:
+                self.send_response(404)
+                self.end_headers()
+                return
+            body = json.dumps({"state": "done", "hits": flag.hits}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+async def test_background_poll_returns_the_body_once_the_url_answers(harness):
+    flag = _Flag()
+    server = _serve(flag)
+    url = f"http://127.0.0.1:{server.server_address[1]}/status"
+    try:
+        @job(id=unique_id("poll"))
+        async def polling(payload, io, ctx):
+            return await io.background_poll("status", url, interval=0.05, timeout=30)
+
+        await harness.start(polling)
+        run_id = await harness.engine.trigger(polling.id)
+        await _until(harness.engine, run_id, "WAITING")
+        await asyncio.sleep(0.3)
+        polls_while_waiting = flag.hits
+        assert polls_while_waiting >= 2
+        flag.ready = True
+        run = await harness.engine.wait_for(run_id, 10)
+        assert run["status"] == "COMPLETED"
+        assert run["output"]["state"] == "done"
+        # Never faster than the schedule: at most one poll per interval (plus slack).
+        assert polls_while_waiting <= 0.35 / 0.05 + 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_background_poll_times_out_with_a_clear_error(harness):
+    flag = _Flag()
+    server = _serve(flag)
+    url = f"http://127.0.0.1:{server.server_address[1]}/never"
+    try:
+        @job(id=unique_id("polltimeout"))
+        async def polling(payload, io, ctx):
+            try:
+                await io.background_poll("never", url, interval=0.05, timeout=0.3)
+            except PollTimeoutError as exc:
+                return f"gave up: {exc}"
+
+        await harness.start(polling)
+        view = await harness.run(polling)
+        assert view["output"].startswith("gave up: http poll gave up after 0.3s")
+        assert view["tasks"][0]["status"] == "ERRORED"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_background_poll_refuses_secret_headers(harness):
+    @job(id=unique_id("pollsecret"))
+    async def polling(payload, io, ctx):
+        await io.background_poll(
+            "p", "http://127.0.0.1:9/x", headers={"Authorization": "Bearer sk-123"}
+        )
+
+    await harness.start(polling)
+    view = await harness.run(polling)
+    assert view["status"] == "FAILED"
+    assert "looks secret" in view["error"]["message"]
+    assert "sk-123" not in json.dumps(view)
+
+
+def test_bad_retry_policy_is_refused_with_the_bounds():
+    from engine import RetryPolicy
+
+    with pytest.raises(EngineError, match="use 1 to 100"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(EngineError, match="min_delay <= max_delay"):
+        RetryPolicy(min_delay=10, max_delay=1)

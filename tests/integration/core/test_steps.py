@@ -1,0 +1,280 @@
+"""io.run_task: record once, replay forever; subtasks, keys, values, retries, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import BaseModel
+from support import unique_id
+
+from engine import DuplicateKeyError, NotSerializableError, RetryPolicy, TaskTimeoutError, job
+
+
+class Point(BaseModel):
+    x: int
+    y: int
+
+
+async def test_completed_tasks_replay_without_running_again(harness):
+    calls: list[str] = []
+    executions: list[int] = []
+
+    @job(id=unique_id("replay"))
+    async def replay_job(payload, io, ctx):
+        executions.append(1)
+
+        async def step(task):
+            calls.append(task.key)
+            return {"key": task.key, "attempt": task.attempt}
+
+        first = await io.run_task("first", step, params={"n": 1})
+        await io.wait("pause", 0.05)
+        second = await io.run_task("second", step)
+        return [first, second]
+
+    await harness.start(replay_job)
+    view = await harness.run(replay_job)
+    assert view["status"] == "COMPLETED"
+    assert calls == ["first", "second"]
+    assert len(executions) == 2  # unloaded at the wait, replayed from the top after it
+    first = view["tasks"][0]
+    assert first["params"] == {"n": 1} and first["output"] == {"key": "first", "attempt": 1}
+
+
+async def test_subtasks_nest_under_their_parent(harness):
+    @job(id=unique_id("nested"))
+    async def nested(payload, io, ctx):
+        async def child(task):
+            return task.path
+
+        async def parent(task):
+            a = await io.run_task("child", child)
+            b = await io.run_task("other", child)
+            return [a, b]
+
+        return await io.run_task("parent", parent)
+
+    await harness.start(nested)
+    view = await harness.run(nested)
+    assert view["output"] == [["parent", "child"], ["parent", "other"]]
+    (parent,) = view["tasks"]
+    assert [c["key"] for c in parent["children"]] == ["child", "other"]
+    assert all(c["status"] == "COMPLETED" for c in parent["children"])
+
+
+async def test_a_key_used_twice_among_siblings_is_a_clear_error(harness):
+    @job(id=unique_id("dup"))
+    async def dup(payload, io, ctx):
+        async def step(task):
+            return 1
+
+        await io.run_task("same", step)
+        try:
+            await io.run_task("same", step)
+        except DuplicateKeyError as exc:
+            return str(exc)
+        return "no error"
+
+    await harness.start(dup)
+    view = await harness.run(dup)
+    assert "key 'same' is used twice" in view["output"]
+    assert len(view["tasks"]) == 1
+
+
+async def test_same_key_under_different_parents_is_fine(harness):
+    @job(id=unique_id("scoped"))
+    async def scoped(payload, io, ctx):
+        async def leaf(task):
+            return 1
+
+        async def branch(task):
+            return await io.run_task("leaf", leaf)
+
+        return [await io.run_task("a", branch), await io.run_task("b", branch)]
+
+    await harness.start(scoped)
+    assert (await harness.run(scoped))["output"] == [1, 1]
+
+
+async def test_unstorable_output_raises_at_the_call_site(harness):
+    @job(id=unique_id("unstorable"))
+    async def unstorable(payload, io, ctx):
+        async def step(task):
+            return object()
+
+        try:
+            await io.run_task("bad", step)
+        except NotSerializableError as exc:
+            return str(exc)
+        return "stored?"
+
+    await harness.start(unstorable)
+    view = await harness.run(unstorable)
+    assert "io.run_task('bad') output" in view["output"]
+    assert "object cannot be stored" in view["output"]
+
+
+async def test_unstorable_params_are_refused_before_anything_runs(harness):
+    ran: list[int] = []
+
+    @job(id=unique_id("badparams"))
+    async def bad_params(payload, io, ctx):
+        async def step(task):
+            ran.append(1)
+
+        await io.run_task("p", step, params={"when": object()})
+
+    await harness.start(bad_params)
+    view = await harness.run(bad_params)
+    assert view["status"] == "FAILED"
+    assert view["error"]["type"] == "NotSerializableError"
+    assert ran == [] and view["tasks"] == []
+
+
+async def test_pydantic_models_come_back_as_the_same_type(harness):
+    seen: list[tuple[str, bool]] = []
+
+    @job(id=unique_id("models"))
+    async def models(payload, io, ctx):
+        async def untyped(task):
+            return Point(x=1, y=2)
+
+        async def typed(task) -> list[Point]:
+            return [Point(x=3, y=4)]
+
+        a = await io.run_task("untyped", untyped)
+        b = await io.run_task("typed", typed)
+        seen.append(("untyped", type(a) is Point))
+        seen.append(("typed", type(b[0]) is Point))
+        await io.wait("w", 0.02)
+        return {"a": a.x, "b": b[0].y}
+
+    await harness.start(models)
+    view = await harness.run(models)
+    assert view["output"] == {"a": 1, "b": 4}
+    # Both the first execution and the replay after the wait saw real models.
+    assert seen == [("untyped", True), ("typed", True)] * 2
+
+
+async def test_retries_are_persisted_waits_and_recorded(harness):
+    failures = {"left": 2}
+    executions: list[int] = []
+
+    @job(id=unique_id("retry"))
+    async def retrying(payload, io, ctx):
+        executions.append(1)
+
+        async def flaky(task):
+            if failures["left"]:
+                failures["left"] -= 1
+                raise ConnectionError(f"flaky attempt {task.attempt}")
+            return task.attempt
+
+        policy = RetryPolicy(max_attempts=3, min_delay=0.05, max_delay=0.05)
+        return await io.run_task("flaky", flaky, retry=policy)
+
+    await harness.start(retrying)
+    view = await harness.run(retrying)
+    assert view["status"] == "COMPLETED"
+    assert view["output"] == 3
+    assert view["tasks"][0]["attempts"] == 3
+    # Each retry delay unloaded the run: one execution per attempt.
+    assert len(executions) == 3
+
+
+async def test_exhausted_retries_reach_the_job_with_the_original_error(harness):
+    @job(id=unique_id("exhaust"))
+    async def exhaust(payload, io, ctx):
+        async def always(task):
+            raise ValueError(f"nope {task.attempt}")
+
+        try:
+            await io.run_task("always", always, retry=RetryPolicy(max_attempts=2, min_delay=0.01))
+        except ValueError as exc:
+            return f"caught {exc}"
+
+    await harness.start(exhaust)
+    view = await harness.run(exhaust)
+    assert view["output"] == "caught nope 2"
+    task = view["tasks"][0]
+    assert task["status"] == "ERRORED" and task["attempts"] == 2
+    assert task["error"]["type"] == "ValueError" and task["error"]["message"] == "nope 2"
+
+
+async def test_a_recorded_failure_replays_as_the_same_exception(harness):
+    caught: list[str] = []
+
+    @job(id=unique_id("replayerr"))
+    async def replay_error(payload, io, ctx):
+        async def boom(task):
+            raise KeyError("missing")
+
+        try:
+            await io.run_task("boom", boom)
+        except KeyError as exc:
+            caught.append(type(exc).__name__)
+        await io.wait("w", 0.02)
+        return caught
+
+    await harness.start(replay_error)
+    view = await harness.run(replay_error)
+    assert view["status"] == "COMPLETED"
+    assert caught == ["KeyError", "KeyError"]
+
+
+async def test_a_failing_job_records_its_error(harness):
+    @job(id=unique_id("fails"))
+    async def fails(payload, io, ctx):
+        raise RuntimeError("the job broke")
+
+    await harness.start(fails)
+    view = await harness.run(fails)
+    assert view["status"] == "FAILED"
+    assert view["error"]["type"] == "RuntimeError"
+    assert view["error"]["message"] == "the job broke"
+    assert "the job broke" in view["error"]["traceback"]
+    assert view["completed_at"] is not None
+
+
+async def test_attempt_timeout(harness):
+    @job(id=unique_id("timeout"))
+    async def slow(payload, io, ctx):
+        async def sleepy(task):
+            await asyncio.sleep(5)
+
+        try:
+            await io.run_task("sleepy", sleepy, timeout=0.05)
+        except TaskTimeoutError as exc:
+            return str(exc)
+
+    await harness.start(slow)
+    view = await harness.run(slow)
+    assert "ran longer than its timeout of 0.05s" in view["output"]
+    assert view["tasks"][0]["status"] == "ERRORED"
+
+
+async def test_logger_lines_are_recorded_once(harness):
+    @job(id=unique_id("logs"))
+    async def logs(payload, io, ctx):
+        io.logger.info("starting", n=1)
+        await io.wait("w", 0.02)
+        io.logger.warn("after the wait")
+        return None
+
+    await harness.start(logs)
+    view = await harness.run(logs)
+    lines = await harness.engine.run_logs(view["id"])
+    assert [(line["level"], line["message"]) for line in lines] == [
+        ("INFO", "starting"), ("WARNING", "after the wait")]
+    assert lines[0]["fields"] == {"n": 1}
+
+
+async def test_job_return_value_must_be_storable(harness):
+    @job(id=unique_id("badreturn"))
+    async def bad_return(payload, io, ctx):
+        return {1, 2}
+
+    await harness.start(bad_return)
+    view = await harness.run(bad_return)
+    assert view["status"] == "FAILED"
+    assert view["error"]["type"] == "NotSerializableError"

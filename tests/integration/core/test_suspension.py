@@ -1,0 +1,162 @@
+"""Waits unload the run; parallel branches; suspension is not an error; divergence."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from support import unique_id
+
+from engine import DivergenceError, job
+
+
+async def test_parallel_steps_replay_by_key(harness):
+    calls: list[str] = []
+
+    @job(id=unique_id("gather"))
+    async def gathered(payload, io, ctx):
+        async def step(task):
+            calls.append(task.key)
+            await asyncio.sleep(0.01)
+            return task.key.upper()
+
+        a, b, _ = await asyncio.gather(
+            io.run_task("a", step), io.run_task("b", step), io.wait("c", 0.05)
+        )
+        d = await io.run_task("d", step)
+        return [a, b, d]
+
+    await harness.start(gathered)
+    view = await harness.run(gathered)
+    assert view["output"] == ["A", "B", "D"]
+    assert sorted(calls) == ["a", "b", "d"]
+
+
+async def test_unloads_only_after_every_branch_finished_or_parked(harness):
+    calls: list[str] = []
+
+    @job(id=unique_id("branches"))
+    async def branches(payload, io, ctx):
+        async def slow(task):
+            await asyncio.sleep(0.2)  # still running when the other branch parks
+            calls.append(task.key)
+            return 1
+
+        async def then_more():
+            await io.run_task("slow", slow)
+            return await io.run_task("after-slow", slow)
+
+        await asyncio.gather(io.wait("quick", 0.01), then_more())
+        return calls
+
+    await harness.start(branches)
+    view = await harness.run(branches)
+    assert view["status"] == "COMPLETED"
+    # Neither slow step was cut short and re-run: each ran exactly once.
+    assert calls == ["slow", "after-slow"]
+
+
+async def test_a_run_waiting_on_several_waits_resumes_when_the_last_is_due(harness):
+    @job(id=unique_id("multiwait"))
+    async def multi(payload, io, ctx):
+        start = time.monotonic()
+        await asyncio.gather(io.wait("short", 0.05), io.wait("long", 0.3), io.wait("mid", 0.1))
+        return time.monotonic() - start
+
+    await harness.start(multi)
+    started = time.monotonic()
+    view = await harness.run(multi)
+    assert view["status"] == "COMPLETED"
+    assert time.monotonic() - started >= 0.3
+    assert {t["key"]: t["status"] for t in view["tasks"]} == {
+        "short": "COMPLETED", "long": "COMPLETED", "mid": "COMPLETED"}
+
+
+async def test_suspension_passes_through_except_exception(harness):
+    swallowed: list[str] = []
+
+    @job(id=unique_id("tryexcept"))
+    async def careless(payload, io, ctx):
+        try:
+            await io.wait("nap", 0.05)
+        except Exception as exc:
+            swallowed.append(repr(exc))
+        return "done"
+
+    await harness.start(careless)
+    view = await harness.run(careless)
+    assert view["status"] == "COMPLETED" and swallowed == []
+
+
+async def test_a_waiting_run_holds_no_coroutine(harness):
+    @job(id=unique_id("holds"))
+    async def sleeper(payload, io, ctx):
+        await io.wait("long", 3600)
+
+    scheduler = await harness.start(sleeper)
+    run_id = await harness.engine.trigger(sleeper.id)
+    for _ in range(200):
+        if (await harness.engine.get_run(run_id))["status"] == "WAITING":
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)
+    assert (await harness.engine.get_run(run_id))["status"] == "WAITING"
+    assert scheduler.active == {}
+    names = {t.get_name() for t in asyncio.all_tasks()}
+    assert not any(run_id in name for name in names)
+
+
+async def test_divergence_fails_the_run_and_names_the_key(harness):
+    version = {"code": "old"}
+
+    @job(id=unique_id("diverge"))
+    async def diverging(payload, io, ctx):
+        async def fetch(task):
+            return 1
+
+        if version["code"] == "old":
+            await io.run_task("step", fetch)
+        else:
+            try:
+                await io.wait("step", 0.01)  # same key, another kind of call
+            except DivergenceError:
+                pass  # swallowing it does not save the run
+        await io.wait("pause", 0.1)
+        return "finished"
+
+    await harness.start(diverging)
+    run_id = await harness.engine.trigger(diverging.id)
+    for _ in range(200):
+        if (await harness.engine.get_run(run_id))["status"] == "WAITING":
+            break
+        await asyncio.sleep(0.01)
+    version["code"] = "new"
+    run = await harness.engine.wait_for(run_id, 10)
+    assert run["status"] == "FAILED"
+    assert run["error"]["type"] == "DivergenceError"
+    message = run["error"]["message"]
+    assert "'step'" in message and "task 'fetch'" in message and "wait 'wait'" in message
+
+
+async def test_a_worker_leaves_runs_of_versions_it_does_not_have(harness):
+    job_id = unique_id("versioned")
+
+    @job(id=job_id, version="1")
+    async def v1(payload, io, ctx):
+        return "v1"
+
+    await harness.engine.upgrade()
+    old_run = await harness.engine.trigger(job_id)
+
+    @job(id=job_id, version="2")
+    async def v2(payload, io, ctx):
+        return "v2"
+
+    await harness.start(v2)
+    new_run = await harness.engine.trigger(job_id)
+    assert (await harness.engine.wait_for(new_run, 10))["output"] == "v2"
+    await asyncio.sleep(0.3)
+    assert (await harness.engine.get_run(old_run))["status"] == "QUEUED"
+    # A worker that still has version 1 finishes it.
+    await harness.start(v1)
+    assert (await harness.engine.wait_for(old_run, 10))["output"] == "v1"
