@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+
+from engine import EngineError, RetryPolicy
+from engine.pollers import check_http_params, validate_schedule
+
+
+def test_backoff_grows_by_factor_and_stops_at_max_delay():
+    policy = RetryPolicy(max_attempts=10, min_delay=1, max_delay=5, factor=2)
+    assert [policy.delay(n) for n in range(1, 6)] == [1, 2, 4, 5, 5]
+
+
+def test_a_failure_can_ask_for_its_own_delay_within_the_cap():
+    class Limited(Exception):
+        retry_after = 2.5
+
+    class Greedy(Exception):
+        retry_after = 999
+
+    policy = RetryPolicy(max_attempts=3, min_delay=1, max_delay=30)
+    assert policy.delay(1, Limited()) == 2.5
+    assert policy.delay(1, Greedy()) == 30
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_attempts": 101}, {"factor": 0.5}, {"max_delay": 10**9}]
+)
+def test_retry_policy_bounds(kwargs):
+    with pytest.raises(EngineError):
+        RetryPolicy(**kwargs)
+
+
+def test_poll_schedule_bounds():
+    validate_schedule(0.5, 10, 60)
+    with pytest.raises(EngineError, match="interval"):
+        validate_schedule(0.001, 10, 60)
+    with pytest.raises(EngineError, match="timeout"):
+        validate_schedule(1, 10, 0)
+
+
+def test_http_poll_params():
+    check_http_params("https://example.com/x", {"Accept": "application/json"})
+    with pytest.raises(EngineError, match="http"):
+        check_http_params("ftp://x", None)
+    with pytest.raises(EngineError, match="looks secret"):
+        check_http_params("https://x", {"X-Api-Key": "k"})

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import BaseModel
+
+from engine import EngineError, PayloadValidationError, job
+from engine.jobs import check_against_schema
+from engine.views import run_view, task_tree
+
+
+def _task(parent, key, seq):
+    return {"parent_path": parent, "key": key, "seq": seq, "name": key, "status": "COMPLETED",
+            "attempts": 1, "params": None, "output": None, "error": None,
+            "started_at": datetime(2026, 1, 1, tzinfo=UTC), "completed_at": None}
+
+
+def test_task_tree_nests_children_in_first_run_order():
+    tree = task_tree([
+        _task('["b"]', "b2", 5), _task("[]", "b", 2), _task("[]", "a", 1),
+        _task('["b"]', "b1", 3), _task('["b","b1"]', "deep", 4),
+    ])
+    assert [n["key"] for n in tree] == ["a", "b"]
+    assert [n["key"] for n in tree[1]["children"]] == ["b1", "b2"]
+    assert tree[1]["children"][0]["children"][0]["key"] == "deep"
+    assert tree[0]["started_at"] == "2026-01-01T00:00:00.000000+00:00"
+
+
+def test_run_view_has_exactly_the_contract_fields():
+    view = run_view({"id": "r", "job_id": "j", "status": "QUEUED", "payload": {}, "output": None,
+                     "error": None, "created_at": datetime(2026, 1, 1, tzinfo=UTC),
+                     "started_at": None, "completed_at": None, "lease_epoch": 3})
+    assert set(view) == {"id", "job_id", "status", "payload", "output", "error", "created_at",
+                         "started_at", "completed_at"}
+
+
+def test_job_must_be_async():
+    with pytest.raises(EngineError, match="must be an `async def`"):
+        job(id="sync-job")(lambda payload, io, ctx: None)  # type: ignore[arg-type]
+
+
+def test_payload_model_validation_message_names_the_field():
+    class P(BaseModel):
+        n: int
+
+    @job(id="unit-payload", payload=P)
+    async def j(payload, io, ctx):
+        return None
+
+    assert j.check_payload({"n": "3"}) == {"n": 3}
+    with pytest.raises(PayloadValidationError, match="n: Input should be a valid integer"):
+        j.check_payload({"n": "x"})
+    with pytest.raises(PayloadValidationError, match="n: 'x' is not of type 'integer'"):
+        check_against_schema("unit-payload", {"n": "x"}, j.payload_schema())
