@@ -1,0 +1,159 @@
+"""The two shapes every `io.openai` method takes: one request as a task, or one wait as a poll.
+
+A request is `io.call(key, ..., kind="openai", name=<method path>, record_start=True)`: its
+params are recorded before it is sent, every POST carries `Idempotency-Key: <task idempotency
+key>` (the same on every attempt), and its response is recorded and rebuilt by `codec`. A wait is
+`io.poll(key, "openai:<id>:<what>", ids)`: the scheduler retrieves the object on a backing-off
+schedule while the run is unloaded.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import openai
+from pydantic import BaseModel
+
+from engine import EngineError, Task
+
+from . import codec
+from . import params as P
+from .errors import OpenAIAPIError, translate
+from .secrets import scrub
+
+if TYPE_CHECKING:
+    from .client import OpenAI
+
+# `list_all` reads at most this many pages (100 items each at most): 100,000 items.
+MAX_PAGES = 1000
+
+
+def quietly(fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """Calls an openai method without its Assistants-API DeprecationWarning.
+
+    The warning is raised when the (synchronous) wrapper creates the coroutine, so only that
+    call is wrapped: `catch_warnings` around an `await` would race with other tasks."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return fn(**kwargs)
+
+
+def method_of(client: openai.AsyncOpenAI, path: str) -> Callable[..., Any]:
+    obj: Any = client
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[no-any-return]
+
+
+class Caller:
+    """What the method namespaces share: the integration, the run's `io`, and the two shapes."""
+
+    def __init__(self, integration: OpenAI, io: Any) -> None:
+        self.integration = integration
+        self.io = io
+
+    async def request(
+        self,
+        key: str,
+        operation: str,
+        ids: dict[str, str],
+        params: dict[str, Any],
+        *,
+        post: bool,
+        sent: dict[str, Any] | None = None,
+        method: str | None = None,
+        paginate: bool = False,
+        recorded: dict[str, Any] | None = None,
+    ) -> Any:
+        """One API call as one task. `params` are recorded, `sent` (default: `params`) sent."""
+        if params.get("stream"):
+            raise EngineError(
+                f"io.openai.{operation}({key!r}, stream=True): a stream cannot be recorded and "
+                "replayed; call without stream= (the whole response is recorded)"
+            )
+        integration = self.integration
+        secret = integration.secret()
+        record = recorded if recorded is not None else P.record(ids, params, secret)
+        payload = dict(sent if sent is not None else params)
+        path = method or operation
+        where = f"io.openai.{operation}({key!r})"
+
+        async def fn(task: Task) -> Any:
+            client = integration.client()
+            kwargs = {**ids, **payload}
+            for name, value in kwargs.items():
+                if isinstance(value, P.Upload):
+                    kwargs[name] = value.to_send()
+            if post:
+                headers = dict(kwargs.get("extra_headers") or {})
+                headers["Idempotency-Key"] = task.idempotency_key
+                kwargs["extra_headers"] = headers
+            try:
+                if paginate:
+                    return await _all_pages(method_of(client, path), kwargs)
+                return await quietly(method_of(client, path), **kwargs)
+            except openai.OpenAIError as exc:
+                raise translate(exc, operation, secret) from None
+            except EngineError:
+                raise
+            except Exception as exc:  # a bad argument: sending it again cannot help
+                message = scrub(f"{operation}: {type(exc).__name__}: {exc}", secret)
+                raise OpenAIAPIError(message, retryable=False, operation=operation) from None
+
+        def encode(value: Any) -> tuple[Any, str | None]:
+            return codec.encode(value, secret, where)
+
+        return await self.io.call(
+            key,
+            fn,
+            kind="openai",
+            name=operation,
+            params=record,
+            retry=integration.retry,
+            encode=encode,
+            decode=codec.decode,
+            record_start=True,
+        )
+
+    async def wait(
+        self,
+        key: str,
+        operation: str,
+        what: str,
+        ids: dict[str, str],
+        cls: type[BaseModel],
+        timeout: float | None = None,
+    ) -> Any:
+        """A persisted wait until the object reaches a terminal status; returns it as `cls`."""
+        integration = self.integration
+        value = await self.io.poll(
+            key,
+            integration.poller_name(what),
+            ids,
+            name=operation,
+            kind="openai",
+            interval=integration.poll_interval,
+            max_interval=integration.max_poll_interval,
+            backoff=integration.poll_backoff,
+            timeout=timeout or integration.poll_timeout,
+        )
+        return codec.build(value, cls)
+
+
+async def _all_pages(method: Callable[..., Any], kwargs: dict[str, Any]) -> list[Any]:
+    page = await quietly(method, **kwargs)
+    items = list(page.data)
+    pages = 1
+    while page.has_next_page():
+        if pages >= MAX_PAGES:
+            raise OpenAIAPIError(
+                f"list_all stopped after {MAX_PAGES} pages: use list(..., after=...) to page "
+                "through this many items",
+                retryable=False,
+            )
+        page = await page.get_next_page()
+        items.extend(page.data)
+        pages += 1
+    return items

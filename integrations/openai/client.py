@@ -1,0 +1,120 @@
+"""`OpenAI`: the integration object a job declares, `@job(integrations={"openai": OpenAI()})`.
+
+It owns the openai-python client (created on first use, one per event loop, with the client's
+own retries off: the engine retries, as recorded attempts), the retry policy, the poll schedule
+of the waiting methods, and the pollers the scheduler calls while a run waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import openai
+
+from engine import EngineError, RetryPolicy
+from engine import pollers as engine_pollers
+
+from .calls import Caller
+from .errors import MissingAPIKeyError
+from .pollers import make_pollers
+from .resources import OpenAIIO
+
+DEFAULT_RETRY = RetryPolicy(max_attempts=5, min_delay=1.0, max_delay=60.0, factor=2.0)
+DEFAULT_POLL_INTERVAL = 0.5
+DEFAULT_MAX_POLL_INTERVAL = 10.0
+DEFAULT_POLL_TIMEOUT = 3600.0
+POLL_BACKOFF = 1.5
+
+
+class OpenAI:
+    """The OpenAI integration: `io.openai.<path>(key, *ids, **params)` in a job.
+
+    `api_key`, `base_url` and `organization` default to what `openai.AsyncOpenAI` reads from the
+    environment (OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_ORG_ID); `client=` uses a client you
+    built (its retries are turned off). Waiting methods poll every `poll_interval` seconds,
+    growing by 1.5x up to `max_poll_interval`, and give up after `poll_timeout`.
+    """
+
+    def __init__(
+        self,
+        id: str = "openai",
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        client: openai.AsyncOpenAI | None = None,
+        organization: str | None = None,
+        project: str | None = None,
+        timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
+        poll_timeout: float = DEFAULT_POLL_TIMEOUT,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
+        if not id or not isinstance(id, str) or ":" in id:
+            raise EngineError(f"OpenAI(id={id!r}): give a non-empty id without ':'")
+        if not isinstance(retry, RetryPolicy):
+            raise EngineError(f"OpenAI(retry={retry!r}): pass an engine.RetryPolicy")
+        engine_pollers.validate_schedule(poll_interval, max_poll_interval, poll_timeout)
+        self.id = id
+        self.retry = retry
+        self.poll_interval = float(poll_interval)
+        self.max_poll_interval = float(max_poll_interval)
+        self.poll_timeout = float(poll_timeout)
+        self.poll_backoff = POLL_BACKOFF
+        self._api_key = api_key
+        self._options: dict[str, Any] = {
+            k: v
+            for k, v in {
+                "base_url": base_url,
+                "organization": organization,
+                "project": project,
+                "timeout": timeout,
+            }.items()
+            if v is not None
+        }
+        self._given = client.with_options(max_retries=0) if client is not None else None
+        self._clients: dict[int, tuple[asyncio.AbstractEventLoop, openai.AsyncOpenAI]] = {}
+
+    def __repr__(self) -> str:
+        return f"OpenAI(id={self.id!r})"
+
+    # -- the client ----------------------------------------------------------------------------
+
+    def secret(self) -> str | None:
+        """The API key calls will use (scrubbed from everything recorded)."""
+        if self._given is not None:
+            key = self._given.api_key
+            return key if isinstance(key, str) else None
+        return self._api_key or os.environ.get("OPENAI_API_KEY") or None
+
+    def client(self) -> openai.AsyncOpenAI:
+        """The openai client for the running event loop, created on first use."""
+        if self._given is not None:
+            return self._given
+        loop = asyncio.get_running_loop()
+        found = self._clients.get(id(loop))
+        if found is not None and found[0] is loop:
+            return found[1]
+        key = self.secret()
+        if not key:
+            raise MissingAPIKeyError(self.id)
+        created = openai.AsyncOpenAI(api_key=key, max_retries=0, **self._options)
+        self._clients = {i: c for i, c in self._clients.items() if not c[0].is_closed()}
+        self._clients[id(loop)] = (loop, created)
+        return created
+
+    # -- the Integration protocol --------------------------------------------------------------
+
+    def bind(self, io: Any) -> OpenAIIO:
+        """`io.openai` for one execution of a run."""
+        return OpenAIIO(Caller(self, io))
+
+    def poller_name(self, what: str) -> str:
+        return f"openai:{self.id}:{what}"
+
+    def register_pollers(self) -> None:
+        """Registers `openai:<id>:file`, `openai:<id>:run` and `openai:<id>:response`."""
+        for what, poller in make_pollers(self).items():
+            engine_pollers.register(self.poller_name(what), poller)
