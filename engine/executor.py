@@ -17,8 +17,9 @@ from .context import Context
 from .exceptions import LeaseLost, NotSerializableError, Suspend
 from .io import IO
 from .jobs import Job
+from .records import ClaimedRun
 from .replay import Replay
-from .store import ClaimedRun, Store
+from .store import Store
 
 log = logging.getLogger("engine.executor")
 

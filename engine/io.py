@@ -22,9 +22,9 @@ from .exceptions import (
     NotSerializableError,
     TaskTimeoutError,
 )
+from .records import TaskRow, TaskWrite
 from .replay import Replay, current_path
 from .retry import NO_RETRY, RetryPolicy, is_retryable
-from .store import TaskRow, TaskWrite
 
 T = TypeVar("T")
 
@@ -123,7 +123,7 @@ class IO:
             key,
             fn,
             kind="task",
-            name=name or getattr(fn, "__name__", "task"),
+            name=name or str(getattr(fn, "__name__", "task")),
             params=params,
             retry=retry,
             timeout=timeout,

@@ -53,4 +53,5 @@ async def upgrade(store: Store) -> None:
 async def is_current(store: Store) -> bool:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     async with store.begin() as conn:
-        return await conn.run_sync(_current) == head
+        current: str | None = await conn.run_sync(_current)
+    return current == head

@@ -15,7 +15,8 @@ from typing import Any
 
 from . import clock
 from .exceptions import DuplicateKeyError, LeaseLost, Suspend
-from .store import LogWrite, Store, TaskRow, TaskWrite
+from .records import LogWrite, TaskRow, TaskWrite
+from .store import Store
 
 # The keys of the tasks enclosing the code that is running now: () at the job's top level.
 current_path: ContextVar[tuple[str, ...]] = ContextVar("engine_current_path", default=())

@@ -21,7 +21,8 @@ from . import clock, pollers, serialization
 from .exceptions import EngineError, PollTimeoutError
 from .executor import execute
 from .jobs import Job
-from .store import DuePoll, Store
+from .records import DuePoll
+from .store import Store
 
 log = logging.getLogger("engine.scheduler")
 

@@ -1,0 +1,76 @@
+"""The rows the engine passes between the store and an execution, as plain dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass
+class ClaimedRun:
+    id: str
+    job_id: str
+    job_version: str
+    payload: Any
+    epoch: int
+    attempt: int
+
+
+@dataclass
+class TaskRow:
+    """A recorded task, as an execution needs it for replay."""
+
+    parent_path: str
+    key: str
+    kind: str
+    name: str
+    status: str
+    attempts: int
+    output: Any
+    output_type: str | None
+    error: dict[str, Any] | None
+    due_at: datetime | None
+    seq: int
+
+
+@dataclass
+class TaskWrite:
+    """One task row to insert, or to update where (run, parent_path, key) exists."""
+
+    parent_path: str
+    key: str
+    kind: str
+    name: str
+    status: str
+    attempts: int
+    seq: int
+    params: Any = None
+    output: Any = None
+    output_type: str | None = None
+    error: dict[str, Any] | None = None
+    due_at: float | None = None
+    poller: str | None = None
+    poll_state: dict[str, Any] | None = None
+    next_poll_at: float | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+
+
+@dataclass
+class LogWrite:
+    parent_path: str
+    seq: int
+    level: str
+    message: str
+    fields: dict[str, Any] | None
+    created_at: float
+
+
+@dataclass
+class DuePoll:
+    task_id: int
+    run_id: str
+    poller: str
+    params: Any
+    poll_state: dict[str, Any]

@@ -1,0 +1,296 @@
+"""Every SQL statement of the engine, as text: the whole data model's behaviour in one file.
+
+`engine.store` executes these and nothing else. The few dialect differences are the `share`
+and `skip` fragments: PostgreSQL takes row locks (claims skip locked rows; fenced writes share
+the run row so a concurrent claim waits for them), SQLite serializes writers by itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Integer, String, Text, bindparam, column, text
+from sqlalchemy.sql.elements import TextClause
+
+from .schema import Json, UTCDateTime
+
+
+def _t(sql: str, **types: Any) -> TextClause:
+    clause = text(sql)
+    if types:
+        clause = clause.bindparams(*(bindparam(name, type_=t) for name, t in types.items()))
+    return clause
+
+
+_TASK_TYPES = dict(
+    run_id=String(),
+    parent_path=Text(),
+    key=String(),
+    kind=String(),
+    name=String(),
+    status=String(),
+    attempts=Integer(),
+    output_type=String(),
+    poller=String(),
+    seq=Integer(),
+    epoch=Integer(),
+    params=Json,
+    output=Json,
+    error=Json,
+    poll_state=Json,
+    due_at=UTCDateTime,
+    next_poll_at=UTCDateTime,
+    started_at=UTCDateTime,
+    completed_at=UTCDateTime,
+)
+
+
+# --------------------------------------------------------------------------------
+
+_RUN_COLUMNS = (
+    "id, job_id, job_version, status, payload, output, output_type, error, idempotency_key, "
+    "attempt, lease_owner, lease_epoch, created_at, started_at, completed_at, wake_at"
+)
+_RUN_TYPES: dict[str, Any] = dict(
+    payload=Json,
+    output=Json,
+    error=Json,
+    created_at=UTCDateTime,
+    started_at=UTCDateTime,
+    completed_at=UTCDateTime,
+    wake_at=UTCDateTime,
+    lease_expires_at=UTCDateTime,
+)
+
+
+class Statements:
+    """The SQL text, compiled once per store; `{lock}` and friends are the dialect's pieces."""
+
+    def __init__(self, postgres: bool) -> None:
+        share = " FOR SHARE" if postgres else ""
+        skip = " FOR UPDATE SKIP LOCKED" if postgres else ""
+        now = dict(now=UTCDateTime)
+        fence = (
+            f"EXISTS (SELECT 1 FROM engine_runs WHERE id = :run_id AND lease_epoch = :epoch{share})"
+        )
+
+        self.register_job = _t(
+            "INSERT INTO engine_jobs (job_id, version, payload_schema, registered_at) "
+            "VALUES (:job_id, :version, :payload_schema, :registered_at) "
+            "ON CONFLICT (job_id, version) DO UPDATE SET payload_schema = excluded.payload_schema, "
+            "registered_at = excluded.registered_at",
+            payload_schema=Json,
+            registered_at=UTCDateTime,
+        )
+        self.latest_job = _t(
+            "SELECT version, payload_schema FROM engine_jobs WHERE job_id = :job_id "
+            "ORDER BY registered_at DESC LIMIT 1"
+        ).columns(payload_schema=Json)
+        self.create_run = _t(
+            "INSERT INTO engine_runs (id, job_id, job_version, status, payload, idempotency_key, "
+            "attempt, lease_epoch, created_at) VALUES (:id, :job_id, :job_version, 'QUEUED', "
+            ":payload, :idempotency_key, 0, 0, :created_at) "
+            "ON CONFLICT (job_id, idempotency_key) DO NOTHING",
+            payload=Json,
+            created_at=UTCDateTime,
+        )
+        self.run_by_idempotency = _t(
+            "SELECT id FROM engine_runs WHERE job_id = :job_id AND idempotency_key = :key"
+        )
+        ready = (
+            "(status = 'QUEUED' OR (status = 'WAITING' AND wake_at <= :now) "
+            "OR (status = 'RUNNING' AND lease_expires_at < :now)) "
+            "AND job_id || '@' || job_version IN :job_keys"
+        )
+        self.claim_runs = (
+            _t(
+                "UPDATE engine_runs SET status = 'RUNNING', lease_owner = :worker, "
+                "lease_epoch = lease_epoch + 1, lease_expires_at = :expires, wake_at = NULL, "
+                "attempt = attempt + CASE WHEN status = 'WAITING' THEN 0 ELSE 1 END, "
+                "started_at = COALESCE(started_at, :now) "
+                f"WHERE id IN (SELECT id FROM engine_runs WHERE {ready} "
+                f"ORDER BY created_at LIMIT :limit{skip}) "
+                "RETURNING id, job_id, job_version, payload, lease_epoch, attempt",
+                now=UTCDateTime,
+                expires=UTCDateTime,
+            )
+            .bindparams(bindparam("job_keys", expanding=True))
+            .columns(payload=Json)
+        )
+        self.ready_runs = _t(f"SELECT id FROM engine_runs WHERE {ready} LIMIT 1", **now).bindparams(
+            bindparam("job_keys", expanding=True)
+        )
+        self.load_tasks = _t(
+            "SELECT parent_path, key, kind, name, status, attempts, output, output_type, error, "
+            "due_at, seq FROM engine_tasks WHERE run_id = :run_id"
+        ).columns(output=Json, error=Json, due_at=UTCDateTime)
+        self.load_log_keys = _t("SELECT parent_path, seq FROM engine_logs WHERE run_id = :run_id")
+        cols = (
+            "run_id, parent_path, key, kind, name, status, attempts, params, output, "
+            "output_type, error, due_at, poller, poll_state, next_poll_at, seq, started_at, "
+            "completed_at"
+        )
+        values = ", ".join(":" + c.strip() for c in cols.split(","))
+        updates = ", ".join(
+            f"{c} = excluded.{c}"
+            for c in (
+                "kind",
+                "name",
+                "status",
+                "attempts",
+                "params",
+                "output",
+                "output_type",
+                "error",
+                "due_at",
+                "poller",
+                "poll_state",
+                "next_poll_at",
+                "completed_at",
+            )
+        )
+        self.write_task = _t(
+            f"INSERT INTO engine_tasks ({cols}) SELECT {values} WHERE {fence} "
+            f"ON CONFLICT (run_id, parent_path, key) DO UPDATE SET {updates}, "
+            "started_at = COALESCE(engine_tasks.started_at, excluded.started_at)",
+            **_TASK_TYPES,
+        )
+        self.write_log = _t(
+            "INSERT INTO engine_logs (run_id, parent_path, seq, level, message, fields, "
+            "created_at) VALUES (:run_id, :parent_path, :seq, :level, :message, :fields, "
+            ":created_at) ON CONFLICT (run_id, parent_path, seq) DO NOTHING",
+            fields=Json,
+            created_at=UTCDateTime,
+        )
+        # A poll that finished while the run was still running left `wake_at` set: keep the
+        # earlier of the two, so that wake-up is not lost.
+        self.suspend_at = _t(
+            "UPDATE engine_runs SET status = 'WAITING', lease_owner = NULL, "
+            "lease_expires_at = NULL, wake_at = CASE WHEN wake_at IS NOT NULL AND "
+            "wake_at < :wake_at THEN wake_at ELSE :wake_at END "
+            "WHERE id = :id AND lease_epoch = :epoch",
+            wake_at=UTCDateTime,
+        )
+        self.suspend = _t(
+            "UPDATE engine_runs SET status = 'WAITING', lease_owner = NULL, "
+            "lease_expires_at = NULL WHERE id = :id AND lease_epoch = :epoch"
+        )
+        self.finish_run = _t(
+            "UPDATE engine_runs SET status = :status, output = :output, "
+            "output_type = :output_type, error = :error, completed_at = :now, "
+            "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL "
+            "WHERE id = :id AND lease_epoch = :epoch",
+            output=Json,
+            error=Json,
+            **now,
+        )
+        self.cancel_open_tasks = _t(
+            "UPDATE engine_tasks SET status = 'CANCELED', completed_at = :now, "
+            "next_poll_at = NULL WHERE run_id = :run_id AND status IN ('RUNNING', 'WAITING')",
+            **now,
+        )
+        self.heartbeat = _t(
+            "UPDATE engine_runs SET lease_expires_at = :expires "
+            "WHERE lease_owner = :worker AND status = 'RUNNING' RETURNING id, lease_epoch",
+            expires=UTCDateTime,
+        )
+        self.release_runs = _t(
+            "UPDATE engine_runs SET status = 'QUEUED', attempt = attempt - 1, "
+            "lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1 "
+            "WHERE lease_owner = :worker AND status = 'RUNNING'"
+        )
+        mine = "AND job_id || '@' || job_version IN :job_keys"
+        self.next_due = (
+            _t(
+                f"SELECT (SELECT MIN(wake_at) FROM engine_runs WHERE status = 'WAITING' {mine}), "
+                "(SELECT MIN(lease_expires_at) FROM engine_runs WHERE status = 'RUNNING' "
+                f"{mine}), (SELECT MIN(next_poll_at) FROM engine_tasks WHERE status = 'WAITING' "
+                "AND poller IN :pollers)"
+            )
+            .bindparams(bindparam("job_keys", expanding=True), bindparam("pollers", expanding=True))
+            .columns(*(_col(n) for n in ("a", "b", "c")))
+        )
+        self.claim_polls = (
+            _t(
+                "UPDATE engine_tasks SET next_poll_at = :hold WHERE id IN ("
+                "SELECT id FROM engine_tasks WHERE status = 'WAITING' AND poller IN :pollers "
+                f"AND next_poll_at <= :now ORDER BY next_poll_at LIMIT :limit{skip}) "
+                "RETURNING id, run_id, poller, params, poll_state",
+                now=UTCDateTime,
+                hold=UTCDateTime,
+            )
+            .bindparams(bindparam("pollers", expanding=True))
+            .columns(params=Json, poll_state=Json)
+        )
+        self.reschedule_poll = _t(
+            "UPDATE engine_tasks SET next_poll_at = :next_poll_at, poll_state = :poll_state "
+            "WHERE id = :id AND status = 'WAITING'",
+            next_poll_at=UTCDateTime,
+            poll_state=Json,
+        )
+        self.finish_poll = _t(
+            "UPDATE engine_tasks SET status = :status, output = :output, error = :error, "
+            "poll_state = :poll_state, completed_at = :now, next_poll_at = NULL "
+            "WHERE id = :id AND status = 'WAITING'",
+            output=Json,
+            error=Json,
+            poll_state=Json,
+            **now,
+        )
+        self.wake_run = _t(
+            "UPDATE engine_runs SET wake_at = :now WHERE id = :id "
+            "AND status IN ('WAITING', 'RUNNING')",
+            **now,
+        )
+        self.get_run = _t(f"SELECT {_RUN_COLUMNS} FROM engine_runs WHERE id = :id").columns(
+            **_RUN_TYPES
+        )
+        self.list_runs = _t(
+            f"SELECT {_RUN_COLUMNS} FROM engine_runs "
+            "WHERE (:job_id IS NULL OR job_id = :job_id) "
+            "AND (:status IS NULL OR status = :status) "
+            "ORDER BY created_at DESC LIMIT :limit",
+            job_id=_str(),
+            status=_str(),
+        ).columns(**_RUN_TYPES)
+        self.get_tasks = _t(
+            "SELECT id, parent_path, key, kind, name, status, attempts, params, output, "
+            "output_type, error, due_at, poller, next_poll_at, seq, started_at, completed_at "
+            "FROM engine_tasks WHERE run_id = :run_id ORDER BY seq, id"
+        ).columns(
+            params=Json,
+            output=Json,
+            error=Json,
+            due_at=UTCDateTime,
+            next_poll_at=UTCDateTime,
+            started_at=UTCDateTime,
+            completed_at=UTCDateTime,
+        )
+        self.get_logs = _t(
+            "SELECT parent_path, seq, level, message, fields, created_at FROM engine_logs "
+            "WHERE run_id = :run_id ORDER BY created_at, seq"
+        ).columns(fields=Json, created_at=UTCDateTime)
+        self.cancel_run = _t(
+            "UPDATE engine_runs SET status = 'CANCELED', completed_at = :now, wake_at = NULL, "
+            "lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1 "
+            "WHERE id = :id",
+            **now,
+        )
+        self.retry_run = _t(
+            "UPDATE engine_runs SET status = 'QUEUED', error = NULL, completed_at = NULL, "
+            "wake_at = NULL WHERE id = :id"
+        )
+        self.reopen_failed_tasks = _t(
+            "UPDATE engine_tasks SET status = 'WAITING', attempts = 0, due_at = :now, "
+            "completed_at = NULL, next_poll_at = CASE WHEN poller IS NULL THEN NULL ELSE :now "
+            "END WHERE run_id = :run_id AND status IN ('ERRORED', 'CANCELED')",
+            **now,
+        )
+
+
+def _col(name: str) -> Any:
+    return column(name, UTCDateTime)
+
+
+def _str() -> Any:
+    return String()
