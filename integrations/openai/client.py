@@ -105,6 +105,13 @@ class OpenAI:
         self._clients[id(loop)] = (loop, created)
         return created
 
+    async def aclose(self) -> None:
+        """Closes the clients this integration created (not one passed as `client=`)."""
+        clients, self._clients = self._clients, {}
+        for loop, created in clients.values():
+            if loop is asyncio.get_running_loop():
+                await created.close()
+
     # -- the Integration protocol --------------------------------------------------------------
 
     def bind(self, io: Any) -> OpenAIIO:

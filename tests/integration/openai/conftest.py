@@ -70,8 +70,8 @@ def fake() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture
-def integration(fake: FakeOpenAI) -> OpenAI:
-    return OpenAI(
+async def integration(fake: FakeOpenAI) -> AsyncIterator[OpenAI]:
+    created = OpenAI(
         api_key=API_KEY,
         base_url=fake.base_url,
         poll_interval=0.02,
@@ -79,6 +79,8 @@ def integration(fake: FakeOpenAI) -> OpenAI:
         poll_timeout=30,
         retry=TEST_RETRY,
     )
+    yield created
+    await created.aclose()
 
 
 @pytest.fixture
