@@ -32,7 +32,7 @@ RESPONSE_DONE = frozenset({"completed", "failed", "cancelled", "incomplete"})
 
 Poller = Callable[[dict[str, Any]], Awaitable[PollResult]]
 
-# what -> (client method, {poll param: method argument}, terminal statuses, operation name)
+# what -> (client method, {poll param: method argument}, terminal statuses)
 _TARGETS: dict[str, tuple[str, dict[str, str], frozenset[str]]] = {
     "file": ("files.retrieve", {"file_id": "file_id"}, FILE_DONE),
     "run": ("beta.threads.runs.retrieve", {"thread_id": "thread_id", "run_id": "run_id"}, RUN_DONE),
