@@ -1,0 +1,175 @@
+"""Worker memory with `--runs` runs (default 10,000) suspended in `io.wait("w", 3600)`.
+
+The worker is a subprocess (this file with --child): an `Engine` plus a `Scheduler`
+(concurrency `--concurrency`) with the job loaded. It reports its VmRSS/VmHWM from
+/proc/self/status after gc.collect() when asked:
+
+    cold     idle, job loaded, nothing executed yet
+    warm     after one warm-up run has executed and suspended (imports, SQL caches warm)
+    after    after every run has executed and is WAITING (the worker idle again)
+
+The parent queues the runs in one transaction and waits until all of them are WAITING.
+Growth = after - warm (after - cold is printed too).
+
+    python bench/bench_memory.py [--db sqlite|postgres|both] [--runs 10000] [--concurrency 100]
+
+Target: growth <= 20 MB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import common
+
+TARGET_MB = 20.0
+
+
+def make_job(job_id: str) -> Any:
+    from engine import job
+
+    async def _step(task: Any) -> int:
+        return 1
+
+    @job(job_id)
+    async def suspended(payload: Any, io: Any, ctx: Any) -> None:
+        await io.run_task("before", _step)
+        await io.wait("w", 3600)
+
+    return suspended
+
+
+async def child(spec: str) -> None:
+    url, job_id, concurrency = json.loads(spec)
+    job = make_job(job_id)
+    worker = common.Worker(url)
+    await worker.start(job, concurrency=concurrency)
+    loop = asyncio.get_running_loop()
+    print("ready", flush=True)
+    try:
+        while True:
+            command = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+            if command == "rss":
+                await asyncio.sleep(0.5)  # let the scheduler settle into its idle sleep
+                rss, hwm = common.rss_kb()
+                active = len(worker.scheduler.active) if worker.scheduler else -1
+                print(json.dumps({"rss": rss, "hwm": hwm, "active": active}), flush=True)
+            else:
+                break
+    finally:
+        await worker.close()
+
+
+class _Child:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    async def line(self) -> str:
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        if not raw:
+            raise RuntimeError("the worker subprocess exited")
+        return raw.decode().strip()
+
+    async def rss(self) -> dict[str, int]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"rss\n")
+        await self.proc.stdin.drain()
+        return dict(json.loads(await self.line()))
+
+    async def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"stop\n")
+        await self.proc.stdin.drain()
+        await asyncio.wait_for(self.proc.wait(), 60)
+
+
+async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
+    job = make_job(common.unique_job_id("memory"))
+    parent = common.Worker(db.url)
+    await parent.prepare(job)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--child",
+        json.dumps([db.url, job.id, args.concurrency]),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    worker = _Child(proc)
+    out: dict[str, Any] = {}
+    try:
+        if await worker.line() != "ready":
+            raise RuntimeError("the worker subprocess did not start")
+        out["cold"] = await worker.rss()
+        await common.create_runs(parent.store, job, [{"i": -1}])
+        await parent.wait_until(lambda c: c.get("WAITING", 0) >= 1, 30, every=0.05)
+        out["warm"] = await worker.rss()
+        t0 = time.perf_counter()
+        await common.create_runs(parent.store, job, [{"i": i} for i in range(args.runs)])
+        counts = await parent.wait_until(
+            lambda c: c.get("WAITING", 0) >= args.runs + 1, args.timeout, every=0.5
+        )
+        out["seconds"] = time.perf_counter() - t0
+        out["after"] = await worker.rss()
+        out["counts"] = counts
+        await worker.stop()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await parent.close()
+    return out
+
+
+async def main(args: Any) -> None:
+    for kind in common.databases(args.db):
+        common.header(f"bench_memory ({args.runs} runs WAITING)", kind)
+        async with common.bench_db(kind) as db:
+            await db.measure_floor(args.floor_ops)
+            r = await bench(db, args)
+            await db.measure_floor(args.floor_ops)
+            db.print_floor()
+            warm = r["warm"]["rss"] / 1024
+            growth = r["after"]["rss"] / 1024 - warm
+            rows = [
+                ("idle, job loaded (cold)", r["cold"]["rss"] / 1024, r["cold"]["hwm"] / 1024, ""),
+                ("after 1 warm-up run", warm, r["warm"]["hwm"] / 1024, ""),
+                (
+                    f"after {args.runs} runs WAITING",
+                    r["after"]["rss"] / 1024,
+                    r["after"]["hwm"] / 1024,
+                    "",
+                ),
+                ("growth (after - warm)", growth, "", "ok" if growth <= TARGET_MB else "MISS"),
+                (
+                    "growth (after - cold)",
+                    r["after"]["rss"] / 1024 - r["cold"]["rss"] / 1024,
+                    "",
+                    "",
+                ),
+            ]
+            common.table(("worker RSS", "VmRSS MB", "VmHWM MB", f"target <= {TARGET_MB} MB"), rows)
+            print(
+                f"{args.runs} runs executed to WAITING in {r['seconds']:.1f} s "
+                f"({args.runs / r['seconds']:.0f} runs/s); statuses {r['counts']}; "
+                f"per run {growth * 1024 * 1024 / args.runs:.0f} bytes retained; "
+                f"driver floor {db.driver_floor_ms():.3f} ms\n",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        asyncio.run(child(sys.argv[2]))
+        sys.exit(0)
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=10_000)
+    p.add_argument("--concurrency", type=int, default=100)
+    p.add_argument("--timeout", type=float, default=110.0)
+    asyncio.run(main(p.parse_args()))
