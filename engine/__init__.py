@@ -25,6 +25,7 @@ from .io import IO, Task
 from .jobs import Integration, Job, job
 from .pollers import PollResult
 from .retry import RetryPolicy
+from .worker import Worker
 
 __all__ = [
     "IO",
@@ -48,5 +49,6 @@ __all__ = [
     "TaskError",
     "TaskTimeoutError",
     "UnknownJobError",
+    "Worker",
     "job",
 ]

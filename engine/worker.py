@@ -1,4 +1,8 @@
-"""The `engine run` process: load the app, bring the schema to head, schedule until a signal."""
+"""A worker: load the app, bring the schema to head, schedule until told to stop.
+
+`engine run` is `Worker(app).run(handle_signals=True)`; tests, benchmarks and scripts embed a
+`Worker` in their own event loop and call `stop()`.
+"""
 
 from __future__ import annotations
 
@@ -26,31 +30,81 @@ async def register(store: Store, jobs: Sequence[Job]) -> None:
             integration.register_pollers()
 
 
+class Worker:
+    """Executes the runs of `app`'s jobs (a module path, a .py file, or a list of jobs)."""
+
+    def __init__(
+        self,
+        app: str | Sequence[Job],
+        database_url_: str | None = None,
+        *,
+        concurrency: int = 20,
+        lease_seconds: float = 30.0,
+    ) -> None:
+        self.jobs = load_app(app) if isinstance(app, str) else list(app)
+        self.url = database_url(database_url_)
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self._scheduler: Scheduler | None = None
+        self._stop_requested = False
+
+    async def run(self, *, handle_signals: bool = False, announce: bool = False) -> None:
+        """Works until `stop()` (or SIGINT/SIGTERM with `handle_signals`)."""
+        store = Store(self.url, pool_size=min(self.concurrency + 5, 50))
+        try:
+            await migrate.upgrade(store)
+            await register(store, self.jobs)
+            scheduler = Scheduler(
+                store, self.jobs, concurrency=self.concurrency, lease_seconds=self.lease_seconds
+            )
+            self._scheduler = scheduler
+            if self._stop_requested:
+                scheduler.stop()
+            if handle_signals:
+                _install_signals(scheduler)
+            if announce:
+                safe = store.parsed_url.render_as_string(hide_password=True)
+                names = ", ".join(j.key for j in self.jobs)
+                _say(f"engine worker {scheduler.worker_id} on {safe}: {names}")
+            await scheduler.run()
+            if announce:
+                _say("engine worker stopped")
+        finally:
+            await _close_integrations(self.jobs)
+            await store.close()
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight runs reach their next persisted point, then `run` returns."""
+        self._stop_requested = True
+        if self._scheduler is not None:
+            self._scheduler.stop()
+
+
 async def run_worker(
     app: str | Sequence[Job],
     database_url_: str | None = None,
     *,
     concurrency: int = 20,
     lease_seconds: float = 30.0,
-    handle_signals: bool = True,
 ) -> None:
-    jobs = load_app(app) if isinstance(app, str) else list(app)
-    store = Store(database_url(database_url_), pool_size=min(concurrency + 5, 50))
-    try:
-        await migrate.upgrade(store)
-        await register(store, jobs)
-        scheduler = Scheduler(store, jobs, concurrency=concurrency, lease_seconds=lease_seconds)
-        if handle_signals:
-            _install_signals(scheduler)
-        safe = store.parsed_url.render_as_string(hide_password=True)
-        names = ", ".join(j.key for j in jobs)
-        print(
-            f"engine worker {scheduler.worker_id} on {safe}: {names}", file=sys.stderr, flush=True
-        )
-        await scheduler.run()
-        print("engine worker stopped", file=sys.stderr, flush=True)
-    finally:
-        await store.close()
+    """`engine run`: a worker that stops on SIGINT/SIGTERM."""
+    worker = Worker(app, database_url_, concurrency=concurrency, lease_seconds=lease_seconds)
+    await worker.run(handle_signals=True, announce=True)
+
+
+async def _close_integrations(jobs: Sequence[Job]) -> None:
+    """Integrations may hold network clients; those that can be closed are closed."""
+    for integration in {id(i): i for job in jobs for i in job.integrations.values()}.values():
+        close = getattr(integration, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception as exc:  # closing is best effort at shutdown
+                log.warning("closing integration %s failed: %s", integration.id, exc)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _install_signals(scheduler: Scheduler) -> None:
@@ -58,18 +112,14 @@ def _install_signals(scheduler: Scheduler) -> None:
     signals = (signal.SIGINT, signal.SIGTERM)
 
     def first(sig: signal.Signals) -> None:
-        print(
-            f"engine worker: {sig.name}, finishing in-flight steps (again to force)",
-            file=sys.stderr,
-            flush=True,
-        )
+        _say(f"engine worker: {sig.name}, finishing in-flight steps (again to force)")
         scheduler.stop()
         for s in signals:
             loop.add_signal_handler(s, forced, s)
 
     def forced(sig: signal.Signals) -> None:
         # In-flight runs keep their lease until it expires; nothing recorded is lost.
-        print("engine worker: forced stop", file=sys.stderr, flush=True)
+        _say("engine worker: forced stop")
         raise SystemExit(1)
 
     for s in signals:
