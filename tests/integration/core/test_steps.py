@@ -278,3 +278,32 @@ async def test_job_return_value_must_be_storable(harness):
     view = await harness.run(bad_return)
     assert view["status"] == "FAILED"
     assert view["error"]["type"] == "NotSerializableError"
+
+
+async def test_a_result_is_committed_before_the_next_step_starts(harness):
+    from engine.store import Store
+
+    seen: list[tuple[str, str]] = []
+
+    @job(id=unique_id("commitorder"))
+    async def ordered(payload, io, ctx):
+        async def first(task):
+            return "paid"
+
+        async def second(task):
+            # Another connection (as a crash-recovering worker would) already sees `first`.
+            observer = Store(harness.url)
+            try:
+                rows = await observer.get_tasks(ctx.run_id)
+            finally:
+                await observer.close()
+            seen.extend((r["key"], r["status"]) for r in rows)
+            return "next"
+
+        await io.run_task("first", first)
+        return await io.run_task("second", second)
+
+    await harness.start(ordered)
+    view = await harness.run(ordered)
+    assert view["status"] == "COMPLETED"
+    assert seen == [("first", "COMPLETED")]
