@@ -42,7 +42,7 @@ def messages(i: int) -> list[dict[str, str]]:
     ]
 
 
-def make_job(base_url: str, timings: dict[int, list[float]]) -> Any:
+def make_job(base_url: str, timings: dict[int, list[float]], done: dict[int, Any]) -> Any:
     from engine import job
     from integrations.openai import OpenAI
 
@@ -58,6 +58,9 @@ def make_job(base_url: str, timings: dict[int, list[float]]) -> Any:
             )
             durations.append(time.perf_counter() - t0)
         timings[payload["rep"]] = durations
+        future = done.get(payload["rep"])
+        if future is not None and not future.done():
+            future.set_result(None)
         return len(durations)
 
     return chat
@@ -72,60 +75,69 @@ async def bare_calls(client: Any, calls: int) -> list[float]:
     return durations
 
 
-async def engine_calls(
-    worker: common.Worker, job: Any, timings: dict[int, list[float]], rep: int, calls: int
-) -> list[float]:
-    run_id = await worker.engine.trigger(job.id, {"rep": rep, "calls": calls})
-    run = await worker.engine.wait_for(run_id, timeout=120)
+class EngineSide:
+    """The job, its in-process worker, and how a run's timings come back."""
+
+    def __init__(self, db: common.BenchDB, base_url: str) -> None:
+        self.timings: dict[int, list[float]] = {}
+        self.done: dict[int, asyncio.Future[None]] = {}
+        self.job = make_job(base_url, self.timings, self.done)
+        self.worker = common.Worker(db.url)
+
+
+async def engine_calls(side: EngineSide, rep: int, calls: int) -> list[float]:
+    # The job resolves a future when it returns: no polling of the run's status (which would
+    # share this event loop with the calls being timed) until the calls are over.
+    future = side.done[rep] = asyncio.get_running_loop().create_future()
+    run_id = await side.worker.engine.trigger(side.job.id, {"rep": rep, "calls": calls})
+    await asyncio.wait_for(future, 120)
+    run = await side.worker.engine.wait_for(run_id, timeout=30)
     if run["status"] != "COMPLETED":
         raise RuntimeError(f"run {run_id} ended {run['status']}: {run.get('error')}")
-    return timings.pop(rep)
+    del side.done[rep]
+    return side.timings.pop(rep)
 
 
 async def bench(db: common.BenchDB, base_url: str, args: Any) -> dict[str, Any]:
     import openai
 
-    timings: dict[int, list[float]] = {}
-    job = make_job(base_url, timings)
-    worker = common.Worker(db.url)
-    await worker.start(job, concurrency=4)
+    side = EngineSide(db, base_url)
+    await side.worker.start(side.job, concurrency=4)
     client = openai.AsyncOpenAI(api_key=openai_common.API_KEY, base_url=base_url, max_retries=0)
     out: dict[str, Any] = {"bare": [], "engine": []}
     try:
         # Warm-up: connections, imports, SQL compilation caches, the integration's client.
         await bare_calls(client, WARMUP_CALLS)
-        await engine_calls(worker, job, timings, -1, WARMUP_CALLS)
+        await engine_calls(side, -1, WARMUP_CALLS)
         for rep in range(args.repeat):
             order = ("bare", "engine") if rep % 2 == 0 else ("engine", "bare")
             for which in order:
                 if which == "bare":
                     out["bare"].append(await bare_calls(client, args.calls))
                 else:
-                    with common.StatementCounter(worker.store) as counter:
-                        samples = await engine_calls(worker, job, timings, rep, args.calls)
+                    with common.StatementCounter(side.worker.store) as counter:
+                        samples = await engine_calls(side, rep, args.calls)
                     out["engine"].append(samples)
                     out.setdefault("statements", []).append(counter.statements)
                     out.setdefault("commits", []).append(counter.commits)
         if args.profile:
-            out["profile"] = await _profile(worker, job, timings, args.calls)
+            out["profile"] = await _profile(side, args.calls)
     finally:
         await client.close()
-        await worker.close()
-        for integration in job.integrations.values():
+        await side.worker.close()
+        for integration in side.job.integrations.values():
             await integration.aclose()
     return out
 
 
-async def _profile(
-    worker: common.Worker, job: Any, timings: dict[int, list[float]], calls: int
-) -> str:
+async def _profile(side: EngineSide, calls: int) -> str:
     import cProfile
     import io
     import pstats
 
     profiler = cProfile.Profile()
     profiler.enable()
-    await engine_calls(worker, job, timings, 10_000, calls)
+    await engine_calls(side, 10_000, calls)
     profiler.disable()
     text = io.StringIO()
     stats = pstats.Stats(profiler, stream=text).sort_stats("tottime")
@@ -182,8 +194,15 @@ def _report(db: common.BenchDB, r: dict[str, Any], args: Any, fake_cpu: float) -
     rows = [
         ("bare AsyncOpenAI", bare_mean, bare_med, per(bare_meds), "", "", ""),
         ("engine io.openai", eng_mean, eng_med, per(eng_meds), "", "", ""),
-        ("overhead (engine - bare)", over_mean, over_med, per(over_meds), over_med / floor,
-         target, verdict),
+        (
+            "overhead (engine - bare)",
+            over_mean,
+            over_med,
+            per(over_meds),
+            over_med / floor,
+            target,
+            verdict,
+        ),
         ("raw floor (driver INSERT+COMMIT)", floor, floor, "", 1.0, "", ""),
     ]
     common.table(

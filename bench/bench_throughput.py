@@ -49,6 +49,7 @@ async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
     await worker.prepare(job)
     await common.create_runs(worker.store, job, [{"i": i} for i in range(args.runs)])
     wall = time.perf_counter()
+    cpu = time.process_time()
     with common.StatementCounter(worker.store) as counter:
         await worker.start(job, concurrency=args.concurrency)
         try:
@@ -59,6 +60,7 @@ async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
             )
         finally:
             wall = time.perf_counter() - wall
+            cpu = time.process_time() - cpu
             await worker.stop()
     async with worker.store.begin() as conn:
         row = (
@@ -72,6 +74,7 @@ async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
     return {
         "window": window,
         "wall": wall,
+        "cpu": cpu,
         "counts": counts,
         "commits_per_run": counter.commits / args.runs,
         "stmts_per_run": counter.statements / args.runs,
@@ -120,6 +123,8 @@ async def main(args: Any) -> None:
             )
             print(
                 f"window {r['window']:.2f} s (wall incl. start/stop {r['wall']:.2f} s); "
+                f"worker process CPU {r['cpu']:.2f} s = {100 * r['cpu'] / r['wall']:.0f}% "
+                "of one core; "
                 f"statuses {r['counts']}; per run: {r['commits_per_run']:.2f} commits, "
                 f"{r['stmts_per_run']:.2f} SQL statements "
                 f"(incl. scheduler claims/next_due)\n",
