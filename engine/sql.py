@@ -117,9 +117,6 @@ class Statements:
             .bindparams(bindparam("job_keys", expanding=True))
             .columns(payload=Json)
         )
-        self.ready_runs = _t(f"SELECT id FROM engine_runs WHERE {ready} LIMIT 1", **now).bindparams(
-            bindparam("job_keys", expanding=True)
-        )
         self.load_tasks = _t(
             "SELECT parent_path, key, kind, name, status, attempts, output, output_type, error, "
             "due_at, seq FROM engine_tasks WHERE run_id = :run_id"
@@ -193,11 +190,6 @@ class Statements:
             "UPDATE engine_runs SET lease_expires_at = :expires "
             "WHERE lease_owner = :worker AND status = 'RUNNING' RETURNING id, lease_epoch",
             expires=UTCDateTime,
-        )
-        self.release_runs = _t(
-            "UPDATE engine_runs SET status = 'QUEUED', attempt = attempt - 1, "
-            "lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1 "
-            "WHERE lease_owner = :worker AND status = 'RUNNING'"
         )
         mine = "AND job_id || '@' || job_version IN :job_keys"
         self.next_due = (

@@ -238,11 +238,6 @@ class Store:
             ).all()
         return {r.id: r.lease_epoch for r in rows}
 
-    async def release_runs(self, worker_id: str) -> None:
-        """Hands this worker's RUNNING runs back to the queue at once (graceful shutdown)."""
-        async with self.begin() as conn:
-            await conn.execute(self._sql.release_runs, {"worker": worker_id})
-
     async def next_due(self, job_keys: Sequence[str], pollers: Sequence[str]) -> float | None:
         """The earliest time at which this scheduler has something to do, if any."""
         async with self.begin() as conn:
@@ -257,15 +252,6 @@ class Store:
             ).first()
         times = [t for t in row or () if t is not None]
         return min(times).timestamp() if times else None
-
-    async def has_ready_runs(self, job_keys: Sequence[str]) -> bool:
-        async with self.begin() as conn:
-            row = (
-                await conn.execute(
-                    self._sql.ready_runs, {"now": clock.now(), "job_keys": list(job_keys)}
-                )
-            ).first()
-        return row is not None
 
     # -- polls -----------------------------------------------------------------------------------
 
