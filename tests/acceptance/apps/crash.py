@@ -1,0 +1,67 @@
+"""Jobs for the crash tests: every task appends a line to the file named in the payload."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from engine import job
+
+
+def append(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def step(path: str, line: str, sleep: float = 0.0) -> Any:
+    async def fn(task: Any) -> str:
+        append(path, line)
+        if sleep:
+            await asyncio.sleep(sleep)
+        return line
+
+    return fn
+
+
+@job(id="many-tasks", version="1")
+async def many_tasks(payload: dict[str, Any], io: Any, ctx: Any) -> dict[str, Any]:
+    done = []
+    for i in range(payload["n"]):
+        key = f"t{i:02d}"
+        done.append(await io.run_task(key, step(payload["log"], key, payload["sleep"])))
+    return {"count": len(done)}
+
+
+@job(id="napper", version="1")
+async def napper(payload: dict[str, Any], io: Any, ctx: Any) -> str:
+    await io.run_task("before", step(payload["log"], "before"))
+    await io.wait("nap", payload["seconds"])
+    await io.run_task("after", step(payload["log"], "after"))
+    return "rested"
+
+
+@job(id="poller", version="1")
+async def poller(payload: dict[str, Any], io: Any, ctx: Any) -> dict[str, Any]:
+    await io.run_task("before", step(payload["log"], "before"))
+    body = await io.background_poll("status", payload["url"], interval=0.2, timeout=60)
+    await io.run_task("after", step(payload["log"], "after"))
+    return {"polled": body}
+
+
+@job(id="long", version="1")
+async def long(payload: dict[str, Any], io: Any, ctx: Any) -> str:
+    log = payload["log"]
+
+    async def slow(task: Any) -> str:
+        append(log, "long-start")
+        await asyncio.sleep(payload["seconds"])
+        append(log, "long-end")
+        return "slow done"
+
+    await io.run_task("long", slow)
+    await io.run_task("after", step(log, "after"))
+    return "finished"

@@ -1,0 +1,365 @@
+"""Fixtures for the acceptance tests: the real `engine` CLI and real `engine run` processes.
+
+Every process is started in its own session (so its whole group can be killed), has a hard
+timeout, and is killed when the test ends, whatever happened. Waiting for a run to reach a status
+uses the public Python API (`engine.Engine`), which is much cheaper than starting the CLI in a
+loop; what a test asserts about a run it reads with the CLI (`engine runs show --json`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine import Engine
+
+ENGINE = str(Path(sys.executable).parent / "engine")
+APPS = Path(__file__).parent / "apps"
+FINAL = frozenset({"COMPLETED", "FAILED", "CANCELED"})
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "ENGINE_DATABASE_URL"}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("PYTEST_CURRENT_TEST", None)
+    return env
+
+
+def _kill_group(proc: subprocess.Popen[Any]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+@dataclass
+class Result:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:
+        return (
+            f"$ {' '.join(self.args)}\n-> exit {self.returncode}\n"
+            f"stdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+        )
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 30.0) -> Result:
+    """Runs `engine ARGS...` to completion (hard timeout; the process group is always killed)."""
+    cmd = [ENGINE, *args]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"`engine {' '.join(args)}` did not finish in {timeout}s\n{out}\n{err}"
+        ) from None
+    finally:
+        _kill_group(proc)
+    return Result(cmd, proc.returncode, out, err)
+
+
+class Worker:
+    """One `engine run APP` process; its stdout+stderr go to a file."""
+
+    def __init__(self, app: Path, url: str, cwd: Path, name: str, *options: str) -> None:
+        self.log_path = cwd / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # closed by kill9() / close()
+        self.args = [ENGINE, "run", str(app), "--database-url", url, *options]
+        self.proc = subprocess.Popen(
+            self.args,
+            cwd=cwd,
+            env=_env(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.id: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30.0) -> Worker:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.output.splitlines():
+                if line.startswith("engine worker ") and " on " in line:
+                    self.id = line.split()[2]
+                    return self
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"worker exited with {self.proc.returncode} before it was ready:\n{self.output}"
+                )
+            time.sleep(0.05)
+        raise AssertionError(f"worker not ready after {timeout}s:\n{self.output}")
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker still running {timeout}s later:\n{self.output}") from None
+
+    def close(self) -> None:
+        _kill_group(self.proc)
+        self._log.close()
+
+
+class Procs:
+    """Starts CLI commands and workers for one test (or module); kills them all at the end."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.workers: list[Worker] = []
+
+    def cli(self, *args: str, timeout: float = 30.0) -> Result:
+        return run_cli(*args, cwd=self.cwd, timeout=timeout)
+
+    def ok(self, *args: str, timeout: float = 30.0) -> str:
+        result = self.cli(*args, timeout=timeout)
+        assert result.returncode == 0, str(result)
+        assert "Traceback" not in result.stderr, str(result)
+        return result.stdout
+
+    def worker(
+        self, app: str, url: str, *, lease: float = 2.0, ready: bool = True, **options: Any
+    ) -> Worker:
+        extra = ["--lease-seconds", str(lease)]
+        for name, value in options.items():
+            extra += [f"--{name.replace('_', '-')}", str(value)]
+        w = Worker(APPS / app, url, self.cwd, f"worker{len(self.workers)}", *extra)
+        self.workers.append(w)
+        return w.wait_ready() if ready else w
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+
+    # -- the CLI, parsed ------------------------------------------------------------------------
+
+    def trigger(
+        self,
+        url: str,
+        job_id: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        app: str | None = None,
+    ) -> str:
+        args = ["trigger", job_id, "--database-url", url]
+        if payload is not None:
+            args += ["--payload", json.dumps(payload)]
+        if key is not None:
+            args += ["--idempotency-key", key]
+        if app is not None:
+            args += ["--app", str(APPS / app)]
+        out = self.ok(*args).strip()
+        assert len(out.splitlines()) == 1 and out, f"trigger printed {out!r}"
+        return out
+
+    def show(self, url: str, run_id: str) -> dict[str, Any]:
+        return json.loads(self.ok("runs", "show", run_id, "--json", "--database-url", url))
+
+    def list(self, url: str, *filters: str) -> list[dict[str, Any]]:
+        return json.loads(self.ok("runs", "list", "--json", "--database-url", url, *filters))
+
+    # -- helpers, reachable from tests through the fixture (conftest is not importable) ---------
+
+    @staticmethod
+    def status(url: str, run_id: str) -> str:
+        return run_status(url, run_id)
+
+    def wait_status(
+        self, url: str, run_id: str, statuses: str | set[str], timeout: float = 30.0
+    ) -> str:
+        return wait_status(url, run_id, statuses, timeout, tuple(self.workers))
+
+    def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        try:
+            wait_until(check, timeout, what)
+        except AssertionError as exc:
+            logs = "\n".join(f"--- worker {w.pid}:\n{w.output}" for w in self.workers)
+            raise AssertionError(f"{exc}\n{logs}") from None
+
+    @staticmethod
+    def lines(path: Path) -> list[str]:
+        return lines(path)
+
+    @staticmethod
+    def counts(path: Path) -> Counter[str]:
+        return counts(path)
+
+    @staticmethod
+    def completed_keys(tasks: list[dict[str, Any]]) -> set[str]:
+        return completed_keys(tasks)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture(scope="module")
+def module_procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Procs]:
+    """Like `procs`, shared by one test module (for a database several tests read)."""
+    p = Procs(tmp_path_factory.mktemp("acceptance"))
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+# -- reading the database through the public Python API --------------------------------------
+
+
+def run_status(url: str, run_id: str) -> str:
+    async def read() -> str:
+        async with Engine(url) as engine:
+            return str((await engine.get_run(run_id))["status"])
+
+    return asyncio.run(read())
+
+
+def wait_status(
+    url: str,
+    run_id: str,
+    statuses: str | set[str] | frozenset[str],
+    timeout: float = 30.0,
+    workers: tuple[Worker, ...] = (),
+) -> str:
+    """Polls until the run is in one of `statuses`; fails early when it is final otherwise."""
+    wanted = {statuses} if isinstance(statuses, str) else set(statuses)
+    deadline = time.monotonic() + timeout
+    status = "?"
+    while time.monotonic() < deadline:
+        status = run_status(url, run_id)
+        if status in wanted:
+            return status
+        if status in FINAL:
+            break
+        time.sleep(0.1)
+    logs = "\n".join(f"--- worker {w.pid}:\n{w.output}" for w in workers)
+    raise AssertionError(f"run {run_id} is {status}, wanted {sorted(wanted)}\n{logs}")
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def counts(path: Path) -> Counter[str]:
+    return Counter(lines(path))
+
+
+def completed_keys(tasks: list[dict[str, Any]], prefix: str = "") -> set[str]:
+    """Keys (a/b for subtasks) of the COMPLETED tasks in a `runs show --json` task tree."""
+    keys: set[str] = set()
+    for task in tasks:
+        key = f"{prefix}{task['key']}"
+        if task["status"] == "COMPLETED":
+            keys.add(key)
+        keys |= completed_keys(task["children"], f"{key}/")
+    return keys
+
+
+# -- a tiny HTTP endpoint for background_poll -------------------------------------------------
+
+
+class FlagServer:
+    """404 until `ready` is set, then 200 with `body` as JSON. Counts the requests it gets."""
+
+    def __init__(self, body: Any) -> None:
+        self.body = json.dumps(body).encode()
+        self.ready = threading.Event()
+        self.hits = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.hits += 1
+                if server.ready.is_set():
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(server.body)))
+                    self.end_headers()
+                    self.wfile.write(server.body)
+                else:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/status"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FlagServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def flag_server() -> Iterator[FlagServer]:
+    with FlagServer({"answer": 42, "items": ["a", "b"]}) as server:
+        yield server
