@@ -81,3 +81,8 @@ class Suspend(ControlFlow):
 
 class LeaseLost(ControlFlow):
     """Another execution owns this run now (lease expired, run canceled): stop at once."""
+
+
+class WriteFailed(ControlFlow):
+    """The database refused a step's write: this execution stops, nothing after it runs, and
+    the run is picked up again once its lease lapses."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import serialization
 from .context import Context
-from .exceptions import LeaseLost, NotSerializableError, Suspend
+from .exceptions import LeaseLost, NotSerializableError, Suspend, WriteFailed
 from .io import IO
 from .jobs import Job
 from .records import ClaimedRun
@@ -101,6 +101,9 @@ async def _conclude(
     exc = job_task.exception() if not job_task.cancelled() else asyncio.CancelledError()
     if replay.fatal is not None and not isinstance(exc, LeaseLost):
         exc = replay.fatal
+    if isinstance(exc, WriteFailed):
+        log.warning("run %s stopped: %s; it resumes once its lease lapses", claimed.id, exc)
+        return Outcome("LOST")
     if isinstance(exc, LeaseLost) or replay.lost:
         return Outcome("LOST")
     logs = replay.take_logs()

@@ -82,12 +82,34 @@ class Logger:
 
 
 def _return_annotation(fn: Callable[..., Any]) -> Any:
+    """The declared return type of a task function, if any (it decides how outputs round-trip).
+
+    Most task functions declare none; those that do are resolved once per code object, since a
+    job's nested functions are new objects on every execution.
+    """
+    if "return" not in getattr(fn, "__annotations__", {}):
+        return None
+    code = getattr(fn, "__code__", None)
+    return _resolve_annotation(fn) if code is None else _cached_annotation(code, fn)
+
+
+def _resolve_annotation(fn: Callable[..., Any]) -> Any:
     try:
-        hints = typing.get_type_hints(fn)
+        annotation = typing.get_type_hints(fn).get("return")
     except Exception:
         return None
-    annotation = hints.get("return")
     return None if annotation in (None, Any, type(None)) else annotation
+
+
+_annotations: dict[Any, Any] = {}
+
+
+def _cached_annotation(code: Any, fn: Callable[..., Any]) -> Any:
+    if code not in _annotations:
+        if len(_annotations) > 4096:
+            _annotations.clear()
+        _annotations[code] = _resolve_annotation(fn)
+    return _annotations[code]
 
 
 class IO:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import clock
-from .exceptions import DuplicateKeyError, LeaseLost, Suspend
+from .exceptions import DatabaseError, DuplicateKeyError, LeaseLost, Suspend, WriteFailed
 from .records import LogWrite, TaskRow, TaskWrite
 from .store import Store
 
@@ -87,7 +87,13 @@ class Replay:
         if self.lost:
             raise LeaseLost()
         logs, self.pending_logs = self.pending_logs, []
-        if not await self.store.write_task(self.run_id, self.epoch, task, logs):
+        try:
+            written = await self.store.write_task(self.run_id, self.epoch, task, logs)
+        except DatabaseError as exc:
+            # The job must not go on as if the step were recorded, nor catch this as an error.
+            self.lost = True
+            raise WriteFailed(exc.message) from exc
+        if not written:
             self.lost = True
             raise LeaseLost()
 

@@ -145,7 +145,9 @@ class Scheduler:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
-                held = await self.store.heartbeat(self.worker_id, self.lease_seconds)
+                held = await self.store.heartbeat(
+                    self.worker_id, self.lease_seconds, list(self._replays)
+                )
             except EngineError as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue

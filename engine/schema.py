@@ -66,7 +66,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 # JSON on SQLite, JSONB (indexable, queryable with ->>) on PostgreSQL.
-Json = JSON().with_variant(JSONB(), "postgresql")
+# SQL NULL (not JSON 'null') for None, so `WHERE output IS NULL` means what it says.
+Json = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 jobs = Table(
     "engine_jobs",

@@ -7,6 +7,8 @@ the run row so a concurrent claim waits for them), SQLite serializes writers by 
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Integer, String, Text, bindparam, column, text
@@ -146,19 +148,21 @@ class Statements:
                 "completed_at",
             )
         )
-        self.write_task = _t(
+        # The hot path (engine.groupcommit) runs these two through the driver itself: named
+        # `:params` for sqlite3, numbered and cast `$n::type` for asyncpg.
+        self.raw_write_task = _driver_sql(
             f"INSERT INTO engine_tasks ({cols}) SELECT {values} WHERE {fence} "
             f"ON CONFLICT (run_id, parent_path, key) DO UPDATE SET {updates}, "
             "started_at = COALESCE(engine_tasks.started_at, excluded.started_at)",
-            **_TASK_TYPES,
+            postgres,
         )
-        self.write_log = _t(
+        log_insert = (
             "INSERT INTO engine_logs (run_id, parent_path, seq, level, message, fields, "
             "created_at) VALUES (:run_id, :parent_path, :seq, :level, :message, :fields, "
-            ":created_at) ON CONFLICT (run_id, parent_path, seq) DO NOTHING",
-            fields=Json,
-            created_at=UTCDateTime,
+            ":created_at) ON CONFLICT (run_id, parent_path, seq) DO NOTHING"
         )
+        self.raw_write_log = _driver_sql(log_insert, postgres)
+        self.write_log = _t(log_insert, fields=Json, created_at=UTCDateTime)
         # A poll that finished while the run was still running left `wake_at` set: keep the
         # earlier of the two, so that wake-up is not lost.
         self.suspend_at = _t(
@@ -186,11 +190,14 @@ class Statements:
             "next_poll_at = NULL WHERE run_id = :run_id AND status IN ('RUNNING', 'WAITING')",
             **now,
         )
+        # Only the runs this worker is executing right now: a run whose execution died must
+        # let its lease lapse so that it is picked up again.
         self.heartbeat = _t(
             "UPDATE engine_runs SET lease_expires_at = :expires "
-            "WHERE lease_owner = :worker AND status = 'RUNNING' RETURNING id, lease_epoch",
+            "WHERE lease_owner = :worker AND status = 'RUNNING' AND id IN :ids "
+            "RETURNING id, lease_epoch",
             expires=UTCDateTime,
-        )
+        ).bindparams(bindparam("ids", expanding=True))
         mine = "AND job_id || '@' || job_version IN :job_keys"
         self.next_due = (
             _t(
@@ -278,6 +285,46 @@ class Statements:
             "END WHERE run_id = :run_id AND status IN ('ERRORED', 'CANCELED')",
             **now,
         )
+
+
+# PostgreSQL types of the hot path's parameters (asyncpg needs them spelled out).
+_PG_TYPES = {
+    "attempts": "integer",
+    "seq": "integer",
+    "epoch": "integer",
+    "params": "jsonb",
+    "output": "jsonb",
+    "error": "jsonb",
+    "poll_state": "jsonb",
+    "fields": "jsonb",
+    "due_at": "timestamptz",
+    "next_poll_at": "timestamptz",
+    "started_at": "timestamptz",
+    "completed_at": "timestamptz",
+    "created_at": "timestamptz",
+}
+
+
+@dataclass(frozen=True)
+class DriverSQL:
+    """A statement for the driver itself: its text and the parameter names in order."""
+
+    text: str
+    names: tuple[str, ...]
+
+
+def _driver_sql(sql: str, postgres: bool) -> DriverSQL:
+    names: list[str] = []
+    if not postgres:
+        return DriverSQL(sql, tuple(dict.fromkeys(re.findall(r"(?<!:):(\w+)", sql))))
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}::{_PG_TYPES.get(name, 'text')}"
+
+    return DriverSQL(re.sub(r"(?<!:):(\w+)", number, sql), tuple(names))
 
 
 def _col(name: str) -> Any:

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from . import clock
 from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
+from .groupcommit import GroupCommit, Write, direct_write
 from .records import ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
 from .sql import Statements
 
@@ -53,6 +54,15 @@ class Store:
         self.is_postgres = self.dialect == "postgresql"
         self.engine: AsyncEngine = _dialect_engine(parsed, pool_size)
         self._sql = Statements(self.is_postgres)
+        # SQLite has one writer: group concurrent writes into shared transactions. PostgreSQL
+        # writes concurrently, each as one autocommitted statement; batching them in one
+        # transaction would hold many runs' row locks at once and invite deadlocks.
+        self._group = (
+            None if self.is_postgres else GroupCommit(self.engine, self._sql, self._translate)
+        )
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        return _database_error(self, exc) if isinstance(exc, Exception) else exc
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -167,17 +177,15 @@ class Store:
     async def write_task(
         self, run_id: str, epoch: int, task: TaskWrite, logs: Sequence[LogWrite] = ()
     ) -> bool:
-        """Records a task (fenced). False when the execution no longer holds the lease."""
-        async with self.begin() as conn:
-            result = await conn.execute(
-                self._sql.write_task, {"run_id": run_id, "epoch": epoch, **task.__dict__}
-            )
-            if result.rowcount != 1:
-                await conn.rollback()
-                return False
-            if logs:
-                await self._write_logs(conn, run_id, logs)
-        return True
+        """Records a task (fenced). False when the execution no longer holds the lease.
+
+        Concurrent writes share a transaction (see engine.groupcommit); each returns only once
+        its own row is committed.
+        """
+        write = Write(run_id, epoch, task, logs)
+        if self._group is None:
+            return await direct_write(self.engine, self._sql, write, self._translate)
+        return await self._group.submit(write)
 
     async def suspend_run(
         self, run_id: str, epoch: int, wake_at: float | None, logs: Sequence[LogWrite] = ()
@@ -227,13 +235,19 @@ class Store:
                 await self._write_logs(conn, run_id, logs)
         return True
 
-    async def heartbeat(self, worker_id: str, lease_seconds: float) -> dict[str, int]:
-        """Extends this worker's leases; returns the runs it still holds, with their epochs."""
+    async def heartbeat(
+        self, worker_id: str, lease_seconds: float, run_ids: Sequence[str]
+    ) -> dict[str, int]:
+        """Extends the leases of the runs this worker is executing; returns those it still holds,
+        with their epochs."""
+        if not run_ids:
+            return {}
         now = clock.now()
         async with self.begin() as conn:
             rows = (
                 await conn.execute(
-                    self._sql.heartbeat, {"worker": worker_id, "expires": now + lease_seconds}
+                    self._sql.heartbeat,
+                    {"worker": worker_id, "expires": now + lease_seconds, "ids": list(run_ids)},
                 )
             ).all()
         return {r.id: r.lease_epoch for r in rows}
