@@ -21,8 +21,8 @@ def database_url(explicit: str | None = None) -> str:
 class Engine:
     """A handle on one engine database: `await Engine(url).trigger("job-id", payload)`."""
 
-    def __init__(self, database_url_: str | None = None) -> None:
-        self.store = Store(database_url(database_url_))
+    def __init__(self, database_url_: str | None = None, *, pool_size: int = 10) -> None:
+        self.store = Store(database_url(database_url_), pool_size=pool_size)
         self._upgraded = False
 
     async def __aenter__(self) -> Engine:

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from . import serialization
+from . import clock, serialization
 from .context import Context
 from .exceptions import LeaseLost, NotSerializableError, Suspend, WriteFailed
 from .io import IO
@@ -108,8 +108,10 @@ async def _conclude(
         return Outcome("LOST")
     logs = replay.take_logs()
     if isinstance(exc, Suspend):
-        ok = await store.suspend_run(claimed.id, claimed.epoch, replay.wake_at, logs)
-        return Outcome("WAITING", replay.wake_at) if ok else Outcome("LOST")
+        # A run unloaded because the worker is stopping is due again at once, for any worker.
+        wake_at = clock.now() if replay.draining else replay.wake_at
+        ok = await store.suspend_run(claimed.id, claimed.epoch, wake_at, logs)
+        return Outcome("WAITING", wake_at) if ok else Outcome("LOST")
     if exc is None:
         try:
             output, output_type = serialization.encode(job_task.result(), "the job's return value")

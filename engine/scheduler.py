@@ -144,14 +144,15 @@ class Scheduler:
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
+            # Judge only the executions this heartbeat was sent for: one that started while it
+            # was in flight is not in its answer, and is not lost.
+            sent = dict(self._replays)
             try:
-                held = await self.store.heartbeat(
-                    self.worker_id, self.lease_seconds, list(self._replays)
-                )
+                held = await self.store.heartbeat(self.worker_id, self.lease_seconds, list(sent))
             except EngineError as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
-            for run_id, replay in list(self._replays.items()):
+            for run_id, replay in sent.items():
                 if held.get(run_id) != replay.epoch:
                     # Canceled, or reclaimed after we stalled: stop at the next io call.
                     replay.lost = True

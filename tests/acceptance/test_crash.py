@@ -144,12 +144,6 @@ def test_sigterm_lets_the_running_task_commit_then_exits_0(
     assert [(t["key"], t["status"]) for t in stopped["tasks"]] == [("long", "COMPLETED")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="graceful stop strands the run: drain() sets Replay.unloading, the job's next "
-    "io call raises Suspend, so _conclude never calls unload() and suspend_run(wake_at=None) "
-    "leaves the run WAITING with wake_at NULL and no lease: no worker ever claims it again",
-)
 def test_after_sigterm_a_new_worker_finishes_the_run(
     procs: Any, sqlite_url: str, tmp_path: Path
 ) -> None:

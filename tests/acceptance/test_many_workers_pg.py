@@ -78,14 +78,6 @@ def wait_all_completed(procs: Any, url: str, count: int, timeout: float) -> None
     raise AssertionError(f"not all {count} runs completed in {timeout}s: {dict(seen)}\n{logs}")
 
 
-@pytest.mark.xfail(
-    raises=ExecutedTwice,
-    strict=True,
-    reason="Scheduler._heartbeats marks lost every execution that started while the heartbeat "
-    "query was in flight (it compares `held` with all of self._replays, not with the ids it "
-    "sent), so that run's current step runs, is refused at commit (LeaseLost), and runs again "
-    "on another claim once the lease lapses: a duplicate side effect without any crash",
-)
 def test_three_workers_share_200_runs_and_run_each_task_once(
     procs: Any, pg_url: str, tmp_path: Path
 ) -> None:
