@@ -20,7 +20,6 @@ from rich.markup import escape as _escape
 from rich.table import Table
 from rich.tree import Tree
 
-from . import migrate
 from .app import load_app
 from .client import Engine
 from .exceptions import EngineError
@@ -56,8 +55,17 @@ def _run(make: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")
 
 
-async def _with_engine(url: str | None, use: Callable[[Engine], Awaitable[T]]) -> T:
+async def _with_engine(
+    url: str | None, use: Callable[[Engine], Awaitable[T]], *, read: bool = False
+) -> T:
     engine = Engine(url)
+    missing = engine.store.missing_file() if read else None
+    if missing:
+        await engine.close()
+        raise EngineError(
+            f"no engine database at {missing}: start a worker (`engine run APP`) or run "
+            "`engine db upgrade` there first, or pass --database-url"
+        )
     try:
         return await use(engine)
     finally:
@@ -151,7 +159,9 @@ def list_runs(
     job_id: str | None, status: str | None, limit: int, as_json: bool, database_url: str | None
 ) -> None:
     """List runs, newest first."""
-    rows = _run(lambda: _with_engine(database_url, lambda e: e.list_runs(job_id, status, limit)))
+    rows = _run(
+        lambda: _with_engine(database_url, lambda e: e.list_runs(job_id, status, limit), read=True)
+    )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -180,7 +190,7 @@ def show_run(run_id: str, as_json: bool, database_url: str | None) -> None:
     async def load(engine: Engine) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         return await engine.show_run(run_id), await engine.run_logs(run_id)
 
-    view, logs = _run(lambda: _with_engine(database_url, load))
+    view, logs = _run(lambda: _with_engine(database_url, load, read=True))
     if as_json:
         click.echo(json.dumps(view, indent=2))
         return
@@ -192,7 +202,7 @@ def show_run(run_id: str, as_json: bool, database_url: str | None) -> None:
 @click.option("--database-url", help=_DB_HELP)
 def cancel_run(run_id: str, database_url: str | None) -> None:
     """Cancel a QUEUED, WAITING or RUNNING run."""
-    before = _run(lambda: _with_engine(database_url, lambda e: e.cancel(run_id)))
+    before = _run(lambda: _with_engine(database_url, lambda e: e.cancel(run_id), read=True))
     click.echo(f"canceled {run_id} (was {before})")
 
 
@@ -201,7 +211,7 @@ def cancel_run(run_id: str, database_url: str | None) -> None:
 @click.option("--database-url", help=_DB_HELP)
 def retry_run(run_id: str, database_url: str | None) -> None:
     """Re-execute a FAILED run from where it failed."""
-    _run(lambda: _with_engine(database_url, lambda e: e.retry(run_id)))
+    _run(lambda: _with_engine(database_url, lambda e: e.retry(run_id), read=True))
     click.echo(f"queued {run_id} again")
 
 
@@ -214,7 +224,7 @@ def db() -> None:
 @click.option("--database-url", help=_DB_HELP)
 def upgrade(database_url: str | None) -> None:
     """Bring the schema to head (Alembic migrations)."""
-    _run(lambda: _with_engine(database_url, lambda e: migrate.upgrade(e.store)))
+    _run(lambda: _with_engine(database_url, lambda e: e.upgrade()))
     click.echo("database is at head")
 
 

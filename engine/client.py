@@ -7,7 +7,7 @@ import os
 from types import TracebackType
 from typing import Any
 
-from . import clock, migrate, views
+from . import clock, views
 from .exceptions import EngineError, UnknownJobError
 from .jobs import check_against_schema, registry
 from .schema import FINAL_RUN_STATUSES, RUN_STATUSES
@@ -42,6 +42,9 @@ class Engine:
     async def upgrade(self) -> None:
         """Brings the schema to head (idempotent)."""
         if not self._upgraded:
+            # Alembic is imported only when a schema may need changing: CLI reads stay fast.
+            from . import migrate
+
             await migrate.upgrade(self.store)
             self._upgraded = True
 

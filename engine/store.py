@@ -9,6 +9,7 @@ the small `_dialect_*` helpers at the bottom, nowhere else.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -60,6 +61,13 @@ class Store:
         self._group = (
             None if self.is_postgres else GroupCommit(self.engine, self._sql, self._translate)
         )
+
+    def missing_file(self) -> str | None:
+        """The path of a SQLite database file that does not exist yet (connecting creates it)."""
+        path = self.parsed_url.database
+        if self.is_postgres or not path or path == ":memory:" or os.path.exists(path):
+            return None
+        return path
 
     def _translate(self, exc: BaseException) -> BaseException:
         return _database_error(self, exc) if isinstance(exc, Exception) else exc

@@ -12,7 +12,6 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from . import migrate
 from .app import load_app
 from .client import database_url
 from .jobs import Job
@@ -52,6 +51,8 @@ class Worker:
         """Works until `stop()` (or SIGINT/SIGTERM with `handle_signals`)."""
         store = Store(self.url, pool_size=min(self.concurrency + 5, 50))
         try:
+            from . import migrate
+
             await migrate.upgrade(store)
             await register(store, self.jobs)
             scheduler = Scheduler(

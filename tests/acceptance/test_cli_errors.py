@@ -186,3 +186,10 @@ def test_a_recorded_run_survives_every_failed_command(world: World) -> None:
     assert shown["output"] == {"doubled": 42, "label": "x"}
     assert [t["key"] for t in shown["tasks"]] == ["double"]
     nothing_lost(world)
+
+
+def test_reading_a_missing_sqlite_database_says_so_and_creates_nothing(procs: Any) -> None:
+    result = procs.cli("runs", "list")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: no engine database at engine.db")
+    assert not (procs.cwd / "engine.db").exists()
