@@ -7,7 +7,7 @@ servers run in separate processes; the integration polls every `--poll-interval`
 growing 1.5x per poll up to `--max-poll-interval` (2 s).
 
 The worker is a subprocess (this file with --child): `engine.Worker` (what `engine run` runs,
-`--concurrency` 100 run slots, 50 poll slots) with two jobs loaded, that reports its VmRSS/VmHWM
+`--concurrency` 20 run slots, 50 poll slots) with two jobs loaded, that reports its VmRSS/VmHWM
 from /proc/self/status after gc.collect() when asked, and samples VmRSS every 0.25 s.
 
 Phase 1, memory and steady polling: `--runs` runs against a fake whose assistant runs take
@@ -31,7 +31,7 @@ that saw it (bounded by the schedule; the ideal schedule's figure is printed bes
 that poll -> the job continuing (the engine's resume).
 
     python bench/bench_openai_waits.py [--db sqlite|postgres|both] [--runs 1000]
-        [--run-seconds 5] [--poll-interval 0.5] [--max-poll-interval 2] [--concurrency 100]
+        [--run-seconds 5] [--poll-interval 0.5] [--max-poll-interval 2] [--concurrency 20]
 
 Targets: RSS growth (suspended - warm) <= 20 MB; delay median <= the poll interval in effect
 when the fake run completed + 50 ms.
@@ -43,6 +43,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -126,6 +127,7 @@ async def child(raw: str) -> None:
     sampler = asyncio.create_task(_sample_rss(samples))
     loop = asyncio.get_running_loop()
     print("ready", flush=True)
+    running.add_done_callback(_exit_if_died)
     try:
         while not running.done():
             command = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
@@ -143,6 +145,15 @@ async def child(raw: str) -> None:
         sampler.cancel()
         worker.stop()
         await running
+
+
+def _exit_if_died(task: asyncio.Task[None]) -> None:
+    """The worker returned or raised without being told to stop: say so and end the process,
+    so that the parent does not wait for runs that nobody executes."""
+    if task.cancelled() or task.exception() is not None:
+        error = "cancelled" if task.cancelled() else repr(task.exception())
+        print(f"the worker died: {error}", file=sys.stderr, flush=True)
+        os._exit(3)
 
 
 async def _sample_rss(samples: list[tuple[float, int]]) -> None:
@@ -221,10 +232,16 @@ def _payloads(assistant_id: str, threads: list[str], first: int = 0) -> list[dic
 
 
 async def _wait_counts(
-    worker: common.Worker, done: Any, timeout: float, every: float = 0.1
+    worker: common.Worker,
+    done: Any,
+    timeout: float,
+    proc: asyncio.subprocess.Process | None = None,
+    every: float = 0.1,
 ) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     while True:
+        if proc is not None and proc.returncode is not None:
+            raise RuntimeError(f"the worker subprocess exited with {proc.returncode}")
         counts = await worker.count_status()
         if done(counts):
             return counts
@@ -286,7 +303,9 @@ async def bench(
         await common.create_runs(
             parent.store, jobs["main"], _payloads(assistant, main_threads[-1:], -1)
         )
-        await _wait_counts(parent, lambda c: c.get("COMPLETED", 0) >= 1, args.run_seconds + 30)
+        await _wait_counts(
+            parent, lambda c: c.get("COMPLETED", 0) >= 1, args.run_seconds + 30, proc
+        )
         await asyncio.sleep(0.5)
         r["warm"] = await worker.ask("rss")
         await worker.ask("samples")
@@ -301,6 +320,7 @@ async def bench(
             parent,
             lambda c: c.get("QUEUED", 0) + c.get("RUNNING", 0) == 0,
             args.timeout,
+            proc,
         )
         r["hold_t1"] = time.time()
         await asyncio.sleep(0.5)
@@ -327,6 +347,7 @@ async def bench(
             parent,
             lambda c: c.get("COMPLETED", 0) + c.get("FAILED", 0) >= n + 1,
             args.timeout,
+            proc,
         )
         r["t1"] = time.time()
         r["after"] = await worker.ask("rss")
@@ -647,7 +668,7 @@ if __name__ == "__main__":
     p.add_argument("--steady-seconds", type=float, default=5.0)
     p.add_argument("--poll-interval", type=float, default=0.5)
     p.add_argument("--max-poll-interval", type=float, default=2.0)
-    p.add_argument("--concurrency", type=int, default=100)
+    p.add_argument("--concurrency", type=int, default=20)
     p.add_argument("--poll-concurrency", type=int, default=DEFAULT_POLL_SLOTS)
     p.add_argument("--timeout", type=float, default=100.0)
     asyncio.run(main(p.parse_args()))
