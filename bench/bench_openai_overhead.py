@@ -115,11 +115,7 @@ async def bench(db: common.BenchDB, base_url: str, args: Any) -> dict[str, Any]:
                 if which == "bare":
                     out["bare"].append(await bare_calls(client, args.calls))
                 else:
-                    with common.StatementCounter(side.worker.store) as counter:
-                        samples = await engine_calls(side, rep, args.calls)
-                    out["engine"].append(samples)
-                    out.setdefault("statements", []).append(counter.statements)
-                    out.setdefault("commits", []).append(counter.commits)
+                    out["engine"].append(await engine_calls(side, rep, args.calls))
         if args.profile:
             out["profile"] = await _profile(side, args.calls)
     finally:
@@ -210,10 +206,7 @@ def _report(db: common.BenchDB, r: dict[str, Any], args: Any, fake_cpu: float) -
         rows,
         title=f"median of {args.repeat} repetitions of {args.calls} sequential calls",
     )
-    calls = args.calls * len(r["engine"])
     print(
-        f"engine: {sum(r['statements']) / calls:.1f} SQL statements and "
-        f"{sum(r['commits']) / calls:.1f} commits per call; "
         f"fake server CPU {fake_cpu:.1f} s in total (separate process)\n",
         flush=True,
     )
