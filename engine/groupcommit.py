@@ -1,10 +1,11 @@
-"""The hot path: task writes, committed in groups through the database driver itself.
+"""The hot path: small writes, committed in groups through the database driver itself.
 
-Every `io` step ends in one fenced task write that the job must wait for. Executed through
-SQLAlchemy, one write costs about eight thread hand-offs on aiosqlite; here a whole transaction
-is one hand-off (SQLite) or one round trip (PostgreSQL, a single autocommitted statement). On
-SQLite, writes that arrive while a commit is in flight are committed together in the next one,
-so many concurrent runs share transactions without any run getting ahead of its own commit.
+Every `io` step ends in one fenced task write that the job must wait for, and every poll the
+scheduler performs ends in a reschedule. Executed through SQLAlchemy, one write costs about
+eight thread hand-offs on aiosqlite; here a whole transaction is one hand-off (SQLite) or one
+round trip (PostgreSQL, a single autocommitted statement). On SQLite, writes that arrive while
+a commit is in flight are committed together in the next one, so many concurrent runs share
+transactions without any run getting ahead of its own commit.
 """
 
 from __future__ import annotations
@@ -19,19 +20,21 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .records import LogWrite, TaskWrite
-from .sql import DriverSQL, Statements
+from .sql import DriverSQL
 
 _JSON_FIELDS = frozenset({"params", "output", "error", "poll_state", "fields"})
 _TIME_FIELDS = frozenset({"due_at", "next_poll_at", "started_at", "completed_at", "created_at"})
 
+Translate = Callable[[BaseException], BaseException]
+
 
 @dataclass
 class Write:
-    run_id: str
-    epoch: int
-    task: TaskWrite
-    logs: Sequence[LogWrite]
+    """One unit of the hot path: the first statement decides (did it change exactly one row?);
+    the others run, in the same transaction, only when it did."""
+
+    first: tuple[DriverSQL, dict[str, Any]]
+    then: Sequence[tuple[DriverSQL, dict[str, Any]]] = ()
 
 
 def _sqlite_time(stamp: float) -> str:
@@ -56,20 +59,26 @@ def _args(sql: DriverSQL, values: dict[str, Any], time: Callable[[float], Any]) 
     return out
 
 
-def _sqlite_commit(
-    db: sqlite3.Connection,
-    task_sql: str,
-    log_sql: str,
-    batch: list[tuple[list[Any], list[list[Any]]]],
-) -> list[bool]:
+Prepared = tuple[tuple[str, list[Any]], list[tuple[str, list[Any]]]]
+
+
+def _prepare(write: Write, time: Callable[[float], Any]) -> Prepared:
+    sql, values = write.first
+    return (sql.text, _args(sql, values, time)), [
+        (s.text, _args(s, v, time)) for s, v in write.then
+    ]
+
+
+def _sqlite_commit(db: sqlite3.Connection, batch: list[Prepared]) -> list[bool]:
     """Runs in aiosqlite's thread: one transaction for the whole batch."""
     db.execute("BEGIN IMMEDIATE")
     try:
         results = []
-        for task_args, log_args in batch:
-            written = db.execute(task_sql, task_args).rowcount == 1
-            if written and log_args:
-                db.executemany(log_sql, log_args)
+        for (sql, args), then in batch:
+            written = db.execute(sql, args).rowcount == 1
+            if written:
+                for more_sql, more_args in then:
+                    db.execute(more_sql, more_args)
             results.append(written)
         db.execute("COMMIT")
     except BaseException:
@@ -79,16 +88,11 @@ def _sqlite_commit(
 
 
 class GroupCommit:
-    """SQLite: `await submit(write)` is True once committed, False when the lease was lost."""
+    """SQLite: `await submit(write)` says whether the first statement changed one row, once the
+    write is committed."""
 
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        sql: Statements,
-        translate: Callable[[BaseException], BaseException],
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, translate: Translate) -> None:
         self.engine = engine
-        self.sql = sql
         self.translate = translate
         self._queue: list[tuple[Write, asyncio.Future[bool]]] = []
         self._draining = False
@@ -106,7 +110,7 @@ class GroupCommit:
             while self._queue:
                 batch, self._queue = self._queue, []
                 try:
-                    results = await self._flush_sqlite([write for write, _ in batch])
+                    results = await self._flush([write for write, _ in batch])
                 except BaseException as exc:  # every writer in the batch hears of it
                     error = self.translate(exc)
                     for _, future in batch:
@@ -121,52 +125,31 @@ class GroupCommit:
         finally:
             self._draining = False
 
-    async def _flush_sqlite(self, batch: list[Write]) -> list[bool]:
-        rows = [_rows(self.sql, write, _sqlite_time) for write in batch]
+    async def _flush(self, batch: list[Write]) -> list[bool]:
+        prepared = [_prepare(write, _sqlite_time) for write in batch]
         async with self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection  # aiosqlite.Connection
             # aiosqlite's own queue to its thread: the whole transaction in one hand-off.
-            result: list[bool] = await driver._execute(
-                _sqlite_commit,
-                driver._conn,
-                self.sql.raw_write_task.text,
-                self.sql.raw_write_log.text,
-                rows,
-            )
+            result: list[bool] = await driver._execute(_sqlite_commit, driver._conn, prepared)
             return result
 
 
-def _rows(
-    sql: Statements, write: Write, time: Callable[[float], Any]
-) -> tuple[list[Any], list[list[Any]]]:
-    task = {"run_id": write.run_id, "epoch": write.epoch, **write.task.__dict__}
-    logs = [
-        _args(sql.raw_write_log, {"run_id": write.run_id, **log.__dict__}, time)
-        for log in write.logs
-    ]
-    return _args(sql.raw_write_task, task, time), logs
-
-
-async def direct_write(
-    engine: AsyncEngine,
-    sql: Statements,
-    write: Write,
-    translate: Callable[[BaseException], BaseException],
-) -> bool:
-    """PostgreSQL: one task write on its own connection, one round trip without logs."""
-    task_args, log_args = _rows(sql, write, _pg_time)
+async def direct_write(engine: AsyncEngine, write: Write, translate: Translate) -> bool:
+    """PostgreSQL: one write on its own connection; one round trip when it is one statement."""
+    (sql, args), then = _prepare(write, _pg_time)
     try:
         async with engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection  # asyncpg.Connection
-            if not log_args:
+            if not then:
                 # One statement is its own transaction.
-                return str(await driver.execute(sql.raw_write_task.text, *task_args)).endswith(" 1")
+                return str(await driver.execute(sql, *args)).endswith(" 1")
             async with driver.transaction():
-                written = str(await driver.execute(sql.raw_write_task.text, *task_args))
-                if written.endswith(" 1"):
-                    await driver.executemany(sql.raw_write_log.text, log_args)
-                return written.endswith(" 1")
+                written = str(await driver.execute(sql, *args)).endswith(" 1")
+                if written:
+                    for more_sql, more_args in then:
+                        await driver.execute(more_sql, *more_args)
+                return written
     except Exception as exc:
         raise translate(exc) from exc

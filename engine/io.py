@@ -345,107 +345,51 @@ class IO:
             while True:
                 attempt = attempts + 1
                 started = clock.now()
+
+                attempt_row = _rows_for(parent, key, kind, name, attempt, seq, params, started)
+                start: asyncio.Future[None] | None = None
                 if record_start:
-                    await replay.write(
-                        TaskWrite(
-                            parent,
-                            key,
-                            kind,
-                            name,
-                            "RUNNING",
-                            attempt,
-                            seq,
-                            params=params,
-                            started_at=started,
-                        )
-                    )
-                task = Task(self.run_id, key, name, path, attempt, params)
+                    # The RUNNING row is bookkeeping (attempts survive a crash), not a result:
+                    # it commits while the call is on the wire, and before the outcome is written.
+                    start = asyncio.ensure_future(replay.write(attempt_row("RUNNING")))
                 token = current_path.set(path)
                 try:
-                    value = await _with_timeout(fn(task), timeout, where)
+                    try:
+                        value = await _with_timeout(
+                            fn(Task(self.run_id, key, name, path, attempt, params)), timeout, where
+                        )
+                    finally:
+                        if start is not None:
+                            await start
                     stored, type_name = encode(value)
-                except NotSerializableError as exc:
-                    await self._record_error(
-                        parent, key, kind, name, attempt, seq, params, exc, started
-                    )
-                    raise
                 except Exception as exc:
-                    final = attempt >= policy.max_attempts or not is_retryable(exc)
+                    final = (
+                        isinstance(exc, NotSerializableError)
+                        or attempt >= policy.max_attempts
+                        or not is_retryable(exc)
+                    )
+                    error = serialization.encode_error(exc)
                     if final:
-                        await self._record_error(
-                            parent, key, kind, name, attempt, seq, params, exc, started
+                        await replay.write(
+                            attempt_row("ERRORED", error=error, completed_at=clock.now())
                         )
                         raise
-                    delay = policy.delay(attempt, exc)
-                    due = clock.now() + delay
-                    await replay.write(
-                        TaskWrite(
-                            parent,
-                            key,
-                            kind,
-                            name,
-                            "WAITING",
-                            attempt,
-                            seq,
-                            params=params,
-                            error=serialization.encode_error(exc),
-                            due_at=due,
-                            started_at=started,
-                        )
-                    )
+                    due = clock.now() + policy.delay(attempt, exc)
+                    await replay.write(attempt_row("WAITING", error=error, due_at=due))
                     attempts = attempt
-                    if delay > 0:
+                    if due > clock.now():
                         await replay.park(due)
                     continue
                 finally:
                     current_path.reset(token)
                 await replay.write(
-                    TaskWrite(
-                        parent,
-                        key,
-                        kind,
-                        name,
-                        "COMPLETED",
-                        attempt,
-                        seq,
-                        params=params,
-                        output=stored,
-                        output_type=type_name,
-                        started_at=started,
-                        completed_at=clock.now(),
+                    attempt_row(
+                        "COMPLETED", output=stored, output_type=type_name, completed_at=clock.now()
                     )
                 )
                 return decode(stored, type_name)
         finally:
             replay.leave()
-
-    async def _record_error(
-        self,
-        parent: str,
-        key: str,
-        kind: str,
-        name: str,
-        attempt: int,
-        seq: int,
-        params: Any,
-        exc: BaseException,
-        started: float,
-    ) -> None:
-        await self._replay.write(
-            TaskWrite(
-                parent,
-                key,
-                kind,
-                name,
-                "ERRORED",
-                attempt,
-                seq,
-                params=params,
-                error=serialization.encode_error(exc),
-                started_at=started,
-                completed_at=clock.now(),
-            )
-        )
 
     def _check_kind(self, row: TaskRow | None, key: str, kind: str, name: str) -> None:
         if row is None or (row.kind == kind and row.name == name):
@@ -469,6 +413,35 @@ async def _with_timeout(awaitable: Awaitable[T], timeout: float | None, where: s
             return await awaitable
     except TimeoutError:
         raise TaskTimeoutError(f"{where} ran longer than its timeout of {timeout}s") from None
+
+
+def _rows_for(
+    parent: str,
+    key: str,
+    kind: str,
+    name: str,
+    attempt: int,
+    seq: int,
+    params: Any,
+    started: float,
+) -> Callable[..., TaskWrite]:
+    """Builds the rows one attempt of a step writes, which differ only in status and fields."""
+
+    def row(status: str, **fields: Any) -> TaskWrite:
+        return TaskWrite(
+            parent,
+            key,
+            kind,
+            name,
+            status,
+            attempt,
+            seq,
+            params=params,
+            started_at=started,
+            **fields,
+        )
+
+    return row
 
 
 def _row(parent: str, key: str, kind: str, name: str, due: float | None, seq: int) -> TaskRow:

@@ -221,11 +221,10 @@ class Statements:
             .bindparams(bindparam("pollers", expanding=True))
             .columns(params=Json, poll_state=Json)
         )
-        self.reschedule_poll = _t(
+        self.raw_reschedule_poll = _driver_sql(
             "UPDATE engine_tasks SET next_poll_at = :next_poll_at, poll_state = :poll_state "
             "WHERE id = :id AND status = 'WAITING'",
-            next_poll_at=UTCDateTime,
-            poll_state=Json,
+            postgres,
         )
         self.finish_poll = _t(
             "UPDATE engine_tasks SET status = :status, output = :output, error = :error, "
@@ -289,6 +288,7 @@ class Statements:
 
 # PostgreSQL types of the hot path's parameters (asyncpg needs them spelled out).
 _PG_TYPES = {
+    "id": "integer",
     "attempts": "integer",
     "seq": "integer",
     "epoch": "integer",

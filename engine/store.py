@@ -58,9 +58,7 @@ class Store:
         # SQLite has one writer: group concurrent writes into shared transactions. PostgreSQL
         # writes concurrently, each as one autocommitted statement; batching them in one
         # transaction would hold many runs' row locks at once and invite deadlocks.
-        self._group = (
-            None if self.is_postgres else GroupCommit(self.engine, self._sql, self._translate)
-        )
+        self._group = None if self.is_postgres else GroupCommit(self.engine, self._translate)
 
     def missing_file(self) -> str | None:
         """The path of a SQLite database file that does not exist yet (connecting creates it)."""
@@ -190,9 +188,16 @@ class Store:
         Concurrent writes share a transaction (see engine.groupcommit); each returns only once
         its own row is committed.
         """
-        write = Write(run_id, epoch, task, logs)
+        log_sql = self._sql.raw_write_log
+        write = Write(
+            (self._sql.raw_write_task, {"run_id": run_id, "epoch": epoch, **task.__dict__}),
+            [(log_sql, {"run_id": run_id, **log.__dict__}) for log in logs],
+        )
+        return await self._hot(write)
+
+    async def _hot(self, write: Write) -> bool:
         if self._group is None:
-            return await direct_write(self.engine, self._sql, write, self._translate)
+            return await direct_write(self.engine, write, self._translate)
         return await self._group.submit(write)
 
     async def suspend_run(
@@ -299,15 +304,8 @@ class Store:
     async def reschedule_poll(
         self, task_id: int, next_poll_at: float, poll_state: dict[str, Any]
     ) -> None:
-        async with self.begin() as conn:
-            await conn.execute(
-                self._sql.reschedule_poll,
-                {
-                    "id": task_id,
-                    "next_poll_at": next_poll_at,
-                    "poll_state": poll_state,
-                },
-            )
+        values = {"id": task_id, "next_poll_at": next_poll_at, "poll_state": poll_state}
+        await self._hot(Write((self._sql.raw_reschedule_poll, values)))
 
     async def finish_poll(
         self,
@@ -473,7 +471,9 @@ def _database_error(store: Store, exc: BaseException) -> DatabaseError:
 
 def _dialect_engine(url: Any, pool_size: int) -> AsyncEngine:
     if url.get_backend_name() == "postgresql":
-        return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+        # No overflow: a worker's connections are bounded by its pool size (see docs/postgres.md),
+        # and executions queue for a connection rather than exceed max_connections.
+        return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=120)
     # One connection: SQLite has one writer anyway, and queueing in the pool is far cheaper
     # than SQLite's sleep-and-retry busy handler.
     engine = create_async_engine(
