@@ -101,6 +101,8 @@ async def _conclude(
     exc = job_task.exception() if not job_task.cancelled() else asyncio.CancelledError()
     if replay.fatal is not None and not isinstance(exc, LeaseLost):
         exc = replay.fatal
+    if not await replay.settle_background():
+        return Outcome("LOST")
     if isinstance(exc, WriteFailed):
         log.warning("run %s stopped: %s; it resumes once its lease lapses", claimed.id, exc)
         return Outcome("LOST")

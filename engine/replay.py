@@ -47,6 +47,7 @@ class Replay:
     wake_at: float | None = None
     lost: bool = False
     fatal: BaseException | None = None
+    background: list[asyncio.Future[None]] = field(default_factory=list)
 
     @classmethod
     async def load(cls, store: Store, run_id: str, epoch: int) -> Replay:
@@ -96,6 +97,16 @@ class Replay:
         if not written:
             self.lost = True
             raise LeaseLost()
+
+    def write_soon(self, task: TaskWrite) -> None:
+        """Queues a write the job need not wait for; the executor awaits it before the end."""
+        self.background.append(asyncio.ensure_future(self.write(task)))
+
+    async def settle_background(self) -> bool:
+        """Awaits the queued writes; False when one was refused (the lease is gone)."""
+        results = await asyncio.gather(*self.background, return_exceptions=True)
+        self.background.clear()
+        return not any(isinstance(r, BaseException) for r in results)
 
     def log(self, level: str, message: str, fields: dict[str, Any] | None) -> bool:
         """Buffers a log line unless a previous execution wrote it; True when it is new."""
