@@ -119,11 +119,15 @@ class Statements:
             .bindparams(bindparam("job_keys", expanding=True))
             .columns(payload=Json)
         )
-        self.load_tasks = _t(
+        # Replay loads a whole run at once: through the driver, like the hot-path writes.
+        self.raw_load_tasks = _driver_sql(
             "SELECT parent_path, key, kind, name, status, attempts, output, output_type, error, "
-            "due_at, seq FROM engine_tasks WHERE run_id = :run_id"
-        ).columns(output=Json, error=Json, due_at=UTCDateTime)
-        self.load_log_keys = _t("SELECT parent_path, seq FROM engine_logs WHERE run_id = :run_id")
+            "due_at, seq FROM engine_tasks WHERE run_id = :run_id",
+            postgres,
+        )
+        self.raw_load_log_keys = _driver_sql(
+            "SELECT parent_path, seq FROM engine_logs WHERE run_id = :run_id", postgres
+        )
         cols = (
             "run_id, parent_path, key, kind, name, status, attempts, params, output, "
             "output_type, error, due_at, poller, poll_state, next_poll_at, seq, started_at, "

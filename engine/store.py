@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import event, text
@@ -157,28 +159,20 @@ class Store:
 
     async def load_replay(self, run_id: str) -> tuple[list[TaskRow], set[tuple[str, int]]]:
         """All recorded tasks of a run in one query, and the log lines already written."""
-        async with self.begin() as conn:
-            tasks = (await conn.execute(self._sql.load_tasks, {"run_id": run_id})).all()
-            logs = (await conn.execute(self._sql.load_log_keys, {"run_id": run_id})).all()
-        return (
-            [
-                TaskRow(
-                    r.parent_path,
-                    r.key,
-                    r.kind,
-                    r.name,
-                    r.status,
-                    r.attempts,
-                    r.output,
-                    r.output_type,
-                    r.error,
-                    r.due_at,
-                    r.seq,
-                )
-                for r in tasks
-            ],
-            {(r.parent_path, r.seq) for r in logs},
-        )
+        tasks_sql, logs_sql = self._sql.raw_load_tasks.text, self._sql.raw_load_log_keys.text
+        try:
+            async with self.engine.connect() as conn:
+                driver: Any = (await conn.get_raw_connection()).driver_connection
+                if self.is_postgres:
+                    tasks = await driver.fetch(tasks_sql, run_id)
+                    logs = await driver.fetch(logs_sql, run_id)
+                else:
+                    tasks, logs = await driver._execute(
+                        _sqlite_read, driver._conn, tasks_sql, logs_sql, {"run_id": run_id}
+                    )
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        return [_task_row(tuple(r), self.is_postgres) for r in tasks], {(r[0], r[1]) for r in logs}
 
     async def write_task(
         self, run_id: str, epoch: int, task: TaskWrite, logs: Sequence[LogWrite] = ()
@@ -427,6 +421,27 @@ class Store:
 
 
 _local_listeners: dict[str, set[Callable[[], None]]] = {}
+
+
+def _sqlite_read(
+    db: sqlite3.Connection, tasks_sql: str, logs_sql: str, args: dict[str, Any]
+) -> tuple[list[Any], list[Any]]:
+    """Runs in aiosqlite's thread: both reads in one hand-off."""
+    return db.execute(tasks_sql, args).fetchall(), db.execute(logs_sql, args).fetchall()
+
+
+def _sqlite_json(value: Any) -> Any:
+    # A JSON column has numeric affinity in SQLite: a bare number comes back as a number.
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _task_row(r: tuple[Any, ...], postgres: bool) -> TaskRow:
+    parent, key, kind, name, status, attempts, output, output_type, error, due_at, seq = r
+    if not postgres:  # JSON text and UTC timestamps as SQLite stores them
+        output, error = _sqlite_json(output), _sqlite_json(error)
+        due_at = None if due_at is None else datetime.fromisoformat(due_at).replace(tzinfo=UTC)
+    return TaskRow(parent, key, kind, name, status, attempts, output, output_type, error,
+                   due_at, seq)  # fmt: skip
 
 
 class _Transaction:

@@ -307,3 +307,26 @@ async def test_a_result_is_committed_before_the_next_step_starts(harness):
     view = await harness.run(ordered)
     assert view["status"] == "COMPLETED"
     assert seen == [("first", "COMPLETED")]
+
+
+async def test_json_scalars_replay_exactly(harness):
+    values = [1, 1.5, "1", "true", True, None, "", [1, "2"], {"a": None}]
+    seen: list[list[object]] = []
+
+    @job(id=unique_id("scalars"))
+    async def scalars(payload, io, ctx):
+        out = []
+        for i, value in enumerate(values):
+            async def give(task, value=value):
+                return value
+
+            out.append(await io.run_task(f"v{i}", give))
+        seen.append(out)
+        await io.wait("w", 0.01)
+        return None
+
+    await harness.start(scalars)
+    view = await harness.run(scalars)
+    assert view["status"] == "COMPLETED"
+    assert seen == [values, values]
+    assert [type(v) for v in seen[1]] == [type(v) for v in values]
