@@ -177,7 +177,7 @@ def list_runs(
             _short_time(row["created_at"]),
             _duration(row["started_at"], row["completed_at"]),
         )
-    Console().print(table if rows else "no runs")
+    _console().print(table if rows else "no runs")
 
 
 @runs.command("show")
@@ -234,7 +234,7 @@ def upgrade(database_url: str | None) -> None:
 def print_run(
     view: dict[str, Any], logs: list[dict[str, Any]], console: Console | None = None
 ) -> None:
-    console = console or Console()
+    console = console or _console()
     created = _parse(view["created_at"])
     console.print(
         f"[bold]{view['id']}[/bold]  {view['job_id']}  {_status(view['status'])}  "
@@ -273,6 +273,11 @@ def _add_tasks(tree: Tree, tasks: list[dict[str, Any]]) -> None:
         elif task["output"] is not None:
             label += f" [dim]→ {_escape(_short(task['output'], 80))}[/dim]"
         _add_tasks(tree.add(label), task["children"])
+
+
+def _console() -> Console:
+    # Piped output has no terminal width; rich would fold ids and keys at 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _status(status: str) -> str:
