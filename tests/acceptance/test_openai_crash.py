@@ -112,3 +112,37 @@ def test_kill_during_an_openai_wait_resumes_without_repeating_the_create(
     assert _task(view, wait_key)["status"] == "COMPLETED"
     assert _stats(fake_server)["by_route"].get(create_route, 0) - before == 1
     assert "sk-acceptance-secret-key" not in json.dumps(view)
+
+
+def test_a_400_fails_the_run_with_openais_message_in_runs_show(
+    procs, fake_server, sqlite_url, monkeypatch
+):
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_server)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-acceptance-secret-key")
+    root = fake_server.rsplit("/v1", 1)[0]
+    fault = json.dumps(
+        {
+            "route": "POST /v1/responses",
+            "status": 400,
+            "times": 1,
+            "message": "Invalid value for 'model': no such model",
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"{root}/_fake/faults",
+        data=fault,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=10).close()
+
+    procs.worker("openai_waits.py", sqlite_url)
+    run_id = procs.trigger(sqlite_url, "oa-response")
+    procs.wait_status(sqlite_url, run_id, "FAILED", timeout=20)
+    shown = procs.ok("runs", "show", run_id, "--database-url", sqlite_url)
+    assert "Invalid value for 'model': no such model" in shown
+    view = procs.show(sqlite_url, run_id)
+    create = _task(view, "respond:create")
+    assert create["status"] == "ERRORED" and create["attempts"] == 1
+    assert create["error"]["status_code"] == 400
+    assert _stats(fake_server)["by_route"].get("POST /v1/responses", 0) == 1

@@ -1,0 +1,39 @@
+"""The README's main command, as a new user runs it: the seed's data visualizer end to end on
+the SQLite default, offline against the bundled fake OpenAI when no key is set."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "data_visualizer.py"
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_data_visualizer_runs_end_to_end_offline(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ENGINE_DATABASE_URL")
+    }
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "running OFFLINE against the local fake OpenAI server" in out
+    assert "COMPLETED" in out
+    for key in ("upload-file", "create-assistant", "create-thread", "list-messages"):
+        assert key in out
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "engine.db").exists()
