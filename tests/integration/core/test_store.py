@@ -140,3 +140,23 @@ async def test_missing_tables_say_how_to_fix_it(sqlite_url):
             await engine.list_runs()
     finally:
         await engine.close()
+
+
+async def test_concurrent_writes_share_commits_but_are_fenced_one_by_one(db_url):
+    engine = Engine(db_url)
+    try:
+        await engine.upgrade()
+        await engine.store.register_jobs([("j", "1", None)])
+        live, _ = await engine.store.create_run("j", "1", {}, None)
+        stale, _ = await engine.store.create_run("j", "1", {}, None)
+        claims = {c.id: c.epoch for c in await engine.store.claim_runs("w1", 2, 30, ["j@1"])}
+        await engine.cancel(stale)  # bumps its epoch: the claim we hold is stale now
+        results = await asyncio.gather(
+            *(engine.store.write_task(live, claims[live], _task(f"k{i}")) for i in range(20)),
+            engine.store.write_task(stale, claims[stale], _task("late")),
+        )
+        assert results == [True] * 20 + [False]
+        assert len(await engine.store.get_tasks(live)) == 20
+        assert await engine.store.get_tasks(stale) == []
+    finally:
+        await engine.close()
