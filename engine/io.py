@@ -257,7 +257,6 @@ class IO:
                     "max_interval": max_interval,
                     "backoff": backoff,
                     "timeout": timeout,
-                    "deadline": now + timeout,
                     "polls": 0,
                 }
                 seq = replay.take_seq((parent, key))

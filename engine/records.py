@@ -74,3 +74,5 @@ class DuePoll:
     poller: str
     params: Any
     poll_state: dict[str, Any]
+    # When the wait began: its timeout counts from here.
+    started_at: float

@@ -203,8 +203,7 @@ class Scheduler:
     async def _poll(self, poll: DuePoll) -> None:
         state = dict(poll.poll_state)
         now = clock.now()
-        deadline = float(state.get("deadline") or now + float(state.get("timeout", 3600)))
-        state["deadline"] = deadline
+        deadline = poll.started_at + float(state.get("timeout", pollers.DEFAULT_TIMEOUT))
         try:
             result = await pollers.get(poll.poller)(poll.params)
         except Exception as exc:  # a failing poll is retried on schedule, until the deadline

@@ -218,12 +218,12 @@ class Statements:
                 "UPDATE engine_tasks SET next_poll_at = :hold WHERE id IN ("
                 "SELECT id FROM engine_tasks WHERE status = 'WAITING' AND poller IN :pollers "
                 f"AND next_poll_at <= :now ORDER BY next_poll_at LIMIT :limit{skip}) "
-                "RETURNING id, run_id, poller, params, poll_state",
+                "RETURNING id, run_id, poller, params, poll_state, started_at",
                 now=UTCDateTime,
                 hold=UTCDateTime,
             )
             .bindparams(bindparam("pollers", expanding=True))
-            .columns(params=Json, poll_state=Json)
+            .columns(params=Json, poll_state=Json, started_at=UTCDateTime)
         )
         self.raw_reschedule_poll = _driver_sql(
             "UPDATE engine_tasks SET next_poll_at = :next_poll_at, poll_state = :poll_state "
@@ -283,9 +283,11 @@ class Statements:
             "wake_at = NULL WHERE id = :id"
         )
         self.reopen_failed_tasks = _t(
+            # A reopened poll starts afresh: its timeout counts from now (`started_at`).
             "UPDATE engine_tasks SET status = 'WAITING', attempts = 0, due_at = :now, "
             "completed_at = NULL, next_poll_at = CASE WHEN poller IS NULL THEN NULL ELSE :now "
-            "END WHERE run_id = :run_id AND status IN ('ERRORED', 'CANCELED')",
+            "END, started_at = CASE WHEN poller IS NULL THEN started_at ELSE :now END "
+            "WHERE run_id = :run_id AND status IN ('ERRORED', 'CANCELED')",
             **now,
         )
 

@@ -293,7 +293,17 @@ class Store:
                     },
                 )
             ).all()
-        return [DuePoll(r.id, r.run_id, r.poller, r.params, r.poll_state or {}) for r in rows]
+        return [
+            DuePoll(
+                r.id,
+                r.run_id,
+                r.poller,
+                r.params,
+                r.poll_state or {},
+                r.started_at.timestamp() if r.started_at else now,
+            )
+            for r in rows
+        ]
 
     async def reschedule_poll(
         self, task_id: int, next_poll_at: float, poll_state: dict[str, Any]

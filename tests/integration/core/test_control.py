@@ -288,3 +288,26 @@ def test_bad_retry_policy_is_refused_with_the_bounds():
         RetryPolicy(max_attempts=0)
     with pytest.raises(EngineError, match="min_delay <= max_delay"):
         RetryPolicy(min_delay=10, max_delay=1)
+
+
+async def test_retrying_a_run_whose_poll_timed_out_polls_again_afresh(harness):
+    flag = _Flag()
+    server = _serve(flag)
+    url = f"http://127.0.0.1:{server.server_address[1]}/later"
+    try:
+        @job(id=unique_id("pollretry"))
+        async def polling(payload, io, ctx):
+            return await io.background_poll("later", url, interval=0.05, timeout=0.3)
+
+        await harness.start(polling)
+        view = await harness.run(polling)
+        assert view["status"] == "FAILED"
+        assert view["error"]["type"] == "PollTimeoutError"
+        flag.ready = True
+        await harness.engine.retry(view["id"])
+        run = await harness.engine.wait_for(view["id"], 10)
+        assert run["status"] == "COMPLETED", run["error"]
+        assert run["output"]["state"] == "done"
+    finally:
+        server.shutdown()
+        server.server_close()
