@@ -65,30 +65,6 @@ async def child(spec: str) -> None:
         await worker.close()
 
 
-class _Child:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    async def line(self) -> str:
-        assert self.proc.stdout is not None
-        raw = await asyncio.wait_for(self.proc.stdout.readline(), 60)
-        if not raw:
-            raise RuntimeError("the worker subprocess exited")
-        return raw.decode().strip()
-
-    async def rss(self) -> dict[str, int]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"rss\n")
-        await self.proc.stdin.drain()
-        return dict(json.loads(await self.line()))
-
-    async def stop(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"stop\n")
-        await self.proc.stdin.drain()
-        await asyncio.wait_for(self.proc.wait(), 60)
-
-
 async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
     job = make_job(common.unique_job_id("memory"))
     parent = common.Worker(db.url)
@@ -101,22 +77,22 @@ async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
-    worker = _Child(proc)
+    worker = common.Child(proc)
     out: dict[str, Any] = {}
     try:
         if await worker.line() != "ready":
             raise RuntimeError("the worker subprocess did not start")
-        out["cold"] = await worker.rss()
+        out["cold"] = dict(await worker.ask("rss"))
         await common.create_runs(parent.store, job, [{"i": -1}])
         await parent.wait_until(lambda c: c.get("WAITING", 0) >= 1, 30, every=0.05)
-        out["warm"] = await worker.rss()
+        out["warm"] = dict(await worker.ask("rss"))
         t0 = time.perf_counter()
         await common.create_runs(parent.store, job, [{"i": i} for i in range(args.runs)])
         counts = await parent.wait_until(
             lambda c: c.get("WAITING", 0) >= args.runs + 1, args.timeout, every=0.5
         )
         out["seconds"] = time.perf_counter() - t0
-        out["after"] = await worker.rss()
+        out["after"] = dict(await worker.ask("rss"))
         out["counts"] = counts
         await worker.stop()
     finally:

@@ -171,30 +171,6 @@ def _vmrss_kb() -> int:
     return 0
 
 
-class _Child:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    async def line(self) -> str:
-        assert self.proc.stdout is not None
-        raw = await asyncio.wait_for(self.proc.stdout.readline(), 60)
-        if not raw:
-            raise RuntimeError("the worker subprocess exited")
-        return raw.decode().strip()
-
-    async def ask(self, command: str) -> Any:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{command}\n".encode())
-        await self.proc.stdin.drain()
-        return json.loads(await self.line())
-
-    async def stop(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(b"stop\n")
-        await self.proc.stdin.drain()
-        await asyncio.wait_for(self.proc.wait(), 60)
-
-
 # -- the parent ----------------------------------------------------------------------------------
 
 
@@ -290,7 +266,7 @@ async def bench(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
-    worker = _Child(proc)
+    worker = common.Child(proc)
     r: dict[str, Any] = {}
     try:
         if await worker.line() != "ready":

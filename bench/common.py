@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import shutil
 import sqlite3
@@ -289,10 +290,11 @@ async def _pg_floor(dsn: str, ops: int) -> FloorSet:
 class Worker:
     """An `Engine` plus an in-process `Scheduler` on one database (like tests/support.Harness)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = 55) -> None:
         from engine import Engine
 
-        self.engine = Engine(url)
+        # Sized like `engine run` sizes its pool: concurrency + 5 (concurrency 50 here).
+        self.engine = Engine(url, pool_size=pool_size)
         self.scheduler: Any = None
         self.task: asyncio.Task[None] | None = None
 
@@ -416,3 +418,29 @@ class StatementCounter:
 
 def run_main(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> None:
     asyncio.run(main(args))
+
+
+class Child:
+    """A worker subprocess driven over stdin/stdout, one JSON line per command."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    async def line(self) -> str:
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        if not raw:
+            raise RuntimeError("the worker subprocess exited")
+        return raw.decode().strip()
+
+    async def ask(self, command: str) -> Any:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{command}\n".encode())
+        await self.proc.stdin.drain()
+        return json.loads(await self.line())
+
+    async def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"stop\n")
+        await self.proc.stdin.drain()
+        await asyncio.wait_for(self.proc.wait(), 60)

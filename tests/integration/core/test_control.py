@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -192,20 +193,26 @@ async def test_retry_does_not_repeat_completed_tasks(harness):
 
 
 class _Flag:
+    """An HTTP endpoint for background_poll: 404 until `ready`, then 200 with JSON."""
+
     def __init__(self) -> None:
         self.ready = False
         self.hits = 0
+        self.url = ""
 
 
-def _serve(flag: _Flag) -> ThreadingHTTPServer:
+@pytest.fixture
+def flag() -> Iterator[_Flag]:
+    state = _Flag()
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            flag.hits += 1
-            if not flag.ready:
+            state.hits += 1
+            if not state.ready:
                 self.send_response(404)
                 self.end_headers()
                 return
-            body = json.dumps({"state": "done", "hits": flag.hits}).encode()
+            body = json.dumps({"state": "done", "hits": state.hits}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -217,54 +224,45 @@ def _serve(flag: _Flag) -> ThreadingHTTPServer:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-async def test_background_poll_returns_the_body_once_the_url_answers(harness):
-    flag = _Flag()
-    server = _serve(flag)
-    url = f"http://127.0.0.1:{server.server_address[1]}/status"
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/status"
     try:
-        @job(id=unique_id("poll"))
-        async def polling(payload, io, ctx):
-            return await io.background_poll("status", url, interval=0.05, timeout=30)
-
-        await harness.start(polling)
-        run_id = await harness.engine.trigger(polling.id)
-        await _until(harness.engine, run_id, "WAITING")
-        await asyncio.sleep(0.3)
-        polls_while_waiting = flag.hits
-        assert polls_while_waiting >= 2
-        flag.ready = True
-        run = await harness.engine.wait_for(run_id, 10)
-        assert run["status"] == "COMPLETED"
-        assert run["output"]["state"] == "done"
-        # Never faster than the schedule: at most one poll per interval (plus slack).
-        assert polls_while_waiting <= 0.35 / 0.05 + 2
+        yield state
     finally:
         server.shutdown()
         server.server_close()
 
 
-async def test_background_poll_times_out_with_a_clear_error(harness):
-    flag = _Flag()
-    server = _serve(flag)
-    url = f"http://127.0.0.1:{server.server_address[1]}/never"
-    try:
-        @job(id=unique_id("polltimeout"))
-        async def polling(payload, io, ctx):
-            try:
-                await io.background_poll("never", url, interval=0.05, timeout=0.3)
-            except PollTimeoutError as exc:
-                return f"gave up: {exc}"
+async def test_background_poll_returns_the_body_once_the_url_answers(harness, flag):
+    @job(id=unique_id("poll"))
+    async def polling(payload, io, ctx):
+        return await io.background_poll("status", flag.url, interval=0.05, timeout=30)
 
-        await harness.start(polling)
-        view = await harness.run(polling)
-        assert view["output"].startswith("gave up: http poll gave up after 0.3s")
-        assert view["tasks"][0]["status"] == "ERRORED"
-    finally:
-        server.shutdown()
-        server.server_close()
+    await harness.start(polling)
+    run_id = await harness.engine.trigger(polling.id)
+    await _until(harness.engine, run_id, "WAITING")
+    await asyncio.sleep(0.3)
+    polls_while_waiting = flag.hits
+    assert polls_while_waiting >= 2
+    flag.ready = True
+    run = await harness.engine.wait_for(run_id, 10)
+    assert run["status"] == "COMPLETED"
+    assert run["output"]["state"] == "done"
+    # Never faster than the schedule: at most one poll per interval (plus slack).
+    assert polls_while_waiting <= 0.35 / 0.05 + 2
+
+
+async def test_background_poll_times_out_with_a_clear_error(harness, flag):
+    @job(id=unique_id("polltimeout"))
+    async def polling(payload, io, ctx):
+        try:
+            await io.background_poll("never", flag.url, interval=0.05, timeout=0.3)
+        except PollTimeoutError as exc:
+            return f"gave up: {exc}"
+
+    await harness.start(polling)
+    view = await harness.run(polling)
+    assert view["output"].startswith("gave up: http poll gave up after 0.3s")
+    assert view["tasks"][0]["status"] == "ERRORED"
 
 
 async def test_background_poll_refuses_secret_headers(harness):
@@ -290,24 +288,17 @@ def test_bad_retry_policy_is_refused_with_the_bounds():
         RetryPolicy(min_delay=10, max_delay=1)
 
 
-async def test_retrying_a_run_whose_poll_timed_out_polls_again_afresh(harness):
-    flag = _Flag()
-    server = _serve(flag)
-    url = f"http://127.0.0.1:{server.server_address[1]}/later"
-    try:
-        @job(id=unique_id("pollretry"))
-        async def polling(payload, io, ctx):
-            return await io.background_poll("later", url, interval=0.05, timeout=0.3)
+async def test_retrying_a_run_whose_poll_timed_out_polls_again_afresh(harness, flag):
+    @job(id=unique_id("pollretry"))
+    async def polling(payload, io, ctx):
+        return await io.background_poll("later", flag.url, interval=0.05, timeout=0.3)
 
-        await harness.start(polling)
-        view = await harness.run(polling)
-        assert view["status"] == "FAILED"
-        assert view["error"]["type"] == "PollTimeoutError"
-        flag.ready = True
-        await harness.engine.retry(view["id"])
-        run = await harness.engine.wait_for(view["id"], 10)
-        assert run["status"] == "COMPLETED", run["error"]
-        assert run["output"]["state"] == "done"
-    finally:
-        server.shutdown()
-        server.server_close()
+    await harness.start(polling)
+    view = await harness.run(polling)
+    assert view["status"] == "FAILED"
+    assert view["error"]["type"] == "PollTimeoutError"
+    flag.ready = True
+    await harness.engine.retry(view["id"])
+    run = await harness.engine.wait_for(view["id"], 10)
+    assert run["status"] == "COMPLETED", run["error"]
+    assert run["output"]["state"] == "done"
