@@ -23,7 +23,7 @@ from .exceptions import (
     TaskTimeoutError,
 )
 from .records import TaskRow, TaskWrite
-from .replay import Replay, current_path
+from .replay import Replay, current_path, path_text
 from .retry import NO_RETRY, RetryPolicy, is_retryable
 
 T = TypeVar("T")
@@ -218,6 +218,14 @@ class IO:
         )
 
     # -- building blocks for integrations ------------------------------------------------------
+
+    def is_recorded(self, key: str) -> bool:
+        """Whether this run already recorded a step under `key` here (in the current parent).
+
+        Lets an integration check its configuration (an API key, say) only when the step will
+        really run, and refuse it before anything is written; a replay needs no configuration.
+        """
+        return (path_text(current_path.get()), key) in self._replay.recorded
 
     async def poll(
         self,

@@ -20,7 +20,7 @@ from engine import EngineError, Task
 
 from . import codec
 from . import params as P
-from .errors import OpenAIAPIError, translate
+from .errors import MissingAPIKeyError, OpenAIAPIError, translate
 from .secrets import scrub
 
 if TYPE_CHECKING:
@@ -75,6 +75,9 @@ class Caller:
             )
         integration = self.integration
         secret = integration.secret()
+        if secret is None and not self.io.is_recorded(key):
+            # Refused before anything is written (a replay of a recorded call needs no key).
+            raise MissingAPIKeyError(integration.id)
         record = recorded if recorded is not None else P.record(ids, params, secret)
         payload = dict(sent if sent is not None else params)
         path = method or operation
