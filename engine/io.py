@@ -367,6 +367,7 @@ class IO:
                     attempts = attempt
                     if due > clock.now():
                         await replay.park(due)
+                    replay.forget_children(path)
                     continue
                 finally:
                     current_path.reset(token)

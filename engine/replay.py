@@ -11,6 +11,7 @@ import asyncio
 import json
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from . import clock
@@ -97,6 +98,20 @@ class Replay:
         if not written:
             self.lost = True
             raise LeaseLost()
+        # Later calls in this same execution (a parent retried in place) find it recorded.
+        due = datetime.fromtimestamp(task.due_at, UTC) if task.due_at is not None else None
+        self.recorded[(task.parent_path, task.key)] = TaskRow(
+            task.parent_path, task.key, task.kind, task.name, task.status, task.attempts,
+            task.output, task.output_type, task.error, due, task.seq,
+        )  # fmt: skip
+
+    def forget_children(self, path: tuple[str, ...]) -> None:
+        """A step is retried in place: its subtasks may be reached again by their keys."""
+        depth = len(path)
+        self.seen = {
+            ident for ident in self.seen
+            if tuple(json.loads(ident[0]))[:depth] != path
+        }  # fmt: skip
 
     def write_soon(self, task: TaskWrite) -> None:
         """Queues a write the job need not wait for; the executor awaits it before the end."""

@@ -330,3 +330,30 @@ async def test_json_scalars_replay_exactly(harness):
     assert view["status"] == "COMPLETED"
     assert seen == [values, values]
     assert [type(v) for v in seen[1]] == [type(v) for v in values]
+
+
+async def test_a_parent_retried_in_place_replays_its_completed_subtasks(harness):
+    calls: list[str] = []
+
+    @job(id=unique_id("inplace"))
+    async def inplace(payload, io, ctx):
+        async def child(task):
+            calls.append("child")
+            return "paid"
+
+        async def parent(task):
+            calls.append(f"parent-{task.attempt}")
+            got = await io.run_task("charge", child)
+            if task.attempt == 1:
+                raise ConnectionError("flaky after the charge")
+            return got
+
+        # min_delay=0: the retry happens in the same execution, without unloading.
+        policy = RetryPolicy(max_attempts=2, min_delay=0, max_delay=0)
+        return await io.run_task("parent", parent, retry=policy)
+
+    await harness.start(inplace)
+    view = await harness.run(inplace)
+    assert view["status"] == "COMPLETED", view["error"]
+    assert view["output"] == "paid"
+    assert calls == ["parent-1", "child", "parent-2"]
