@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,6 +26,7 @@ _JSON_FIELDS = frozenset({"params", "output", "error", "poll_state", "fields"})
 _TIME_FIELDS = frozenset({"due_at", "next_poll_at", "started_at", "completed_at", "created_at"})
 
 Translate = Callable[[BaseException], BaseException]
+T = TypeVar("T")
 
 
 @dataclass
@@ -87,6 +88,22 @@ def _sqlite_commit(db: sqlite3.Connection, batch: list[Prepared]) -> list[bool]:
     return results
 
 
+async def in_sqlite_thread(driver: Any, fn: Callable[..., T], *args: Any) -> T:
+    """Runs `fn(sqlite3_connection, *args)` in aiosqlite's own thread, in one hand-off.
+
+    aiosqlite has no public API for this; `_execute` and `_conn` have been stable for years, and
+    pyproject pins the versions this was tested with. Where they are missing, say so plainly.
+    """
+    execute, connection = getattr(driver, "_execute", None), getattr(driver, "_conn", None)
+    if execute is None or connection is None:
+        raise RuntimeError(
+            "this aiosqlite version lacks Connection._execute/_conn, which the engine's hot "
+            "path uses: install an aiosqlite version within the range pyproject.toml gives"
+        )
+    result: T = await execute(fn, connection, *args)
+    return result
+
+
 class GroupCommit:
     """SQLite: `await submit(write)` says whether the first statement changed one row, once the
     write is committed."""
@@ -131,7 +148,7 @@ class GroupCommit:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection  # aiosqlite.Connection
             # aiosqlite's own queue to its thread: the whole transaction in one hand-off.
-            result: list[bool] = await driver._execute(_sqlite_commit, driver._conn, prepared)
+            result: list[bool] = await in_sqlite_thread(driver, _sqlite_commit, prepared)
             return result
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from . import clock
 from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
-from .groupcommit import GroupCommit, Write, direct_write
+from .groupcommit import GroupCommit, Write, direct_write, in_sqlite_thread
 from .records import ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
 from .sql import Statements
 
@@ -167,8 +167,8 @@ class Store:
                     tasks = await driver.fetch(tasks_sql, run_id)
                     logs = await driver.fetch(logs_sql, run_id)
                 else:
-                    tasks, logs = await driver._execute(
-                        _sqlite_read, driver._conn, tasks_sql, logs_sql, {"run_id": run_id}
+                    tasks, logs = await in_sqlite_thread(
+                        driver, _sqlite_read, tasks_sql, logs_sql, {"run_id": run_id}
                     )
         except Exception as exc:
             raise self._translate(exc) from exc
