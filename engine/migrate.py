@@ -7,8 +7,6 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from .store import Store
@@ -38,20 +36,8 @@ def _upgrade(connection: Any) -> None:
     command.upgrade(config, "head")
 
 
-def _current(connection: Any) -> str | None:
-    ctx = MigrationContext.configure(connection, opts={"version_table": "engine_alembic_version"})
-    return ctx.get_current_revision()
-
-
 async def upgrade(store: Store) -> None:
     async with store.begin() as conn:
         if store.is_postgres:
             await conn.execute(text(f"SELECT pg_advisory_xact_lock({_PG_LOCK_ID})"))
         await conn.run_sync(_upgrade)
-
-
-async def is_current(store: Store) -> bool:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    async with store.begin() as conn:
-        current: str | None = await conn.run_sync(_current)
-    return current == head

@@ -8,7 +8,6 @@ pydantic model, whose class is recorded beside it so replay rebuilds the same ty
 from __future__ import annotations
 
 import importlib
-import json
 import traceback
 from functools import lru_cache
 from typing import Any
@@ -94,10 +93,6 @@ def decode(value: Any, type_name_: str | None, annotation: Any = None) -> Any:
 def check_params(params: Any, where: str) -> Any:
     """Params are recorded as given; they must be JSON already (or a pydantic model)."""
     return _plain(params, where)
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -79,10 +79,6 @@ class Store:
         """A transaction; driver errors come out as DatabaseError."""
         return _Transaction(self)
 
-    async def check(self) -> None:
-        async with self.begin() as conn:
-            await conn.execute(text("SELECT 1"))
-
     # -- jobs ------------------------------------------------------------------------------------
 
     async def register_jobs(self, entries: Iterable[tuple[str, str, Any]]) -> None:
@@ -532,6 +528,3 @@ def _dialect_engine(url: Any, pool_size: int) -> AsyncEngine:
 
     return engine
 
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
