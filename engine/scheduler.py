@@ -50,8 +50,9 @@ class Scheduler:
         self.jobs = {job.key: job for job in jobs}
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
-        # Without NOTIFY (SQLite), work triggered by another process is noticed this often.
-        self.idle_poll = idle_poll or (5.0 if store.is_postgres else 0.25)
+        # A safety net: new work is announced by NOTIFY (PostgreSQL) or noticed by watching the
+        # SQLite file's data_version; due times come from the database.
+        self.idle_poll = idle_poll or (5.0 if store.is_postgres else 1.0)
         self.poll_slots = poll_concurrency
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.active: dict[str, asyncio.Task[Any]] = {}
@@ -69,6 +70,8 @@ class Scheduler:
         side = [asyncio.create_task(self._heartbeats(), name="engine-heartbeat")]
         if self.store.is_postgres:
             side.append(asyncio.create_task(self._listen(), name="engine-listen"))
+        else:
+            side.append(asyncio.create_task(self._watch_file(), name="engine-watch"))
         try:
             while not self.stopping.is_set():
                 self._check_side_tasks(side)
@@ -180,6 +183,20 @@ class Scheduler:
             except Exception as exc:
                 log.warning("LISTEN connection lost (%s); retrying", exc)
                 await asyncio.sleep(1.0)
+
+    async def _watch_file(self, every: float = 0.05) -> None:
+        """SQLite: wake when another process commits (a trigger, a cancel, a retry)."""
+        seen = await self.store.data_version()
+        while True:
+            await asyncio.sleep(every)
+            try:
+                version = await self.store.data_version()
+            except EngineError as exc:
+                log.warning("watching the database failed: %s", exc)
+                continue
+            if version != seen:
+                seen = version
+                self.wake.set()
 
     def _check_side_tasks(self, side: list[asyncio.Task[Any]]) -> None:
         for task in side:

@@ -283,8 +283,10 @@ class Statements:
             "wake_at = NULL WHERE id = :id"
         )
         self.reopen_failed_tasks = _t(
-            # A reopened poll starts afresh: its timeout counts from now (`started_at`).
-            "UPDATE engine_tasks SET status = 'WAITING', attempts = 0, due_at = :now, "
+            # A reopened poll starts afresh: its timeout counts from now (`started_at`); a
+            # sleep that was cut off by the failure keeps its own due time.
+            "UPDATE engine_tasks SET status = 'WAITING', attempts = 0, "
+            "due_at = CASE WHEN kind = 'wait' THEN due_at ELSE :now END, "
             "completed_at = NULL, next_poll_at = CASE WHEN poller IS NULL THEN NULL ELSE :now "
             "END, started_at = CASE WHEN poller IS NULL THEN started_at ELSE :now END "
             "WHERE run_id = :run_id AND status IN ('ERRORED', 'CANCELED')",

@@ -255,6 +255,15 @@ class Store:
             ).all()
         return {r.id: r.lease_epoch for r in rows}
 
+    async def data_version(self) -> int:
+        """SQLite: a number that changes when another process commits (no NOTIFY there)."""
+        try:
+            async with self.engine.connect() as conn:
+                driver: Any = (await conn.get_raw_connection()).driver_connection
+                return await in_sqlite_thread(driver, _data_version)
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
     async def next_due(self, job_keys: Sequence[str], pollers: Sequence[str]) -> float | None:
         """The earliest time at which this scheduler has something to do, if any."""
         async with self.begin() as conn:
@@ -434,6 +443,11 @@ def _sqlite_read(
 ) -> tuple[list[Any], list[Any]]:
     """Runs in aiosqlite's thread: both reads in one hand-off."""
     return db.execute(tasks_sql, args).fetchall(), db.execute(logs_sql, args).fetchall()
+
+
+def _data_version(db: sqlite3.Connection) -> int:
+    # A PRAGMA outside any transaction: it must not take the write lock.
+    return int(db.execute("PRAGMA data_version").fetchone()[0])
 
 
 def _sqlite_json(value: Any) -> Any:
