@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -302,3 +303,25 @@ async def test_retrying_a_run_whose_poll_timed_out_polls_again_afresh(harness, f
     run = await harness.engine.wait_for(view["id"], 10)
     assert run["status"] == "COMPLETED", run["error"]
     assert run["output"]["state"] == "done"
+
+async def test_a_retried_run_keeps_the_due_time_of_a_wait_the_failure_cut_off(harness):
+    broken = {"yes": True}
+
+    @job(id=unique_id("retrywait"))
+    async def waits_and_fails(payload, io, ctx):
+        async def fragile(task):
+            if broken["yes"]:
+                raise RuntimeError("down")
+
+        await asyncio.gather(io.wait("cool-off", 1.0), io.run_task("fragile", fragile))
+        return "done"
+
+    await harness.start(waits_and_fails)
+    started = time.monotonic()
+    view = await harness.run(waits_and_fails)
+    assert view["status"] == "FAILED"
+    broken["yes"] = False
+    await harness.engine.retry(view["id"])
+    run = await harness.engine.wait_for(view["id"], 10)
+    assert run["status"] == "COMPLETED"
+    assert time.monotonic() - started >= 1.0  # the wait was not cut short by the retry
