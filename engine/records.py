@@ -60,7 +60,7 @@ class TaskWrite:
 @dataclass
 class LogWrite:
     parent_path: str
-    seq: int
+    line: str
     level: str
     message: str
     fields: dict[str, Any] | None

@@ -8,6 +8,7 @@ be unloaded.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -33,10 +34,10 @@ class Replay:
     run_id: str
     epoch: int
     recorded: dict[tuple[str, str], TaskRow]
-    logged: set[tuple[str, int]]
+    logged: set[tuple[str, str]]
     next_seq: int = 0
     seen: set[tuple[str, str]] = field(default_factory=set)
-    log_counters: dict[str, int] = field(default_factory=dict)
+    log_counters: dict[tuple[str, str], int] = field(default_factory=dict)
     pending_logs: list[LogWrite] = field(default_factory=list)
     # Parking: each waiting branch holds a future here with the time it is due (None = poll).
     parked: list[tuple[asyncio.Future[None], float | None]] = field(default_factory=list)
@@ -126,11 +127,13 @@ class Replay:
     def log(self, level: str, message: str, fields: dict[str, Any] | None) -> bool:
         """Buffers a log line unless a previous execution wrote it; True when it is new."""
         parent = path_text(current_path.get())
-        seq = self.log_counters.get(parent, 0) + 1
-        self.log_counters[parent] = seq
-        if (parent, seq) in self.logged:
+        digest = hashlib.sha1(f"{level}\x00{message}".encode()).hexdigest()[:16]
+        n = self.log_counters.get((parent, digest), 0) + 1
+        self.log_counters[(parent, digest)] = n
+        line = f"{digest}:{n}"
+        if (parent, line) in self.logged:
             return False
-        self.pending_logs.append(LogWrite(parent, seq, level, message, fields, clock.now()))
+        self.pending_logs.append(LogWrite(parent, line, level, message, fields, clock.now()))
         return True
 
     def take_logs(self) -> list[LogWrite]:

@@ -142,8 +142,10 @@ logs = Table(
         "run_id", String(40), ForeignKey("engine_runs.id", ondelete="CASCADE"), primary_key=True
     ),
     Column("parent_path", Text, primary_key=True),
-    # The n-th log call in its parent, so a replay recognises a line it already wrote.
-    Column("seq", Integer, primary_key=True),
+    # Which line this is, so a replay recognises a line it already wrote: a digest of its level
+    # and message, and which occurrence of that message in its parent ("3f9a...:2"). Branches
+    # of a gather that log in another order on replay still find their own lines.
+    Column("line", String(40), primary_key=True),
     Column("level", String(10), nullable=False),
     Column("message", Text, nullable=False),
     Column("fields", Json, nullable=True),

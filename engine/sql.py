@@ -126,7 +126,7 @@ class Statements:
             postgres,
         )
         self.raw_load_log_keys = _driver_sql(
-            "SELECT parent_path, seq FROM engine_logs WHERE run_id = :run_id", postgres
+            "SELECT parent_path, line FROM engine_logs WHERE run_id = :run_id", postgres
         )
         cols = (
             "run_id, parent_path, key, kind, name, status, attempts, params, output, "
@@ -161,9 +161,9 @@ class Statements:
             postgres,
         )
         log_insert = (
-            "INSERT INTO engine_logs (run_id, parent_path, seq, level, message, fields, "
-            "created_at) VALUES (:run_id, :parent_path, :seq, :level, :message, :fields, "
-            ":created_at) ON CONFLICT (run_id, parent_path, seq) DO NOTHING"
+            "INSERT INTO engine_logs (run_id, parent_path, line, level, message, fields, "
+            "created_at) VALUES (:run_id, :parent_path, :line, :level, :message, :fields, "
+            ":created_at) ON CONFLICT (run_id, parent_path, line) DO NOTHING"
         )
         self.raw_write_log = _driver_sql(log_insert, postgres)
         self.write_log = _t(log_insert, fields=Json, created_at=UTCDateTime)
@@ -269,8 +269,8 @@ class Statements:
             completed_at=UTCDateTime,
         )
         self.get_logs = _t(
-            "SELECT parent_path, seq, level, message, fields, created_at FROM engine_logs "
-            "WHERE run_id = :run_id ORDER BY created_at, seq"
+            "SELECT parent_path, line, level, message, fields, created_at FROM engine_logs "
+            "WHERE run_id = :run_id ORDER BY created_at, line"
         ).columns(fields=Json, created_at=UTCDateTime)
         self.cancel_run = _t(
             "UPDATE engine_runs SET status = 'CANCELED', completed_at = :now, wake_at = NULL, "

@@ -153,7 +153,7 @@ class Store:
             for r in rows
         ]
 
-    async def load_replay(self, run_id: str) -> tuple[list[TaskRow], set[tuple[str, int]]]:
+    async def load_replay(self, run_id: str) -> tuple[list[TaskRow], set[tuple[str, str]]]:
         """All recorded tasks of a run in one query, and the log lines already written."""
         tasks_sql, logs_sql = self._sql.raw_load_tasks.text, self._sql.raw_load_log_keys.text
         try:
@@ -541,4 +541,3 @@ def _dialect_engine(url: Any, pool_size: int) -> AsyncEngine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
-

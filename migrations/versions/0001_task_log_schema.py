@@ -60,13 +60,13 @@ def upgrade() -> None:
         "engine_logs",
         sa.Column("run_id", sa.String(length=40), nullable=False),
         sa.Column("parent_path", sa.Text(), nullable=False),
-        sa.Column("seq", sa.Integer(), nullable=False),
+        sa.Column("line", sa.String(length=40), nullable=False),
         sa.Column("level", sa.String(length=10), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("fields", Json, nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(["run_id"], ["engine_runs.id"], ondelete="CASCADE"),
-        sa.PrimaryKeyConstraint("run_id", "parent_path", "seq"),
+        sa.PrimaryKeyConstraint("run_id", "parent_path", "line"),
     )
     op.create_table(
         "engine_tasks",

@@ -357,3 +357,24 @@ async def test_a_parent_retried_in_place_replays_its_completed_subtasks(harness)
     assert view["status"] == "COMPLETED", view["error"]
     assert view["output"] == "paid"
     assert calls == ["parent-1", "child", "parent-2"]
+
+
+async def test_log_lines_of_parallel_branches_are_recorded_once_whatever_their_order(harness):
+    order = {"first": "a"}
+
+    @job(id=unique_id("branchlogs"))
+    async def branch_logs(payload, io, ctx):
+        async def branch(name):
+            if name != order["first"]:
+                await asyncio.sleep(0.01)
+            io.logger.info(f"branch {name}")
+
+        await asyncio.gather(branch("a"), branch("b"))
+        order["first"] = "b"  # the replay after the wait logs in the other order
+        await io.wait("w", 0.02)
+        return None
+
+    await harness.start(branch_logs)
+    view = await harness.run(branch_logs)
+    lines = await harness.engine.run_logs(view["id"])
+    assert sorted(line["message"] for line in lines) == ["branch a", "branch b"]
