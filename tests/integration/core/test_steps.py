@@ -360,21 +360,28 @@ async def test_a_parent_retried_in_place_replays_its_completed_subtasks(harness)
 
 
 async def test_log_lines_of_parallel_branches_are_recorded_once_whatever_their_order(harness):
-    order = {"first": "a"}
+    executions: list[int] = []
 
     @job(id=unique_id("branchlogs"))
     async def branch_logs(payload, io, ctx):
-        async def branch(name):
-            if name != order["first"]:
-                await asyncio.sleep(0.01)
-            io.logger.info(f"branch {name}")
+        executions.append(1)
 
-        await asyncio.gather(branch("a"), branch("b"))
-        order["first"] = "b"  # the replay after the wait logs in the other order
-        await io.wait("w", 0.02)
+        async def a():
+            if len(executions) > 1:
+                await asyncio.sleep(0.02)  # on replay, "A" comes after "B"
+            io.logger.info("A")
+
+        async def b():
+            await io.wait("w", 0.05)
+            io.logger.info("B")
+
+        await asyncio.gather(a(), b())
         return None
 
     await harness.start(branch_logs)
     view = await harness.run(branch_logs)
+    assert len(executions) == 2
     lines = await harness.engine.run_logs(view["id"])
-    assert sorted(line["message"] for line in lines) == ["branch a", "branch b"]
+    # A call-order counter would have taken "B" for the line already written and written
+    # "A" twice.
+    assert sorted(line["message"] for line in lines) == ["A", "B"]
