@@ -57,6 +57,7 @@ async def execute(
         return await job.fn(job.load_payload(claimed.payload), io, ctx)
 
     job_task = asyncio.ensure_future(run_job())
+    replay.job_task = job_task
     try:
         await _supervise(job_task, replay)
     except asyncio.CancelledError:

@@ -50,6 +50,7 @@ class Replay:
     lost: bool = False
     fatal: BaseException | None = None
     background: list[asyncio.Future[None]] = field(default_factory=list)
+    job_task: asyncio.Future[Any] | None = None
 
     @classmethod
     async def load(cls, store: Store, run_id: str, epoch: int) -> Replay:
@@ -171,6 +172,12 @@ class Replay:
     def wake_time(self) -> float | None:
         due = [d for _, d in self.parked if d is not None]
         return min(due) if due else None
+
+    def abort(self) -> None:
+        """The run was canceled (or taken over): stop now, interrupting the step in flight."""
+        self.lost = True
+        if self.job_task is not None and not self.job_task.done():
+            self.job_task.cancel()
 
     def drain(self) -> None:
         """The worker is stopping: start no new step; unload once the running ones commit."""

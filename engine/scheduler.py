@@ -61,12 +61,15 @@ class Scheduler:
         self.stopping = asyncio.Event()
         self._replays: dict[str, Any] = {}
         self._saturated = False
+        # Set when another party wrote to the database (NOTIFY, data_version, this process's
+        # Engine): only then can a run we are executing have been canceled.
+        self._news = False
 
     # -- the loop ---------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Works until `stop()`; then lets in-flight runs reach their next persisted point."""
-        self.store.add_local_listener(self.wake.set)
+        self.store.add_local_listener(self._hear)
         side = [asyncio.create_task(self._heartbeats(), name="engine-heartbeat")]
         if self.store.is_postgres:
             side.append(asyncio.create_task(self._listen(), name="engine-listen"))
@@ -83,7 +86,12 @@ class Scheduler:
             for task in side:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
-            self.store.remove_local_listener(self.wake.set)
+            self.store.remove_local_listener(self._hear)
+
+    def _hear(self, *_: Any) -> None:
+        """News from outside this scheduler: new work, a finished poll, a cancel."""
+        self._news = True
+        self.wake.set()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -92,6 +100,7 @@ class Scheduler:
     async def tick(self) -> bool:
         """One round of claiming; True when there may be more to take right away."""
         self.wake.clear()
+        await self._interrupt_canceled()
         free = self.concurrency - len(self.active)
         claimed = (
             await self.store.claim_runs(self.worker_id, free, self.lease_seconds, list(self.jobs))
@@ -144,6 +153,22 @@ class Scheduler:
             self._replays.pop(run.id, None)
             self.wake.set()
 
+    async def _interrupt_canceled(self) -> None:
+        """Stops executions whose run was canceled (a cancel wakes us: NOTIFY, data_version)."""
+        if not (self._news and self._replays):
+            return
+        self._news = False
+        try:
+            canceled = await self.store.canceled_among(list(self._replays))
+        except EngineError as exc:
+            log.warning("checking for canceled runs failed: %s", exc)
+            return
+        for run_id in canceled:
+            replay = self._replays.get(run_id)
+            if replay is not None:
+                log.info("run %s was canceled: interrupting it", run_id)
+                replay.abort()
+
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
@@ -157,8 +182,8 @@ class Scheduler:
                 continue
             for run_id, replay in sent.items():
                 if held.get(run_id) != replay.epoch:
-                    # Canceled, or reclaimed after we stalled: stop at the next io call.
-                    replay.lost = True
+                    # Canceled, or reclaimed after we stalled: nothing it does can be recorded.
+                    replay.abort()
 
     async def _listen(self) -> None:
         import asyncpg
@@ -171,9 +196,9 @@ class Scheduler:
                 conn = await asyncpg.connect(dsn)
                 closed = asyncio.Event()
                 conn.add_termination_listener(functools.partial(_set, closed))
-                await conn.add_listener("engine_wake", lambda *_: self.wake.set())
+                await conn.add_listener("engine_wake", self._hear)
                 # A NOTIFY may have been sent while we were not listening.
-                self.wake.set()
+                self._hear()
                 try:
                     await closed.wait()
                 finally:
@@ -196,7 +221,7 @@ class Scheduler:
                 continue
             if version != seen:
                 seen = version
-                self.wake.set()
+                self._hear()
 
     def _check_side_tasks(self, side: list[asyncio.Task[Any]]) -> None:
         for task in side:

@@ -278,6 +278,9 @@ class Statements:
             "WHERE id = :id",
             **now,
         )
+        self.canceled_among = _t(
+            "SELECT id FROM engine_runs WHERE status = 'CANCELED' AND id IN :ids"
+        ).bindparams(bindparam("ids", expanding=True))
         self.retry_run = _t(
             "UPDATE engine_runs SET status = 'QUEUED', error = NULL, completed_at = NULL, "
             "wake_at = NULL WHERE id = :id"

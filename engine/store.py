@@ -391,7 +391,18 @@ class Store:
                 )
             await conn.execute(self._sql.cancel_run, {"id": run_id, "now": now})
             await conn.execute(self._sql.cancel_open_tasks, {"run_id": run_id, "now": now})
-            return str(row.status)
+            # The worker executing it hears of it at once and interrupts the step in flight.
+            await self._notify(conn)
+        self._wake_local()
+        return str(row.status)
+
+    async def canceled_among(self, run_ids: Sequence[str]) -> set[str]:
+        """Which of these runs have been canceled."""
+        if not run_ids:
+            return set()
+        async with self.begin() as conn:
+            rows = (await conn.execute(self._sql.canceled_among, {"ids": list(run_ids)})).all()
+        return {r.id for r in rows}
 
     async def retry_run(self, run_id: str) -> None:
         """Queues a FAILED run again; its failed tasks will run again, completed ones replay."""
