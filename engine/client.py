@@ -14,15 +14,16 @@ from .schema import FINAL_RUN_STATUSES, RUN_STATUSES
 from .store import DEFAULT_DATABASE_URL, Store
 
 
-def database_url(explicit: str | None = None) -> str:
+def resolve_database_url(explicit: str | None = None) -> str:
+    """The URL to use: the one given, else $ENGINE_DATABASE_URL, else ./engine.db."""
     return explicit or os.environ.get("ENGINE_DATABASE_URL") or DEFAULT_DATABASE_URL
 
 
 class Engine:
     """A handle on one engine database: `await Engine(url).trigger("job-id", payload)`."""
 
-    def __init__(self, database_url_: str | None = None, *, pool_size: int = 10) -> None:
-        self.store = Store(database_url(database_url_), pool_size=pool_size)
+    def __init__(self, database_url: str | None = None, *, pool_size: int = 10) -> None:
+        self.store = Store(resolve_database_url(database_url), pool_size=pool_size)
         self._upgraded = False
 
     async def __aenter__(self) -> Engine:

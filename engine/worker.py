@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .app import load_app
-from .client import database_url
+from .client import resolve_database_url
 from .jobs import Job
 from .scheduler import Scheduler
 from .store import Store
@@ -35,13 +35,13 @@ class Worker:
     def __init__(
         self,
         app: str | Sequence[Job],
-        database_url_: str | None = None,
+        database_url: str | None = None,
         *,
         concurrency: int = 20,
         lease_seconds: float = 30.0,
     ) -> None:
         self.jobs = load_app(app) if isinstance(app, str) else list(app)
-        self.url = database_url(database_url_)
+        self.url = resolve_database_url(database_url)
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         self._scheduler: Scheduler | None = None
@@ -83,13 +83,13 @@ class Worker:
 
 async def run_worker(
     app: str | Sequence[Job],
-    database_url_: str | None = None,
+    database_url: str | None = None,
     *,
     concurrency: int = 20,
     lease_seconds: float = 30.0,
 ) -> None:
     """`engine run`: a worker that stops on SIGINT/SIGTERM."""
-    worker = Worker(app, database_url_, concurrency=concurrency, lease_seconds=lease_seconds)
+    worker = Worker(app, database_url, concurrency=concurrency, lease_seconds=lease_seconds)
     await worker.run(handle_signals=True, announce=True)
 
 
