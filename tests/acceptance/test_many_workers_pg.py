@@ -78,13 +78,19 @@ def wait_all_completed(procs: Any, url: str, count: int, timeout: float) -> None
     raise AssertionError(f"not all {count} runs completed in {timeout}s: {dict(seen)}\n{logs}")
 
 
+def start_three_workers(procs: Any, url: str) -> list[Any]:
+    """Three `engine run` processes on one database, started together, all ready."""
+    workers = [procs.worker("many.py", url, concurrency=10, ready=False) for _ in range(3)]
+    for worker in workers:
+        worker.wait_ready()
+    return workers
+
+
 def test_three_workers_share_200_runs_and_run_each_task_once(
     procs: Any, pg_url: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "effects.log"
-    workers = [procs.worker("many.py", pg_url, concurrency=10, ready=False) for _ in range(3)]
-    for worker in workers:
-        worker.wait_ready()
+    workers = start_three_workers(procs, pg_url)
     run_ids = trigger_many(pg_url, 200, {"log": str(log), "sleep": 0.02})
     assert len(set(run_ids)) == 200
     wait_all_completed(procs, pg_url, 200, timeout=45)
@@ -113,9 +119,7 @@ def test_kill9_one_of_three_workers_the_others_finish_its_runs(
     procs: Any, pg_url: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "effects.log"
-    workers = [procs.worker("many.py", pg_url, concurrency=10, ready=False) for _ in range(3)]
-    for worker in workers:
-        worker.wait_ready()
+    workers = start_three_workers(procs, pg_url)
     run_ids = trigger_many(pg_url, 100, {"log": str(log), "sleep": 0.03})
     victim, others = workers[0], workers[1:]
 

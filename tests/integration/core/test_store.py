@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -24,100 +25,93 @@ async def _claimed(engine: Engine, job_key: str = "j@1") -> tuple[str, int]:
     return run_id, claim.epoch
 
 
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[Engine]:
+    async with Engine(db_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def sqlite_engine(sqlite_url: str) -> AsyncIterator[Engine]:
+    async with Engine(sqlite_url) as opened:
+        yield opened
+
+
 def _task(key: str, status: str = "COMPLETED") -> TaskWrite:
     return TaskWrite("[]", key, "task", key, status, 1, 1, output={"k": key})
 
 
-async def test_schema_at_head_has_no_drift_from_the_tables(db_url):
-    engine = Engine(db_url)
-    try:
-        await engine.upgrade()
-        await engine.upgrade()  # idempotent
+async def test_schema_at_head_has_no_drift_from_the_tables(engine):
+    await engine.upgrade()
+    await engine.upgrade()  # idempotent
 
-        def diff(conn):
-            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-            return compare_metadata(ctx, metadata)
+    def diff(conn):
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        return compare_metadata(ctx, metadata)
 
-        async with engine.store.engine.connect() as conn:
-            changes = await conn.run_sync(diff)
-        # The engine's own version table is Alembic's, not part of the model.
-        changes = [c for c in changes if not (
-            c[0] == "remove_table" and c[1].name == "engine_alembic_version")]
-        assert changes == []
-    finally:
-        await engine.close()
+    async with engine.store.engine.connect() as conn:
+        changes = await conn.run_sync(diff)
+    # The engine's own version table is Alembic's, not part of the model.
+    changes = [
+        c for c in changes if not (c[0] == "remove_table" and c[1].name == "engine_alembic_version")
+    ]
+    assert changes == []
 
 
-async def test_the_database_refuses_a_second_task_with_one_identity(db_url):
-    engine = Engine(db_url)
-    try:
-        run_id, _ = await _claimed(engine)
-        insert = text(
-            "INSERT INTO engine_tasks (run_id, parent_path, key, kind, name, status, attempts, "
-            "seq) VALUES (:r, '[]', 'k', 'task', 'k', 'COMPLETED', 1, 1)"
-        )
+async def test_the_database_refuses_a_second_task_with_one_identity(engine):
+    run_id, _ = await _claimed(engine)
+    insert = text(
+        "INSERT INTO engine_tasks (run_id, parent_path, key, kind, name, status, attempts, "
+        "seq) VALUES (:r, '[]', 'k', 'task', 'k', 'COMPLETED', 1, 1)"
+    )
+    async with engine.store.engine.begin() as conn:
+        await conn.execute(insert, {"r": run_id})
+    with pytest.raises(IntegrityError):
         async with engine.store.engine.begin() as conn:
             await conn.execute(insert, {"r": run_id})
-        with pytest.raises(IntegrityError):
-            async with engine.store.engine.begin() as conn:
-                await conn.execute(insert, {"r": run_id})
-    finally:
-        await engine.close()
 
 
-async def test_a_worker_that_lost_its_lease_cannot_record_anything(db_url):
-    engine = Engine(db_url)
+async def test_a_worker_that_lost_its_lease_cannot_record_anything(engine):
+    run_id, old_epoch = await _claimed(engine)
+    assert await engine.store.write_task(run_id, old_epoch, _task("before"))
+    # The lease expires and another worker claims the run.
+    clock.advance(31)
+    (reclaim,) = await engine.store.claim_runs("w2", 1, 30, ["j@1"])
+    assert reclaim.id == run_id and reclaim.epoch == old_epoch + 1
+    # The old execution is still alive: every write it tries is refused.
+    assert not await engine.store.write_task(run_id, old_epoch, _task("late"))
+    assert not await engine.store.suspend_run(run_id, old_epoch, None)
+    assert not await engine.store.finish_run(run_id, old_epoch, "COMPLETED", output=1)
+    keys = [t["key"] for t in await engine.store.get_tasks(run_id)]
+    assert keys == ["before"]
+    run = await engine.store.get_run(run_id)
+    assert run["status"] == "RUNNING" and run["lease_owner"] == "w2"
+    # The new owner writes freely.
+    assert await engine.store.write_task(run_id, reclaim.epoch, _task("after"))
+
+
+async def test_a_run_is_claimed_by_one_worker_at_a_time(engine, db_url):
+    await engine.upgrade()
+    await engine.store.register_jobs([("j", "1", None)])
+    for _ in range(20):
+        await engine.store.create_run("j", "1", {}, None)
+    stores = [Store(db_url) for _ in range(4)]
     try:
-        run_id, old_epoch = await _claimed(engine)
-        assert await engine.store.write_task(run_id, old_epoch, _task("before"))
-        # The lease expires and another worker claims the run.
-        clock.advance(31)
-        (reclaim,) = await engine.store.claim_runs("w2", 1, 30, ["j@1"])
-        assert reclaim.id == run_id and reclaim.epoch == old_epoch + 1
-        # The old execution is still alive: every write it tries is refused.
-        assert not await engine.store.write_task(run_id, old_epoch, _task("late"))
-        assert not await engine.store.suspend_run(run_id, old_epoch, None)
-        assert not await engine.store.finish_run(run_id, old_epoch, "COMPLETED", output=1)
-        keys = [t["key"] for t in await engine.store.get_tasks(run_id)]
-        assert keys == ["before"]
-        run = await engine.store.get_run(run_id)
-        assert run["status"] == "RUNNING" and run["lease_owner"] == "w2"
-        # The new owner writes freely.
-        assert await engine.store.write_task(run_id, reclaim.epoch, _task("after"))
+        claims = await asyncio.gather(
+            *(s.claim_runs(f"w{i}", 10, 30, ["j@1"]) for i, s in enumerate(stores))
+        )
     finally:
-        await engine.close()
+        for s in stores:
+            await s.close()
+    ids = [c.id for batch in claims for c in batch]
+    assert len(ids) == 20 and len(set(ids)) == 20
 
 
-async def test_a_run_is_claimed_by_one_worker_at_a_time(db_url):
-    engine = Engine(db_url)
-    try:
-        await engine.upgrade()
-        await engine.store.register_jobs([("j", "1", None)])
-        for _ in range(20):
-            await engine.store.create_run("j", "1", {}, None)
-        stores = [Store(db_url) for _ in range(4)]
-        try:
-            claims = await asyncio.gather(*(
-                s.claim_runs(f"w{i}", 10, 30, ["j@1"]) for i, s in enumerate(stores)
-            ))
-        finally:
-            for s in stores:
-                await s.close()
-        ids = [c.id for batch in claims for c in batch]
-        assert len(ids) == 20 and len(set(ids)) == 20
-    finally:
-        await engine.close()
-
-
-async def test_cancel_fences_out_the_running_execution(db_url):
-    engine = Engine(db_url)
-    try:
-        run_id, epoch = await _claimed(engine)
-        await engine.cancel(run_id)
-        assert not await engine.store.write_task(run_id, epoch, _task("after-cancel"))
-        assert (await engine.get_run(run_id))["status"] == "CANCELED"
-    finally:
-        await engine.close()
+async def test_cancel_fences_out_the_running_execution(engine):
+    run_id, epoch = await _claimed(engine)
+    await engine.cancel(run_id)
+    assert not await engine.store.write_task(run_id, epoch, _task("after-cancel"))
+    assert (await engine.get_run(run_id))["status"] == "CANCELED"
 
 
 async def test_unreachable_database_is_one_clear_error():
@@ -131,32 +125,24 @@ async def test_unreachable_database_is_one_clear_error():
         await engine.close()
 
 
-async def test_missing_tables_say_how_to_fix_it(sqlite_url):
+async def test_missing_tables_say_how_to_fix_it(sqlite_engine):
     from engine import DatabaseError
 
-    engine = Engine(sqlite_url)
-    try:
-        with pytest.raises(DatabaseError, match="engine db upgrade"):
-            await engine.list_runs()
-    finally:
-        await engine.close()
+    with pytest.raises(DatabaseError, match="engine db upgrade"):
+        await sqlite_engine.list_runs()
 
 
-async def test_concurrent_writes_share_commits_but_are_fenced_one_by_one(db_url):
-    engine = Engine(db_url)
-    try:
-        await engine.upgrade()
-        await engine.store.register_jobs([("j", "1", None)])
-        live, _ = await engine.store.create_run("j", "1", {}, None)
-        stale, _ = await engine.store.create_run("j", "1", {}, None)
-        claims = {c.id: c.epoch for c in await engine.store.claim_runs("w1", 2, 30, ["j@1"])}
-        await engine.cancel(stale)  # bumps its epoch: the claim we hold is stale now
-        results = await asyncio.gather(
-            *(engine.store.write_task(live, claims[live], _task(f"k{i}")) for i in range(20)),
-            engine.store.write_task(stale, claims[stale], _task("late")),
-        )
-        assert results == [True] * 20 + [False]
-        assert len(await engine.store.get_tasks(live)) == 20
-        assert await engine.store.get_tasks(stale) == []
-    finally:
-        await engine.close()
+async def test_concurrent_writes_share_commits_but_are_fenced_one_by_one(engine):
+    await engine.upgrade()
+    await engine.store.register_jobs([("j", "1", None)])
+    live, _ = await engine.store.create_run("j", "1", {}, None)
+    stale, _ = await engine.store.create_run("j", "1", {}, None)
+    claims = {c.id: c.epoch for c in await engine.store.claim_runs("w1", 2, 30, ["j@1"])}
+    await engine.cancel(stale)  # bumps its epoch: the claim we hold is stale now
+    results = await asyncio.gather(
+        *(engine.store.write_task(live, claims[live], _task(f"k{i}")) for i in range(20)),
+        engine.store.write_task(stale, claims[stale], _task("late")),
+    )
+    assert results == [True] * 20 + [False]
+    assert len(await engine.store.get_tasks(live)) == 20
+    assert await engine.store.get_tasks(stale) == []
