@@ -107,10 +107,7 @@ async def main(args: Any) -> None:
     for kind in common.databases(args.db):
         common.header(f"bench_memory ({args.runs} runs WAITING)", kind)
         async with common.bench_db(kind) as db:
-            await db.measure_floor(args.floor_ops)
-            r = await bench(db, args)
-            await db.measure_floor(args.floor_ops)
-            db.print_floor()
+            r = await db.between_floors(args.floor_ops, bench(db, args))
             warm = r["warm"]["rss"] / 1024
             growth = r["after"]["rss"] / 1024 - warm
             rows = [

@@ -620,10 +620,7 @@ async def main(args: Any) -> None:
                 f"bench_openai_waits ({args.runs} runs x create_and_wait_for_completion)", kind
             )
             async with common.bench_db(kind) as db:
-                await db.measure_floor(args.floor_ops)
-                r = await bench(db, servers, args)
-                await db.measure_floor(args.floor_ops)
-                db.print_floor()
+                r = await db.between_floors(args.floor_ops, bench(db, servers, args))
                 report_memory(r, analyse_steady(r, args), args)
                 report_delay(db, r, analyse(r, args), args)
     finally:

@@ -100,10 +100,7 @@ async def main(args: Any) -> None:
     for kind in common.databases(args.db):
         common.header(f"bench_task_write ({args.tasks} tasks x {args.repeat} runs)", kind)
         async with common.bench_db(kind) as db:
-            await db.measure_floor(args.floor_ops)
-            result = await bench(db, args)
-            await db.measure_floor(args.floor_ops)
-            db.print_floor()
+            result = await db.between_floors(args.floor_ops, bench(db, args))
             floor = db.driver_floor_ms()
             target = TARGET_MS[kind]
             common.table(

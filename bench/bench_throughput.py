@@ -99,10 +99,7 @@ async def main(args: Any) -> None:
             kind,
         )
         async with common.bench_db(kind) as db:
-            await db.measure_floor(args.floor_ops)
-            r = await bench(db, args)
-            await db.measure_floor(args.floor_ops)
-            db.print_floor()
+            r = await db.between_floors(args.floor_ops, bench(db, args))
             floor = db.driver_floor_ms()
             runs_s = args.runs / r["window"]
             tasks_s = runs_s * args.tasks

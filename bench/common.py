@@ -29,10 +29,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -129,6 +129,9 @@ def header(name: str, kind: str) -> None:
 # -- throwaway databases -----------------------------------------------------------------------
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class BenchDB:
     kind: str  # sqlite or postgres
@@ -152,6 +155,15 @@ class BenchDB:
         key = "aiosqlite" if self.kind == "sqlite" else "asyncpg tx"
         samples = [s for f in self.floors for s in f.samples[key]]
         return ms(statistics.median(samples))
+
+    async def between_floors(self, ops: int, measurement: Awaitable[T]) -> T:
+        """Measures the floor, then `measurement`, then the floor again, and prints the floor:
+        every script's figures come with the floor of the same moment."""
+        await self.measure_floor(ops)
+        result = await measurement
+        await self.measure_floor(ops)
+        self.print_floor()
+        return result
 
     def print_floor(self) -> None:
         rows = []
