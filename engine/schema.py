@@ -100,6 +100,10 @@ runs = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime, nullable=True),
     Column("completed_at", UTCDateTime, nullable=True),
+    # Executions that ended without an outcome (lease lapsed, worker gone), and what is known
+    # of each ({"attempt", "epoch", "worker", "lost_at"}): past a bound the run is failed.
+    Column("recoveries", Integer, nullable=False, default=0, server_default="0"),
+    Column("lost_executions", Json, nullable=True),
     UniqueConstraint("job_id", "idempotency_key", name="uq_engine_runs_idempotency"),
 )
 Index("ix_engine_runs_status_wake", runs.c.status, runs.c.wake_at)
@@ -150,4 +154,18 @@ logs = Table(
     Column("message", Text, nullable=False),
     Column("fields", Json, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Live workers: each `engine run` upserts its row at start and on every heartbeat, so
+# `engine jobs list` can say which versions are served by whom.
+workers = Table(
+    "engine_workers",
+    metadata,
+    Column("worker_id", String(200), primary_key=True),
+    Column("host", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    # ["job-id@version", ...] this worker executes.
+    Column("jobs", Json, nullable=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
 )
