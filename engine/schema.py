@@ -168,4 +168,7 @@ workers = Table(
     Column("jobs", Json, nullable=True),
     Column("started_at", UTCDateTime, nullable=False),
     Column("last_seen_at", UTCDateTime, nullable=False),
+    # Live while now < expires_at (last heartbeat + the worker's lease): a worker killed with
+    # -9 leaves its row, which simply stops being live.
+    Column("expires_at", UTCDateTime, nullable=False),
 )

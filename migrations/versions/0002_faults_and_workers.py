@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("jobs", Json, nullable=True),
         sa.Column("started_at", UTCDateTime(), nullable=False),
         sa.Column("last_seen_at", UTCDateTime(), nullable=False),
+        sa.Column("expires_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("worker_id"),
     )
 
