@@ -70,6 +70,10 @@ class Statements:
 
     def __init__(self, postgres: bool) -> None:
         share = " FOR SHARE" if postgres else ""
+        # Control acts (cancel, retry) lock the run row before reading its status, so the
+        # status they report is the one their guarded update changes (SQLite: BEGIN IMMEDIATE
+        # already serializes writers).
+        lock = " FOR UPDATE" if postgres else ""
         skip = " FOR UPDATE SKIP LOCKED" if postgres else ""
         now = dict(now=UTCDateTime)
         fence = (
@@ -272,10 +276,13 @@ class Statements:
             "SELECT parent_path, line, level, message, fields, created_at FROM engine_logs "
             "WHERE run_id = :run_id ORDER BY created_at, line"
         ).columns(fields=Json, created_at=UTCDateTime)
+        self.run_status_locked = _t(f"SELECT status FROM engine_runs WHERE id = :id{lock}")
+        # The status guard is in the statement itself: a run that finished meanwhile is left
+        # as it is (INVARIANTS 12).
         self.cancel_run = _t(
             "UPDATE engine_runs SET status = 'CANCELED', completed_at = :now, wake_at = NULL, "
             "lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1 "
-            "WHERE id = :id",
+            "WHERE id = :id AND status IN ('QUEUED', 'WAITING', 'RUNNING')",
             **now,
         )
         self.canceled_among = _t(
@@ -283,7 +290,7 @@ class Statements:
         ).bindparams(bindparam("ids", expanding=True))
         self.retry_run = _t(
             "UPDATE engine_runs SET status = 'QUEUED', error = NULL, completed_at = NULL, "
-            "wake_at = NULL WHERE id = :id"
+            "wake_at = NULL WHERE id = :id AND status = 'FAILED'"
         )
         self.reopen_failed_tasks = _t(
             # A reopened poll starts afresh: its timeout counts from now (`started_at`); a

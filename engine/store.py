@@ -378,23 +378,40 @@ class Store:
         return [dict(r._mapping) for r in rows]
 
     async def cancel_run(self, run_id: str) -> str:
-        """Cancels a QUEUED, WAITING or RUNNING run; returns its status before."""
-        now = clock.now()
+        """Cancels a QUEUED, WAITING or RUNNING run; returns its status before.
+
+        A run that finished first (even a moment before) is left alone: InvalidRunStateError.
+        """
         async with self.begin() as conn:
-            row = (await conn.execute(self._sql.get_run, {"id": run_id})).first()
-            if row is None:
-                raise RunNotFoundError(f"no run has id {run_id!r}")
-            if row.status in ("COMPLETED", "FAILED", "CANCELED"):
+            before = await self._locked_status(conn, run_id)
+            now = clock.now()  # once the row is ours: nothing was recorded after this
+            changed = False
+            if before in ("QUEUED", "WAITING", "RUNNING"):
+                result = await conn.execute(self._sql.cancel_run, {"id": run_id, "now": now})
+                changed = result.rowcount == 1
+            if not changed:
+                # Leaving the block by raising rolls the transaction back.
+                status = (
+                    before
+                    if before not in ("QUEUED", "WAITING", "RUNNING")
+                    else (await self._locked_status(conn, run_id))
+                )
                 raise InvalidRunStateError(
-                    f"run {run_id} is already {row.status}: only QUEUED, WAITING and RUNNING "
+                    f"run {run_id} is already {status}: only QUEUED, WAITING and RUNNING "
                     "runs can be canceled"
                 )
-            await conn.execute(self._sql.cancel_run, {"id": run_id, "now": now})
             await conn.execute(self._sql.cancel_open_tasks, {"run_id": run_id, "now": now})
             # The worker executing it hears of it at once and interrupts the step in flight.
             await self._notify(conn)
         self._wake_local()
-        return str(row.status)
+        return before
+
+    async def _locked_status(self, conn: AsyncConnection, run_id: str) -> str:
+        """The run's status, its row locked until the transaction ends (PostgreSQL)."""
+        status = (await conn.execute(self._sql.run_status_locked, {"id": run_id})).scalar()
+        if status is None:
+            raise RunNotFoundError(f"no run has id {run_id!r}")
+        return str(status)
 
     async def canceled_among(self, run_ids: Sequence[str]) -> set[str]:
         """Which of these runs have been canceled."""
@@ -408,14 +425,15 @@ class Store:
         """Queues a FAILED run again; its failed tasks will run again, completed ones replay."""
         now = clock.now()
         async with self.begin() as conn:
-            row = (await conn.execute(self._sql.get_run, {"id": run_id})).first()
-            if row is None:
-                raise RunNotFoundError(f"no run has id {run_id!r}")
-            if row.status != "FAILED":
+            status = await self._locked_status(conn, run_id)
+            changed = False
+            if status == "FAILED":
+                result = await conn.execute(self._sql.retry_run, {"id": run_id})
+                changed = result.rowcount == 1
+            if not changed:
                 raise InvalidRunStateError(
-                    f"run {run_id} is {row.status}: only a FAILED run can be retried"
+                    f"run {run_id} is {status}: only a FAILED run can be retried"
                 )
-            await conn.execute(self._sql.retry_run, {"id": run_id})
             await conn.execute(self._sql.reopen_failed_tasks, {"run_id": run_id, "now": now})
             await self._notify(conn)
         self._wake_local()
