@@ -48,6 +48,8 @@ class Replay:
     draining: bool = False
     wake_at: float | None = None
     lost: bool = False
+    # A fatal signal (a divergence, a permanent write refusal): once set, every later `io`
+    # call raises it again and nothing more is recorded, even if the job caught it.
     fatal: BaseException | None = None
     background: list[asyncio.Future[None]] = field(default_factory=list)
     job_task: asyncio.Future[Any] | None = None
@@ -63,6 +65,7 @@ class Replay:
 
     def claim_key(self, key: str) -> tuple[str, str, tuple[str, ...]]:
         """(parent_path, key, own path) for a new step; a key used twice is an error."""
+        self.check_alive()
         if not isinstance(key, str) or not key:
             raise DuplicateKeyError(f"step key {key!r}: give every step a non-empty string key")
         parent = current_path.get()
@@ -126,7 +129,12 @@ class Replay:
         return not any(isinstance(r, BaseException) for r in results)
 
     def log(self, level: str, message: str, fields: dict[str, Any] | None) -> bool:
-        """Buffers a log line unless a previous execution wrote it; True when it is new."""
+        """Buffers a log line unless a previous execution wrote it; True when it is new.
+
+        Nothing is buffered once the execution is over for the job (fatal signal, lease lost).
+        """
+        if self.lost or self.fatal is not None:
+            return False
         parent = path_text(current_path.get())
         digest = hashlib.sha1(f"{level}\x00{message}".encode()).hexdigest()[:16]
         n = self.log_counters.get((parent, digest), 0) + 1
@@ -145,12 +153,19 @@ class Replay:
 
     def enter(self) -> None:
         """A step starts: the execution is busy until it returns or parks."""
-        if self.lost:
-            raise LeaseLost()
+        self.check_alive()
         if self.unloading:
             raise Suspend()
         self.in_flight += 1
         self.progress += 1
+
+    def check_alive(self) -> None:
+        """Raises the signal that ended this execution for the job, again: a job that caught
+        it (a DivergenceError, a CancelledError on cancel) cannot start another step."""
+        if self.lost:
+            raise LeaseLost()
+        if self.fatal is not None:
+            raise self.fatal
 
     def leave(self) -> None:
         self.in_flight -= 1
