@@ -8,6 +8,7 @@ them; the executor unloads the run once every branch is parked or finished.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import typing
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from .exceptions import (
     TaskTimeoutError,
 )
 from .records import TaskRow, TaskWrite
-from .replay import Replay, current_path, path_text
+from .replay import Replay, current_path, path_text, timed_out
 from .retry import NO_RETRY, RetryPolicy, is_retryable
 
 T = TypeVar("T")
@@ -394,14 +395,56 @@ class IO:
         raise error
 
 
+# How long a timed-out attempt gets to unwind after it is cancelled (its `finally` blocks, an
+# HTTP client closing) before the timeout is recorded anyway.
+TIMEOUT_GRACE = 1.0
+
+
 async def _with_timeout(awaitable: Awaitable[T], timeout: float | None, where: str) -> T:
+    """Awaits the attempt for at most `timeout` seconds, else raises TaskTimeoutError.
+
+    The attempt runs as its own asyncio task (in a copy of the caller's context), so the
+    timeout holds even when it swallows its cancellation: it returns, raises something else, or
+    keeps going, the outcome is the timeout. An attempt still running after TIMEOUT_GRACE is
+    left behind, and any `io` call it makes raises the timeout error.
+    """
     if timeout is None:
         return await awaitable
+    expired: list[BaseException] = []
+    context = contextvars.copy_context()
+    context.run(timed_out.set, expired)
+    inner: asyncio.Task[T] = asyncio.get_running_loop().create_task(
+        _as_coroutine(awaitable), context=context
+    )
     try:
-        async with asyncio.timeout(timeout):
-            return await awaitable
-    except TimeoutError:
-        raise TaskTimeoutError(f"{where} ran longer than its timeout of {timeout}s") from None
+        done, _ = await asyncio.wait({inner}, timeout=timeout)
+        if done:
+            return inner.result()
+        error = TaskTimeoutError(f"{where} ran longer than its timeout of {timeout}s")
+        expired.append(error)
+        inner.cancel()
+        await asyncio.wait({inner}, timeout=TIMEOUT_GRACE)
+    except asyncio.CancelledError:
+        # The run was canceled (or the worker stops): the attempt stops with it.
+        expired.append(LeaseLost())
+        inner.cancel()
+        raise
+    finally:
+        inner.add_done_callback(_discard_outcome)
+    if not inner.done():
+        _log.warning("%s ignored its cancellation after its timeout; left running", where)
+    raise error
+
+
+async def _as_coroutine(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+def _discard_outcome(task: asyncio.Task[Any]) -> None:
+    # A timed-out attempt's own result or error is not its outcome: retrieve it so asyncio
+    # does not report it as never retrieved.
+    if not task.cancelled():
+        task.exception()
 
 
 def _rows_for(
