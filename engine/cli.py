@@ -20,6 +20,7 @@ from rich.markup import escape as _escape
 from rich.table import Table
 from rich.tree import Tree
 
+from . import secrets
 from .app import load_app
 from .client import Engine
 from .exceptions import EngineError
@@ -103,6 +104,8 @@ def run(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Everything the worker logs (the engine's and its libraries' lines) is scrubbed of secrets.
+    secrets.install_log_filter(*logging.getLogger().handlers)
     _run(
         lambda: run_worker(app, database_url, concurrency=concurrency, lease_seconds=lease_seconds)
     )

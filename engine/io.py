@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import clock, pollers, serialization
+from . import clock, pollers, secrets, serialization
 from .exceptions import (
     DivergenceError,
     EngineError,
@@ -64,7 +64,8 @@ class Logger:
             serialization.check_params(fields, f"io.logger.{level.lower()}({message!r})")
         except NotSerializableError:
             fields = {k: repr(v) for k, v in fields.items()}
-        if self._replay.log(level, str(message), fields or None):
+        message, fields = secrets.scrub(str(message)), secrets.scrub(fields)
+        if self._replay.log(level, message, fields or None):
             _log.log(getattr(logging, level), "[%s] %s %s", self._run_id, message, fields or "")
 
     def debug(self, message: str, **fields: Any) -> None:

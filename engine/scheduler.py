@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from . import clock, pollers, serialization
+from . import clock, pollers, secrets, serialization
 from .exceptions import EngineError, PollTimeoutError
 from .executor import execute
 from .jobs import Job
@@ -42,6 +42,7 @@ class Scheduler:
         poll_concurrency: int = 50,
         worker_id: str | None = None,
     ) -> None:
+        secrets.install_log_filter()  # the engine loggers created since import, too
         if not 1 <= concurrency <= MAX_CONCURRENCY:
             raise EngineError(f"--concurrency {concurrency}: use 1 to {MAX_CONCURRENCY}")
         if not 1 <= lease_seconds <= MAX_LEASE_SECONDS:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
+from . import secrets
 from .exceptions import EngineError, NotSerializableError, TaskError
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
@@ -110,7 +111,8 @@ def encode_error(exc: BaseException) -> dict[str, Any]:
     for attr, value in getattr(exc, "details", {}).items():
         if isinstance(value, _JSON_SCALARS) and attr not in error:
             error[attr] = value
-    return error
+    # Last: whatever the error says, no secret the engine knows is recorded (INVARIANTS 8).
+    return secrets.scrub(error)  # type: ignore[no-any-return]
 
 
 _BASE_KEYS = {"type", "message", "module", "traceback"}

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from . import clock
+from . import clock, secrets
 from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
 from .groupcommit import GroupCommit, Write, direct_write, in_sqlite_thread
 from .records import ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
@@ -54,6 +54,7 @@ class Store:
         elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
             parsed = parsed.set(drivername="postgresql+asyncpg")
         self.parsed_url = parsed
+        secrets.register(parsed.password)
         self.is_postgres = self.dialect == "postgresql"
         self.engine: AsyncEngine = _dialect_engine(parsed, pool_size)
         self._sql = Statements(self.is_postgres)

@@ -15,6 +15,7 @@ import openai
 
 from engine import EngineError, RetryPolicy
 from engine import pollers as engine_pollers
+from engine import secrets as engine_secrets
 
 from .calls import Caller
 from .errors import MissingAPIKeyError
@@ -83,11 +84,18 @@ class OpenAI:
     # -- the client ----------------------------------------------------------------------------
 
     def secret(self) -> str | None:
-        """The API key calls will use (scrubbed from everything recorded)."""
+        """The API key calls will use (scrubbed from everything recorded).
+
+        Registered with the engine once resolved, so it is scrubbed from what user code records
+        or logs too (errors, log lines), not only from this integration's own records.
+        """
         if self._given is not None:
-            key = self._given.api_key
-            return key if isinstance(key, str) else None
-        return self._api_key or os.environ.get("OPENAI_API_KEY") or None
+            given = self._given.api_key
+            key = given if isinstance(given, str) else None
+        else:
+            key = self._api_key or os.environ.get("OPENAI_API_KEY") or None
+        engine_secrets.register(key)
+        return key
 
     def client(self) -> openai.AsyncOpenAI:
         """The openai client for the running event loop, created on first use."""
@@ -123,5 +131,6 @@ class OpenAI:
 
     def register_pollers(self) -> None:
         """Registers `openai:<id>:file`, `openai:<id>:run` and `openai:<id>:response`."""
+        self.secret()  # a worker starts: the engine scrubs the key from then on
         for what, poller in make_pollers(self).items():
             engine_pollers.register(self.poller_name(what), poller)
