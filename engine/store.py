@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -40,14 +41,19 @@ class Store:
             parsed = make_url(self.url)
         except ArgumentError as exc:
             raise DatabaseError(
-                f"database URL {self.url!r} is not a URL: use sqlite+aiosqlite:///engine.db "
-                "or postgresql+asyncpg://user@host/db"
+                f"database URL {_hide_password(self.url)!r} is not a URL: use "
+                "sqlite+aiosqlite:///engine.db or postgresql+asyncpg://user@host/db"
+            ) from exc
+        except ValueError as exc:  # SQLAlchemy parses the port with int()
+            raise DatabaseError(
+                f"database URL {_hide_password(self.url)!r}: the port is not a number: "
+                "use postgresql+asyncpg://user@host:5432/db"
             ) from exc
         self.dialect = parsed.get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
             raise DatabaseError(
-                f"database URL {self.url!r}: only sqlite+aiosqlite:// and "
-                "postgresql+asyncpg:// are supported"
+                f"database URL {parsed.render_as_string(hide_password=True)!r}: only "
+                "sqlite+aiosqlite:// and postgresql+asyncpg:// are supported"
             )
         if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
             parsed = parsed.set(drivername="sqlite+aiosqlite")
@@ -515,6 +521,12 @@ class _Transaction:
             raise _database_error(self.store, exc) from exc
         if exc_info[1] is not None and isinstance(exc_info[1], (OSError, SQLAlchemyError)):
             raise _database_error(self.store, exc_info[1]) from exc_info[1]
+
+
+def _hide_password(url: str) -> str:
+    """`url` with what looks like its password replaced by ***, for a URL too broken to parse."""
+    hidden = re.sub(r"^([^:/@]*://[^:/@]*):.*@", r"\1:***@", url)
+    return re.sub(r":[^:@]*@", ":***@", hidden)  # no "://": any "user:password@"
 
 
 def _database_error(store: Store, exc: BaseException) -> DatabaseError:

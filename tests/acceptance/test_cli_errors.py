@@ -123,6 +123,27 @@ def test_database_url_that_is_not_a_url(procs: Any) -> None:
     one_line_error(procs.cli("runs", "list", "--database-url", "not a url"))
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("mysql://u:hunter2-secret@h/db", "only sqlite+aiosqlite:// and postgresql+asyncpg://"),
+        ("postgresql+asyncpg://u:hunter2-secret@h:abc/db", "the port is not a number"),
+        ("postgresql+asyncpg://u@h:abc/db", "the port is not a number"),
+        ("postgresql+asyncpg//u:hunter2-secret@h/db", "is not a URL"),
+    ],
+    ids=["unsupported", "bad-port-with-password", "bad-port", "malformed"],
+)
+@pytest.mark.parametrize("command", ["list", "run"])
+def test_bad_database_url_is_one_line_without_the_password(
+    procs: Any, url: str, says: str, command: str
+) -> None:
+    app = str(Path(__file__).parent / "apps" / "basic.py")
+    args = ["runs", "list"] if command == "list" else ["run", app]
+    line = one_line_error(procs.cli(*args, "--database-url", url))
+    assert says in line
+    assert "hunter2" not in line
+
+
 def test_missing_module_for_run(world: World) -> None:
     line = one_line_error(world.procs.cli("run", "no.such.module", "--database-url", world.url))
     assert "no.such.module" in line
