@@ -80,3 +80,32 @@ async def test_cancel_never_overwrites_a_run_that_completed_first(pg_url):
                 assert run["status"] == "CANCELED" and run_id in acknowledged, run_id
     finally:
         await reopen.close()
+
+
+async def test_concurrent_retries_of_one_failed_run_queue_it_once(pg_url):
+    calls: list[int] = []
+
+    @job(id=unique_id("retryrace"))
+    async def flaky(payload, io, ctx):
+        async def step(task):
+            calls.append(1)
+            raise RuntimeError("down")
+
+        await io.run_task("step", step)
+
+    harness = Harness(pg_url)
+    try:
+        await harness.start(flaky)
+        view = await harness.run(flaky)
+        assert view["status"] == "FAILED"
+        await harness.stop()  # nothing picks the run up while the retries race
+        results = await asyncio.gather(
+            *(harness.engine.retry(view["id"]) for _ in range(8)), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert len(errors) == 7, results
+        assert all(isinstance(e, InvalidRunStateError) for e in errors), errors
+        assert all("is QUEUED: only a FAILED run can be retried" in e.message for e in errors)
+        assert (await harness.engine.get_run(view["id"]))["status"] == "QUEUED"
+    finally:
+        await harness.close()
