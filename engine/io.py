@@ -413,7 +413,7 @@ async def _with_timeout(awaitable: Awaitable[T], timeout: float | None, where: s
         return await awaitable
     expired: list[BaseException] = []
     context = contextvars.copy_context()
-    context.run(timed_out.set, expired)
+    context.run(timed_out.set, (*timed_out.get(), expired))
     inner: asyncio.Task[T] = asyncio.get_running_loop().create_task(
         _as_coroutine(awaitable), context=context
     )

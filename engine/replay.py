@@ -22,9 +22,12 @@ from .store import Store
 
 # The keys of the tasks enclosing the code that is running now: () at the job's top level.
 current_path: ContextVar[tuple[str, ...]] = ContextVar("engine_current_path", default=())
-# Inside a task attempt run under `timeout=`: set to the timeout's error once the attempt was
-# given up on, so code that swallowed the cancellation and kept going records nothing more.
-timed_out: ContextVar[list[BaseException] | None] = ContextVar("engine_timed_out", default=None)
+# Inside task attempts run under `timeout=` (one list per enclosing attempt): a list holds the
+# timeout's error once its attempt was given up on, so code that swallowed the cancellation and
+# kept going records nothing more.
+timed_out: ContextVar[tuple[list[BaseException], ...]] = ContextVar(
+    "engine_timed_out", default=()
+)
 
 
 def path_text(path: tuple[str, ...]) -> str:
@@ -169,9 +172,9 @@ class Replay:
             raise LeaseLost()
         if self.fatal is not None:
             raise self.fatal
-        expired = timed_out.get()
-        if expired:
-            raise expired[0]
+        for expired in timed_out.get():
+            if expired:
+                raise expired[0]
 
     def leave(self) -> None:
         self.in_flight -= 1

@@ -48,8 +48,10 @@ def _scrub(value: Any, known: tuple[str, ...]) -> Any:
         return value
     if isinstance(value, dict):
         return {_scrub(k, known): _scrub(v, known) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_scrub(v, known) for v in value)
+    if isinstance(value, list):
+        return [_scrub(v, known) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_scrub(v, known) for v in value)
     return value
 
 
@@ -59,7 +61,10 @@ class ScrubFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not _secrets:
             return True
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: logging reports it when it emits the record
+            return True
         scrubbed = scrub(message)
         if scrubbed != message:
             record.msg, record.args = scrubbed, None
