@@ -4,75 +4,42 @@ process)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import openai as openai_sdk
 import pytest
 
+from integrations.openai.testing import FakeOpenAIProcess
+
 # The bare client below uses the Assistants API, which openai-python marks deprecated.
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
-WAIT_SECONDS = "3"
-
-
 @pytest.fixture
-def fake_server() -> Iterator[str]:
-    """The fake OpenAI in a separate process, slow enough to kill a worker mid-wait."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "integrations.openai.testing",
-            "--port",
-            "0",
-            "--run-seconds",
-            WAIT_SECONDS,
-            "--file-seconds",
-            WAIT_SECONDS,
-            "--response-seconds",
-            WAIT_SECONDS,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "listening on" in line, line
-        yield line.strip().rsplit(" ", 1)[-1]
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        if proc.stdout:
-            proc.stdout.close()
+def fake_server() -> Iterator[FakeOpenAIProcess]:
+    """The fake OpenAI in a separate process, so that it outlives the workers it counts. Objects
+    finish fast unless a test holds them: nothing here depends on the machine's speed."""
+    with FakeOpenAIProcess() as fake:
+        yield fake
 
 
-def _stats(base_url: str) -> dict[str, Any]:
-    root = base_url.rsplit("/v1", 1)[0]
-    with urllib.request.urlopen(f"{root}/_fake/stats", timeout=10) as response:
-        return json.loads(response.read())
+def _polls(fake: FakeOpenAIProcess) -> int:
+    """GET requests the fake received: the workers' polls of the objects they wait on."""
+    return sum(n for route, n in fake.stats()["by_route"].items() if route.startswith("GET "))
 
 
 def _task(view: dict[str, Any], key: str) -> dict[str, Any]:
     return next(t for t in view["tasks"] if t["key"] == key)
 
 
+# job id -> (wait key, create route, final status, what the fake holds in progress)
 CASES = {
-    "oa-file": ("upload", "POST /v1/files", "processed"),
-    "oa-thread-run": ("thread-run", "POST /v1/threads/runs", "completed"),
-    "oa-run": ("run", "POST /v1/threads/{thread_id}/runs", "completed"),
-    "oa-wait-run": ("wait", "POST /v1/threads/{thread_id}/runs", "completed"),
-    "oa-response": ("respond", "POST /v1/responses", "completed"),
+    "oa-file": ("upload", "POST /v1/files", "processed", "files"),
+    "oa-thread-run": ("thread-run", "POST /v1/threads/runs", "completed", "runs"),
+    "oa-run": ("run", "POST /v1/threads/{thread_id}/runs", "completed", "runs"),
+    "oa-wait-run": ("wait", "POST /v1/threads/{thread_id}/runs", "completed", "runs"),
+    "oa-response": ("respond", "POST /v1/responses", "completed", "responses"),
 }
 
 
@@ -80,11 +47,11 @@ CASES = {
 def test_kill_during_an_openai_wait_resumes_without_repeating_the_create(
     job_id, procs, fake_server, sqlite_url, tmp_path, monkeypatch
 ):
-    wait_key, create_route, final_status = CASES[job_id]
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_server)
+    wait_key, create_route, final_status, held = CASES[job_id]
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-acceptance-secret-key")
     client = openai_sdk.OpenAI(
-        base_url=fake_server, api_key="sk-acceptance-secret-key", max_retries=0
+        base_url=fake_server.base_url, api_key="sk-acceptance-secret-key", max_retries=0
     )
     assistant = client.beta.assistants.create(model="gpt-4o", name="crash test")
     thread = client.beta.threads.create()
@@ -92,49 +59,43 @@ def test_kill_during_an_openai_wait_resumes_without_repeating_the_create(
     data = tmp_path / "data.csv"
     data.write_text("a,b\n1,2\n")
     payload = {"assistant_id": assistant.id, "thread_id": thread.id, "path": str(data)}
-    before = _stats(fake_server)["by_route"].get(create_route, 0)
+    before = fake_server.count(create_route)
+    # The object behind the wait stays in progress until released, however slow the machine:
+    # the run is WAITING for as long as the test needs to look at it and kill the worker.
+    fake_server.hold(held)
 
     first = procs.worker("openai_waits.py", sqlite_url)
     run_id = procs.trigger(sqlite_url, job_id, payload)
-    procs.wait_status(sqlite_url, run_id, "WAITING", timeout=20)
+    procs.wait_status(sqlite_url, run_id, "WAITING", timeout=60)
+    create_key = f"{wait_key}:create" if job_id != "oa-wait-run" else "create-run"
+    # The worker polls the held object (a GET on it) without finishing the wait.
+    polls = _polls(fake_server)
+    procs.wait_until(lambda: _polls(fake_server) > polls, 60, "a poll of the held object")
     view = procs.show(sqlite_url, run_id)
+    assert view["status"] == "WAITING"
     assert _task(view, wait_key)["status"] == "WAITING"
-    assert (
-        _task(view, f"{wait_key}:create" if job_id != "oa-wait-run" else "create-run")["status"]
-        == "COMPLETED"
-    )
+    assert _task(view, create_key)["status"] == "COMPLETED"
     first.kill9()
 
     procs.worker("openai_waits.py", sqlite_url)
-    procs.wait_status(sqlite_url, run_id, "COMPLETED", timeout=40)
+    assert procs.show(sqlite_url, run_id)["status"] == "WAITING"
+    fake_server.release(held)
+    procs.wait_status(sqlite_url, run_id, "COMPLETED", timeout=60)
     view = procs.show(sqlite_url, run_id)
     assert view["output"]["status"] == final_status
     assert _task(view, wait_key)["status"] == "COMPLETED"
-    assert _stats(fake_server)["by_route"].get(create_route, 0) - before == 1
+    assert fake_server.count(create_route) - before == 1
     assert "sk-acceptance-secret-key" not in json.dumps(view)
 
 
 def test_a_400_fails_the_run_with_openais_message_in_runs_show(
     procs, fake_server, sqlite_url, monkeypatch
 ):
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_server)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-acceptance-secret-key")
-    root = fake_server.rsplit("/v1", 1)[0]
-    fault = json.dumps(
-        {
-            "route": "POST /v1/responses",
-            "status": 400,
-            "times": 1,
-            "message": "Invalid value for 'model': no such model",
-        }
-    ).encode()
-    request = urllib.request.Request(
-        f"{root}/_fake/faults",
-        data=fault,
-        method="POST",
-        headers={"Content-Type": "application/json"},
+    fake_server.fail_next(
+        "POST /v1/responses", status=400, message="Invalid value for 'model': no such model"
     )
-    urllib.request.urlopen(request, timeout=10).close()
 
     procs.worker("openai_waits.py", sqlite_url)
     run_id = procs.trigger(sqlite_url, "oa-response")
@@ -145,4 +106,4 @@ def test_a_400_fails_the_run_with_openais_message_in_runs_show(
     create = _task(view, "respond:create")
     assert create["status"] == "ERRORED" and create["attempts"] == 1
     assert create["error"]["status_code"] == 400
-    assert _stats(fake_server)["by_route"].get("POST /v1/responses", 0) == 1
+    assert fake_server.count("POST /v1/responses") == 1

@@ -4,7 +4,8 @@ It serves the endpoints the engine's OpenAI integration uses (files, assistants,
 messages, runs, chat completions, embeddings, images, models and responses) on a loopback port,
 so the real ``openai.OpenAI``/``openai.AsyncOpenAI`` client can be pointed at it with
 ``base_url=fake.base_url``. Runs, file processing and background responses advance with time;
-every request is recorded; faults (429/500/400...) can be injected per route.
+every request is recorded; faults (429/500/400...) can be injected per route; ``fake.hold(kind)``
+keeps runs, files or background responses in progress until ``fake.release(kind)``.
 
     with fake_openai_server(run_seconds=0.1) as fake:
         client = openai.OpenAI(base_url=fake.base_url, api_key="test")
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .faults import FakeError, Fault, RecordedRequest
+from .process import FakeOpenAIProcess
 from .server import FakeOpenAI
 
 
@@ -33,4 +35,5 @@ def fake_openai_server(**kwargs: Any) -> Iterator[FakeOpenAI]:
         fake.stop()
 
 
-__all__ = ["FakeError", "FakeOpenAI", "Fault", "RecordedRequest", "fake_openai_server"]
+__all__ = ["FakeError", "FakeOpenAI", "FakeOpenAIProcess", "Fault", "RecordedRequest",
+           "fake_openai_server"]

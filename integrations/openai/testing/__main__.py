@@ -2,7 +2,8 @@
 
 Prints ``fake OpenAI listening on http://HOST:PORT/v1`` once ready and serves until SIGINT or
 SIGTERM. Steer it from another process with ``/_fake/stats``, ``/_fake/faults``,
-``/_fake/reset`` and ``/_fake/hooks``.
+``/_fake/reset``, ``/_fake/hooks``, ``/_fake/hold`` and ``/_fake/release`` (or with
+:class:`integrations.openai.testing.process.FakeOpenAIProcess`, which wraps them).
 """
 
 from __future__ import annotations

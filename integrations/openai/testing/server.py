@@ -183,6 +183,17 @@ class Handler(BaseHTTPRequestHandler):
                 if key in body:
                     setattr(fake, key, body[key])
             self._send(200, {"ok": True})
+        elif method == "POST" and path in ("/_fake/hold", "/_fake/release"):
+            kind = body.get("kind")
+            try:
+                if path == "/_fake/hold":
+                    fake.hold(kind)
+                else:
+                    fake.release(kind)
+            except FakeError as err:
+                self._send_error(err)
+                return
+            self._send(200, {"ok": True, "held": sorted(fake.state.held)})
         elif method == "GET" and path.startswith("/_fake/images/"):
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
@@ -293,6 +304,16 @@ class FakeOpenAI:
     def set_run_status(self, thread_id: str, run_id: str, status: str,
                        **fields: Any) -> dict[str, Any]:
         return self.state.set_run_status(thread_id, run_id, status, **fields)
+
+    def hold(self, kind: str) -> None:
+        """Keep unfinished ``kind`` objects ("runs", "files" or "responses": background ones)
+        in progress until :meth:`release`: a run stays ``in_progress``, a file ``uploaded``."""
+        self.state.hold(kind)
+
+    def release(self, kind: str | None = None) -> None:
+        """End a hold (every hold when ``kind`` is None): held objects finish on their next
+        read."""
+        self.state.release(kind)
 
     def reset(self) -> None:
         """Forget every object, recorded request, pending fault and hook."""

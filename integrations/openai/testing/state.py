@@ -4,6 +4,11 @@ Everything the fake knows lives in one :class:`FakeState` guarded by one lock: s
 (files, assistants, threads, messages, runs, responses), the request log, injected faults and
 the hooks tests use to steer outcomes. Statuses advance with a monotonic clock and are evaluated
 whenever an object is read, so there is no background thread and a test only has to wait.
+
+A test that must see an object *still in progress* holds its kind (:meth:`FakeState.hold`):
+while held, runs stay ``in_progress``, files ``uploaded`` and background responses
+``in_progress`` however long the test takes; after :meth:`FakeState.release` the next read
+finishes them. No assertion then depends on how fast the machine is.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from .faults import FakeError, Fault, RecordedRequest, not_found, redact, route_
 
 TERMINAL_RUN_STATUSES = frozenset({"completed", "failed", "cancelled", "expired", "incomplete"})
 TERMINAL_RESPONSE_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete"})
+HOLD_KINDS = frozenset({"runs", "files", "responses"})
 
 
 class FakeState:
@@ -47,6 +53,7 @@ class FakeState:
             self.next_file_status: str | None = None
             self.next_run_status: str | None = None
             self.next_response_status: str | None = None
+            self.held: set[str] = set()
             self._ids = itertools.count(1)
 
     # -- clocks and ids ------------------------------------------------------------------------
@@ -103,6 +110,34 @@ class FakeState:
                 out[r.route] = out.get(r.route, 0) + 1
         return out
 
+    # -- holds ---------------------------------------------------------------------------------
+    def hold(self, kind: str) -> None:
+        """Keep every unfinished object of ``kind`` ("runs", "files", "responses") in progress
+        until :meth:`release`, objects created meanwhile included."""
+        with self.lock:
+            self.held.add(check_hold_kind(kind))
+
+    def release(self, kind: str | None = None) -> None:
+        """End the hold on ``kind`` (every kind when None): each held object finishes on its
+        next read, as if its time had run out while it was held."""
+        with self.lock:
+            if kind is None:
+                self.held.clear()
+            else:
+                self.held.discard(check_hold_kind(kind))
+
+    def _holding(self, kind: str, obj: dict[str, Any]) -> bool:
+        """Whether ``obj`` must stay in progress; once released, its clock is moved back so the
+        read that follows the release finishes it at once."""
+        if kind in self.held:
+            obj["_held"] = True
+            return True
+        if obj.pop("_held", False):
+            span = {"runs": self.run_seconds, "files": self.file_seconds,
+                    "responses": self.response_seconds}[kind]
+            obj["_t0"] = min(obj["_t0"], self.now() - span)
+        return False
+
     # -- files ---------------------------------------------------------------------------------
     def create_file(self, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
         with self.lock:
@@ -140,6 +175,8 @@ class FakeState:
 
     def _file_view(self, fid: str) -> dict[str, Any]:
         obj = self.files[fid]
+        if obj["status"] == "uploaded" and self._holding("files", obj):
+            return public(obj)
         if obj["status"] == "uploaded" and self.now() - obj["_t0"] >= self.file_seconds:
             obj["status"] = obj["_final"]
             if obj["status"] == "error":
@@ -259,7 +296,7 @@ class FakeState:
             }
             self.next_run_status = None
             self.runs[tid][rid] = run
-            return public(run)
+            return public(self._advance_run(run))
 
     def run_obj(self, tid: str, rid: str) -> dict[str, Any]:
         runs = self.runs.get(tid)
@@ -333,6 +370,12 @@ class FakeState:
         if run["_frozen"] or run["status"] in TERMINAL_RUN_STATUSES:
             return run
         if run["status"] == "requires_action":
+            return run
+        if run["_phase"] != "cancelling" and self._holding("runs", run):
+            # Held: started, in progress, never finished (a cancel still goes through).
+            if run["started_at"] is None:
+                run["started_at"] = self.wall(self.now())
+            run["status"] = "in_progress"
             return run
         now = self.now()
         elapsed = now - run["_t0"]
@@ -413,6 +456,9 @@ class FakeState:
     def _advance_response(self, obj: dict[str, Any]) -> dict[str, Any]:
         if obj["status"] in TERMINAL_RESPONSE_STATUSES:
             return public(obj)
+        if obj.get("background") and self._holding("responses", obj):
+            obj["status"] = "in_progress"
+            return public(obj)
         elapsed = self.now() - obj["_t0"]
         rs = self.response_seconds
         if obj.get("background") and elapsed < rs:
@@ -428,6 +474,12 @@ class FakeState:
             obj["error"] = {"code": "server_error",
                             "message": "The fake was told to fail this response."}
         return public(obj)
+
+
+def check_hold_kind(kind: object) -> str:
+    if not isinstance(kind, str) or kind not in HOLD_KINDS:
+        raise FakeError(400, f"Cannot hold {kind!r}: use one of {sorted(HOLD_KINDS)}.")
+    return kind
 
 
 def public(obj: dict[str, Any]) -> dict[str, Any]:

@@ -159,6 +159,49 @@ def _check_run_lifecycle(client: openai.OpenAI) -> None:
     assert [r.id for r in client.beta.threads.runs.list(thread.id)] == [run.id]
 
 
+@pytest.mark.parametrize("kind", ["runs", "files", "responses"])
+def test_a_held_object_stays_in_progress_until_released(
+        fake_openai: FakeOpenAI, client: openai.OpenAI, kind: str) -> None:
+    fake_openai.hold(kind)
+    if kind == "runs":
+        assistant = client.beta.assistants.create(model="gpt-4o")
+        thread = client.beta.threads.create(messages=[{"role": "user", "content": "ping"}])
+        created = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id)
+
+        def read() -> str:
+            return client.beta.threads.runs.retrieve(created.id, thread_id=thread.id).status
+        pending, done = "in_progress", "completed"
+    elif kind == "files":
+        file = client.files.create(file=("held.txt", b"x"), purpose="assistants")
+
+        def read() -> str:
+            return client.files.retrieve(file.id).status
+        pending, done = "uploaded", "processed"
+    else:
+        resp = client.responses.create(model="gpt-4o", background=True, input="later")
+
+        def read() -> str:
+            return client.responses.retrieve(resp.id).status
+        pending, done = "in_progress", "completed"
+    # Well past its time (0.2 s at most): still in progress, for as long as the hold lasts.
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        assert read() == pending
+    fake_openai.release(kind)
+    assert read() == done  # the first read after the release finishes it
+
+
+def test_hold_refuses_an_unknown_kind(fake_openai: FakeOpenAI) -> None:
+    root = fake_openai.base_url[: -len("/v1")]
+    request = urllib.request.Request(root + "/_fake/hold", data=b'{"kind": "threads"}',
+                                     method="POST", headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400
+    assert "threads" in json.loads(refused.value.read())["error"]["message"]
+    refused.value.close()
+
+
 def test_requires_action_then_submit_tool_outputs(fake_openai: FakeOpenAI,
                                                   client: openai.OpenAI) -> None:
     assistant = client.beta.assistants.create(model="gpt-4o", tools=[FUNCTION_TOOL])
@@ -186,8 +229,10 @@ def test_requires_action_then_submit_tool_outputs(fake_openai: FakeOpenAI,
 def test_cancel_failed_and_forced_runs(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None:
     assistant = client.beta.assistants.create(model="gpt-4o")
     thread = client.beta.threads.create()
+    fake_openai.hold("runs")  # so that the cancel cannot race the run's completion
     run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id)
     assert client.beta.threads.runs.cancel(run.id, thread_id=thread.id).status == "cancelling"
+    fake_openai.release("runs")
     cancelled = wait_for(lambda: client.beta.threads.runs.retrieve(run.id, thread_id=thread.id),
                          lambda r: r.status == "cancelled")
     assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None
@@ -246,9 +291,10 @@ def test_responses_sync_and_background(fake_openai: FakeOpenAI, client: openai.O
     done = wait_for(lambda: client.responses.retrieve(bg.id), lambda r: r.status == "completed")
     assert done.output_text == "echo: later" and done.usage is not None
 
+    fake_openai.hold("responses")  # so that the cancel cannot race the response's completion
     other = client.responses.create(model="gpt-4o", background=True, input="stop")
     assert client.responses.cancel(other.id).status == "cancelled"
-    time.sleep(0.25)
+    fake_openai.release("responses")
     assert client.responses.retrieve(other.id).status == "cancelled"
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_missing")

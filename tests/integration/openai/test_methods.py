@@ -102,8 +102,11 @@ async def test_every_method(
         )
         seen["msg-list"] = await o.beta.threads.messages.list("msg-list", thread.id, limit=1)
         seen["msg-all"] = await o.beta.threads.messages.list_all("msg-all", thread.id, limit=1)
+        # Held in progress until canceled, so the cancel never races the run's own completion.
+        fake.hold("runs")
         seen["run"] = run = await o.beta.threads.runs.create("run", thread.id, assistant_id=asst.id)
         seen["cancel"] = await o.beta.threads.runs.cancel("cancel", thread.id, run.id)
+        fake.release("runs")
         seen["wait-cancel"] = await o.beta.threads.runs.wait_for_completion(
             "wait-cancel", thread.id, run.id
         )
