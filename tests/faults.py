@@ -1,0 +1,448 @@
+"""Real database faults for tests: a TCP proxy that cuts or refuses connections, and a private
+PostgreSQL cluster a test can stop, start and restart.
+
+Both are driven from plain synchronous calls, so sync tests, async tests (on their own loop) and
+the tests that start `engine run` subprocesses use them alike:
+
+- `TcpProxy` runs its own asyncio loop in a daemon thread. Point a worker at the proxy's port
+  (`with_port(url, proxy.port)`) and the test can `cut()` every live connection (the worker sees
+  a connection reset mid-statement) or `refuse()` new ones (a server that is down) until
+  `accept()`.
+- `PrivatePostgres` runs `initdb` on a temporary directory and `pg_ctl` on a free port, with
+  trust authentication, so a test can `restart()` or `stop()` the server its worker uses without
+  touching the shared one. The `private_pg` fixture always stops and removes it.
+
+Import the fixture into a test module to use it: `from faults import private_pg  # noqa: F401`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def with_port(url: str, port: int, host: str = "127.0.0.1") -> str:
+    """`url` with its host and port replaced (user, password, path and query kept)."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def run_in_thread(make: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
+    """Runs a coroutine to completion on a fresh loop in another thread.
+
+    Works whether or not the caller is inside a running event loop (asyncio.run is not allowed
+    there), which is what lets async tests call the synchronous helpers below."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(make())  # type: ignore[arg-type]
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"helper coroutine did not finish in {timeout}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def pg_execute(dsn: str, sql: str, *args: Any) -> list[Any]:
+    """Runs one statement on PostgreSQL (plain `postgresql://` DSN) and returns its rows."""
+    import asyncpg
+
+    dsn = dsn.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return run_in_thread(run)
+
+
+# -- TCP proxy ----------------------------------------------------------------------------------
+
+
+class TcpProxy:
+    """An asyncio TCP proxy to `upstream_host:upstream_port`, on its own loop in its own thread.
+
+    `start()` returns the port to connect to. `cut()` closes every live connection at once (both
+    sides), `refuse(seconds)` makes new connections close as soon as they are accepted (for
+    `seconds`, or until `accept()`), `stop()` shuts it all down. All methods are synchronous and
+    thread-safe; `connections` counts the connections accepted and piped so far.
+    """
+
+    def __init__(self, upstream_host: str = "127.0.0.1", upstream_port: int = 5432) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.port = 0
+        self.connections = 0
+        self.refused = 0
+        self._refusing = False
+        self._accept_handle: asyncio.TimerHandle | None = None
+        self._live: set[asyncio.StreamWriter] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- public, called from any thread ---------------------------------------------------------
+
+    def start(self) -> int:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                self._server = loop.run_until_complete(
+                    asyncio.start_server(self._handle, "127.0.0.1", 0)
+                )
+                self.port = int(self._server.sockets[0].getsockname()[1])
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=main, name="tcp-proxy", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if failure:
+            raise failure[0]
+        return self.port
+
+    def cut(self) -> int:
+        """Closes every live connection; returns how many there were."""
+        return self._call(self._cut)
+
+    def refuse(self, seconds: float | None = None) -> None:
+        """New connections are closed at once, for `seconds` or until `accept()`."""
+
+        def go() -> None:
+            self._refusing = True
+            if self._accept_handle is not None:
+                self._accept_handle.cancel()
+                self._accept_handle = None
+            if seconds is not None:
+                assert self._loop is not None
+                self._accept_handle = self._loop.call_later(seconds, self._accept)
+
+        self._call(go)
+
+    def accept(self) -> None:
+        """New connections are piped to the upstream again."""
+        self._call(self._accept)
+
+    @property
+    def live(self) -> int:
+        """How many connections are open through the proxy right now."""
+        return len(self._live) // 2
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+
+        async def shutdown() -> None:
+            self._cut()
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop = None
+        self._thread = None
+
+    def __enter__(self) -> TcpProxy:
+        self.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- on the proxy's loop --------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        if self._loop is None:
+            raise RuntimeError("TcpProxy is not started")
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    def _accept(self) -> None:
+        self._refusing = False
+        if self._accept_handle is not None:
+            self._accept_handle.cancel()
+            self._accept_handle = None
+
+    def _cut(self) -> int:
+        writers = list(self._live)
+        self._live.clear()
+        for writer in writers:
+            _abort(writer)
+        return len(writers) // 2
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self._refusing:
+            self.refused += 1
+            _abort(client_w)
+            return
+        try:
+            server_r, server_w = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            _abort(client_w)
+            return
+        if self._refusing:  # refuse() was called while the upstream connection was opening
+            self.refused += 1
+            _abort(client_w)
+            _abort(server_w)
+            return
+        self.connections += 1
+        self._live.update((client_w, server_w))
+        try:
+            await asyncio.gather(self._pipe(client_r, server_w), self._pipe(server_r, client_w))
+        finally:
+            for w in (client_w, server_w):
+                self._live.discard(w)
+                _abort(w)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if writer not in self._live:
+                    break
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            # One side ended: end the other too, as a real connection loss would.
+            self._live.discard(writer)
+            _abort(writer)
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    """Closes a connection at once (RST, not a graceful FIN after buffered data)."""
+    with contextlib.suppress(Exception):
+        writer.transport.abort()
+
+
+# -- private PostgreSQL cluster -----------------------------------------------------------------
+
+
+def _pg_bindir() -> str | None:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
+    for path in candidates:
+        if os.path.exists(os.path.join(path, "initdb")) and os.path.exists(
+            os.path.join(path, "pg_ctl")
+        ):
+            return path
+    found = shutil.which("initdb")
+    return os.path.dirname(found) if found and shutil.which("pg_ctl") else None
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    version = Path(path).parent.name
+    return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def private_pg_unavailable() -> str | None:
+    """None when a private cluster can be started here, else why not (a skip reason)."""
+    if _pg_bindir() is None:
+        return "no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin"
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            return "running as root and runuser is missing (initdb refuses to run as root)"
+        try:
+            import pwd
+
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no `postgres` user to run initdb as"
+    return None
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster for one test: initdb'd on a temp dir, on a free port.
+
+    Trust authentication for `postgres` on 127.0.0.1; fsync off and small buffers so it starts
+    in about a second. `stop()` and `start()` / `restart()` keep the port and the data, so URLs
+    handed out stay valid across them. `close()` (or leaving the `with` block) stops the server
+    immediately and deletes everything.
+    """
+
+    def __init__(self) -> None:
+        reason = private_pg_unavailable()
+        if reason:
+            raise RuntimeError(reason)
+        self.bindir = _pg_bindir() or ""
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="engine-pg-"))
+        self.data = self.dir / "data"
+        self.logfile = self.dir / "server.log"
+        self.running = False
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            import pwd
+
+            entry = pwd.getpwnam("postgres")
+            os.chown(self.dir, entry.pw_uid, entry.pw_gid)
+        os.chmod(self.dir, 0o700)
+        self._initdb()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._ctl("start", "-w", "-t", "60", "-l", str(self.logfile))
+        self.running = True
+
+    def stop(self, mode: str = "fast") -> None:
+        self._ctl("stop", "-w", "-t", "60", "-m", mode)
+        self.running = False
+
+    def restart(self, mode: str = "fast") -> None:
+        self._ctl("restart", "-w", "-t", "60", "-m", mode, "-l", str(self.logfile))
+        self.running = True
+
+    def close(self) -> None:
+        if self.running:
+            with contextlib.suppress(Exception):
+                self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> PrivatePostgres:
+        self.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    def url(self, dbname: str = "postgres") -> str:
+        """The engine's URL for `dbname` on this cluster."""
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        """A plain libpq / asyncpg DSN for `dbname` on this cluster."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def create_database(self, name: str) -> str:
+        """Creates database `name`; returns its engine URL."""
+        pg_execute(self.dsn(), f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def execute(self, sql: str, *args: Any, dbname: str = "postgres") -> list[Any]:
+        return pg_execute(self.dsn(dbname), sql, *args)
+
+    @property
+    def server_log(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _initdb(self) -> None:
+        self._run(
+            os.path.join(self.bindir, "initdb"),
+            "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+            "--no-sync", "--no-instructions",
+        )  # fmt: skip
+        settings = {
+            "port": str(self.port),
+            "listen_addresses": "'127.0.0.1'",
+            "unix_socket_directories": f"'{self.dir}'",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "shared_buffers": "16MB",
+            "max_connections": "100",
+            "logging_collector": "off",
+        }
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write("\n# engine tests: a private, throwaway cluster\n")
+            for name, value in settings.items():
+                conf.write(f"{name} = {value}\n")
+
+    def _ctl(self, *args: str) -> None:
+        self._run(os.path.join(self.bindir, "pg_ctl"), "-D", str(self.data), *args)
+
+    def _run(self, *cmd: str) -> None:
+        full = ["runuser", "-u", "postgres", "--", *cmd] if self._as_postgres else list(cmd)
+        proc = subprocess.run(
+            full, capture_output=True, text=True, timeout=120, cwd=str(self.dir), check=False
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}\n"
+                f"{self.server_log}"
+            )
+
+
+@contextlib.contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A started private cluster; stopped and removed on exit, whatever happened."""
+    cluster = PrivatePostgres()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A started private PostgreSQL cluster for one test (skipped with a reason where none can
+    be started); always stopped and removed afterwards."""
+    reason = private_pg_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with private_postgres() as cluster:
+        yield cluster
