@@ -99,7 +99,11 @@ async def test_a_waiting_run_holds_no_coroutine(harness):
         if (await harness.engine.get_run(run_id))["status"] == "WAITING":
             break
         await asyncio.sleep(0.02)
-    await asyncio.sleep(0.05)
+    # The execution unwinds once its suspension is written: wait for that, not for a set time.
+    for _ in range(1000):
+        if not scheduler.active:
+            break
+        await asyncio.sleep(0.01)
     assert (await harness.engine.get_run(run_id))["status"] == "WAITING"
     assert scheduler.active == {}
     names = {t.get_name() for t in asyncio.all_tasks()}
