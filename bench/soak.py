@@ -22,8 +22,9 @@ Then it counts, per trial:
             engine_tasks.completed_at)
   exits     a worker that exited without being killed by the soak (it is replaced, as a
             supervisor would, and counted)
-  poison    a poisoned run that neither ended FAILED with an error, its step run once, nor
-            COMPLETED with the value stored exactly
+  poison    a poisoned run that neither ended FAILED with an error and its step ERRORED once
+            (no execution after the recorded refusal), nor COMPLETED with the value stored
+            exactly (the job checks what it gets back)
   wrong     a COMPLETED run whose output is not the sum of its steps
 
 Every trial has a hard deadline; workers, the proxy and the cluster are killed at the end
@@ -398,21 +399,19 @@ class Trial:
                                      f"{(row['error'] or '')[:200]}")
                 continue
             key = f"step-{payload['poison_at']}"
-            # Ran once: a second execution is fine only if the first recorded nothing (a worker
-            # killed in flight), i.e. none started after the step's outcome was recorded.
-            ran = 1 + after_outcome[(run_id, key)] if per_step[(run_id, key)] else 0
+            task = tasks.get((run_id, key))
+            # Recorded once: the step's outcome is in the log (ERRORED for a refusal) and no
+            # execution started after it. A second execution before it is fine (a worker killed
+            # in flight records nothing); one run FAILED by a bound on recoveries is not clean.
+            once = task is not None and after_outcome[(run_id, key)] == 0
+            ran = per_step[(run_id, key)]
             error = json.loads(row["error"]) if row["error"] else None
             message = str((error or {}).get("message", ""))
-            if row["status"] == "FAILED" and message and ran == 1:
+            if row["status"] == "FAILED" and message and once and task["status"] == "ERRORED":
                 res.poisoned["failed"] += 1
                 res.errors[f"{poison}: {(error or {}).get('type')}: {message[:100]}"] += 1
-            elif row["status"] == "COMPLETED" and ran == 1:
-                reached = all((run_id, f"step-{i}") in tasks
-                              for i in range(len(payload["delays"])))
-                if reached and (tasks[(run_id, key)]["status"] == "COMPLETED"):
-                    res.poisoned["stored"] += 1
-                    continue
-                res.counts["poison"] += 1
+            elif row["status"] == "COMPLETED" and once and task["status"] == "COMPLETED":
+                res.poisoned["stored"] += 1  # and the job checked it came back exactly
             else:
                 res.counts["poison"] += 1
                 res.notes.append(f"poison {poison}: {run_id} {row['status']} step ran {ran}x "
@@ -497,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated subset of {','.join(FAULTS)}")
     p.add_argument("--poison-rate", type=float, default=0.2,
                    help="share of runs with a poisoned step")
-    p.add_argument("--stuck-after", type=float, default=45.0,
+    p.add_argument("--stuck-after", type=float, default=30.0,
                    help="a run not final this long after the last fault is stuck")
     p.add_argument("--grace", type=float, default=10.0,
                    help="further seconds before a run that is still not final counts as lost")
