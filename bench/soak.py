@@ -41,6 +41,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -409,7 +410,8 @@ class Trial:
             message = str((error or {}).get("message", ""))
             if row["status"] == "FAILED" and message and once and task["status"] == "ERRORED":
                 res.poisoned["failed"] += 1
-                res.errors[f"{poison}: {(error or {}).get('type')}: {message[:100]}"] += 1
+                text = re.sub(r"step-\d+", "step-N", f"{(error or {}).get('type')}: {message}")
+                res.errors[f"{poison}: {text[:110]}"] += 1
             elif row["status"] == "COMPLETED" and once and task["status"] == "COMPLETED":
                 res.poisoned["stored"] += 1  # and the job checked it came back exactly
             else:
