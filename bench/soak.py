@@ -130,12 +130,15 @@ class TrialResult:
 
 
 class Trial:
-    def __init__(self, n: int, cluster: PrivatePostgres, args: Any, rng: random.Random,
+    def __init__(self, n: int, cluster: PrivatePostgres, args: Any, seed: int,
                  workdir: Path) -> None:
         self.n = n
         self.cluster = cluster
         self.args = args
-        self.rng = rng
+        # Two streams, so a seed gives the same runs and the same faults on every branch
+        # (only their timing differs): one for the runs, one for the faults.
+        self.runs_rng = random.Random(f"{seed}-{n}-runs")
+        self.rng = random.Random(f"{seed}-{n}-faults")
         self.dir = workdir / f"trial{n:03d}"
         self.dir.mkdir(parents=True)
         self.dbname = f"soak_{n}_{uuid.uuid4().hex[:8]}"
@@ -190,7 +193,7 @@ class Trial:
     # -- the stream of runs ---------------------------------------------------------------------
 
     def payload(self, i: int) -> dict[str, Any]:
-        rng = self.rng
+        rng = self.runs_rng
         steps = rng.randint(3, 7)
         payload: dict[str, Any] = {
             "delays": [round(rng.uniform(0.0, 0.3), 3) for _ in range(steps)],
@@ -227,7 +230,7 @@ class Trial:
                             raise
                         await asyncio.sleep(0.5)
                 self.triggered[run_id] = payload
-                await asyncio.sleep(self.rng.uniform(0, 2 * gap))
+                await asyncio.sleep(self.runs_rng.uniform(0, 2 * gap))
         finally:
             if engine is not None:
                 with contextlib.suppress(Exception):
@@ -435,9 +438,9 @@ class Trial:
                 await watcher
 
 
-async def run_trial(n: int, cluster: PrivatePostgres, args: Any, rng: random.Random,
+async def run_trial(n: int, cluster: PrivatePostgres, args: Any, seed: int,
                     workdir: Path) -> TrialResult:
-    trial = Trial(n, cluster, args, rng, workdir)
+    trial = Trial(n, cluster, args, seed, workdir)
     started = time.monotonic()
     hard = args.fault_seconds + args.stuck_after + args.grace + 120
     try:
@@ -514,7 +517,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the soak needs a private PostgreSQL cluster: {reason}", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    rng = random.Random(seed)
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -532,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.start()
         for n in range(1, args.trials + 1):
-            res = asyncio.run(run_trial(n, cluster, args, rng, workdir))
+            res = asyncio.run(run_trial(n, cluster, args, seed, workdir))
             results.append(res)
             print_row(res)
     except KeyboardInterrupt:
