@@ -138,7 +138,7 @@ class Trial:
         # Two streams, so a seed gives the same runs and the same faults on every branch
         # (only their timing differs): one for the runs, one for the faults.
         self.runs_rng = random.Random(f"{seed}-{n}-runs")
-        self.rng = random.Random(f"{seed}-{n}-faults")
+        self.faults_rng = random.Random(f"{seed}-{n}-faults")
         self.dir = workdir / f"trial{n:03d}"
         self.dir.mkdir(parents=True)
         self.dbname = f"soak_{n}_{uuid.uuid4().hex[:8]}"
@@ -150,7 +150,6 @@ class Trial:
         self.result = TrialResult(n)
         self.triggered: dict[str, dict[str, Any]] = {}  # run id -> payload
         self.last_fault_end = time.monotonic()
-        self.faulting = False  # the soak is in the middle of a fault: workers may not be ready
         self.env = {k: v for k, v in os.environ.items() if k != "ENGINE_DATABASE_URL"}
         self.env.update(PYTHONUNBUFFERED="1", SOAK_EXEC_LOG=str(self.exec_log),
                         SOAK_CHECK_DSN=self.direct_dsn,
@@ -242,43 +241,46 @@ class Trial:
         end = time.monotonic() + seconds
         kinds = self.args.faults
         while True:
-            await asyncio.sleep(self.rng.expovariate(1 / self.args.fault_every))
+            await asyncio.sleep(self.faults_rng.expovariate(1 / self.args.fault_every))
             if time.monotonic() > end:
                 return
-            kind = self.rng.choice(kinds)
-            self.faulting = True
+            kind = self.faults_rng.choice(kinds)
             try:
                 await getattr(self, f"fault_{kind}")()
             except Exception as exc:
                 self.result.notes.append(f"fault {kind} failed: {exc!r}")
-            finally:
-                self.faulting = False
             self.result.faults[kind] += 1
             self.last_fault_end = time.monotonic()
 
     async def fault_kill(self) -> None:
         alive = [w for w in self.workers if w.proc.poll() is None and not w.killed]
         if alive:
-            await asyncio.to_thread(self.rng.choice(alive).kill)
+            await asyncio.to_thread(self.faults_rng.choice(alive).kill)
         self.start_worker()
 
     async def fault_terminate(self) -> None:
-        everyone = self.rng.random() < 0.5
-        sql = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 "
-               "AND pid <> pg_backend_pid()" + ("" if everyone else
-                                                 " ORDER BY random() LIMIT 1"))
+        everyone = self.faults_rng.random() < 0.5
+        sql = ("SELECT pg_terminate_backend(pid) FROM (SELECT pid FROM pg_stat_activity "
+               "WHERE datname = $1 AND pid <> pg_backend_pid()"
+               + ("" if everyone else " ORDER BY random() LIMIT 1") + ") AS chosen")
         await asyncio.to_thread(self.cluster.execute, sql, self.dbname)
 
     async def fault_cut(self) -> None:
-        self.proxy.refuse(self.rng.uniform(1, 4))
+        """Cut every connection and refuse new ones for a while: the outage ends with accept()."""
+        seconds = self.faults_rng.uniform(1, 4)
+        self.proxy.refuse()
         self.proxy.cut()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.proxy.accept()
 
     async def fault_restart(self) -> None:
-        if self.rng.random() < 0.5:
+        if self.faults_rng.random() < 0.5:
             await asyncio.to_thread(self.cluster.restart, "fast")
         else:
             await asyncio.to_thread(self.cluster.stop, "fast")
-            await asyncio.sleep(self.rng.uniform(1, 5))
+            await asyncio.sleep(self.faults_rng.uniform(1, 5))
             await asyncio.to_thread(self.cluster.start)
 
     # -- workers that exit on their own ---------------------------------------------------------
