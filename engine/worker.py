@@ -42,11 +42,11 @@ class Worker:
         lease_seconds: float = 30.0,
         max_recoveries: int = DEFAULT_MAX_RECOVERIES,
     ) -> None:
+        self.max_recoveries = check_max_recoveries(max_recoveries)
         self.jobs = load_app(app) if isinstance(app, str) else list(app)
         self.url = resolve_database_url(database_url)
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
-        self.max_recoveries = check_max_recoveries(max_recoveries)
         self._scheduler: Scheduler | None = None
         self._stop_requested = False
 
