@@ -13,6 +13,7 @@ from support import unique_id
 
 from engine import clock, job
 from engine.client import Engine
+from engine.records import TaskWrite
 from engine.store import Store
 
 
@@ -72,7 +73,14 @@ async def test_a_reclaim_records_the_lost_execution_and_past_the_bound_fails_the
     assert "attempt 1 on worker w1 lost at" in error["message"]
     assert "attempt 2 on worker w2 lost at" in error["message"]
     assert f"`engine runs retry {run_id}` resumes it" in error["message"]
+    # The lost execution may still be alive somewhere (a paused worker): it can record nothing,
+    # and cannot turn the failed run into a completed one.
+    late = TaskWrite("[]", "late", "task", "late", "COMPLETED", 1, 1, output=1)
+    assert not await store.write_task(run_id, second.epoch, late)
+    assert not await store.finish_run(run_id, second.epoch, "COMPLETED", output=1)
+    assert (await engine.get_run(run_id))["status"] == "FAILED"
     view = await engine.show_run(run_id)
+    assert view["tasks"] == []
     assert set(view) == {
         "id", "job_id", "status", "payload", "output", "error", "created_at", "started_at",
         "completed_at", "tasks",
