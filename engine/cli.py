@@ -24,6 +24,7 @@ from . import secrets
 from .app import load_app
 from .client import Engine
 from .exceptions import EngineError
+from .recovery import DEFAULT_MAX_RECOVERIES, MAX_RECOVERIES
 from .worker import run_worker
 
 T = TypeVar("T")
@@ -90,13 +91,25 @@ def main() -> None:
     help="How long a run stays claimed without a heartbeat before another worker may take it over.",
 )
 @click.option(
+    "--max-recoveries",
+    default=DEFAULT_MAX_RECOVERIES,
+    show_default=True,
+    help=f"Times a run whose execution was lost (lease lapsed, worker gone) is executed again "
+    f"before it ends FAILED (1 to {MAX_RECOVERIES}).",
+)
+@click.option(
     "--log-level",
     default="WARNING",
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
 def run(
-    app: str, database_url: str | None, concurrency: int, lease_seconds: float, log_level: str
+    app: str,
+    database_url: str | None,
+    concurrency: int,
+    lease_seconds: float,
+    max_recoveries: int,
+    log_level: str,
 ) -> None:
     """Execute APP's jobs (a module path or a .py file) until SIGINT/SIGTERM."""
     logging.basicConfig(
@@ -107,7 +120,13 @@ def run(
     # Everything the worker logs (the engine's and its libraries' lines) is scrubbed of secrets.
     secrets.install_log_filter(*logging.getLogger().handlers)
     _run(
-        lambda: run_worker(app, database_url, concurrency=concurrency, lease_seconds=lease_seconds)
+        lambda: run_worker(
+            app,
+            database_url,
+            concurrency=concurrency,
+            lease_seconds=lease_seconds,
+            max_recoveries=max_recoveries,
+        )
     )
 
 
@@ -118,12 +137,20 @@ def run(
     "--idempotency-key", default=None, help="Triggering twice with one key gives one run."
 )
 @click.option("--app", default=None, help="Register APP's jobs first (validates with its model).")
+@click.option(
+    "--version",
+    "version",
+    default=None,
+    help="The job version to run (default: APP's with --app, else the highest version a live "
+    "worker serves, else the highest registered; see `engine jobs list`).",
+)
 @click.option("--database-url", help=_DB_HELP)
 def trigger(
     job_id: str,
     payload: str | None,
     idempotency_key: str | None,
     app: str | None,
+    version: str | None,
     database_url: str | None,
 ) -> None:
     """Queue a run of JOB_ID and print its id."""
@@ -141,7 +168,8 @@ def trigger(
             _fail(exc.message)
     run_id = _run(
         lambda: _with_engine(
-            database_url, lambda e: e.trigger(job_id, data, idempotency_key=idempotency_key)
+            database_url,
+            lambda e: e.trigger(job_id, data, idempotency_key=idempotency_key, version=version),
         )
     )
     click.echo(run_id)
@@ -190,14 +218,16 @@ def list_runs(
 def show_run(run_id: str, as_json: bool, database_url: str | None) -> None:
     """Show a run and its task tree."""
 
-    async def load(engine: Engine) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        return await engine.show_run(run_id), await engine.run_logs(run_id)
+    async def load(engine: Engine) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+        view = await engine.show_run(run_id)
+        return view, await engine.run_logs(run_id), await engine.get_run(run_id)
 
-    view, logs = _run(lambda: _with_engine(database_url, load, read=True))
+    view, logs, row = _run(lambda: _with_engine(database_url, load, read=True))
     if as_json:
         click.echo(json.dumps(view, indent=2))
         return
     print_run(view, logs)
+    _print_recoveries(row)
 
 
 @runs.command("cancel")
@@ -216,6 +246,36 @@ def retry_run(run_id: str, database_url: str | None) -> None:
     """Re-execute a FAILED run from where it failed."""
     _run(lambda: _with_engine(database_url, lambda e: e.retry(run_id), read=True))
     click.echo(f"queued {run_id} again")
+
+
+@main.group()
+def jobs() -> None:
+    """Registered jobs, their versions, and the live workers serving them."""
+
+
+@jobs.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.option("--database-url", help=_DB_HELP)
+def list_jobs(as_json: bool, database_url: str | None) -> None:
+    """List each job's registered versions, who serves them, and where a trigger goes."""
+    listed = _run(lambda: _with_engine(database_url, lambda e: e.jobs(), read=True))
+    if as_json:
+        click.echo(json.dumps(listed, indent=2))
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("JOB", "VERSION", "REGISTERED", "LIVE WORKERS", "TRIGGER GOES TO"):
+        table.add_column(column, no_wrap=column == "JOB")
+    for job in listed:
+        for entry in job["versions"]:
+            ids = ", ".join(entry["worker_ids"])
+            table.add_row(
+                _escape(job["job_id"]),
+                _escape(entry["version"]),
+                _short_time(entry["registered_at"]),
+                f"{entry['live_workers']}" + (f" ({_escape(ids)})" if ids else ""),
+                "←" if entry["version"] == job["default_version"] else "",
+            )
+    _console().print(table if listed else "no jobs registered")
 
 
 @main.group()
@@ -261,6 +321,20 @@ def print_run(
             console.print(
                 f"  +{offset:7.3f}s {line['level']:<7} {line['message']}{fields}", markup=False
             )
+
+
+def _print_recoveries(row: dict[str, Any], console: Console | None = None) -> None:
+    """How often the run was executed again after losing an execution (engine.recovery)."""
+    lost = row.get("lost_executions") or []
+    if not row.get("recoveries") and not lost:
+        return
+    console = console or _console()
+    console.print(f"recoveries: {row.get('recoveries', 0)}  (lost executions: {len(lost)})")
+    for e in lost:
+        console.print(
+            f"  attempt {e.get('attempt')} on worker {e.get('worker')} lost at {e.get('lost_at')}",
+            markup=False,
+        )
 
 
 def _add_tasks(tree: Tree, tasks: list[dict[str, Any]]) -> None:

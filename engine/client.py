@@ -7,8 +7,8 @@ import os
 from types import TracebackType
 from typing import Any
 
-from . import clock, views
-from .exceptions import EngineError, UnknownJobError
+from . import clock, versions, views
+from .exceptions import EngineError, UnknownJobError, UnknownVersionError
 from .jobs import check_against_schema, registry
 from .schema import FINAL_RUN_STATUSES, RUN_STATUSES
 from .store import DEFAULT_DATABASE_URL, Store
@@ -50,29 +50,86 @@ class Engine:
             self._upgraded = True
 
     async def trigger(
-        self, job_id: str, payload: Any = None, *, idempotency_key: str | None = None
+        self,
+        job_id: str,
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        version: str | None = None,
     ) -> str:
-        """Queues a run of `job_id` and returns its id; one idempotency key gives one run."""
+        """Queues a run of `job_id` and returns its id; one idempotency key gives one run.
+
+        `version` pins the job version; without it the run goes to the version this process
+        defines, else the highest one a live worker serves, else the highest registered one.
+        """
         await self.upgrade()
+        if version is not None and (not isinstance(version, str) or not version):
+            raise EngineError('version: give a non-empty string, e.g. version="2"')
         job = registry.get(job_id)
-        if job is not None:
+        if job is not None and version in (None, job.version):
             stored = job.check_payload(payload)
             await self.store.register_jobs([(job.id, job.version, job.payload_schema())])
             version = job.version
         else:
-            found = await self.store.registered_job(job_id)
-            if found is None:
-                raise UnknownJobError(
-                    f"no job {job_id!r} is registered in this database: start a worker with "
-                    "`engine run APP` once, or pass `--app APP` so its jobs are registered"
-                )
-            version, schema = found
+            version, schema = await self._route(job_id, version)
             check_against_schema(job_id, payload, schema)
             stored = payload
         if idempotency_key is not None and not isinstance(idempotency_key, str):
             raise EngineError("idempotency_key: give a string")
         run_id, _ = await self.store.create_run(job_id, version, stored, idempotency_key)
         return run_id
+
+    async def _route(self, job_id: str, pinned: str | None) -> tuple[str, Any]:
+        """The version a run of `job_id` goes to (see engine.versions) and its payload schema."""
+        rows, workers = await self.store.job_versions(job_id)
+        schemas = {row["version"]: row["payload_schema"] for row in rows}
+        if not schemas:
+            raise UnknownJobError(
+                f"no job {job_id!r} is registered in this database: start a worker with "
+                "`engine run APP` once, or pass `--app APP` so its jobs are registered"
+            )
+        if pinned is None:
+            served = versions.live_versions(job_id, workers)
+            chosen = versions.default_version(schemas, served)
+            assert chosen is not None
+            return chosen, schemas[chosen]
+        if pinned not in schemas:
+            known = ", ".join(sorted(schemas, key=versions.version_key))
+            raise UnknownVersionError(
+                f"job {job_id!r} has no version {pinned!r} registered (registered: {known}): "
+                "pass one of those, or start a worker with that version's code"
+            )
+        return pinned, schemas[pinned]
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        """Every registered job: its versions (natural order), when each was registered, the
+        live workers serving each, and `default_version`, where a trigger without a version
+        goes from a process that does not define the job (`engine jobs list --json`)."""
+        rows, workers = await self.store.job_versions()
+        by_job: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_job.setdefault(row["job_id"], []).append(row)
+        listed = []
+        for job_id in sorted(by_job):
+            served = versions.live_versions(job_id, workers)
+            registered = sorted((r["version"] for r in by_job[job_id]), key=versions.version_key)
+            when = {r["version"]: r["registered_at"] for r in by_job[job_id]}
+            listed.append(
+                {
+                    "job_id": job_id,
+                    "default_version": versions.default_version(registered, served),
+                    "versions": [
+                        {
+                            "version": v,
+                            "registered_at": views.iso(when[v]),
+                            "live_workers": len(served.get(v, [])),
+                            "worker_ids": sorted(served.get(v, [])),
+                        }
+                        for v in registered
+                    ],
+                }
+            )
+        return listed
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
         return await self.store.get_run(run_id)

@@ -71,6 +71,15 @@ class TaskTimeoutError(EngineError):
     """A task attempt ran longer than its `timeout=`."""
 
 
+class RecoveryLimitError(EngineError):
+    """The run lost too many executions (lease lapsed, worker gone): `engine runs retry` resumes
+    it."""
+
+
+class UnknownVersionError(EngineError):
+    """No such version of this job is registered: `engine jobs list` shows the versions."""
+
+
 class ControlFlow(BaseException):
     """Base of the engine's control-flow signals: they pass through `except Exception`."""
 

@@ -22,6 +22,7 @@ from .exceptions import EngineError, PollTimeoutError
 from .executor import execute
 from .jobs import Job
 from .records import DuePoll
+from .recovery import DEFAULT_MAX_RECOVERIES, check_max_recoveries
 from .store import Store
 
 log = logging.getLogger("engine.scheduler")
@@ -41,12 +42,14 @@ class Scheduler:
         idle_poll: float | None = None,
         poll_concurrency: int = 50,
         worker_id: str | None = None,
+        max_recoveries: int = DEFAULT_MAX_RECOVERIES,
     ) -> None:
         secrets.install_log_filter()  # the engine loggers created since import, too
         if not 1 <= concurrency <= MAX_CONCURRENCY:
             raise EngineError(f"--concurrency {concurrency}: use 1 to {MAX_CONCURRENCY}")
         if not 1 <= lease_seconds <= MAX_LEASE_SECONDS:
             raise EngineError(f"--lease-seconds {lease_seconds}: use 1 to {MAX_LEASE_SECONDS:.0f}")
+        self.max_recoveries = check_max_recoveries(max_recoveries)
         self.store = store
         self.jobs = {job.key: job for job in jobs}
         self.concurrency = concurrency
@@ -71,6 +74,7 @@ class Scheduler:
     async def run(self) -> None:
         """Works until `stop()`; then lets in-flight runs reach their next persisted point."""
         self.store.add_local_listener(self._hear)
+        await self._announce(sweep=True)
         side = [asyncio.create_task(self._heartbeats(), name="engine-heartbeat")]
         if self.store.is_postgres:
             side.append(asyncio.create_task(self._listen(), name="engine-listen"))
@@ -88,6 +92,7 @@ class Scheduler:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
             self.store.remove_local_listener(self._hear)
+            await self._retire()
 
     def _hear(self, *_: Any) -> None:
         """News from outside this scheduler: new work, a finished poll, a cancel."""
@@ -104,7 +109,9 @@ class Scheduler:
         await self._interrupt_canceled()
         free = self.concurrency - len(self.active)
         claimed = (
-            await self.store.claim_runs(self.worker_id, free, self.lease_seconds, list(self.jobs))
+            await self.store.claim_runs(
+                self.worker_id, free, self.lease_seconds, list(self.jobs), self.max_recoveries
+            )
             if free > 0
             else []
         )
@@ -185,6 +192,27 @@ class Scheduler:
                 if held.get(run_id) != replay.epoch:
                     # Canceled, or reclaimed after we stalled: nothing it does can be recorded.
                     replay.abort()
+            await self._announce()
+
+    async def _announce(self, *, sweep: bool = False) -> None:
+        """Keeps this worker's row in `engine_workers` live (version routing, `jobs list`)."""
+        try:
+            await self.store.upsert_worker(
+                self.worker_id,
+                socket.gethostname(),
+                os.getpid(),
+                list(self.jobs),
+                self.lease_seconds,
+                sweep=sweep,
+            )
+        except EngineError as exc:
+            log.warning("recording this worker as live failed: %s", exc)
+
+    async def _retire(self) -> None:
+        try:
+            await asyncio.shield(self.store.remove_worker(self.worker_id))
+        except EngineError as exc:
+            log.warning("removing this worker's row failed: %s", exc)
 
     async def _listen(self) -> None:
         import asyncpg

@@ -74,6 +74,11 @@ class Statements:
         # status they report is the one their guarded update changes (SQLite: BEGIN IMMEDIATE
         # already serializes writers).
         lock = " FOR UPDATE" if postgres else ""
+
+        def stamp(param: str) -> str:
+            # PostgreSQL cannot infer a parameter's type inside a CASE with a NULL branch.
+            return f"CAST({param} AS timestamptz)" if postgres else param
+
         skip = " FOR UPDATE SKIP LOCKED" if postgres else ""
         now = dict(now=UTCDateTime)
         fence = (
@@ -88,10 +93,33 @@ class Statements:
             payload_schema=Json,
             registered_at=UTCDateTime,
         )
-        self.latest_job = _t(
-            "SELECT version, payload_schema FROM engine_jobs WHERE job_id = :job_id "
-            "ORDER BY registered_at DESC LIMIT 1"
-        ).columns(payload_schema=Json)
+        self.job_versions = _t(
+            "SELECT job_id, version, payload_schema, registered_at FROM engine_jobs "
+            "WHERE (:job_id IS NULL OR job_id = :job_id) ORDER BY job_id, registered_at",
+            job_id=_str(),
+        ).columns(payload_schema=Json, registered_at=UTCDateTime)
+        # Live workers: a row's `expires_at` is pushed forward by every heartbeat; a worker that
+        # died simply stops being live. Rows dead for a day are swept when a worker starts.
+        self.upsert_worker = _t(
+            "INSERT INTO engine_workers (worker_id, host, pid, jobs, started_at, last_seen_at, "
+            "expires_at) VALUES (:worker_id, :host, :pid, :jobs, :now, :now, :expires) "
+            "ON CONFLICT (worker_id) DO UPDATE SET jobs = excluded.jobs, "
+            "last_seen_at = excluded.last_seen_at, expires_at = excluded.expires_at",
+            jobs=Json,
+            now=UTCDateTime,
+            expires=UTCDateTime,
+        )
+        self.sweep_workers = _t(
+            "DELETE FROM engine_workers WHERE expires_at < :before", before=UTCDateTime
+        )
+        self.delete_worker = _t("DELETE FROM engine_workers WHERE worker_id = :worker_id")
+        self.live_workers = _t(
+            "SELECT worker_id, host, pid, jobs, started_at, last_seen_at, expires_at "
+            "FROM engine_workers WHERE expires_at > :now ORDER BY started_at, worker_id",
+            now=UTCDateTime,
+        ).columns(
+            jobs=Json, started_at=UTCDateTime, last_seen_at=UTCDateTime, expires_at=UTCDateTime
+        )
         self.create_run = _t(
             "INSERT INTO engine_runs (id, job_id, job_version, status, payload, idempotency_key, "
             "attempt, lease_epoch, created_at) VALUES (:id, :job_id, :job_version, 'QUEUED', "
@@ -108,20 +136,52 @@ class Statements:
             "OR (status = 'RUNNING' AND lease_expires_at < :now)) "
             "AND job_id || '@' || job_version IN :job_keys"
         )
+        # A RUNNING run in the ready set has lost its execution (lease lapsed, worker gone):
+        # claiming it records the lost execution and counts a recovery, and one that has been
+        # recovered `max_recoveries` times already ends FAILED instead, in this same statement
+        # (the caller adds the error and cancels its open tasks in the same transaction).
+        exhausted = "(status = 'RUNNING' AND recoveries >= :max_recoveries)"
+        lost = (
+            "CASE WHEN status = 'RUNNING' THEN "
+            + append_json(
+                "lost_executions",
+                postgres,
+                attempt="attempt",
+                epoch="lease_epoch",
+                worker="lease_owner",
+                lost_at=iso_text("lease_expires_at", postgres),
+            )
+            + " ELSE lost_executions END"
+        )
         self.claim_runs = (
             _t(
-                "UPDATE engine_runs SET status = 'RUNNING', lease_owner = :worker, "
-                "lease_epoch = lease_epoch + 1, lease_expires_at = :expires, wake_at = NULL, "
-                "attempt = attempt + CASE WHEN status = 'WAITING' THEN 0 ELSE 1 END, "
-                "started_at = COALESCE(started_at, :now) "
+                f"UPDATE engine_runs SET "
+                f"status = CASE WHEN {exhausted} THEN 'FAILED' ELSE 'RUNNING' END, "
+                f"lease_owner = CASE WHEN {exhausted} THEN NULL ELSE :worker END, "
+                f"lease_epoch = lease_epoch + 1, "
+                f"lease_expires_at = CASE WHEN {exhausted} THEN NULL ELSE {stamp(':expires')} END, "
+                "wake_at = NULL, "
+                f"attempt = attempt + CASE WHEN status = 'WAITING' OR {exhausted} THEN 0 "
+                "ELSE 1 END, "
+                "started_at = COALESCE(started_at, :now), "
+                f"completed_at = CASE WHEN {exhausted} THEN {stamp(':now')} ELSE completed_at END, "
+                f"recoveries = recoveries + CASE WHEN status = 'RUNNING' AND NOT {exhausted} "
+                "THEN 1 ELSE 0 END, "
+                f"lost_executions = {lost} "
                 f"WHERE id IN (SELECT id FROM engine_runs WHERE {ready} "
                 f"ORDER BY created_at LIMIT :limit{skip}) "
-                "RETURNING id, job_id, job_version, payload, lease_epoch, attempt",
+                "RETURNING id, job_id, job_version, payload, lease_epoch, attempt, status, "
+                "recoveries, CASE WHEN status = 'FAILED' THEN lost_executions END "
+                "AS lost_executions",
                 now=UTCDateTime,
                 expires=UTCDateTime,
             )
             .bindparams(bindparam("job_keys", expanding=True))
-            .columns(payload=Json)
+            .columns(payload=Json, lost_executions=Json)
+        )
+        self.fail_exhausted = _t(
+            "UPDATE engine_runs SET error = :error WHERE id = :id AND lease_epoch = :epoch",
+            error=Json,
         )
         # Replay loads a whole run at once: through the driver, like the hot-path writes.
         self.raw_load_tasks = _driver_sql(
@@ -248,9 +308,9 @@ class Statements:
             "AND status IN ('WAITING', 'RUNNING')",
             **now,
         )
-        self.get_run = _t(f"SELECT {_RUN_COLUMNS} FROM engine_runs WHERE id = :id").columns(
-            **_RUN_TYPES
-        )
+        self.get_run = _t(
+            f"SELECT {_RUN_COLUMNS}, recoveries, lost_executions FROM engine_runs WHERE id = :id"
+        ).columns(lost_executions=Json, **_RUN_TYPES)
         self.list_runs = _t(
             f"SELECT {_RUN_COLUMNS} FROM engine_runs "
             "WHERE (:job_id IS NULL OR job_id = :job_id) "
@@ -289,8 +349,9 @@ class Statements:
             "SELECT id FROM engine_runs WHERE status = 'CANCELED' AND id IN :ids"
         ).bindparams(bindparam("ids", expanding=True))
         self.retry_run = _t(
+            # A retry gives the run a fresh recovery budget; `lost_executions` stays as history.
             "UPDATE engine_runs SET status = 'QUEUED', error = NULL, completed_at = NULL, "
-            "wake_at = NULL WHERE id = :id AND status = 'FAILED'"
+            "wake_at = NULL, recoveries = 0 WHERE id = :id AND status = 'FAILED'"
         )
         self.reopen_failed_tasks = _t(
             # A reopened poll starts afresh: its timeout counts from now (`started_at`); a
@@ -343,6 +404,22 @@ def _driver_sql(sql: str, postgres: bool) -> DriverSQL:
         return f"${names.index(name) + 1}::{_PG_TYPES.get(name, 'text')}"
 
     return DriverSQL(re.sub(r"(?<!:):(\w+)", number, sql), tuple(names))
+
+
+def append_json(array: str, postgres: bool, **fields: str) -> str:
+    """SQL for `array` (a JSON array column, or NULL) with one object of `fields` appended."""
+    pairs = ", ".join(f"'{name}', {sql}" for name, sql in fields.items())
+    if postgres:
+        return f"COALESCE({array}, '[]'::jsonb) || jsonb_build_array(jsonb_build_object({pairs}))"
+    return f"json_insert(COALESCE({array}, '[]'), '$[#]', json_object({pairs}))"
+
+
+def iso_text(column: str, postgres: bool) -> str:
+    """SQL for a timestamp column as the ISO 8601 text `engine runs show` prints (UTC, µs)."""
+    if postgres:
+        return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || '+00:00'"
+    # SQLite keeps UTC timestamps as 'YYYY-MM-DD HH:MM:SS.ffffff'.
+    return f"replace({column}, ' ', 'T') || '+00:00'"
 
 
 def _col(name: str) -> Any:

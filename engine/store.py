@@ -9,6 +9,7 @@ the small `_dialect_*` helpers at the bottom, nowhere else.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -26,7 +27,10 @@ from . import clock, secrets
 from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
 from .groupcommit import GroupCommit, Write, direct_write, in_sqlite_thread
 from .records import ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
+from .recovery import DEFAULT_MAX_RECOVERIES, recovery_error
 from .sql import Statements
+
+log = logging.getLogger("engine.store")
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///engine.db"
 WAKE_CHANNEL = "engine_wake"
@@ -98,11 +102,51 @@ class Store:
         async with self.begin() as conn:
             await conn.execute(self._sql.register_job, rows)
 
-    async def registered_job(self, job_id: str) -> tuple[str, Any] | None:
-        """The most recently registered version of `job_id` and its payload schema."""
+    async def job_versions(
+        self, job_id: str | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The registered versions (of `job_id`, or of every job) and the live workers, read
+        together: `[{job_id, version, payload_schema, registered_at}]`, `[{worker_id, jobs, ...}]`.
+        """
         async with self.begin() as conn:
-            row = (await conn.execute(self._sql.latest_job, {"job_id": job_id})).first()
-        return (row.version, row.payload_schema) if row else None
+            versions = (await conn.execute(self._sql.job_versions, {"job_id": job_id})).all()
+            workers = (await conn.execute(self._sql.live_workers, {"now": clock.now()})).all()
+        return [dict(r._mapping) for r in versions], [dict(r._mapping) for r in workers]
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    async def upsert_worker(
+        self,
+        worker_id: str,
+        host: str,
+        pid: int,
+        jobs: Sequence[str],
+        lease_seconds: float,
+        *,
+        sweep: bool = False,
+    ) -> None:
+        """Records a live worker until now + `lease_seconds` (at start and on every heartbeat).
+
+        `sweep` also deletes the rows of workers that have been gone for a day.
+        """
+        now = clock.now()
+        values = {
+            "worker_id": worker_id,
+            "host": host,
+            "pid": pid,
+            "jobs": sorted(jobs),
+            "now": now,
+            "expires": now + lease_seconds,
+        }
+        async with self.begin() as conn:
+            if sweep:
+                await conn.execute(self._sql.sweep_workers, {"before": now - 86400})
+            await conn.execute(self._sql.upsert_worker, values)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """A worker that stops cleanly is no longer live."""
+        async with self.begin() as conn:
+            await conn.execute(self._sql.delete_worker, {"worker_id": worker_id})
 
     # -- runs ------------------------------------------------------------------------------------
 
@@ -137,8 +181,15 @@ class Store:
         return run_id, created
 
     async def claim_runs(
-        self, worker_id: str, limit: int, lease_seconds: float, job_keys: Sequence[str]
+        self,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        job_keys: Sequence[str],
+        max_recoveries: int = DEFAULT_MAX_RECOVERIES,
     ) -> list[ClaimedRun]:
+        """Claims due runs. A run whose execution was lost is recovered, or, past
+        `max_recoveries`, failed here (see engine.recovery), in the same transaction."""
         if limit <= 0 or not job_keys:
             return []
         now = clock.now()
@@ -152,12 +203,27 @@ class Store:
                         "expires": now + lease_seconds,
                         "limit": limit,
                         "job_keys": list(job_keys),
+                        "max_recoveries": max_recoveries,
                     },
                 )
             ).all()
+            failed = [r for r in rows if r.status == "FAILED"]
+            for r in failed:
+                # This round's executions only: earlier ones (before a retry) stay as history.
+                lost = list(r.lost_executions or [])[-(r.recoveries + 1) :]
+                error = recovery_error(r.id, lost)
+                log.warning("run %s failed: %s", r.id, error["message"])
+                await conn.execute(
+                    self._sql.fail_exhausted, {"id": r.id, "epoch": r.lease_epoch, "error": error}
+                )
+                await conn.execute(self._sql.cancel_open_tasks, {"run_id": r.id, "now": now})
+        if failed:
+            # The failed runs took claim slots: look again at once.
+            self._wake_local()
         return [
             ClaimedRun(r.id, r.job_id, r.job_version, r.payload, r.lease_epoch, r.attempt)
             for r in rows
+            if r.status != "FAILED"
         ]
 
     async def load_replay(self, run_id: str) -> tuple[list[TaskRow], set[tuple[str, str]]]:

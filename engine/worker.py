@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from .app import load_app
 from .client import resolve_database_url
 from .jobs import Job
+from .recovery import DEFAULT_MAX_RECOVERIES, check_max_recoveries
 from .scheduler import Scheduler
 from .store import Store
 
@@ -39,7 +40,9 @@ class Worker:
         *,
         concurrency: int = 20,
         lease_seconds: float = 30.0,
+        max_recoveries: int = DEFAULT_MAX_RECOVERIES,
     ) -> None:
+        self.max_recoveries = check_max_recoveries(max_recoveries)
         self.jobs = load_app(app) if isinstance(app, str) else list(app)
         self.url = resolve_database_url(database_url)
         self.concurrency = concurrency
@@ -56,7 +59,11 @@ class Worker:
             await migrate.upgrade(store)
             await register(store, self.jobs)
             scheduler = Scheduler(
-                store, self.jobs, concurrency=self.concurrency, lease_seconds=self.lease_seconds
+                store,
+                self.jobs,
+                concurrency=self.concurrency,
+                lease_seconds=self.lease_seconds,
+                max_recoveries=self.max_recoveries,
             )
             self._scheduler = scheduler
             if self._stop_requested:
@@ -87,9 +94,16 @@ async def run_worker(
     *,
     concurrency: int = 20,
     lease_seconds: float = 30.0,
+    max_recoveries: int = DEFAULT_MAX_RECOVERIES,
 ) -> None:
     """`engine run`: a worker that stops on SIGINT/SIGTERM."""
-    worker = Worker(app, database_url, concurrency=concurrency, lease_seconds=lease_seconds)
+    worker = Worker(
+        app,
+        database_url,
+        concurrency=concurrency,
+        lease_seconds=lease_seconds,
+        max_recoveries=max_recoveries,
+    )
     await worker.run(handle_signals=True, announce=True)
 
 

@@ -1,0 +1,136 @@
+"""The bound on recoveries (INVARIANT 10): a run whose executions keep ending without an
+outcome is failed with a RecoveryLimitError listing them, and `runs retry` resumes it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+
+import pytest
+from support import unique_id
+
+from engine import clock, job
+from engine.client import Engine
+from engine.records import TaskWrite
+from engine.store import Store
+
+
+async def _until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def engine(db_url: str) -> AsyncIterator[Engine]:
+    async with Engine(db_url) as opened:
+        await opened.upgrade()
+        await opened.store.register_jobs([("j", "1", None)])
+        yield opened
+
+
+async def test_a_reclaim_records_the_lost_execution_and_past_the_bound_fails_the_run_once(
+    engine: Engine, db_url: str
+) -> None:
+    store = engine.store
+    run_id = await engine.trigger("j", {})
+    (first,) = await store.claim_runs("w1", 1, 30, ["j@1"], max_recoveries=1)
+    clock.advance(31)  # w1's lease lapses: its execution is lost
+    (second,) = await store.claim_runs("w2", 1, 30, ["j@1"], max_recoveries=1)
+    assert (second.attempt, second.epoch) == (2, first.epoch + 1)
+    row = await engine.get_run(run_id)
+    assert row["recoveries"] == 1
+    [lost] = row["lost_executions"]
+    assert {k: lost[k] for k in ("attempt", "epoch", "worker")} == {
+        "attempt": 1,
+        "epoch": first.epoch,
+        "worker": "w1",
+    }
+    assert datetime.fromisoformat(lost["lost_at"]).utcoffset() is not None
+
+    clock.advance(31)  # lost again: now past the bound; two workers race to claim it
+    other = Store(db_url)
+    try:
+        claims = await asyncio.gather(
+            store.claim_runs("w3", 1, 30, ["j@1"], max_recoveries=1),
+            other.claim_runs("w4", 1, 30, ["j@1"], max_recoveries=1),
+        )
+    finally:
+        await other.close()
+    assert claims == [[], []]
+    row = await engine.get_run(run_id)
+    assert row["status"] == "FAILED"
+    assert row["completed_at"] is not None and row["lease_owner"] is None
+    assert row["recoveries"] == 1
+    error = row["error"]
+    assert error["type"] == "RecoveryLimitError"
+    assert [(e["attempt"], e["worker"]) for e in error["executions"]] == [(1, "w1"), (2, "w2")]
+    assert error["executions"] == row["lost_executions"]  # recorded once, not once per worker
+    assert "attempt 1 on worker w1 lost at" in error["message"]
+    assert "attempt 2 on worker w2 lost at" in error["message"]
+    assert f"`engine runs retry {run_id}` resumes it" in error["message"]
+    # The lost execution may still be alive somewhere (a paused worker): it can record nothing,
+    # and cannot turn the failed run into a completed one.
+    late = TaskWrite("[]", "late", "task", "late", "COMPLETED", 1, 1, output=1)
+    assert not await store.write_task(run_id, second.epoch, late)
+    assert not await store.finish_run(run_id, second.epoch, "COMPLETED", output=1)
+    assert (await engine.get_run(run_id))["status"] == "FAILED"
+    view = await engine.show_run(run_id)
+    assert view["tasks"] == []
+    assert set(view) == {
+        "id", "job_id", "status", "payload", "output", "error", "created_at", "started_at",
+        "completed_at", "tasks",
+    }  # fmt: skip
+
+    await engine.retry(run_id)
+    row = await engine.get_run(run_id)
+    assert (row["status"], row["recoveries"], len(row["lost_executions"])) == ("QUEUED", 0, 2)
+    (again,) = await store.claim_runs("w5", 1, 30, ["j@1"], max_recoveries=1)
+    assert again.id == run_id
+
+
+async def test_a_run_that_keeps_losing_its_execution_fails_and_retry_finishes_it(harness) -> None:
+    attempts: list[int] = []
+    healthy = asyncio.Event()
+
+    @job(id=unique_id("fragile"))
+    async def fragile(payload, io, ctx):
+        async def hang(task):
+            attempts.append(ctx.attempt)
+            await healthy.wait()
+            return "done"
+
+        return await io.run_task("hang", hang)
+
+    scheduler = await harness.start(fragile, lease_seconds=1, max_recoveries=2)
+    run_id = await harness.engine.trigger(fragile.id)
+    for n in (1, 2, 3):
+        await _until(
+            lambda n=n: len(attempts) == n and run_id in scheduler.active, f"execution {n}"
+        )
+        # The execution stops without concluding (as if its worker died): nothing is recorded
+        # and its lease is no longer renewed.
+        scheduler.active[run_id].cancel()
+        await _until(lambda: run_id not in scheduler.active, "the execution to stop")
+        clock.advance(2)  # its lease lapses
+        scheduler.wake.set()
+    failed = await harness.engine.wait_for(run_id, 30)
+    assert failed["status"] == "FAILED", failed
+    assert attempts == [1, 2, 3]  # not executed a fourth time
+    assert failed["error"]["type"] == "RecoveryLimitError"
+    lost = failed["error"]["executions"]
+    assert [(e["attempt"], e["worker"]) for e in lost] == [
+        (a, scheduler.worker_id) for a in (1, 2, 3)
+    ]
+    view = await harness.engine.show_run(run_id)
+    assert [(t["key"], t["status"]) for t in view["tasks"]] in ([], [("hang", "CANCELED")])
+
+    healthy.set()
+    await harness.engine.retry(run_id)
+    done = await harness.engine.wait_for(run_id, 30)
+    assert (done["status"], done["output"], done["recoveries"]) == ("COMPLETED", "done", 0)
+    assert attempts == [1, 2, 3, 4]
