@@ -34,6 +34,18 @@ class AppLoadError(EngineError):
 class DatabaseError(EngineError):
     """The database could not be reached or used."""
 
+    def __init__(
+        self, message: str | None = None, *, transient: bool = False, **details: Any
+    ) -> None:
+        super().__init__(message, **details)
+        # True: the database was unreachable, locked or full, and the same write may succeed
+        # later (see engine.dberrors); False: it refused this write and always will.
+        self.transient = transient
+
+
+class WriteRefusedError(EngineError):
+    """The database refused to record a step's outcome: the step is not run again for it."""
+
 
 class RunNotFoundError(EngineError):
     """No run has this id: `engine runs list` shows the runs there are."""

@@ -14,7 +14,14 @@ from typing import Any
 
 from . import clock, serialization
 from .context import Context
-from .exceptions import LeaseLost, NotSerializableError, Suspend, WriteFailed
+from .exceptions import (
+    DatabaseError,
+    LeaseLost,
+    NotSerializableError,
+    Suspend,
+    WriteFailed,
+    WriteRefusedError,
+)
 from .io import IO
 from .jobs import Job
 from .records import ClaimedRun
@@ -121,17 +128,44 @@ async def _conclude(
         except NotSerializableError as error:
             exc = error
         else:
-            ok = await store.finish_run(
-                claimed.id,
-                claimed.epoch,
-                "COMPLETED",
-                output=output,
-                output_type=output_type,
-                logs=logs,
-            )
-            return Outcome("COMPLETED") if ok else Outcome("LOST")
+            try:
+                ok = await store.finish_run(
+                    claimed.id,
+                    claimed.epoch,
+                    "COMPLETED",
+                    output=output,
+                    output_type=output_type,
+                    logs=logs,
+                )
+                return Outcome("COMPLETED") if ok else Outcome("LOST")
+            except DatabaseError as refused:
+                if refused.transient:
+                    raise
+                exc = WriteRefusedError(
+                    f"the database refused to record the job's return value: {refused.message}"
+                )
+                logs = []  # they may be what was refused
     log.info("run %s failed: %s: %s", claimed.id, type(exc).__name__, exc)
-    ok = await store.finish_run(
-        claimed.id, claimed.epoch, "FAILED", error=serialization.encode_error(exc), logs=logs
-    )
+    return await _finish_failed(store, claimed, exc, logs)
+
+
+async def _finish_failed(
+    store: Store, claimed: ClaimedRun, exc: BaseException, logs: list[Any]
+) -> Outcome:
+    """Records the run FAILED; if the database refuses that error for good, a plainer one, so
+    the run ends once instead of being executed again every lease period."""
+    errors = [
+        serialization.encode_error(exc),
+        {"type": "WriteRefusedError", "message": "the database refused this run's error"},
+    ]
+    for n, error in enumerate(errors):
+        try:
+            ok = await store.finish_run(
+                claimed.id, claimed.epoch, "FAILED", error=error, logs=logs if n == 0 else ()
+            )
+            break
+        except DatabaseError as refused:
+            if refused.transient or n == len(errors) - 1:
+                raise
+            log.warning("run %s: the database refused its error: %s", claimed.id, refused)
     return Outcome("FAILED") if ok else Outcome("LOST")

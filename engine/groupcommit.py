@@ -11,6 +11,7 @@ transactions without any run getting ahead of its own commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .dberrors import is_connection_error
 from .sql import DriverSQL
 
 _JSON_FIELDS = frozenset({"params", "output", "error", "poll_state", "fields"})
@@ -70,22 +72,45 @@ def _prepare(write: Write, time: Callable[[float], Any]) -> Prepared:
     ]
 
 
+def _sqlite_apply(db: sqlite3.Connection, prepared: Prepared) -> bool:
+    (sql, args), then = prepared
+    written = db.execute(sql, args).rowcount == 1
+    if written:
+        for more_sql, more_args in then:
+            db.execute(more_sql, more_args)
+    return written
+
+
+def _sqlite_rollback(db: sqlite3.Connection) -> None:
+    # SQLite rolls back by itself on some errors (SQLITE_FULL, some IOERRs): a ROLLBACK then
+    # fails with "no transaction is active" and would hide the real error.
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
 def _sqlite_commit(db: sqlite3.Connection, batch: list[Prepared]) -> list[bool]:
     """Runs in aiosqlite's thread: one transaction for the whole batch."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        results = []
-        for (sql, args), then in batch:
-            written = db.execute(sql, args).rowcount == 1
-            if written:
-                for more_sql, more_args in then:
-                    db.execute(more_sql, more_args)
-            results.append(written)
+        results = [_sqlite_apply(db, prepared) for prepared in batch]
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _sqlite_rollback(db)
         raise
     return results
+
+
+def _sqlite_commit_each(db: sqlite3.Connection, batch: list[Prepared]) -> list[bool | Exception]:
+    """Runs in aiosqlite's thread: each write in its own transaction, so that the one the
+    database refuses fails alone."""
+    outcomes: list[bool | Exception] = []
+    for prepared in batch:
+        try:
+            outcomes.append(_sqlite_commit(db, [prepared])[0])
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 async def in_sqlite_thread(driver: Any, fn: Callable[..., T], *args: Any) -> T:
@@ -127,7 +152,7 @@ class GroupCommit:
             while self._queue:
                 batch, self._queue = self._queue, []
                 try:
-                    results = await self._flush([write for write, _ in batch])
+                    outcomes = await self._commit([write for write, _ in batch])
                 except BaseException as exc:  # every writer in the batch hears of it
                     error = self.translate(exc)
                     for _, future in batch:
@@ -136,37 +161,89 @@ class GroupCommit:
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
-                for (_, future), ok in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(ok)
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(outcome, Exception):
+                        future.set_exception(self.translate(outcome))
+                    else:
+                        future.set_result(outcome)
         finally:
             self._draining = False
 
-    async def _flush(self, batch: list[Write]) -> list[bool]:
-        prepared = [_prepare(write, _sqlite_time) for write in batch]
+    async def _commit(self, batch: list[Write]) -> list[bool | Exception]:
+        """One outcome per write. A write that cannot be prepared, or that the database refuses
+        for good, fails alone; a transient failure (locked, full) fails the whole batch."""
+        outcomes: list[bool | Exception] = []
+        prepared: list[Prepared] = []
+        for write in batch:
+            try:
+                prepared.append(_prepare(write, _sqlite_time))
+                outcomes.append(True)
+            except Exception as exc:  # an unstorable value: its own writer's failure
+                outcomes.append(exc)
+        if not prepared:
+            return outcomes
+        results: list[bool | Exception]
+        try:
+            results = await self._flush(_sqlite_commit, prepared)
+        except Exception as exc:
+            if len(prepared) == 1 or _is_transient(self.translate(exc)):
+                results = [exc] * len(prepared)
+            else:
+                # A permanent refusal: find the guilty write by committing them one by one.
+                results = await self._flush(_sqlite_commit_each, prepared)
+        it = iter(results)
+        return [next(it) if o is True else o for o in outcomes]
+
+    async def _flush(self, fn: Callable[..., list[Any]], prepared: list[Prepared]) -> list[Any]:
         async with self.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection  # aiosqlite.Connection
-            # aiosqlite's own queue to its thread: the whole transaction in one hand-off.
-            result: list[bool] = await in_sqlite_thread(driver, _sqlite_commit, prepared)
-            return result
+            try:
+                raw = await conn.get_raw_connection()
+                driver: Any = raw.driver_connection  # aiosqlite.Connection
+                # aiosqlite's own queue to its thread: the whole transaction in one hand-off.
+                return await in_sqlite_thread(driver, fn, prepared)
+            except Exception as exc:
+                await invalidate_if_broken(conn, exc)
+                raise
+
+
+def _is_transient(error: BaseException) -> bool:
+    return bool(getattr(error, "transient", False))
+
+
+async def invalidate_if_broken(conn: AsyncConnection, exc: BaseException) -> None:
+    """A connection that failed as a connection must not go back to the pool to fail again."""
+    if is_connection_error(exc):
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
 
 
 async def direct_write(engine: AsyncEngine, write: Write, translate: Translate) -> bool:
     """PostgreSQL: one write on its own connection; one round trip when it is one statement."""
-    (sql, args), then = _prepare(write, _pg_time)
     try:
+        (sql, args), then = _prepare(write, _pg_time)
         async with engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection  # asyncpg.Connection
-            if not then:
-                # One statement is its own transaction.
-                return str(await driver.execute(sql, *args)).endswith(" 1")
-            async with driver.transaction():
-                written = str(await driver.execute(sql, *args)).endswith(" 1")
-                if written:
-                    for more_sql, more_args in then:
-                        await driver.execute(more_sql, *more_args)
-                return written
+            try:
+                return await _pg_write(conn, sql, args, then)
+            except Exception as exc:
+                await invalidate_if_broken(conn, exc)
+                raise
     except Exception as exc:
         raise translate(exc) from exc
+
+
+async def _pg_write(
+    conn: AsyncConnection, sql: str, args: list[Any], then: list[tuple[str, list[Any]]]
+) -> bool:
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection  # asyncpg.Connection
+    if not then:
+        # One statement is its own transaction.
+        return str(await driver.execute(sql, *args)).endswith(" 1")
+    async with driver.transaction():
+        written = str(await driver.execute(sql, *args)).endswith(" 1")
+        if written:
+            for more_sql, more_args in then:
+                await driver.execute(more_sql, *more_args)
+        return written

@@ -8,15 +8,23 @@ be unloaded.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
-from . import clock
-from .exceptions import DatabaseError, DuplicateKeyError, LeaseLost, Suspend, WriteFailed
+from . import clock, serialization
+from .exceptions import (
+    DatabaseError,
+    DuplicateKeyError,
+    LeaseLost,
+    Suspend,
+    WriteFailed,
+    WriteRefusedError,
+)
 from .records import LogWrite, TaskRow, TaskWrite
 from .store import Store
 
@@ -99,22 +107,57 @@ class Replay:
         """Commits a task before the job may go on; raises LeaseLost when fenced out."""
         if self.lost:
             raise LeaseLost()
+        if self.fatal is not None:  # nothing more is recorded after a fatal signal
+            raise self.fatal
         logs, self.pending_logs = self.pending_logs, []
         try:
             written = await self.store.write_task(self.run_id, self.epoch, task, logs)
         except DatabaseError as exc:
-            # The job must not go on as if the step were recorded, nor catch this as an error.
-            self.lost = True
-            raise WriteFailed(exc.message) from exc
+            if exc.transient:
+                # Outlasted the store's patience. The job must not go on as if the step were
+                # recorded, nor catch this as an error: the run is picked up again later.
+                self.lost = True
+                raise WriteFailed(exc.message) from exc
+            await self._record_refusal(task, exc)
         if not written:
             self.lost = True
             raise LeaseLost()
         # Later calls in this same execution (a parent retried in place) find it recorded.
-        due = datetime.fromtimestamp(task.due_at, UTC) if task.due_at is not None else None
-        self.recorded[(task.parent_path, task.key)] = TaskRow(
-            task.parent_path, task.key, task.kind, task.name, task.status, task.attempts,
-            task.output, task.output_type, task.error, due, task.seq,
-        )  # fmt: skip
+        self.recorded[(task.parent_path, task.key)] = _row(task)
+
+    async def _record_refusal(self, task: TaskWrite, exc: DatabaseError) -> NoReturn:
+        """The database refused this outcome for good: record the task ERRORED with the
+        database's message (a minimal row, without the refused values) and make the refusal
+        fatal, so the run ends FAILED once and the step is never run again for it."""
+        refusal = WriteRefusedError(
+            f"the database refused to record step {task.key!r}: {exc.message}"
+        )
+        minimal = dataclasses.replace(
+            task,
+            status="ERRORED",
+            output=None,
+            output_type=None,
+            error=serialization.encode_error(refusal),
+            due_at=None,
+            poll_state=None,
+            next_poll_at=None,
+            completed_at=clock.now(),
+        )
+        try:
+            written = await self.store.write_task(self.run_id, self.epoch, minimal)
+        except DatabaseError as again:
+            if again.transient:
+                self.lost = True
+                raise WriteFailed(again.message) from again
+            # Refused too: the executor finishes the run FAILED with the refusal directly.
+            self.fatal = refusal
+            raise refusal from exc
+        if not written:
+            self.lost = True
+            raise LeaseLost()
+        self.fatal = refusal
+        self.recorded[(task.parent_path, task.key)] = _row(minimal)
+        raise refusal from exc
 
     def forget_children(self, path: tuple[str, ...]) -> None:
         """A step is retried in place: its subtasks may be reached again by their keys."""
@@ -129,10 +172,11 @@ class Replay:
         self.background.append(asyncio.ensure_future(self.write(task)))
 
     async def settle_background(self) -> bool:
-        """Awaits the queued writes; False when one was refused (the lease is gone)."""
+        """Awaits the queued writes; False when one failed (the lease is gone). A refusal
+        recorded as the run's fatal error is not a lost lease: the run ends FAILED with it."""
         results = await asyncio.gather(*self.background, return_exceptions=True)
         self.background.clear()
-        return not any(isinstance(r, BaseException) for r in results)
+        return not any(isinstance(r, BaseException) and r is not self.fatal for r in results)
 
     def log(self, level: str, message: str, fields: dict[str, Any] | None) -> bool:
         """Buffers a log line unless a previous execution wrote it; True when it is new.
@@ -216,3 +260,11 @@ class Replay:
         for future, _ in self.parked:
             if not future.done():
                 future.set_exception(Suspend())
+
+
+def _row(task: TaskWrite) -> TaskRow:
+    due = datetime.fromtimestamp(task.due_at, UTC) if task.due_at is not None else None
+    return TaskRow(
+        task.parent_path, task.key, task.kind, task.name, task.status, task.attempts,
+        task.output, task.output_type, task.error, due, task.seq,
+    )  # fmt: skip

@@ -8,15 +8,18 @@ the small `_dialect_*` helpers at the bottom, nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import random
 import re
 import sqlite3
+import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
@@ -24,8 +27,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlche
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from . import clock, secrets
+from .dberrors import is_transient
 from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
-from .groupcommit import GroupCommit, Write, direct_write, in_sqlite_thread
+from .groupcommit import GroupCommit, Write, direct_write, in_sqlite_thread, invalidate_if_broken
 from .records import ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
 from .recovery import DEFAULT_MAX_RECOVERIES, recovery_error
 from .sql import Statements
@@ -34,6 +38,14 @@ log = logging.getLogger("engine.store")
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///engine.db"
 WAKE_CHANNEL = "engine_wake"
+# How long the writes an execution depends on keep retrying a transient database error
+# (unreachable, locked, full) before the execution gives up; see docs/reliability.md.
+DEFAULT_PATIENCE = 60.0
+# SQLite's busy timeout, unless the URL says `?timeout=SECONDS`.
+DEFAULT_BUSY_TIMEOUT = 30.0
+
+log = logging.getLogger("engine.store")
+T = TypeVar("T")
 
 
 class Store:
@@ -67,6 +79,10 @@ class Store:
         secrets.register(parsed.password)
         self.is_postgres = self.dialect == "postgresql"
         self.engine: AsyncEngine = _dialect_engine(parsed, pool_size)
+        # Writes an execution depends on retry transient errors this long (seconds); the
+        # scheduler loop's own queries never retry here: they raise at once so the loop can
+        # report the outage and back off.
+        self.patience = DEFAULT_PATIENCE
         self._sql = Statements(self.is_postgres)
         # SQLite has one writer: group concurrent writes into shared transactions. PostgreSQL
         # writes concurrently, each as one autocommitted statement; batching them in one
@@ -82,6 +98,22 @@ class Store:
 
     def _translate(self, exc: BaseException) -> BaseException:
         return _database_error(self, exc) if isinstance(exc, Exception) else exc
+
+    async def _patiently(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Runs `attempt`, retrying transient DatabaseErrors with exponential backoff and
+        jitter for up to `self.patience` seconds. Safe because every write retried this way is
+        an idempotent, fenced upsert."""
+        deadline = time.monotonic() + self.patience
+        delay = 0.05
+        while True:
+            try:
+                return await attempt()
+            except DatabaseError as exc:
+                if not exc.transient or time.monotonic() + delay > deadline:
+                    raise
+                log.debug("%s: transient database error, retrying in %.2fs: %s", what, delay, exc)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 2.0)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -228,17 +260,24 @@ class Store:
 
     async def load_replay(self, run_id: str) -> tuple[list[TaskRow], set[tuple[str, str]]]:
         """All recorded tasks of a run in one query, and the log lines already written."""
+        return await self._patiently("loading a run", lambda: self._load_replay(run_id))
+
+    async def _load_replay(self, run_id: str) -> tuple[list[TaskRow], set[tuple[str, str]]]:
         tasks_sql, logs_sql = self._sql.raw_load_tasks.text, self._sql.raw_load_log_keys.text
         try:
             async with self.engine.connect() as conn:
-                driver: Any = (await conn.get_raw_connection()).driver_connection
-                if self.is_postgres:
-                    tasks = await driver.fetch(tasks_sql, run_id)
-                    logs = await driver.fetch(logs_sql, run_id)
-                else:
-                    tasks, logs = await in_sqlite_thread(
-                        driver, _sqlite_read, tasks_sql, logs_sql, {"run_id": run_id}
-                    )
+                try:
+                    driver: Any = (await conn.get_raw_connection()).driver_connection
+                    if self.is_postgres:
+                        tasks = await driver.fetch(tasks_sql, run_id)
+                        logs = await driver.fetch(logs_sql, run_id)
+                    else:
+                        tasks, logs = await in_sqlite_thread(
+                            driver, _sqlite_read, tasks_sql, logs_sql, {"run_id": run_id}
+                        )
+                except Exception as exc:
+                    await invalidate_if_broken(conn, exc)
+                    raise
         except Exception as exc:
             raise self._translate(exc) from exc
         return [_task_row(tuple(r), self.is_postgres) for r in tasks], {(r[0], r[1]) for r in logs}
@@ -256,7 +295,12 @@ class Store:
             (self._sql.raw_write_task, {"run_id": run_id, "epoch": epoch, **task.__dict__}),
             [(log_sql, {"run_id": run_id, **log.__dict__}) for log in logs],
         )
-        return await self._hot(write)
+        try:
+            return await self._hot(write)
+        except DatabaseError as exc:
+            if not exc.transient:
+                raise
+        return await self._patiently("recording a task", lambda: self._hot(write))
 
     async def _hot(self, write: Write) -> bool:
         if self._group is None:
@@ -265,6 +309,13 @@ class Store:
 
     async def suspend_run(
         self, run_id: str, epoch: int, wake_at: float | None, logs: Sequence[LogWrite] = ()
+    ) -> bool:
+        return await self._patiently(
+            "suspending a run", lambda: self._suspend_run(run_id, epoch, wake_at, logs)
+        )
+
+    async def _suspend_run(
+        self, run_id: str, epoch: int, wake_at: float | None, logs: Sequence[LogWrite]
     ) -> bool:
         statement = self._sql.suspend_at if wake_at is not None else self._sql.suspend
         async with self.begin() as conn:
@@ -289,19 +340,19 @@ class Store:
         error: dict[str, Any] | None = None,
         logs: Sequence[LogWrite] = (),
     ) -> bool:
+        values = {"status": status, "output": output, "output_type": output_type, "error": error}
+        return await self._patiently(
+            "finishing a run", lambda: self._finish_run(run_id, epoch, values, logs)
+        )
+
+    async def _finish_run(
+        self, run_id: str, epoch: int, values: dict[str, Any], logs: Sequence[LogWrite]
+    ) -> bool:
         now = clock.now()
         async with self.begin() as conn:
             result = await conn.execute(
                 self._sql.finish_run,
-                {
-                    "id": run_id,
-                    "epoch": epoch,
-                    "status": status,
-                    "output": output,
-                    "output_type": output_type,
-                    "error": error,
-                    "now": now,
-                },
+                {"id": run_id, "epoch": epoch, "now": now, **values},
             )
             if result.rowcount != 1:
                 await conn.rollback()
@@ -332,8 +383,12 @@ class Store:
         """SQLite: a number that changes when another process commits (no NOTIFY there)."""
         try:
             async with self.engine.connect() as conn:
-                driver: Any = (await conn.get_raw_connection()).driver_connection
-                return await in_sqlite_thread(driver, _data_version)
+                try:
+                    driver: Any = (await conn.get_raw_connection()).driver_connection
+                    return await in_sqlite_thread(driver, _data_version)
+                except Exception as exc:
+                    await invalidate_if_broken(conn, exc)
+                    raise
         except Exception as exc:
             raise self._translate(exc) from exc
 
@@ -386,8 +441,13 @@ class Store:
     async def reschedule_poll(
         self, task_id: int, next_poll_at: float, poll_state: dict[str, Any]
     ) -> None:
-        values = {"id": task_id, "next_poll_at": next_poll_at, "poll_state": poll_state}
-        await self._hot(Write((self._sql.raw_reschedule_poll, values)))
+        write = Write(
+            (
+                self._sql.raw_reschedule_poll,
+                {"id": task_id, "next_poll_at": next_poll_at, "poll_state": poll_state},
+            )
+        )
+        await self._patiently("rescheduling a poll", lambda: self._hot(write))
 
     async def finish_poll(
         self,
@@ -398,6 +458,17 @@ class Store:
         poll_state: dict[str, Any] | None = None,
     ) -> None:
         """Completes (or errors) a poll task and wakes its run."""
+        await self._patiently(
+            "finishing a poll", lambda: self._finish_poll(poll, output, error, poll_state)
+        )
+
+    async def _finish_poll(
+        self,
+        poll: DuePoll,
+        output: Any,
+        error: dict[str, Any] | None,
+        poll_state: dict[str, Any] | None,
+    ) -> None:
         now = clock.now()
         async with self.begin() as conn:
             result = await conn.execute(
@@ -596,9 +667,12 @@ def _hide_password(url: str) -> str:
 
 
 def _database_error(store: Store, exc: BaseException) -> DatabaseError:
+    if isinstance(exc, DatabaseError):
+        return exc
     safe_url = store.parsed_url.render_as_string(hide_password=True)
     detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0:1]
     reason = detail[0] if detail else type(exc).__name__
+    transient = is_transient(exc, postgres=store.is_postgres)
     if isinstance(exc, (OSError, OperationalError, DBAPIError)) and (
         "no such table" in reason or ("does not exist" in reason and "relation" in reason)
     ):
@@ -606,7 +680,7 @@ def _database_error(store: Store, exc: BaseException) -> DatabaseError:
             f"database {safe_url} has no engine tables: run `engine db upgrade` "
             f"(or start `engine run`, which upgrades it) ({reason})"
         )
-    return DatabaseError(f"database {safe_url}: {reason}")
+    return DatabaseError(f"database {safe_url}: {reason}", transient=transient)
 
 
 # -- dialects ----------------------------------------------------------------------------------
@@ -617,6 +691,15 @@ def _dialect_engine(url: Any, pool_size: int) -> AsyncEngine:
         # No overflow: a worker's connections are bounded by its pool size (see docs/postgres.md),
         # and executions queue for a connection rather than exceed max_connections.
         return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=120)
+    try:
+        busy_timeout = float(url.query.get("timeout", DEFAULT_BUSY_TIMEOUT))
+        if not 0 <= busy_timeout <= 3600:
+            raise ValueError(busy_timeout)
+    except (TypeError, ValueError):
+        raise DatabaseError(
+            f"database URL ?timeout={url.query.get('timeout')!r}: give SQLite's busy timeout "
+            "in seconds, 0 to 3600, e.g. ?timeout=30"
+        ) from None
     # One connection: SQLite has one writer anyway, and queueing in the pool is far cheaper
     # than SQLite's sleep-and-retry busy handler.
     engine = create_async_engine(
@@ -627,7 +710,7 @@ def _dialect_engine(url: Any, pool_size: int) -> AsyncEngine:
         # Every use of a connection ends in COMMIT or ROLLBACK (store.begin, the hot path), so
         # the pool's own rollback on return would only cost a thread hand-off per transaction.
         pool_reset_on_return=None,
-        connect_args={"timeout": 30},
+        connect_args={"timeout": busy_timeout},
     )
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -638,7 +721,7 @@ def _dialect_engine(url: Any, pool_size: int) -> AsyncEngine:
         cursor.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a commit survives a process crash (kill -9); see docs/concepts.md.
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

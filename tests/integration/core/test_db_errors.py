@@ -1,0 +1,317 @@
+"""Database errors, real ones: refusals by a CHECK constraint or a trigger (permanent), a file
+locked by another process and a full disk (transient). A permanent refusal ends its task ERRORED
+and its run FAILED once, without costing any other run its commit; a transient one is retried
+until the database is back."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from asyncio.subprocess import PIPE
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from support import Harness, unique_id
+
+from engine import job
+from engine.exceptions import DatabaseError
+
+# Refuse any stored value holding the word "poison": the engine's own checks accept it.
+_REFUSE_SQLITE = """
+CREATE TRIGGER refuse_{table}_{op} BEFORE {op} ON {table}
+WHEN NEW.output LIKE '%poison%' BEGIN SELECT RAISE(ABORT, 'poison refused'); END
+"""
+_REFUSE_PG = (
+    "ALTER TABLE {table} ADD CONSTRAINT refuse_{table} CHECK (output::text NOT LIKE '%poison%')"
+)
+
+
+async def _refuse_poison(h: Harness, table: str) -> str:
+    """Installs the refusal; returns the text the database's message holds."""
+    await h.engine.upgrade()
+    async with h.store.begin() as conn:
+        if h.store.is_postgres:
+            await conn.execute(text(_REFUSE_PG.format(table=table)))
+            return f'check constraint "refuse_{table}"'
+        for op in ("INSERT", "UPDATE"):
+            await conn.execute(text(_REFUSE_SQLITE.format(table=table, op=op)))
+    return "poison refused"
+
+
+async def _until(condition: Callable[[], Any], timeout: float = 60.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await asyncio.sleep(0.02)
+
+
+async def test_a_refused_step_outcome_fails_the_run_once(harness: Harness) -> None:
+    refused = await _refuse_poison(harness, "engine_tasks")
+    calls: list[int] = []
+
+    @job(id=unique_id("poison-step"))
+    async def poisoned(payload, io, ctx):
+        async def step(task):
+            calls.append(task.attempt)
+            return "poison"
+
+        await io.run_task("ok", lambda task: asyncio.sleep(0, "fine"))
+        return await io.run_task("bad", step)
+
+    await harness.start(poisoned, lease_seconds=1)
+    run_id = await harness.engine.trigger(poisoned.id, None)
+    view = await harness.engine.wait_for(run_id, 60)
+    assert view["status"] == "FAILED"
+    assert refused in view["error"]["message"]
+    # More than two lease periods: nothing re-executes the step.
+    await asyncio.sleep(2.5)
+    view = await harness.engine.show_run(run_id)
+    assert view["status"] == "FAILED" and calls == [1]
+    tasks = {t["key"]: t for t in view["tasks"]}
+    assert tasks["ok"]["status"] == "COMPLETED" and tasks["ok"]["output"] == "fine"
+    bad = tasks["bad"]
+    assert bad["status"] == "ERRORED" and bad["output"] is None
+    assert bad["error"]["type"] == "WriteRefusedError" and refused in bad["error"]["message"]
+
+    # `engine runs retry` runs it again: refused again, FAILED again.
+    await harness.engine.retry(run_id)
+    await _until(lambda: len(calls) == 2, what="the retried step")
+    view = await harness.engine.wait_for(run_id, 60)
+    assert view["status"] == "FAILED" and refused in view["error"]["message"]
+    await asyncio.sleep(2.5)
+    assert calls == [1, 1]
+    assert (await harness.engine.show_run(run_id))["status"] == "FAILED"
+
+
+async def test_a_refused_return_value_fails_the_run_once(harness: Harness) -> None:
+    refused = await _refuse_poison(harness, "engine_runs")
+    executions: list[int] = []
+
+    @job(id=unique_id("poison-return"))
+    async def poisoned(payload, io, ctx):
+        executions.append(1)
+        return {"value": "poison"}
+
+    await harness.start(poisoned, lease_seconds=1)
+    run_id = await harness.engine.trigger(poisoned.id, None)
+    view = await harness.engine.wait_for(run_id, 60)
+    assert view["status"] == "FAILED" and view["output"] is None
+    assert view["error"]["type"] == "WriteRefusedError"
+    assert "return value" in view["error"]["message"] and refused in view["error"]["message"]
+    await asyncio.sleep(2.5)
+    assert executions == [1]
+    assert (await harness.engine.show_run(run_id))["status"] == "FAILED"
+
+
+async def test_one_refused_write_costs_no_other_run_its_commit(sqlite_harness: Harness) -> None:
+    h = sqlite_harness
+    refused = await _refuse_poison(h, "engine_tasks")
+    n = 300
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    started: set[str] = set()
+    everyone = asyncio.Event()
+
+    @job(id=unique_id("batch"))
+    async def batch(payload, io, ctx):
+        async def first(task):
+            counts[(task.run_id, task.key)] += 1
+            started.add(task.run_id)
+            if len(started) >= n:
+                everyone.set()
+            await everyone.wait()  # all outcomes arrive together: they share commits
+            return "poison" if payload["poison"] else payload["i"]
+
+        async def second(task):
+            counts[(task.run_id, task.key)] += 1
+            return payload["i"] * 2
+
+        a = await io.run_task("a", first)
+        return [a, await io.run_task("b", second)]
+
+    await h.start(batch, concurrency=n, lease_seconds=2)
+    ids = [await h.engine.trigger(batch.id, {"i": i, "poison": i == 7}) for i in range(n)]
+    for i, run_id in enumerate(ids):
+        if i != 7:
+            view = await h.engine.wait_for(run_id, 120)
+            assert view["status"] == "COMPLETED", view["error"]
+            assert view["output"] == [i, 2 * i]
+            assert counts[(run_id, "a")] == 1 and counts[(run_id, "b")] == 1
+    view = await h.engine.wait_for(ids[7], 60)
+    assert view["status"] == "FAILED" and refused in view["error"]["message"]
+    assert counts[(ids[7], "a")] == 1 and counts[(ids[7], "b")] == 0
+    # Past a lease period, still no step ran twice.
+    await asyncio.sleep(2.5)
+    twice = {k: c for k, c in counts.items() if c != 1}
+    assert twice == {}
+    assert sum(counts.values()) == 2 * n - 1
+
+
+async def test_a_write_that_cannot_be_prepared_fails_alone(sqlite_harness: Harness) -> None:
+    """A value the driver cannot even bind fails its own write, not the batch it was in."""
+    h = sqlite_harness
+    await h.engine.upgrade()
+    from engine.records import TaskWrite
+
+    await h.store.register_jobs([("j", "v", None)])
+    run_id, _ = await h.store.create_run("j", "v", None, None)
+    claimed = await h.store.claim_runs("w", 1, 30, ["j@v"])
+    epoch = claimed[0].epoch if claimed else 0
+
+    def row(key: str, **fields: Any) -> TaskWrite:
+        return TaskWrite("[]", key, "task", "t", "COMPLETED", 1, 1, **fields)
+
+    good = [h.store.write_task(run_id, epoch, row(f"k{i}", output=i)) for i in range(5)]
+    bad = h.store.write_task(run_id, epoch, row("bad", due_at=1e300))  # no datetime holds it
+    results = await asyncio.gather(*good, bad, return_exceptions=True)
+    assert results[:5] == [True] * 5
+    assert isinstance(results[5], DatabaseError) and not results[5].transient
+    assert {t["key"] for t in await h.store.get_tasks(run_id)} == {f"k{i}" for i in range(5)}
+
+
+# -- transient faults: a lock held by another process, a full disk --------------------------------
+
+_LOCKER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("COMMIT")
+print("released", flush=True)
+"""
+
+
+def _held_job(gate: asyncio.Event, counts: collections.Counter[str], size: int = 10) -> Any:
+    @job(id=unique_id("held"))
+    async def held(payload, io, ctx):
+        async def first(task):
+            counts[task.key] += 1
+            await gate.wait()
+            return "x" * size
+
+        async def second(task):
+            counts[task.key] += 1
+            return "done"
+
+        a = await io.run_task("a", first)
+        return [len(a), await io.run_task("b", second)]
+
+    return held
+
+
+def _seen(caplog: pytest.LogCaptureFixture, message: str) -> Callable[[], bool]:
+    return lambda: any(message in r.getMessage() for r in caplog.records)
+
+
+async def test_a_lock_past_the_busy_timeout_is_waited_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="engine.store")
+    path = tmp_path / "engine.db"
+    h = Harness(f"sqlite+aiosqlite:///{path}?timeout=0.2")
+    gate, counts = asyncio.Event(), collections.Counter[str]()
+    held = _held_job(gate, counts)
+    locker: asyncio.subprocess.Process | None = None
+    try:
+        # A long lease and idle poll: this test is about the step's own write, not the loop.
+        await h.start(held, lease_seconds=30, idle_poll=60)
+        run_id = await h.engine.trigger(held.id, None)
+        await _until(lambda: counts["a"] == 1, what="the step to start")
+        locker = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _LOCKER, str(path), stdin=PIPE, stdout=PIPE
+        )
+        assert locker.stdout is not None
+        assert await asyncio.wait_for(locker.stdout.readline(), 30) == b"locked\n"
+
+        # The scheduler loop's queries do not wait: they say at once that it is transient.
+        with pytest.raises(DatabaseError) as info:
+            await h.store.next_due([held.key], [])
+        assert info.value.transient and "database is locked" in info.value.message
+
+        gate.set()  # the step's outcome meets the lock, and is retried
+        await _until(_seen(caplog, "database is locked"), what="a retried write")
+        assert counts["b"] == 0  # the job waits for its commit
+
+        assert locker.stdin is not None
+        locker.stdin.write(b"\n")
+        await locker.stdin.drain()
+        view = await h.engine.wait_for(run_id, 60)
+        assert view["status"] == "COMPLETED" and view["output"] == [10, "done"]
+        assert counts == {"a": 1, "b": 1}
+    finally:
+        if locker is not None:
+            if locker.returncode is None:
+                locker.kill()
+            await asyncio.wait_for(locker.communicate(), 10)  # also closes its pipes
+        await h.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs, where this process may mount one."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if shutil.which("mount") is None or (hasattr(os, "geteuid") and os.geteuid() != 0):
+        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / f"filler-{uuid.uuid4().hex}"
+    chunk = b"\0" * 65536
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+async def test_a_full_disk_is_reported_and_waited_out(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="engine.store")
+    h = Harness(f"sqlite+aiosqlite:///{small_disk / 'engine.db'}")
+    gate, counts = asyncio.Event(), collections.Counter[str]()
+    # An outcome bigger than anything written before: the WAL must grow to hold it.
+    held = _held_job(gate, counts, size=1_500_000)
+    try:
+        await h.start(held, lease_seconds=30, idle_poll=60)
+        run_id = await h.engine.trigger(held.id, None)
+        await _until(lambda: counts["a"] == 1, what="the step to start")
+        filler = _fill(small_disk)
+
+        gate.set()
+        await _until(_seen(caplog, "database or disk is full"), what="a retried write")
+        assert not _seen(caplog, "cannot rollback")()
+        assert counts["b"] == 0  # the job waits for its commit
+
+        filler.unlink()
+        view = await h.engine.wait_for(run_id, 60)
+        assert view["status"] == "COMPLETED" and view["output"] == [1_500_000, "done"]
+        assert counts == {"a": 1, "b": 1}
+    finally:
+        await h.close()
