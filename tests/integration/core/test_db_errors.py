@@ -315,3 +315,45 @@ async def test_a_full_disk_is_reported_and_waited_out(
         assert counts == {"a": 1, "b": 1}
     finally:
         await h.close()
+
+
+# -- classification of real errors ------------------------------------------------------------
+
+
+async def test_real_errors_are_classified(harness: Harness) -> None:
+    """A refusal (bad value, constraint, bad SQL) is permanent; a dropped connection is
+    transient and the connection is not handed out again."""
+    store = harness.store
+    await harness.engine.upgrade()
+    cast = "CAST('not json' AS json)" if store.is_postgres else "json('not json')"
+    for sql in (
+        f"SELECT {cast}",
+        "INSERT INTO engine_runs (id) VALUES (NULL)",
+        "SELECT * FROM no_such_table_here",
+    ):
+        with pytest.raises(DatabaseError) as info:
+            async with store.begin() as conn:
+                await conn.execute(text(sql))
+        assert info.value.transient is False, (sql, info.value.message)
+
+    if not store.is_postgres:
+        return
+    async with store.engine.connect() as conn:  # the pooled connection the next use gets
+        pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    import asyncpg
+
+    admin = await asyncpg.connect(
+        store.parsed_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+    # The raw read path meets the dead connection: transient (one attempt, no retry here).
+    with pytest.raises(DatabaseError) as info:
+        await store._load_replay("x")
+    assert info.value.transient is True, info.value.message
+    # It was not handed back to the pool: the next read gets a live connection at once.
+    started = time.monotonic()
+    assert await store.load_replay("x") == ([], set())
+    assert time.monotonic() - started < 5
