@@ -120,8 +120,17 @@ async def _conclude(
     if isinstance(exc, Suspend):
         # A run unloaded because the worker is stopping is due again at once, for any worker.
         wake_at = clock.now() if replay.draining else replay.wake_at
-        ok = await store.suspend_run(claimed.id, claimed.epoch, wake_at, logs)
-        return Outcome("WAITING", wake_at) if ok else Outcome("LOST")
+        try:
+            ok = await store.suspend_run(claimed.id, claimed.epoch, wake_at, logs)
+            return Outcome("WAITING", wake_at) if ok else Outcome("LOST")
+        except DatabaseError as refused:
+            if refused.transient:
+                raise
+            # Only the log lines ride along: one of them is what the database refuses.
+            exc = WriteRefusedError(
+                f"the database refused to record the run's log lines: {refused.message}"
+            )
+            logs = []
     if exc is None:
         try:
             output, output_type = serialization.encode(job_task.result(), "the job's return value")

@@ -135,6 +135,7 @@ class Replay:
         minimal = dataclasses.replace(
             task,
             status="ERRORED",
+            params=None,
             output=None,
             output_type=None,
             error=serialization.encode_error(refusal),
