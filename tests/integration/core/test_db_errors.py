@@ -357,3 +357,40 @@ async def test_real_errors_are_classified(harness: Harness) -> None:
     started = time.monotonic()
     assert await store.load_replay("x") == ([], set())
     assert time.monotonic() - started < 5
+
+
+async def test_a_lock_that_outlasts_the_patience_stops_the_execution(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past `Store.patience` the execution stops without recording anything more (nothing is
+    failed for a transient error); the run stays RUNNING, to be picked up again."""
+    caplog.set_level(logging.DEBUG, logger="engine")
+    path = tmp_path / "engine.db"
+    h = Harness(f"sqlite+aiosqlite:///{path}?timeout=0.1")
+    h.store.patience = 0.5
+    gate, counts = asyncio.Event(), collections.Counter[str]()
+    held = _held_job(gate, counts)
+    locker: asyncio.subprocess.Process | None = None
+    try:
+        await h.start(held, lease_seconds=30, idle_poll=60)
+        run_id = await h.engine.trigger(held.id, None)
+        await _until(lambda: counts["a"] == 1, what="the step to start")
+        locker = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _LOCKER, str(path), stdin=PIPE, stdout=PIPE
+        )
+        assert locker.stdout is not None and locker.stdin is not None
+        assert await asyncio.wait_for(locker.stdout.readline(), 30) == b"locked\n"
+        gate.set()
+        await _until(_seen(caplog, "it resumes once its lease lapses"), what="the stop")
+        locker.stdin.write(b"\n")
+        await locker.stdin.drain()
+        assert await asyncio.wait_for(locker.stdout.readline(), 30) == b"released\n"
+        view = await h.engine.show_run(run_id)
+        assert view["status"] == "RUNNING" and view["tasks"] == []
+        assert counts == {"a": 1}
+    finally:
+        if locker is not None:
+            if locker.returncode is None:
+                locker.kill()
+            await asyncio.wait_for(locker.communicate(), 10)
+        await h.close()
