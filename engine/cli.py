@@ -20,7 +20,7 @@ from rich.markup import escape as _escape
 from rich.table import Table
 from rich.tree import Tree
 
-from . import secrets
+from . import codec, secrets
 from .app import load_app
 from .client import Engine
 from .exceptions import EngineError
@@ -155,12 +155,14 @@ def trigger(
 ) -> None:
     """Queue a run of JOB_ID and print its id."""
     try:
-        data = json.loads(payload) if payload is not None else None
+        data = codec.parse_input(payload, "--payload") if payload is not None else None
     except json.JSONDecodeError as exc:
         _fail(
             f"--payload is not valid JSON ({exc.msg} at line {exc.lineno} column "
             f"{exc.colno}): pass e.g. --payload '{{\"n\": 1}}'"
         )
+    except EngineError as exc:
+        _fail(exc.message)
     if app:
         try:
             load_app(app)
@@ -194,7 +196,7 @@ def list_runs(
         lambda: _with_engine(database_url, lambda e: e.list_runs(job_id, status, limit), read=True)
     )
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(_printable(rows), indent=2))
         return
     table = Table(box=None, header_style="bold")
     table.add_column("ID", no_wrap=True, min_width=32)
@@ -223,6 +225,7 @@ def show_run(run_id: str, as_json: bool, database_url: str | None) -> None:
         return view, await engine.run_logs(run_id), await engine.get_run(run_id)
 
     view, logs, row = _run(lambda: _with_engine(database_url, load, read=True))
+    view, logs, row = _printable(view), _printable(logs), _printable(row)
     if as_json:
         click.echo(json.dumps(view, indent=2))
         return
@@ -350,6 +353,20 @@ def _add_tasks(tree: Tree, tasks: list[dict[str, Any]]) -> None:
         elif task["output"] is not None:
             label += f" [dim]→ {_escape(_short(task['output'], 80))}[/dim]"
         _add_tasks(tree.add(label), task["children"])
+
+
+def _printable(value: Any) -> Any:
+    """What was recorded, safe to print: text with a lone surrogate or a NUL escaped, and a
+    NaN or Infinity (stored before values were checked) as text, so `--json` stays JSON."""
+    if isinstance(value, str):
+        return codec.escape_text(value)
+    if isinstance(value, float) and value - value != 0:
+        return repr(value)
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value
 
 
 def _console() -> Console:

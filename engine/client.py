@@ -7,7 +7,7 @@ import os
 from types import TracebackType
 from typing import Any
 
-from . import clock, versions, views
+from . import clock, codec, limits, versions, views
 from .exceptions import EngineError, UnknownJobError, UnknownVersionError
 from .jobs import check_against_schema, registry
 from .schema import FINAL_RUN_STATUSES, RUN_STATUSES
@@ -62,6 +62,10 @@ class Engine:
         `version` pins the job version; without it the run goes to the version this process
         defines, else the highest one a live worker serves, else the highest registered one.
         """
+        # Inputs are checked before anything is written (docs/concepts.md, "What can be recorded").
+        limits.check_text(job_id, "job id", limits.MAX_JOB_ID_LENGTH)
+        if idempotency_key is not None:
+            limits.check_text(idempotency_key, "idempotency_key", limits.MAX_IDEMPOTENCY_KEY_LENGTH)
         await self.upgrade()
         if version is not None and (not isinstance(version, str) or not version):
             raise EngineError('version: give a non-empty string, e.g. version="2"')
@@ -74,8 +78,7 @@ class Engine:
             version, schema = await self._route(job_id, version)
             check_against_schema(job_id, payload, schema)
             stored = payload
-        if idempotency_key is not None and not isinstance(idempotency_key, str):
-            raise EngineError("idempotency_key: give a string")
+        stored = codec.check(stored, f"the payload of {job_id!r}")
         run_id, _ = await self.store.create_run(job_id, version, stored, idempotency_key)
         return run_id
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from . import codec
 from .dberrors import is_connection_error
 from .sql import DriverSQL
 
@@ -49,13 +49,18 @@ def _pg_time(stamp: float) -> datetime:
     return datetime.fromtimestamp(stamp, UTC)
 
 
-def _args(sql: DriverSQL, values: dict[str, Any], time: Callable[[float], Any]) -> list[Any]:
+def _args(
+    sql: DriverSQL,
+    values: dict[str, Any],
+    time: Callable[[float], Any],
+    as_json: Callable[[Any], Any],
+) -> list[Any]:
     out = []
     for name in sql.names:
         value = values[name]
         if value is not None:
             if name in _JSON_FIELDS:
-                value = json.dumps(value, separators=(",", ":"))
+                value = as_json(value)
             elif name in _TIME_FIELDS:
                 value = time(value)
         out.append(value)
@@ -65,10 +70,10 @@ def _args(sql: DriverSQL, values: dict[str, Any], time: Callable[[float], Any]) 
 Prepared = tuple[tuple[str, list[Any]], list[tuple[str, list[Any]]]]
 
 
-def _prepare(write: Write, time: Callable[[float], Any]) -> Prepared:
+def _prepare(write: Write, time: Callable[[float], Any], as_json: Callable[[Any], Any]) -> Prepared:
     sql, values = write.first
-    return (sql.text, _args(sql, values, time)), [
-        (s.text, _args(s, v, time)) for s, v in write.then
+    return (sql.text, _args(sql, values, time, as_json)), [
+        (s.text, _args(s, v, time, as_json)) for s, v in write.then
     ]
 
 
@@ -178,7 +183,7 @@ class GroupCommit:
         prepared: list[Prepared] = []
         for write in batch:
             try:
-                prepared.append(_prepare(write, _sqlite_time))
+                prepared.append(_prepare(write, _sqlite_time, codec.sqlite_param))
                 outcomes.append(True)
             except Exception as exc:  # an unstorable value: its own writer's failure
                 outcomes.append(exc)
@@ -222,7 +227,7 @@ async def invalidate_if_broken(conn: AsyncConnection, exc: BaseException) -> Non
 async def direct_write(engine: AsyncEngine, write: Write, translate: Translate) -> bool:
     """PostgreSQL: one write on its own connection; one round trip when it is one statement."""
     try:
-        (sql, args), then = _prepare(write, _pg_time)
+        (sql, args), then = _prepare(write, _pg_time, codec.dumps)
         async with engine.connect() as conn:
             try:
                 return await _pg_write(conn, sql, args, then)

@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from . import clock, pollers, secrets, serialization
+from . import clock, codec, limits, pollers, secrets, serialization
 from .exceptions import (
     DivergenceError,
-    EngineError,
     LeaseLost,
     NotSerializableError,
     TaskTimeoutError,
@@ -60,11 +59,16 @@ class Logger:
         self._run_id = run_id
 
     def _emit(self, level: str, message: str, fields: dict[str, Any]) -> None:
+        # A log line is diagnostic text: never refused, stored with NUL and lone surrogates
+        # escaped (engine.codec.escape_text); fields the codec refuses are stored as reprs.
+        message = codec.escape_text(str(message))
         try:
-            serialization.check_params(fields, f"io.logger.{level.lower()}({message!r})")
+            fields = codec.check(fields, f"io.logger.{level.lower()}({message!r})")
         except NotSerializableError:
-            fields = {k: repr(v) for k, v in fields.items()}
-        message, fields = secrets.scrub(str(message)), secrets.scrub(fields)
+            fields = {
+                codec.escape_text(str(k)): codec.escape_text(repr(v)) for k, v in fields.items()
+            }
+        message, fields = secrets.scrub(message), secrets.scrub(fields)
         if self._replay.log(level, message, fields or None):
             _log.log(getattr(logging, level), "[%s] %s %s", self._run_id, message, fields or "")
 
@@ -158,8 +162,7 @@ class IO:
 
     async def wait(self, key: str, seconds: float) -> None:
         """A durable sleep: the run is unloaded and resumed when `seconds` have passed."""
-        if not isinstance(seconds, int | float) or seconds < 0:
-            raise EngineError(f"io.wait({key!r}, {seconds!r}): give a number of seconds >= 0")
+        limits.check_seconds(seconds, f"io.wait({key!r}) seconds", limits.MAX_WAIT_SECONDS)
         replay = self._replay
         parent, key, _ = replay.claim_key(key)
         replay.enter()
@@ -247,7 +250,7 @@ class IO:
         The first poll happens `interval` seconds after the call; each next one `backoff` times
         later, capped at `max_interval`; after `timeout` the task fails with PollTimeoutError.
         """
-        pollers.validate_schedule(interval, max_interval, timeout)
+        pollers.validate_schedule(interval, max_interval, timeout, backoff)
         pollers.get(poller)
         replay = self._replay
         parent, key, _ = replay.claim_key(key)
@@ -310,6 +313,11 @@ class IO:
         when the worker dies during a slow call (used for paid API calls).
         """
         replay = self._replay
+        limits.check_text(name, f"{kind} {key!r} name", limits.MAX_NAME_LENGTH)
+        if timeout is not None:
+            limits.check_seconds(
+                timeout, f"{name}({key!r}) timeout", limits.MAX_TASK_TIMEOUT, zero=False
+            )
         parent, key, path = replay.claim_key(key)
         where = f"{name}({key!r})"
         params = serialization.check_params(params, f"{where} params")
@@ -323,7 +331,12 @@ class IO:
             attempts = 0
             if row is not None:
                 if row.status == "COMPLETED":
-                    return decode(row.output, row.output_type)
+                    try:
+                        return decode(row.output, row.output_type)
+                    except DivergenceError as exc:
+                        # A recorded value that cannot be rebuilt ends the run, like a divergence.
+                        self._replay.fatal = exc
+                        raise
                 if row.status == "ERRORED":
                     raise serialization.decode_error(row.error or {})
                 if row.status == "CANCELED":

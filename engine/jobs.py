@@ -10,6 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 import jsonschema
 from pydantic import BaseModel, ValidationError
 
+from . import limits
 from .exceptions import EngineError, PayloadValidationError
 
 JobFunction = Callable[[Any, Any, Any], Awaitable[Any]]
@@ -114,6 +115,10 @@ def job(
     """Declares an `async def (payload, io, ctx)` as a job."""
     if not id or not isinstance(id, str):
         raise EngineError("@job(id=...): give the job a non-empty string id")
+    limits.check_text(id, "@job id", limits.MAX_JOB_ID_LENGTH, control=True)
+    limits.check_text(
+        str(version), f"@job({id!r}) version", limits.MAX_VERSION_LENGTH, control=True
+    )
 
     def decorate(fn: JobFunction) -> Job:
         if not inspect.iscoroutinefunction(fn):

@@ -59,7 +59,13 @@ def registered() -> frozenset[str]:
     return frozenset(_registry)
 
 
-def validate_schedule(interval: float, max_interval: float, timeout: float) -> None:
+MAX_BACKOFF = 10.0
+
+
+def validate_schedule(
+    interval: float, max_interval: float, timeout: float, backoff: float = 1.0
+) -> None:
+    # Written so that NaN fails every comparison and is refused; infinities exceed the caps.
     if not MIN_INTERVAL <= interval <= max_interval <= MAX_INTERVAL_CAP:
         raise EngineError(
             f"poll interval={interval}, max_interval={max_interval}: need "
@@ -67,6 +73,8 @@ def validate_schedule(interval: float, max_interval: float, timeout: float) -> N
         )
     if not 0 < timeout <= MAX_TIMEOUT:
         raise EngineError(f"poll timeout={timeout}: use more than 0 and at most {MAX_TIMEOUT:.0f}s")
+    if not 1.0 <= backoff <= MAX_BACKOFF:
+        raise EngineError(f"poll backoff={backoff}: use a factor from 1 to {MAX_BACKOFF:.0f}")
 
 
 _SECRET_HEADERS = ("authorization", "cookie", "key", "token", "secret")

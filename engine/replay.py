@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-from . import clock, serialization
+from . import clock, limits, serialization
 from .exceptions import (
     DatabaseError,
     DuplicateKeyError,
@@ -33,9 +33,7 @@ current_path: ContextVar[tuple[str, ...]] = ContextVar("engine_current_path", de
 # Inside task attempts run under `timeout=` (one list per enclosing attempt): a list holds the
 # timeout's error once its attempt was given up on, so code that swallowed the cancellation and
 # kept going records nothing more.
-timed_out: ContextVar[tuple[list[BaseException], ...]] = ContextVar(
-    "engine_timed_out", default=()
-)
+timed_out: ContextVar[tuple[list[BaseException], ...]] = ContextVar("engine_timed_out", default=())
 
 
 def path_text(path: tuple[str, ...]) -> str:
@@ -82,6 +80,7 @@ class Replay:
         self.check_alive()
         if not isinstance(key, str) or not key:
             raise DuplicateKeyError(f"step key {key!r}: give every step a non-empty string key")
+        limits.check_text(key, "step key", limits.MAX_KEY_LENGTH, control=True)
         parent = current_path.get()
         ident = (path_text(parent), key)
         if ident in self.seen:

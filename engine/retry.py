@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .exceptions import EngineError
@@ -24,6 +25,14 @@ class RetryPolicy:
     factor: float = 2.0
 
     def __post_init__(self) -> None:
+        for name in ("min_delay", "max_delay", "factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise EngineError(f"RetryPolicy({name}={value!r}): give a number")
+            if not math.isfinite(value):
+                raise EngineError(f"RetryPolicy({name}={value!r}): give a finite number")
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise EngineError(f"RetryPolicy(max_attempts={self.max_attempts!r}): give an integer")
         if not 1 <= self.max_attempts <= MAX_ATTEMPTS_CAP:
             raise EngineError(
                 f"RetryPolicy(max_attempts={self.max_attempts}): use 1 to {MAX_ATTEMPTS_CAP}"
@@ -39,7 +48,7 @@ class RetryPolicy:
     def delay(self, attempt: int, exc: BaseException | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         asked = getattr(exc, "retry_after", None)
-        if isinstance(asked, int | float) and asked >= 0:
+        if isinstance(asked, int | float) and math.isfinite(asked) and asked >= 0:
             return float(min(asked, self.max_delay))
         return float(min(self.max_delay, self.min_delay * self.factor ** (attempt - 1)))
 

@@ -17,8 +17,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from . import clock, pollers, secrets, serialization
-from .exceptions import EngineError, PollTimeoutError
+from . import clock, codec, pollers, secrets, serialization
+from .exceptions import EngineError, NotSerializableError, PollTimeoutError
 from .executor import execute
 from .jobs import Job
 from .records import DuePoll
@@ -283,9 +283,8 @@ class Scheduler:
         try:
             state["polls"] = int(state.get("polls", 0)) + 1
             if result.done:
-                await self.store.finish_poll(
-                    poll, output=result.value, error=result.error, poll_state=state
-                )
+                output, error = _poll_outcome(poll, result)
+                await self.store.finish_poll(poll, output=output, error=error, poll_state=state)
                 return
             now = clock.now()
             if now >= deadline:
@@ -305,6 +304,18 @@ class Scheduler:
             await self.store.reschedule_poll(poll.task_id, min(now + interval, deadline), state)
         except EngineError as exc:
             log.warning("poll %s could not be recorded: %s", poll.task_id, exc)
+
+
+def _poll_outcome(poll: DuePoll, result: pollers.PollResult) -> tuple[Any, dict[str, Any] | None]:
+    """What a finished poll records: a value the codec refuses ends the poll ERRORED with the
+    reason (once), instead of a write the database would refuse on every try."""
+    where = f"{poll.poller} poll of task {poll.task_id}"
+    try:
+        if result.error:
+            return None, codec.check(result.error, f"{where} error")
+        return codec.check(result.value, f"{where} value"), None
+    except NotSerializableError as exc:
+        return None, serialization.encode_error(exc)
 
 
 def _set(event: asyncio.Event, *_: Any) -> None:

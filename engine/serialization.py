@@ -8,44 +8,23 @@ pydantic model, whose class is recorded beside it so replay rebuilds the same ty
 from __future__ import annotations
 
 import importlib
+import math
 import traceback
 from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
-from . import secrets
-from .exceptions import EngineError, NotSerializableError, TaskError
+from . import codec, secrets
+from .exceptions import DivergenceError, EngineError, NotSerializableError, TaskError
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
 def _plain(value: Any, where: str) -> Any:
-    """`value` as JSON data (tuples become lists), or NotSerializableError naming `where`.
-
-    The first execution returns this normalized value too, so it and every replay agree.
-    """
-    if isinstance(value, _JSON_SCALARS):
-        return value
-    if isinstance(value, list | tuple):
-        return [_plain(item, where) for item in value]
-    if isinstance(value, dict):
-        out = {}
-        for k, item in value.items():
-            if not isinstance(k, str):
-                raise NotSerializableError(
-                    f"{where}: dict key {k!r} is a {type(k).__name__}; "
-                    "the task log stores JSON, whose keys are strings"
-                )
-            out[k] = _plain(item, where)
-        return out
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    raise NotSerializableError(
-        f"{where}: a {type(value).__name__} cannot be stored in the task log; "
-        "return JSON-compatible data (dict, list, str, int, float, bool, None) or a pydantic "
-        "model, or annotate the function's return type so the engine can encode it"
-    )
+    """`value` as JSON data the task log stores exactly (engine.codec), or NotSerializableError
+    naming `where` and the path inside the value."""
+    return codec.check(value, where)
 
 
 def type_name(cls: type) -> str:
@@ -70,14 +49,33 @@ def encode(value: Any, where: str, annotation: Any = None) -> tuple[Any, str | N
     """Returns (json_value, type_name) or raises NotSerializableError naming `where`."""
     if annotation is not None:
         try:
-            return _adapter(annotation).dump_python(value, mode="json"), None
+            dumped = _adapter(annotation).dump_python(value, mode="json")
         except Exception as exc:
             raise NotSerializableError(
                 f"{where}: the value does not match the declared type {annotation!r}: {exc}"
             ) from exc
+        return codec.check(dumped, where), None
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json"), type_name(type(value))
-    return _plain(value, where), None
+        cls = type(value)
+        if not _rebuildable(cls):
+            raise NotSerializableError(
+                f"{where}: {cls.__qualname__} cannot be rebuilt on replay, because "
+                f"{type_name(cls)} does not import back to this class; define the class at "
+                "module level, or annotate the task function's return type"
+            )
+        return codec.check(value.model_dump(mode="json"), where), type_name(cls)
+    return codec.check(value, where), None
+
+
+@lru_cache(maxsize=512)
+def _rebuildable(cls: type) -> bool:
+    """Whether replay can find `cls` again by its recorded name (not a class made in a function)."""
+    if "<locals>" in cls.__qualname__:
+        return False
+    try:
+        return _import_type(type_name(cls)) is cls
+    except Exception:
+        return False
 
 
 def decode(value: Any, type_name_: str | None, annotation: Any = None) -> Any:
@@ -85,8 +83,15 @@ def decode(value: Any, type_name_: str | None, annotation: Any = None) -> Any:
     if annotation is not None:
         return _adapter(annotation).validate_python(value)
     if type_name_:
-        cls = _import_type(type_name_)
-        if issubclass(cls, BaseModel):
+        try:
+            cls = _import_type(type_name_)
+        except Exception as exc:
+            raise DivergenceError(
+                f"the recorded value has type {type_name_}, which cannot be imported now "
+                f"({type(exc).__name__}: {exc}): the code no longer matches what this run "
+                "recorded; restore the class, or finish the run on a worker with the old version"
+            ) from None
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
             return cls.model_validate(value)
     return value
 
@@ -103,13 +108,17 @@ def encode_error(exc: BaseException) -> dict[str, Any]:
     cls = type(exc)
     error: dict[str, Any] = {
         "type": cls.__qualname__,
-        "message": str(exc),
+        "message": codec.escape_text(str(exc)),
         "module": cls.__module__,
-        "traceback": "".join(traceback.format_exception(exc)),
+        "traceback": codec.escape_text("".join(traceback.format_exception(exc))),
     }
     # Plain attributes an integration's error carries (status code, request id) survive replay.
     for attr, value in getattr(exc, "details", {}).items():
         if isinstance(value, _JSON_SCALARS) and attr not in error:
+            if isinstance(value, str):
+                value = codec.escape_text(value)
+            elif isinstance(value, float) and not math.isfinite(value):
+                value = repr(value)
             error[attr] = value
     # Last: whatever the error says, no secret the engine knows is recorded (INVARIANTS 8).
     return secrets.scrub(error)  # type: ignore[no-any-return]

@@ -9,7 +9,6 @@ the small `_dialect_*` helpers at the bottom, nowhere else.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
@@ -26,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from . import clock, secrets
+from . import clock, codec, secrets
 from .dberrors import is_transient
 from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
 from .groupcommit import GroupCommit, Write, direct_write, in_sqlite_thread, invalidate_if_broken
@@ -624,8 +623,9 @@ def _data_version(db: sqlite3.Connection) -> int:
 
 
 def _sqlite_json(value: Any) -> Any:
-    # A JSON column has numeric affinity in SQLite: a bare number comes back as a number.
-    return json.loads(value) if isinstance(value, str | bytes) else value
+    # Top-level numbers are stored as BLOBs (engine.codec.sqlite_param); rows written before
+    # that may hold a bare number, which the column's numeric affinity made a number.
+    return None if value is None else codec.loads(value)
 
 
 def _task_row(r: tuple[Any, ...], postgres: bool) -> TaskRow:
@@ -690,7 +690,14 @@ def _dialect_engine(url: Any, pool_size: int) -> AsyncEngine:
     if url.get_backend_name() == "postgresql":
         # No overflow: a worker's connections are bounded by its pool size (see docs/postgres.md),
         # and executions queue for a connection rather than exceed max_connections.
-        return create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=120)
+        return create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=120,
+            json_serializer=codec.dumps,
+            json_deserializer=codec.loads,
+        )
     try:
         busy_timeout = float(url.query.get("timeout", DEFAULT_BUSY_TIMEOUT))
         if not 0 <= busy_timeout <= 3600:
@@ -711,6 +718,8 @@ def _dialect_engine(url: Any, pool_size: int) -> AsyncEngine:
         # the pool's own rollback on return would only cost a thread hand-off per transaction.
         pool_reset_on_return=None,
         connect_args={"timeout": busy_timeout},
+        json_serializer=codec.sqlite_param,
+        json_deserializer=codec.loads,
     )
 
     @event.listens_for(engine.sync_engine, "connect")
