@@ -141,8 +141,7 @@ class IO:
         """Runs `fn` once for this run; every later execution returns its recorded output."""
         annotation = _return_annotation(fn)
 
-        def encode(value: Any) -> tuple[Any, str | None]:
-            return serialization.encode(value, f"io.run_task({key!r}) output", annotation)
+        encode = _EngineEncoder("io.run_task", key, annotation)
 
         def decode(value: Any, type_name: str | None) -> Any:
             return serialization.decode(value, type_name, annotation)
@@ -321,7 +320,10 @@ class IO:
         parent, key, path = replay.claim_key(key)
         where = f"{name}({key!r})"
         params = serialization.check_params(params, f"{where} params")
-        encode = encode or (lambda v: serialization.encode(v, f"{where} output"))
+        if encode is None:
+            encode = _EngineEncoder(name, key)
+        elif not isinstance(encode, _EngineEncoder):
+            encode = _checked(encode, f"{where} output")
         decode = decode or serialization.decode
         policy = retry or NO_RETRY
         replay.enter()
@@ -412,6 +414,28 @@ class IO:
 # How long a timed-out attempt gets to unwind after it is cancelled (its `finally` blocks, an
 # HTTP client closing) before the timeout is recorded anyway.
 TIMEOUT_GRACE = 1.0
+
+
+class _EngineEncoder:
+    """The engine's own encoding (engine.serialization), which checks the value itself."""
+
+    def __init__(self, call: str, key: str, annotation: Any = None) -> None:
+        self.call, self.key, self.annotation = call, key, annotation
+
+    def __call__(self, value: Any) -> tuple[Any, str | None]:
+        where = f"{self.call}({self.key!r}) output"
+        return serialization.encode(value, where, self.annotation)
+
+
+def _checked(encode: Encoder, where: str) -> Encoder:
+    """An integration's encoder, its result held to the engine's rules (engine.codec): a value
+    the database would refuse must fail the step once, not every write."""
+
+    def checked(value: Any) -> tuple[Any, str | None]:
+        stored, type_name = encode(value)
+        return codec.check(stored, where), type_name
+
+    return checked
 
 
 async def _with_timeout(awaitable: Awaitable[T], timeout: float | None, where: str) -> T:

@@ -464,3 +464,28 @@ async def test_a_recorded_type_that_no_longer_imports_fails_the_run_clearly(harn
     assert run["error"]["type"] == "DivergenceError"
     assert "RenamedSince, which cannot be imported now" in run["error"]["message"]
     assert CALLS[tag] == 1
+
+
+async def test_an_integrations_encoded_output_is_held_to_the_same_rules(harness):
+    """`io.call` with an integration's own encoder (as the OpenAI integration records responses):
+    what the encoder produces is checked too, so an API reply holding a NUL fails the step once."""
+    tag = unique_id("custom")
+
+    @job(id=tag)
+    async def custom(payload, io, ctx):
+        async def fetch(task):
+            CALLS[tag] += 1
+            return "reply"
+
+        def encode(value: Any) -> tuple[Any, str | None]:
+            return {"content": f"a\x00{value}"}, None
+
+        return await io.call("c", fetch, kind="custom", name="custom", encode=encode)
+
+    await harness.start(custom)
+    view = await harness.run(custom)
+    assert view["status"] == "FAILED"
+    assert CALLS[tag] == 1
+    (task,) = view["tasks"]
+    assert task["status"] == "ERRORED" and task["attempts"] == 1
+    assert "custom('c') output: value[\"content\"] holds a NUL" in task["error"]["message"]
