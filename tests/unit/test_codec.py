@@ -15,7 +15,7 @@ from engine import NotSerializableError, codec, limits
 from engine.exceptions import EngineError
 
 
-class Color(str, Enum):
+class Color(str, Enum):  # noqa: UP042 (a str mixin, whose str() is not its value)
     RED = "red"
 
 

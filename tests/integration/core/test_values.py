@@ -375,7 +375,9 @@ async def test_cli_payloads_round_trip_or_fail_in_one_line(harness):
     run = await harness.engine.wait_for(result.stdout.strip(), 30)
     assert run["status"] == "COMPLETED"
     assert same(run["output"], payload)
-    shown = await asyncio.to_thread(_cli, "runs", "show", run["id"], "--json", "--database-url", url)
+    shown = await asyncio.to_thread(
+        _cli, "runs", "show", run["id"], "--json", "--database-url", url
+    )
     assert same(json.loads(shown.stdout)["output"], payload)
 
 
