@@ -338,15 +338,28 @@ async def test_real_errors_are_classified(harness: Harness) -> None:
 
     if not store.is_postgres:
         return
-    async with store.engine.connect() as conn:  # the pooled connection the next use gets
-        pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    async with store.engine.connect() as conn:  # at least one pooled connection
+        await conn.execute(text("SELECT 1"))
     import asyncpg
 
     admin = await asyncpg.connect(
         store.parsed_url.set(drivername="postgresql").render_as_string(hide_password=False)
     )
     try:
-        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        # Every pooled connection dies (the pool hands them out in FIFO order: killing only
+        # one would leave the next use to a live one).
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        # Termination is asynchronous: wait until those backends are really gone.
+        deadline = time.monotonic() + 30
+        while await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ):
+            assert time.monotonic() < deadline, "the terminated backends did not exit"
+            await asyncio.sleep(0.01)
     finally:
         await admin.close()
     # The raw read path meets the dead connection: transient (one attempt, no retry here).
