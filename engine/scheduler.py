@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import clock, codec, pollers, secrets, serialization
-from .exceptions import EngineError, NotSerializableError, PollTimeoutError
+from .exceptions import DatabaseError, EngineError, NotSerializableError, PollTimeoutError
 from .executor import execute
 from .jobs import Job
+from .outage import Outage, backoff
 from .records import DuePoll
 from .recovery import DEFAULT_MAX_RECOVERIES, check_max_recoveries
 from .store import Store
@@ -68,6 +69,8 @@ class Scheduler:
         # Set when another party wrote to the database (NOTIFY, data_version, this process's
         # Engine): only then can a run we are executing have been canceled.
         self._news = False
+        # The claim loop is the one that reports an outage; side tasks retry quietly.
+        self.outage = Outage(log)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -83,9 +86,16 @@ class Scheduler:
         try:
             while not self.stopping.is_set():
                 self._check_side_tasks(side)
-                busy = await self.tick()
-                if not busy:
-                    await self._sleep()
+                try:
+                    busy = await self.tick()
+                    self.outage.recovered()
+                    if not busy:
+                        await self._sleep()
+                except DatabaseError as exc:
+                    # Never fatal: runs in flight keep their leases as long as the heartbeat
+                    # gets through, and claiming resumes as soon as the database answers.
+                    self.outage.failed(exc)
+                    await self.outage.pause(self.stopping)
         finally:
             await self._drain()
             for task in side:
@@ -153,6 +163,10 @@ class Scheduler:
             log.debug("run %s: %s", run.id, outcome.status)
         except asyncio.CancelledError:
             raise
+        except DatabaseError as exc:
+            # The run stays RUNNING; its lease expires and it is picked up again. One line, not
+            # a traceback per run: the outage itself is reported by the claim loop.
+            log.warning("run %s: not recorded (%s); it resumes once its lease lapses", run.id, exc)
         except Exception:
             # The run stays RUNNING; its lease expires and it is picked up again.
             log.exception("run %s: the execution could not record its outcome", run.id)
@@ -168,9 +182,9 @@ class Scheduler:
         self._news = False
         try:
             canceled = await self.store.canceled_among(list(self._replays))
-        except EngineError as exc:
-            log.warning("checking for canceled runs failed: %s", exc)
-            return
+        except DatabaseError:
+            self._news = True  # check again once the database answers; the caller backs off
+            raise
         for run_id in canceled:
             replay = self._replays.get(run_id)
             if replay is not None:
@@ -178,16 +192,22 @@ class Scheduler:
                 replay.abort()
 
     async def _heartbeats(self) -> None:
+        failures = 0
         while True:
-            await asyncio.sleep(self.lease_seconds / 3)
+            # During an outage, retry sooner than the regular beat: the leases are running out.
+            beat = self.lease_seconds / 3
+            await asyncio.sleep(min(beat, backoff(failures - 1)) if failures else beat)
             # Judge only the executions this heartbeat was sent for: one that started while it
             # was in flight is not in its answer, and is not lost.
             sent = dict(self._replays)
             try:
                 held = await self.store.heartbeat(self.worker_id, self.lease_seconds, list(sent))
             except EngineError as exc:
-                log.warning("heartbeat failed: %s", exc)
+                # Quiet: the claim loop reports the outage once.
+                failures += 1
+                log.debug("heartbeat failed: %s", exc)
                 continue
+            failures = 0
             for run_id, replay in sent.items():
                 if held.get(run_id) != replay.epoch:
                     # Canceled, or reclaimed after we stalled: nothing it does can be recorded.
@@ -220,39 +240,54 @@ class Scheduler:
         dsn = self.store.parsed_url.set(drivername="postgresql").render_as_string(
             hide_password=False
         )
+        failures = 0
         while True:
             try:
-                conn = await asyncpg.connect(dsn)
-                closed = asyncio.Event()
-                conn.add_termination_listener(functools.partial(_set, closed))
-                await conn.add_listener("engine_wake", self._hear)
-                # A NOTIFY may have been sent while we were not listening.
-                self._hear()
+                conn = await asyncpg.connect(dsn, timeout=30)
                 try:
+                    closed = asyncio.Event()
+                    conn.add_termination_listener(functools.partial(_set, closed))
+                    await conn.add_listener("engine_wake", self._hear)
+                    # A NOTIFY may have been sent while we were not listening.
+                    self._hear()
+                    failures = 0
                     await closed.wait()
                 finally:
-                    await conn.close()
+                    conn.terminate()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("LISTEN connection lost (%s); retrying", exc)
-                await asyncio.sleep(1.0)
+                # Quiet: the claim loop reports the outage once; wake it so it notices.
+                log.debug("LISTEN connection lost (%s); retrying", exc)
+            # Lost or failed: whatever was announced meanwhile is found by the next claim.
+            self._hear()
+            await asyncio.sleep(backoff(failures))
+            failures += 1
 
     async def _watch_file(self, every: float = 0.05) -> None:
         """SQLite: wake when another process commits (a trigger, a cancel, a retry)."""
-        seen = await self.store.data_version()
+        seen: int | None = None
+        failures = 0
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(max(every, backoff(failures - 1)) if failures else every)
             try:
                 version = await self.store.data_version()
             except EngineError as exc:
-                log.warning("watching the database failed: %s", exc)
+                # Quiet: the claim loop reports the outage once.
+                failures += 1
+                log.debug("watching the database failed: %s", exc)
+                continue
+            failures = 0
+            if seen is None:  # a commit made before this first read may have been missed
+                seen = version
+                self._hear()
                 continue
             if version != seen:
                 seen = version
                 self._hear()
 
     def _check_side_tasks(self, side: list[asyncio.Task[Any]]) -> None:
+        # The side tasks retry database errors themselves; one that still died has a bug.
         for task in side:
             if task.done() and not task.cancelled() and task.exception():
                 raise EngineError(f"worker side task {task.get_name()} died: {task.exception()}")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from .app import load_app
 from .client import resolve_database_url
 from .jobs import Job
+from .outage import retry_transient
 from .recovery import DEFAULT_MAX_RECOVERIES, check_max_recoveries
 from .scheduler import Scheduler
 from .store import Store
@@ -56,8 +57,10 @@ class Worker:
         try:
             from . import migrate
 
-            await migrate.upgrade(store)
-            await register(store, self.jobs)
+            # A database that is restarting gets a minute to come back; a wrong URL, host or
+            # password is reported at once.
+            await retry_transient(lambda: migrate.upgrade(store), log)
+            await retry_transient(lambda: register(store, self.jobs), log)
             scheduler = Scheduler(
                 store,
                 self.jobs,
