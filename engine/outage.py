@@ -24,6 +24,9 @@ MAX_DELAY = 5.0
 # How long `engine run` keeps trying to reach the database when it starts (a server that is
 # restarting); an error that is not transient (bad URL, no such host, wrong password) fails at once.
 START_PATIENCE = 60.0
+# The database must answer for this long before the outage is reported over: right after a
+# restart, pooled connections opened before it fail one by one, and that is the same outage.
+SETTLE = 1.0
 
 
 def backoff(attempt: int, first: float = FIRST_DELAY, cap: float = MAX_DELAY) -> float:
@@ -43,13 +46,16 @@ class Outage:
     """The state of one database outage as seen by one loop.
 
     `failed(exc)` when an attempt fails (logs the start, once), `await pause(stop)` before the
-    next attempt, `recovered()` when an attempt succeeds (logs the end, once).
+    next attempt, `recovered()` when an attempt succeeds (logs the end, once the database has
+    kept answering for `settle` seconds; failures before that belong to the same outage).
     """
 
-    def __init__(self, log: logging.Logger, what: str = "database") -> None:
+    def __init__(self, log: logging.Logger, what: str = "database", settle: float = SETTLE) -> None:
         self.log = log
         self.what = what
+        self.settle = settle
         self.since: float | None = None
+        self.answered: float | None = None  # first success since the last failure
         self.attempts = 0
         self._last: str | None = None
         self._escalated = False
@@ -60,6 +66,7 @@ class Outage:
 
     def failed(self, exc: DatabaseError) -> None:
         message = exc.message
+        self.answered = None
         if self.since is None:
             self.since = time.monotonic()
             self.log.warning("%s unavailable: %s; retrying", self.what, message)
@@ -83,9 +90,16 @@ class Outage:
     def recovered(self) -> None:
         if self.since is None:
             return
-        took = time.monotonic() - self.since
+        now = time.monotonic()
+        if self.answered is None:
+            self.answered = now
+            self.attempts = 0  # a failure now starts the backoff over
+        if now - self.answered < self.settle:
+            return
+        took = self.answered - self.since
         self.log.warning("%s reachable again after %.1f s", self.what, took)
         self.since = None
+        self.answered = None
         self.attempts = 0
         self._last = None
         self._escalated = False
@@ -111,6 +125,7 @@ async def retry_transient(
             outage.failed(exc)
             await outage.pause()
             continue
+        outage.settle = 0.0  # nothing else is going to succeed to confirm it
         outage.recovered()
         return result
 

@@ -145,6 +145,8 @@ class Scheduler:
 
     async def _sleep(self) -> None:
         timeout = self.idle_poll
+        if self.outage.ongoing:  # look again soon, to see whether the database stays up
+            timeout = min(timeout, self.outage.settle)
         due = None
         if not self._saturated:
             due = await self.store.next_due(list(self.jobs), sorted(pollers.registered()))

@@ -26,6 +26,7 @@ STEPS = 40
 def start_runs(procs: Any, url: str, tmp_path: Path, count: int, sleep: float) -> dict[str, Path]:
     """`count` runs of crash.py's many-tasks; each appends every step it executes to its file.
     Triggered before the worker starts, so they all run at once."""
+    tmp_path.mkdir(exist_ok=True)
     runs = {}
     for i in range(count):
         log = tmp_path / f"run{i}.log"
@@ -46,8 +47,14 @@ def wait_more(procs: Any, runs: dict[str, Path], more: int, what: str, timeout: 
 
 def wait_completed(procs: Any, url: str, runs: dict[str, Path], timeout: float = 90) -> None:
     for run_id in runs:
-        procs.wait_status(url, run_id, "COMPLETED", timeout=timeout)
-        assert procs.show(url, run_id)["output"] == {"count": STEPS}
+        procs.wait_status(url, run_id, {"COMPLETED", "FAILED", "CANCELED"}, timeout=timeout)
+        view = procs.show(url, run_id)
+        assert view["status"] == "COMPLETED", (
+            view["status"],
+            view.get("error"),
+            [(t["key"], t["status"], t.get("error")) for t in view["tasks"]][-3:],
+        )
+        assert view["output"] == {"count": STEPS}
 
 
 def assert_each_step_once(runs: dict[str, Path]) -> None:
@@ -76,6 +83,11 @@ def assert_alive(worker: Any) -> None:
 
 def no_tracebacks(worker: Any) -> None:
     assert "Traceback" not in worker.output, worker.output
+
+
+def settled(worker: Any) -> bool:
+    unavailable, reachable = outage_lines(worker.output)
+    return unavailable == reachable
 
 
 def has(worker: Any, text: str, count: int = 1) -> Callable[[], bool]:
@@ -140,9 +152,11 @@ def test_postgres_restarted_and_stopped(
     private_pg.restart(mode="fast")
     wait_more(procs, runs, 10, "steps after the restart")
     assert_alive(worker)
+    # Whatever the restart cost, it is over (each start reported has its end) before the stop.
+    procs.wait_until(lambda: settled(worker), 30, "the restart's outage (if any) over")
 
-    private_pg.stop(mode="fast")
     before = worker.output.count(UNAVAILABLE)
+    private_pg.stop(mode="fast")
     procs.wait_until(has(worker, UNAVAILABLE, before + 1), 30, "the stop reported")
     # Down for a while: the worker keeps retrying (with backoff) and stays alive.
     procs.wait_until(
@@ -171,12 +185,9 @@ def _stalled(runs: dict[str, Path], seconds: float = 1.0) -> bool:
 @pytest.mark.postgres
 def test_backends_terminated(procs: Any, pg_url: str, tmp_path: Path) -> None:
     dbname = pg_url.rsplit("/", 1)[1]
-    admin = with_port(pg_url.rsplit("/", 1)[0] + "/postgres", 5432)
-    runs = start_runs(procs, pg_url, tmp_path, 5, sleep=0.1)
-    worker = procs.worker("crash.py", pg_url, lease=30, concurrency=10)
-    wait_more(procs, runs, 10, "steps before the first termination")
+    admin = pg_url.rsplit("/", 1)[0] + "/postgres"
 
-    for round_ in range(3):
+    def terminate() -> None:
         killed = pg_execute(
             admin,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -184,13 +195,23 @@ def test_backends_terminated(procs: Any, pg_url: str, tmp_path: Path) -> None:
             dbname,
         )
         assert killed, "the worker had no connection to terminate"
+
+    runs = start_runs(procs, pg_url, tmp_path, 5, sleep=0.1)
+    worker = procs.worker("crash.py", pg_url, lease=30, concurrency=10)
+    wait_more(procs, runs, 10, "steps before the first termination")
+    # While runs are in flight.
+    for round_ in range(2):
+        terminate()
         wait_more(procs, runs, 10, f"steps after termination {round_ + 1}")
         assert_alive(worker)
-
     wait_completed(procs, pg_url, runs)
+
+    # While the worker is idle: every pooled connection is dead when new work arrives.
+    terminate()
+    more = start_runs(procs, pg_url, tmp_path / "more", 2, sleep=0.01)
+    wait_completed(procs, pg_url, more)
     assert_alive(worker)
-    unavailable, reachable = outage_lines(worker.output)
-    assert unavailable == reachable, worker.output
+    procs.wait_until(lambda: settled(worker), 30, "every outage reported over")
     no_tracebacks(worker)
 
 
@@ -215,26 +236,23 @@ def test_sqlite_locked_past_the_busy_timeout(procs: Any, tmp_path: Path) -> None
     worker = procs.worker("crash.py", url, lease=120, concurrency=10)
     wait_more(procs, runs, 10, "steps before the lock")
 
-    holder = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", _HOLD_LOCK, str(path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        # Held until the worker has given up waiting for it at least once.
-        procs.wait_until(has(worker, UNAVAILABLE), 60, "the lock reported")
-        assert_alive(worker)
-    finally:
-        if holder.stdin is not None:
-            holder.stdin.write("\n")
-            holder.stdin.flush()
+    ) as holder:
         try:
-            holder.wait(10)
-        except subprocess.TimeoutExpired:
-            holder.kill()
-            holder.wait(5)
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            # Held until the worker has given up waiting for it at least once.
+            procs.wait_until(has(worker, UNAVAILABLE), 60, "the lock reported")
+            assert_alive(worker)
+        finally:
+            try:
+                holder.communicate("\n", timeout=10)
+            except subprocess.TimeoutExpired:
+                holder.kill()
+                holder.communicate()
     procs.wait_until(has(worker, REACHABLE), 60, "the end of the lock reported")
     wait_completed(procs, plain, runs)
     assert_alive(worker)
