@@ -70,7 +70,9 @@ async def execute(
     except asyncio.CancelledError:
         job_task.cancel()
         raise
-    return await _conclude(store, job_task, replay, claimed)
+    # Under shield: a cancel (a stopping worker) must not cut the recording of the run's end
+    # in half; it finishes in the background and the canceller carries on.
+    return await asyncio.shield(_conclude(store, job_task, replay, claimed))
 
 
 async def _supervise(job_task: asyncio.Future[Any], replay: Replay) -> None:
