@@ -228,7 +228,10 @@ class Scheduler:
                 sweep=sweep,
             )
         except EngineError as exc:
-            log.warning("recording this worker as live failed: %s", exc)
+            # A database error is quiet: the claim loop reports an outage once, and the next
+            # beat records this worker again.
+            level = logging.DEBUG if isinstance(exc, DatabaseError) else logging.WARNING
+            log.log(level, "recording this worker as live failed: %s", exc)
 
     async def _retire(self) -> None:
         try:
