@@ -12,9 +12,7 @@ from engine.outage import Outage, backoff
 
 
 def error(message: str, transient: bool) -> DatabaseError:
-    exc = DatabaseError(message)
-    exc.transient = transient  # type: ignore[attr-defined]
-    return exc
+    return DatabaseError(message, transient=transient)
 
 
 def test_outage_reports_once_and_escalates_a_repeated_permanent_error(
