@@ -42,6 +42,10 @@ def is_connection_error(exc: BaseException) -> bool:
             return True
         if name.endswith("InterfaceError") and "connection is closed" in str(err):
             return True
+        # asyncpg: an operation cut short by a terminated backend left the protocol mid-way;
+        # the connection is unusable (seen under pg_terminate_backend in the soak).
+        if name.endswith("InterfaceError") and "another operation" in str(err):
+            return True
         if name == "ProgrammingError" and "closed database" in str(err):
             return True
     return False

@@ -53,6 +53,16 @@ def test_a_lost_connection_is_transient_on_both_dialects() -> None:
         assert not is_transient(OverflowError("timestamp out of range"), postgres=postgres)
 
 
+def test_a_connection_left_mid_operation_is_broken() -> None:
+    import asyncpg
+
+    # What asyncpg raises on a connection whose backend was terminated mid-operation.
+    exc = asyncpg.exceptions.InterfaceError(
+        "cannot switch to state 15; another operation (2) is in progress"
+    )
+    assert is_transient(exc, postgres=True)
+
+
 class _PgError(Exception):
     def __init__(self, sqlstate: str) -> None:
         super().__init__(sqlstate)
