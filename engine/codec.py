@@ -150,9 +150,13 @@ def _check_text(text: str, what: str = "") -> None:
 # -- text in and out -------------------------------------------------------------------------------
 
 
+# One encoder for every call: json.dumps with arguments builds a new one each time.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
 def dumps(value: Any) -> str:
     """Compact JSON text of a value `check` accepted; floats keep a decimal point."""
-    text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    text = _encode(value)
     if "e+" in text and _has_float(value):
         # Rare: a float printed in exponent form. Write it positionally so it stays a float.
         text = _slow_dumps(value)

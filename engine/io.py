@@ -312,7 +312,8 @@ class IO:
         when the worker dies during a slow call (used for paid API calls).
         """
         replay = self._replay
-        limits.check_text(name, f"{kind} {key!r} name", limits.MAX_NAME_LENGTH)
+        if not limits.is_plain(name, limits.MAX_NAME_LENGTH):
+            limits.check_text(name, f"{kind} {key!r} name", limits.MAX_NAME_LENGTH)
         if timeout is not None:
             limits.check_seconds(
                 timeout, f"{name}({key!r}) timeout", limits.MAX_TASK_TIMEOUT, zero=False

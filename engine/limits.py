@@ -29,6 +29,8 @@ MAX_TASK_TIMEOUT = 366 * 24 * 3600.0
 def check_text(value: Any, what: str, max_length: int, *, control: bool = False) -> str:
     """A non-empty string of at most `max_length` characters, without NUL or lone surrogates
     (and, with `control`, without any control character: keys are shown and joined in paths)."""
+    if is_plain(value, max_length):  # every step checks its key and name: keep that cheap
+        return value  # type: ignore[no-any-return]
     if not isinstance(value, str) or not value:
         raise EngineError(f"{what} {value!r}: give a non-empty string")
     if len(value) > max_length:
@@ -45,6 +47,16 @@ def check_text(value: Any, what: str, max_length: int, *, control: bool = False)
                 f"{what} {value!r}: holds a lone surrogate, which is not valid Unicode"
             ) from None
     return value
+
+
+def is_plain(value: Any, max_length: int) -> bool:
+    """The common case, in C: printable ASCII (so no NUL, control character or surrogate)."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= max_length
+        and value.isascii()
+        and value.isprintable()
+    )
 
 
 def _has_control(value: str) -> bool:

@@ -39,7 +39,11 @@ timed_out: ContextVar[tuple[list[BaseException], ...]] = ContextVar(
 
 
 def path_text(path: tuple[str, ...]) -> str:
-    return json.dumps(list(path), separators=(",", ":"))
+    # Every step computes its parent's: the top level (most steps) needs no encoder.
+    return _encode_path(list(path)) if path else "[]"
+
+
+_encode_path = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass
