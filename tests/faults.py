@@ -446,3 +446,65 @@ def private_pg() -> Iterator[PrivatePostgres]:
         pytest.skip(reason)
     with private_postgres() as cluster:
         yield cluster
+
+
+# -- SQLite: a lock held by another process ---------------------------------------------------
+
+_HOLD_SQLITE_LOCK = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+db.execute("ROLLBACK")
+print("released", flush=True)
+"""
+
+
+class SQLiteLock:
+    """Another process holding an SQLite file's write lock until the test releases it.
+
+    `with SQLiteLock(path):` returns once the lock is held and releases it on exit; `release()`
+    releases it earlier and returns once the other process let go. Blocking calls (the other
+    process answers at once), usable from sync and async tests alike.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> SQLiteLock:
+        import sys
+
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_SQLITE_LOCK, self.path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline().strip()
+        if line != "locked":
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"the lock holder did not take the lock of {self.path}: {line!r}")
+        return self
+
+    def release(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            out, _ = proc.communicate("\n", timeout=30)
+            assert "released" in out, out
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self.release()
+        elif proc is not None:
+            proc.communicate()
+            self._proc = None

@@ -6,15 +6,13 @@ and every run completes without a restart.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faults import TcpProxy, pg_execute, private_pg, with_port  # noqa: F401
+from faults import SQLiteLock, TcpProxy, pg_execute, private_pg, with_port  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -217,16 +215,6 @@ def test_backends_terminated(procs: Any, pg_url: str, tmp_path: Path) -> None:
 
 # -- SQLite locked by another process past the busy timeout -------------------------------------
 
-_HOLD_LOCK = """
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
-db.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-sys.stdin.readline()
-db.execute("ROLLBACK")
-"""
-
-
 def test_sqlite_locked_past_the_busy_timeout(procs: Any, tmp_path: Path) -> None:
     path = tmp_path / "engine.db"
     # A short busy timeout (`?timeout=` seconds) keeps the test short; the outage is the same.
@@ -236,23 +224,10 @@ def test_sqlite_locked_past_the_busy_timeout(procs: Any, tmp_path: Path) -> None
     worker = procs.worker("crash.py", url, lease=120, concurrency=10)
     wait_more(procs, runs, 10, "steps before the lock")
 
-    with subprocess.Popen(
-        [sys.executable, "-c", _HOLD_LOCK, str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as holder:
-        try:
-            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-            # Held until the worker has given up waiting for it at least once.
-            procs.wait_until(has(worker, UNAVAILABLE), 60, "the lock reported")
-            assert_alive(worker)
-        finally:
-            try:
-                holder.communicate("\n", timeout=10)
-            except subprocess.TimeoutExpired:
-                holder.kill()
-                holder.communicate()
+    with SQLiteLock(path):
+        # Held until the worker has given up waiting for it at least once.
+        procs.wait_until(has(worker, UNAVAILABLE), 60, "the lock reported")
+        assert_alive(worker)
     procs.wait_until(has(worker, REACHABLE), 60, "the end of the lock reported")
     wait_completed(procs, plain, runs)
     assert_alive(worker)

@@ -11,15 +11,14 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
-from asyncio.subprocess import PIPE
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import SQLiteLock
 from sqlalchemy import text
 from support import Harness, unique_id
 
@@ -181,17 +180,6 @@ async def test_a_write_that_cannot_be_prepared_fails_alone(sqlite_harness: Harne
 
 # -- transient faults: a lock held by another process, a full disk --------------------------------
 
-_LOCKER = """
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
-db.execute("BEGIN EXCLUSIVE")
-print("locked", flush=True)
-sys.stdin.readline()
-db.execute("COMMIT")
-print("released", flush=True)
-"""
-
-
 def _held_job(gate: asyncio.Event, counts: collections.Counter[str], size: int = 10) -> Any:
     @job(id=unique_id("held"))
     async def held(payload, io, ctx):
@@ -222,38 +210,24 @@ async def test_a_lock_past_the_busy_timeout_is_waited_out(
     h = Harness(f"sqlite+aiosqlite:///{path}?timeout=0.2")
     gate, counts = asyncio.Event(), collections.Counter[str]()
     held = _held_job(gate, counts)
-    locker: asyncio.subprocess.Process | None = None
     try:
         # A long lease and idle poll: this test is about the step's own write, not the loop.
         await h.start(held, lease_seconds=30, idle_poll=60)
         run_id = await h.engine.trigger(held.id, None)
         await _until(lambda: counts["a"] == 1, what="the step to start")
-        locker = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _LOCKER, str(path), stdin=PIPE, stdout=PIPE
-        )
-        assert locker.stdout is not None
-        assert await asyncio.wait_for(locker.stdout.readline(), 30) == b"locked\n"
+        with SQLiteLock(path):
+            # The scheduler loop's queries do not wait: they say at once that it is transient.
+            with pytest.raises(DatabaseError) as info:
+                await h.store.next_due([held.key], [])
+            assert info.value.transient and "database is locked" in info.value.message
 
-        # The scheduler loop's queries do not wait: they say at once that it is transient.
-        with pytest.raises(DatabaseError) as info:
-            await h.store.next_due([held.key], [])
-        assert info.value.transient and "database is locked" in info.value.message
-
-        gate.set()  # the step's outcome meets the lock, and is retried
-        await _until(_seen(caplog, "database is locked"), what="a retried write")
-        assert counts["b"] == 0  # the job waits for its commit
-
-        assert locker.stdin is not None
-        locker.stdin.write(b"\n")
-        await locker.stdin.drain()
+            gate.set()  # the step's outcome meets the lock, and is retried
+            await _until(_seen(caplog, "database is locked"), what="a retried write")
+            assert counts["b"] == 0  # the job waits for its commit
         view = await h.engine.wait_for(run_id, 60)
         assert view["status"] == "COMPLETED" and view["output"] == [10, "done"]
         assert counts == {"a": 1, "b": 1}
     finally:
-        if locker is not None:
-            if locker.returncode is None:
-                locker.kill()
-            await asyncio.wait_for(locker.communicate(), 10)  # also closes its pipes
         await h.close()
 
 
@@ -383,27 +357,15 @@ async def test_a_lock_that_outlasts_the_patience_stops_the_execution(
     h.store.patience = 0.5
     gate, counts = asyncio.Event(), collections.Counter[str]()
     held = _held_job(gate, counts)
-    locker: asyncio.subprocess.Process | None = None
     try:
         await h.start(held, lease_seconds=30, idle_poll=60)
         run_id = await h.engine.trigger(held.id, None)
         await _until(lambda: counts["a"] == 1, what="the step to start")
-        locker = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _LOCKER, str(path), stdin=PIPE, stdout=PIPE
-        )
-        assert locker.stdout is not None and locker.stdin is not None
-        assert await asyncio.wait_for(locker.stdout.readline(), 30) == b"locked\n"
-        gate.set()
-        await _until(_seen(caplog, "it resumes once its lease lapses"), what="the stop")
-        locker.stdin.write(b"\n")
-        await locker.stdin.drain()
-        assert await asyncio.wait_for(locker.stdout.readline(), 30) == b"released\n"
+        with SQLiteLock(path):
+            gate.set()
+            await _until(_seen(caplog, "it resumes once its lease lapses"), what="the stop")
         view = await h.engine.show_run(run_id)
         assert view["status"] == "RUNNING" and view["tasks"] == []
         assert counts == {"a": 1}
     finally:
-        if locker is not None:
-            if locker.returncode is None:
-                locker.kill()
-            await asyncio.wait_for(locker.communicate(), 10)
         await h.close()
