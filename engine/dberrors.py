@@ -46,6 +46,10 @@ def is_connection_error(exc: BaseException) -> bool:
         # the connection is unusable (seen under pg_terminate_backend in the soak).
         if name.endswith("InterfaceError") and "another operation" in str(err):
             return True
+        # asyncpg's own protocol state machine gave up ("cannot switch to state N; another
+        # operation is in progress"): the client's fault after a cut, never the server's answer.
+        if name == "InternalClientError":
+            return True
         if name == "ProgrammingError" and "closed database" in str(err):
             return True
     return False
