@@ -142,8 +142,11 @@ def never_answered(exc: BaseException) -> bool:
         if err is None or id(err) in seen:
             continue
         seen.add(id(err))
-        if isinstance(err, OSError) and not isinstance(
-            err, ConnectionResetError | BrokenPipeError | ConnectionAbortedError
+        # Refused, unresolvable, unreachable, timed out. Not a ConnectionError in general: a
+        # connection accepted and then dropped (a restarting server, a proxy in front of one:
+        # asyncpg's "unexpected connection_lost() call") was answered, and is ridden out.
+        if isinstance(err, ConnectionRefusedError) or (
+            isinstance(err, OSError) and not isinstance(err, ConnectionError)
         ):
             return True
         orig = getattr(err, "orig", None)

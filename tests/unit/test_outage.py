@@ -60,3 +60,16 @@ def test_backoff_doubles_to_a_cap_with_jitter() -> None:
         delays = {backoff(attempt) for _ in range(50)}
         assert all(ceiling / 2 <= d <= ceiling for d in delays), (attempt, delays)
         assert len(delays) > 1  # jittered
+
+
+def test_at_start_up_only_a_server_that_never_answered_is_final() -> None:
+    import socket
+
+    from engine.outage import never_answered
+
+    assert never_answered(ConnectionRefusedError(111, "Connection refused"))
+    assert never_answered(socket.gaierror(-2, "Name or service not known"))
+    assert never_answered(TimeoutError("connect timed out"))
+    # Accepted, then dropped (a restarting server, or a proxy in front of one): ridden out.
+    assert not never_answered(ConnectionError("unexpected connection_lost() call"))
+    assert not never_answered(ConnectionResetError(104, "Connection reset by peer"))
