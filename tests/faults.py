@@ -452,7 +452,8 @@ def private_pg() -> Iterator[PrivatePostgres]:
 
 _HOLD_SQLITE_LOCK = """
 import sqlite3, sys
-db = sqlite3.connect(sys.argv[1], isolation_level=None)
+# A generous wait for the lock: on a loaded machine the engine may be mid-commit.
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
 db.execute("BEGIN EXCLUSIVE")
 print("locked", flush=True)
 sys.stdin.readline()
