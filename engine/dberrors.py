@@ -8,11 +8,13 @@ a value it cannot store): retrying it would fail the same way forever.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -53,6 +55,13 @@ def is_connection_error(exc: BaseException) -> bool:
         if name == "ProgrammingError" and "closed database" in str(err):
             return True
     return False
+
+
+async def invalidate_if_broken(conn: AsyncConnection, exc: BaseException) -> None:
+    """A connection that failed as a connection must not go back to the pool to fail again."""
+    if is_connection_error(exc):
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
 
 
 class PostgresErrors:

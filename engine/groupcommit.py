@@ -1,11 +1,9 @@
-"""The hot path: small writes, committed in groups through the database driver itself.
+"""SQLite's hot path: small writes, committed in groups through the driver itself.
 
-Every `io` step ends in one fenced task write that the job must wait for, and every poll the
-scheduler performs ends in a reschedule. Executed through SQLAlchemy, one write costs about
-eight thread hand-offs on aiosqlite; here a whole transaction is one hand-off (SQLite) or one
-round trip (PostgreSQL, a single autocommitted statement). On SQLite, writes that arrive while
-a commit is in flight are committed together in the next one, so many concurrent runs share
-transactions without any run getting ahead of its own commit.
+A whole transaction is one hand-off to aiosqlite's thread (see engine.writes). Writes that
+arrive while a commit is in flight are committed together in the next one, so many concurrent
+runs share transactions without any run getting ahead of its own commit. (PostgreSQL writes
+concurrently, each write on its own: engine.store_postgres.)
 """
 
 from __future__ import annotations
@@ -13,68 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import codec
-from .dberrors import is_connection_error
-from .sql import DriverSQL
-
-_JSON_FIELDS = frozenset({"params", "output", "error", "poll_state", "fields"})
-_TIME_FIELDS = frozenset({"due_at", "next_poll_at", "started_at", "completed_at", "created_at"})
+from .dberrors import invalidate_if_broken
+from .writes import Prepared, Write, prepare
 
 Translate = Callable[[BaseException], BaseException]
 T = TypeVar("T")
 
 
-@dataclass
-class Write:
-    """One unit of the hot path: the first statement decides (did it change exactly one row?);
-    the others run, in the same transaction, only when it did."""
-
-    first: tuple[DriverSQL, dict[str, Any]]
-    then: Sequence[tuple[DriverSQL, dict[str, Any]]] = ()
-
-
 def _sqlite_time(stamp: float) -> str:
     # The text SQLAlchemy's SQLite DateTime stores, so both paths read back alike.
     return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-def _pg_time(stamp: float) -> datetime:
-    return datetime.fromtimestamp(stamp, UTC)
-
-
-def _args(
-    sql: DriverSQL,
-    values: dict[str, Any],
-    time: Callable[[float], Any],
-    as_json: Callable[[Any], Any],
-) -> list[Any]:
-    out = []
-    for name in sql.names:
-        value = values[name]
-        if value is not None:
-            if name in _JSON_FIELDS:
-                value = as_json(value)
-            elif name in _TIME_FIELDS:
-                value = time(value)
-        out.append(value)
-    return out
-
-
-Prepared = tuple[tuple[str, list[Any]], list[tuple[str, list[Any]]]]
-
-
-def _prepare(write: Write, time: Callable[[float], Any], as_json: Callable[[Any], Any]) -> Prepared:
-    sql, values = write.first
-    return (sql.text, _args(sql, values, time, as_json)), [
-        (s.text, _args(s, v, time, as_json)) for s, v in write.then
-    ]
 
 
 def _sqlite_apply(db: sqlite3.Connection, prepared: Prepared) -> bool:
@@ -183,7 +136,7 @@ class GroupCommit:
         prepared: list[Prepared] = []
         for write in batch:
             try:
-                prepared.append(_prepare(write, _sqlite_time, codec.sqlite_param))
+                prepared.append(prepare(write, _sqlite_time, codec.sqlite_param))
                 outcomes.append(True)
             except Exception as exc:  # an unstorable value: its own writer's failure
                 outcomes.append(exc)
@@ -215,40 +168,3 @@ class GroupCommit:
 
 def _is_transient(error: BaseException) -> bool:
     return bool(getattr(error, "transient", False))
-
-
-async def invalidate_if_broken(conn: AsyncConnection, exc: BaseException) -> None:
-    """A connection that failed as a connection must not go back to the pool to fail again."""
-    if is_connection_error(exc):
-        with contextlib.suppress(Exception):
-            await conn.invalidate()
-
-
-async def direct_write(engine: AsyncEngine, write: Write, translate: Translate) -> bool:
-    """PostgreSQL: one write on its own connection; one round trip when it is one statement."""
-    try:
-        (sql, args), then = _prepare(write, _pg_time, codec.dumps)
-        async with engine.connect() as conn:
-            try:
-                return await _pg_write(conn, sql, args, then)
-            except Exception as exc:
-                await invalidate_if_broken(conn, exc)
-                raise
-    except Exception as exc:
-        raise translate(exc) from exc
-
-
-async def _pg_write(
-    conn: AsyncConnection, sql: str, args: list[Any], then: list[tuple[str, list[Any]]]
-) -> bool:
-    raw = await conn.get_raw_connection()
-    driver: Any = raw.driver_connection  # asyncpg.Connection
-    if not then:
-        # One statement is its own transaction.
-        return str(await driver.execute(sql, *args)).endswith(" 1")
-    async with driver.transaction():
-        written = str(await driver.execute(sql, *args)).endswith(" 1")
-        if written:
-            for more_sql, more_args in then:
-                await driver.execute(more_sql, *more_args)
-        return written

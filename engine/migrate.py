@@ -7,12 +7,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
 
 from .store import Store
-
-# Any fixed number: serializes concurrent `engine run` start-ups on one PostgreSQL database.
-_PG_LOCK_ID = 0x656E67696E65
 
 
 def _script_location() -> str:
@@ -38,6 +34,6 @@ def _upgrade(connection: Any) -> None:
 
 async def upgrade(store: Store) -> None:
     async with store.begin() as conn:
-        if store.is_postgres:
-            await conn.execute(text(f"SELECT pg_advisory_xact_lock({_PG_LOCK_ID})"))
+        # Concurrent `engine run` start-ups upgrade one at a time (PostgreSQL).
+        await store.lock_for_migration(conn)
         await conn.run_sync(_upgrade)

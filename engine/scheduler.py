@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -55,9 +54,9 @@ class Scheduler:
         self.jobs = {job.key: job for job in jobs}
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
-        # A safety net: new work is announced by NOTIFY (PostgreSQL) or noticed by watching the
-        # SQLite file's data_version; due times come from the database.
-        self.idle_poll = idle_poll or (5.0 if store.is_postgres else 1.0)
+        # A safety net: new work is announced by the store's wake-up side task (see
+        # `Store.watch`); due times come from the database.
+        self.idle_poll = idle_poll or store.idle_poll
         self.poll_slots = poll_concurrency
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.active: dict[str, asyncio.Task[Any]] = {}
@@ -78,11 +77,10 @@ class Scheduler:
         """Works until `stop()`; then lets in-flight runs reach their next persisted point."""
         self.store.add_local_listener(self._hear)
         await self._announce(sweep=True)
-        side = [asyncio.create_task(self._heartbeats(), name="engine-heartbeat")]
-        if self.store.is_postgres:
-            side.append(asyncio.create_task(self._listen(), name="engine-listen"))
-        else:
-            side.append(asyncio.create_task(self._watch_file(), name="engine-watch"))
+        side = [
+            asyncio.create_task(self._heartbeats(), name="engine-heartbeat"),
+            self.store.watch(self._hear),  # NOTIFY on PostgreSQL, data_version on SQLite
+        ]
         try:
             while not self.stopping.is_set():
                 self._check_side_tasks(side)
@@ -239,58 +237,6 @@ class Scheduler:
         except EngineError as exc:
             log.warning("removing this worker's row failed: %s", exc)
 
-    async def _listen(self) -> None:
-        import asyncpg
-
-        dsn = self.store.parsed_url.set(drivername="postgresql").render_as_string(
-            hide_password=False
-        )
-        failures = 0
-        while True:
-            try:
-                conn = await asyncpg.connect(dsn, timeout=30)
-                try:
-                    closed = asyncio.Event()
-                    conn.add_termination_listener(functools.partial(_set, closed))
-                    await conn.add_listener("engine_wake", self._hear)
-                    # A NOTIFY may have been sent while we were not listening.
-                    self._hear()
-                    failures = 0
-                    await closed.wait()
-                finally:
-                    conn.terminate()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Quiet: the claim loop reports the outage once; wake it so it notices.
-                log.debug("LISTEN connection lost (%s); retrying", exc)
-            # Lost or failed: whatever was announced meanwhile is found by the next claim.
-            self._hear()
-            await asyncio.sleep(backoff(failures))
-            failures += 1
-
-    async def _watch_file(self, every: float = 0.05) -> None:
-        """SQLite: wake when another process commits (a trigger, a cancel, a retry)."""
-        seen: int | None = None
-        failures = 0
-        while True:
-            await asyncio.sleep(max(every, backoff(failures - 1)) if failures else every)
-            try:
-                version = await self.store.data_version()
-            except EngineError as exc:
-                # Quiet: the claim loop reports the outage once.
-                failures += 1
-                log.debug("watching the database failed: %s", exc)
-                continue
-            failures = 0
-            if seen is None:  # a commit made before this first read may have been missed
-                seen = version
-                self._hear()
-                continue
-            if version != seen:
-                seen = version
-                self._hear()
-
     def _check_side_tasks(self, side: list[asyncio.Task[Any]]) -> None:
         # The side tasks retry database errors themselves; one that still died has a bug.
         for task in side:
@@ -356,7 +302,3 @@ def _poll_outcome(poll: DuePoll, result: pollers.PollResult) -> tuple[Any, dict[
         return codec.check(result.value, f"{where} value"), None
     except NotSerializableError as exc:
         return None, serialization.encode_error(exc)
-
-
-def _set(event: asyncio.Event, *_: Any) -> None:
-    event.set()

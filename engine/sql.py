@@ -216,7 +216,7 @@ class Statements:
                 "completed_at",
             )
         )
-        # The hot path (engine.groupcommit) runs these two through the driver itself: named
+        # The hot path (engine.writes) runs these two through the driver itself: named
         # `:params` for sqlite3, numbered and cast `$n::type` for asyncpg.
         self.raw_write_task = _driver_sql(
             f"INSERT INTO engine_tasks ({cols}) SELECT {values} WHERE {fence} "

@@ -1,102 +1,66 @@
-"""Every SQL statement the engine issues, behind one class.
+"""Every SQL statement the engine issues, behind one class per dialect.
 
 Writes made on behalf of an execution are *fenced*: they only take effect while the run's
 `lease_epoch` is still the one the execution claimed with, in the same statement, so a worker
-that lost its lease cannot record anything. Dialect differences (SQLite vs PostgreSQL) live in
-the small `_dialect_*` helpers at the bottom, nowhere else.
+that lost its lease cannot record anything.
+
+`Store(url)` returns the store of the URL's dialect: `SQLiteStore` (engine.store_sqlite) or
+`PostgresStore` (engine.store_postgres). This class holds everything they share; each dialect
+implements the few operations that differ, declared in engine.database: its engine setup, its
+hot write path, its raw replay reads, its wake-up side task, NOTIFY, its error classes and its
+migration lock. SQL text lives in engine.sql.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
-import re
-import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import event, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from . import clock, codec, secrets
-from .dberrors import is_transient
+from . import clock
+from .database import DEFAULT_DATABASE_URL as DEFAULT_DATABASE_URL  # engine.store API
+from .database import Database, parse_url
+from .dberrors import invalidate_if_broken
 from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
-from .groupcommit import GroupCommit, Write, direct_write, in_sqlite_thread, invalidate_if_broken
 from .records import ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
 from .recovery import DEFAULT_MAX_RECOVERIES, recovery_error
 from .sql import Statements
+from .writes import Write
 
 log = logging.getLogger("engine.store")
 
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///engine.db"
-WAKE_CHANNEL = "engine_wake"
 # How long the writes an execution depends on keep retrying a transient database error
 # (unreachable, locked, full) before the execution gives up; see docs/reliability.md.
 DEFAULT_PATIENCE = 60.0
-# SQLite's busy timeout, unless the URL says `?timeout=SECONDS`.
-DEFAULT_BUSY_TIMEOUT = 30.0
 
-log = logging.getLogger("engine.store")
 T = TypeVar("T")
 
 
-class Store:
-    """The engine's database: create with a URL, `await connect()`, `await close()`."""
+class Store(Database):
+    """The engine's database: create with a URL, `await connect()`, `await close()`.
+
+    `Store(url)` makes a `SQLiteStore` or a `PostgresStore`, according to the URL.
+    """
+
+    def __new__(cls, database_url: str | None = None, *, pool_size: int = 10) -> Store:
+        if cls is Store:
+            cls = _dialect_class(parse_url(database_url or DEFAULT_DATABASE_URL))
+        return super().__new__(cls)
 
     def __init__(self, database_url: str | None = None, *, pool_size: int = 10) -> None:
-        self.url = database_url or DEFAULT_DATABASE_URL
-        try:
-            parsed = make_url(self.url)
-        except ArgumentError as exc:
-            raise DatabaseError(
-                f"database URL {_hide_password(self.url)!r} is not a URL: use "
-                "sqlite+aiosqlite:///engine.db or postgresql+asyncpg://user@host/db"
-            ) from exc
-        except ValueError as exc:  # SQLAlchemy parses the port with int()
-            raise DatabaseError(
-                f"database URL {_hide_password(self.url)!r}: the port is not a number: "
-                "use postgresql+asyncpg://user@host:5432/db"
-            ) from exc
-        self.dialect = parsed.get_backend_name()
-        if self.dialect not in ("sqlite", "postgresql"):
-            raise DatabaseError(
-                f"database URL {parsed.render_as_string(hide_password=True)!r}: only "
-                "sqlite+aiosqlite:// and postgresql+asyncpg:// are supported"
-            )
-        if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
-            parsed = parsed.set(drivername="sqlite+aiosqlite")
-        elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
-            parsed = parsed.set(drivername="postgresql+asyncpg")
-        self.parsed_url = parsed
-        secrets.register(parsed.password)
-        self.is_postgres = self.dialect == "postgresql"
-        self.engine: AsyncEngine = _dialect_engine(parsed, pool_size)
+        super().__init__(database_url, pool_size=pool_size)
         # Writes an execution depends on retry transient errors this long (seconds); the
         # scheduler loop's own queries never retry here: they raise at once so the loop can
         # report the outage and back off.
         self.patience = DEFAULT_PATIENCE
         self._sql = Statements(self.is_postgres)
-        # SQLite has one writer: group concurrent writes into shared transactions. PostgreSQL
-        # writes concurrently, each as one autocommitted statement; batching them in one
-        # transaction would hold many runs' row locks at once and invite deadlocks.
-        self._group = None if self.is_postgres else GroupCommit(self.engine, self._translate)
-
-    def missing_file(self) -> str | None:
-        """The path of a SQLite database file that does not exist yet (connecting creates it)."""
-        path = self.parsed_url.database
-        if self.is_postgres or not path or path == ":memory:" or os.path.exists(path):
-            return None
-        return path
-
-    def _translate(self, exc: BaseException) -> BaseException:
-        return _database_error(self, exc) if isinstance(exc, Exception) else exc
 
     async def _patiently(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Runs `attempt`, retrying transient DatabaseErrors with exponential backoff and
@@ -113,13 +77,6 @@ class Store:
                 log.debug("%s: transient database error, retrying in %.2fs: %s", what, delay, exc)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 2.0)
-
-    async def close(self) -> None:
-        await self.engine.dispose()
-
-    def begin(self) -> Any:
-        """A transaction; driver errors come out as DatabaseError."""
-        return _Transaction(self)
 
     # -- jobs ------------------------------------------------------------------------------------
 
@@ -262,24 +219,17 @@ class Store:
         return await self._patiently("loading a run", lambda: self._load_replay(run_id))
 
     async def _load_replay(self, run_id: str) -> tuple[list[TaskRow], set[tuple[str, str]]]:
-        tasks_sql, logs_sql = self._sql.raw_load_tasks.text, self._sql.raw_load_log_keys.text
         try:
             async with self.engine.connect() as conn:
                 try:
                     driver: Any = (await conn.get_raw_connection()).driver_connection
-                    if self.is_postgres:
-                        tasks = await driver.fetch(tasks_sql, run_id)
-                        logs = await driver.fetch(logs_sql, run_id)
-                    else:
-                        tasks, logs = await in_sqlite_thread(
-                            driver, _sqlite_read, tasks_sql, logs_sql, {"run_id": run_id}
-                        )
+                    tasks, logs = await self._read_replay_rows(driver, run_id)
                 except Exception as exc:
                     await invalidate_if_broken(conn, exc)
                     raise
         except Exception as exc:
             raise self._translate(exc) from exc
-        return [_task_row(tuple(r), self.is_postgres) for r in tasks], {(r[0], r[1]) for r in logs}
+        return [self._task_row(tuple(r)) for r in tasks], {(r[0], r[1]) for r in logs}
 
     async def write_task(
         self, run_id: str, epoch: int, task: TaskWrite, logs: Sequence[LogWrite] = ()
@@ -300,11 +250,6 @@ class Store:
             if not exc.transient:
                 raise
         return await self._patiently("recording a task", lambda: self._hot(write))
-
-    async def _hot(self, write: Write) -> bool:
-        if self._group is None:
-            return await direct_write(self.engine, write, self._translate)
-        return await self._group.submit(write)
 
     async def suspend_run(
         self, run_id: str, epoch: int, wake_at: float | None, logs: Sequence[LogWrite] = ()
@@ -377,19 +322,6 @@ class Store:
                 )
             ).all()
         return {r.id: r.lease_epoch for r in rows}
-
-    async def data_version(self) -> int:
-        """SQLite: a number that changes when another process commits (no NOTIFY there)."""
-        try:
-            async with self.engine.connect() as conn:
-                try:
-                    driver: Any = (await conn.get_raw_connection()).driver_connection
-                    return await in_sqlite_thread(driver, _data_version)
-                except Exception as exc:
-                    await invalidate_if_broken(conn, exc)
-                    raise
-        except Exception as exc:
-            raise self._translate(exc) from exc
 
     async def next_due(self, job_keys: Sequence[str], pollers: Sequence[str]) -> float | None:
         """The earliest time at which this scheduler has something to do, if any."""
@@ -590,154 +522,13 @@ class Store:
             self._sql.write_log, [{"run_id": run_id, **log.__dict__} for log in logs]
         )
 
-    async def _notify(self, conn: AsyncConnection) -> None:
-        if self.is_postgres:
-            await conn.execute(text(f"NOTIFY {WAKE_CHANNEL}"))
 
-    # Schedulers in this process that share the database hear of new work without a query;
-    # called after the commit, so what they claim is visible to them.
-    def add_local_listener(self, callback: Callable[[], None]) -> None:
-        _local_listeners.setdefault(self.url, set()).add(callback)
-
-    def remove_local_listener(self, callback: Callable[[], None]) -> None:
-        _local_listeners.get(self.url, set()).discard(callback)
-
-    def _wake_local(self) -> None:
-        for callback in list(_local_listeners.get(self.url, ())):
-            callback()
-
-
-_local_listeners: dict[str, set[Callable[[], None]]] = {}
-
-
-def _sqlite_read(
-    db: sqlite3.Connection, tasks_sql: str, logs_sql: str, args: dict[str, Any]
-) -> tuple[list[Any], list[Any]]:
-    """Runs in aiosqlite's thread: both reads in one hand-off."""
-    return db.execute(tasks_sql, args).fetchall(), db.execute(logs_sql, args).fetchall()
-
-
-def _data_version(db: sqlite3.Connection) -> int:
-    # A PRAGMA outside any transaction: it must not take the write lock.
-    return int(db.execute("PRAGMA data_version").fetchone()[0])
-
-
-def _sqlite_json(value: Any) -> Any:
-    # Top-level numbers are stored as BLOBs (engine.codec.sqlite_param); rows written before
-    # that may hold a bare number, which the column's numeric affinity made a number.
-    return None if value is None else codec.loads(value)
-
-
-def _task_row(r: tuple[Any, ...], postgres: bool) -> TaskRow:
-    parent, key, kind, name, status, attempts, output, output_type, error, due_at, seq = r
-    if not postgres:  # JSON text and UTC timestamps as SQLite stores them
-        output, error = _sqlite_json(output), _sqlite_json(error)
-        due_at = None if due_at is None else datetime.fromisoformat(due_at).replace(tzinfo=UTC)
-    return TaskRow(parent, key, kind, name, status, attempts, output, output_type, error,
-                   due_at, seq)  # fmt: skip
-
-
-class _Transaction:
-    """`async with store.begin() as conn`, translating driver failures into DatabaseError."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.ctx: Any = None
-
-    async def __aenter__(self) -> AsyncConnection:
-        try:
-            self.ctx = self.store.engine.begin()
-            return await self.ctx.__aenter__()  # type: ignore[no-any-return]
-        except (OSError, SQLAlchemyError) as exc:
-            raise _database_error(self.store, exc) from exc
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        try:
-            await self.ctx.__aexit__(*exc_info)
-        except (OSError, SQLAlchemyError) as exc:
-            raise _database_error(self.store, exc) from exc
-        if exc_info[1] is not None and isinstance(exc_info[1], (OSError, SQLAlchemyError)):
-            raise _database_error(self.store, exc_info[1]) from exc_info[1]
-
-
-def _hide_password(url: str) -> str:
-    """`url` with what looks like its password replaced by ***, for a URL too broken to parse."""
-    hidden = re.sub(r"^([^:/@]*://[^:/@]*):.*@", r"\1:***@", url)
-    return re.sub(r":[^:@]*@", ":***@", hidden)  # no "://": any "user:password@"
-
-
-def _database_error(store: Store, exc: BaseException) -> DatabaseError:
-    if isinstance(exc, DatabaseError):
-        return exc
-    safe_url = store.parsed_url.render_as_string(hide_password=True)
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0:1]
-    reason = detail[0] if detail else type(exc).__name__
-    transient = is_transient(exc, postgres=store.is_postgres)
-    if isinstance(exc, (OSError, OperationalError, DBAPIError)) and (
-        "no such table" in reason or ("does not exist" in reason and "relation" in reason)
-    ):
-        return DatabaseError(
-            f"database {safe_url} has no engine tables: run `engine db upgrade` "
-            f"(or start `engine run`, which upgrades it) ({reason})"
-        )
-    return DatabaseError(f"database {safe_url}: {reason}", transient=transient)
-
-
-# -- dialects ----------------------------------------------------------------------------------
-
-
-def _dialect_engine(url: Any, pool_size: int) -> AsyncEngine:
+def _dialect_class(url: URL) -> type[Store]:
+    # Imported here: each dialect's module builds on this one.
     if url.get_backend_name() == "postgresql":
-        # No overflow: a worker's connections are bounded by its pool size (see docs/postgres.md),
-        # and executions queue for a connection rather than exceed max_connections.
-        return create_async_engine(
-            url,
-            pool_size=pool_size,
-            max_overflow=0,
-            pool_timeout=120,
-            json_serializer=codec.dumps,
-            json_deserializer=codec.loads,
-        )
-    try:
-        busy_timeout = float(url.query.get("timeout", DEFAULT_BUSY_TIMEOUT))
-        if not 0 <= busy_timeout <= 3600:
-            raise ValueError(busy_timeout)
-    except (TypeError, ValueError):
-        raise DatabaseError(
-            f"database URL ?timeout={url.query.get('timeout')!r}: give SQLite's busy timeout "
-            "in seconds, 0 to 3600, e.g. ?timeout=30"
-        ) from None
-    # One connection: SQLite has one writer anyway, and queueing in the pool is far cheaper
-    # than SQLite's sleep-and-retry busy handler.
-    engine = create_async_engine(
-        url,
-        pool_size=1,
-        max_overflow=0,
-        pool_timeout=120,
-        # Every use of a connection ends in COMMIT or ROLLBACK (store.begin, the hot path), so
-        # the pool's own rollback on return would only cost a thread hand-off per transaction.
-        pool_reset_on_return=None,
-        connect_args={"timeout": busy_timeout},
-        json_serializer=codec.sqlite_param,
-        json_deserializer=codec.loads,
-    )
+        from .store_postgres import PostgresStore
 
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # We issue BEGIN ourselves (IMMEDIATE, below); the driver must not.
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: a commit survives a process crash (kill -9); see docs/concepts.md.
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+        return PostgresStore
+    from .store_sqlite import SQLiteStore
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        # Take the write lock up front: a deferred transaction that upgrades later can fail
-        # with "database is locked" instead of waiting its turn.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
+    return SQLiteStore

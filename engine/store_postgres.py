@@ -1,0 +1,137 @@
+"""The store on PostgreSQL: a pool, concurrent writes, LISTEN/NOTIFY for news.
+
+Each hot-path write is one autocommitted statement (one round trip) on its own connection:
+batching many runs' writes in one transaction would hold their row locks at once and invite
+deadlocks. Other processes hear of new work at once through NOTIFY on one channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from . import codec
+from .dberrors import PostgresErrors, invalidate_if_broken
+from .outage import backoff
+from .records import TaskRow
+from .store import Store
+from .writes import Write, prepare
+
+# The wake-up side task reports as part of the worker loop.
+wake_log = logging.getLogger("engine.scheduler")
+
+WAKE_CHANNEL = "engine_wake"
+# Any fixed number: serializes concurrent `engine run` start-ups on one PostgreSQL database.
+_MIGRATE_LOCK_ID = 0x656E67696E65
+
+
+class PostgresStore(Store):
+    is_postgres = True
+    errors = PostgresErrors
+    idle_poll = 5.0
+
+    def _make_engine(self, url: URL, pool_size: int) -> AsyncEngine:
+        # No overflow: a worker's connections are bounded by its pool size (see
+        # docs/postgres.md), and executions queue for a connection rather than exceed
+        # max_connections.
+        return create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=120,
+            json_serializer=codec.dumps,
+            json_deserializer=codec.loads,
+        )
+
+    async def _hot(self, write: Write) -> bool:
+        """One write on its own connection; one round trip when it is one statement."""
+        try:
+            (sql, args), then = prepare(write, _time, codec.dumps)
+            async with self.engine.connect() as conn:
+                try:
+                    return await _write(conn, sql, args, then)
+                except Exception as exc:
+                    await invalidate_if_broken(conn, exc)
+                    raise
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    async def _read_replay_rows(self, driver: Any, run_id: str) -> tuple[list[Any], list[Any]]:
+        tasks = await driver.fetch(self._sql.raw_load_tasks.text, run_id)
+        logs = await driver.fetch(self._sql.raw_load_log_keys.text, run_id)
+        return tasks, logs
+
+    def _task_row(self, row: tuple[Any, ...]) -> TaskRow:
+        parent, key, kind, name, status, attempts, output, output_type, error, due_at, seq = row
+        return TaskRow(parent, key, kind, name, status, attempts, output, output_type, error,
+                       due_at, seq)  # fmt: skip
+
+    async def _notify(self, conn: AsyncConnection) -> None:
+        await conn.execute(text(f"NOTIFY {WAKE_CHANNEL}"))
+
+    async def lock_for_migration(self, conn: AsyncConnection) -> None:
+        await conn.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATE_LOCK_ID})"))
+
+    def watch(self, hear: Callable[..., None]) -> asyncio.Task[None]:
+        return asyncio.create_task(self._listen(hear), name="engine-listen")
+
+    async def _listen(self, hear: Callable[..., None]) -> None:
+        """LISTENs on its own connection, outside the pool; reconnects with backoff."""
+        import asyncpg
+
+        dsn = self.parsed_url.set(drivername="postgresql").render_as_string(hide_password=False)
+        failures = 0
+        while True:
+            try:
+                conn = await asyncpg.connect(dsn, timeout=30)
+                try:
+                    closed = asyncio.Event()
+                    conn.add_termination_listener(functools.partial(_set, closed))
+                    await conn.add_listener(WAKE_CHANNEL, hear)
+                    # A NOTIFY may have been sent while we were not listening.
+                    hear()
+                    failures = 0
+                    await closed.wait()
+                finally:
+                    conn.terminate()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Quiet: the claim loop reports the outage once; wake it so it notices.
+                wake_log.debug("LISTEN connection lost (%s); retrying", exc)
+            # Lost or failed: whatever was announced meanwhile is found by the next claim.
+            hear()
+            await asyncio.sleep(backoff(failures))
+            failures += 1
+
+
+def _time(stamp: float) -> datetime:
+    return datetime.fromtimestamp(stamp, UTC)
+
+
+async def _write(
+    conn: AsyncConnection, sql: str, args: list[Any], then: list[tuple[str, list[Any]]]
+) -> bool:
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection  # asyncpg.Connection
+    if not then:
+        # One statement is its own transaction.
+        return str(await driver.execute(sql, *args)).endswith(" 1")
+    async with driver.transaction():
+        written = str(await driver.execute(sql, *args)).endswith(" 1")
+        if written:
+            for more_sql, more_args in then:
+                await driver.execute(more_sql, *more_args)
+        return written
+
+
+def _set(event: asyncio.Event, *_: Any) -> None:
+    event.set()

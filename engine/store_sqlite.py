@@ -1,0 +1,170 @@
+"""The store on SQLite: one connection, writes committed in groups, a file watched for news.
+
+SQLite has one writer: concurrent writes share transactions (engine.groupcommit). It has no
+NOTIFY either: a worker notices another process's commits by watching the file's
+`PRAGMA data_version`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from . import codec
+from .dberrors import SqliteErrors, invalidate_if_broken
+from .exceptions import DatabaseError, EngineError
+from .groupcommit import GroupCommit, in_sqlite_thread
+from .outage import backoff
+from .records import TaskRow
+from .store import Store
+from .writes import Write
+
+# The wake-up side task reports as part of the worker loop.
+wake_log = logging.getLogger("engine.scheduler")
+
+# SQLite's busy timeout, unless the URL says `?timeout=SECONDS`.
+DEFAULT_BUSY_TIMEOUT = 30.0
+
+
+class SQLiteStore(Store):
+    is_postgres = False
+    errors = SqliteErrors
+    idle_poll = 1.0
+
+    def __init__(self, database_url: str | None = None, *, pool_size: int = 10) -> None:
+        super().__init__(database_url, pool_size=pool_size)
+        # SQLite has one writer: group concurrent writes into shared transactions.
+        self._group = GroupCommit(self.engine, self._translate)
+
+    def missing_file(self) -> str | None:
+        path = self.parsed_url.database
+        if not path or path == ":memory:" or os.path.exists(path):
+            return None
+        return path
+
+    def _make_engine(self, url: URL, pool_size: int) -> AsyncEngine:
+        given: Any = url.query.get("timeout", DEFAULT_BUSY_TIMEOUT)
+        try:
+            busy_timeout = float(given)
+            if not 0 <= busy_timeout <= 3600:
+                raise ValueError(busy_timeout)
+        except (TypeError, ValueError):
+            raise DatabaseError(
+                f"database URL ?timeout={given!r}: give SQLite's busy timeout "
+                "in seconds, 0 to 3600, e.g. ?timeout=30"
+            ) from None
+        # One connection: SQLite has one writer anyway, and queueing in the pool is far cheaper
+        # than SQLite's sleep-and-retry busy handler.
+        engine = create_async_engine(
+            url,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=120,
+            # Every use of a connection ends in COMMIT or ROLLBACK (store.begin, the hot path),
+            # so the pool's own rollback on return would only cost a thread hand-off per
+            # transaction.
+            pool_reset_on_return=None,
+            connect_args={"timeout": busy_timeout},
+            json_serializer=codec.sqlite_param,
+            json_deserializer=codec.loads,
+        )
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # We issue BEGIN ourselves (IMMEDIATE, below); the driver must not.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit survives a process crash (kill -9); see docs/concepts.md.
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            # Take the write lock up front: a deferred transaction that upgrades later can fail
+            # with "database is locked" instead of waiting its turn.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+
+    async def _hot(self, write: Write) -> bool:
+        return await self._group.submit(write)
+
+    async def _read_replay_rows(self, driver: Any, run_id: str) -> tuple[list[Any], list[Any]]:
+        tasks_sql, logs_sql = self._sql.raw_load_tasks.text, self._sql.raw_load_log_keys.text
+        return await in_sqlite_thread(driver, _read, tasks_sql, logs_sql, {"run_id": run_id})
+
+    def _task_row(self, row: tuple[Any, ...]) -> TaskRow:
+        parent, key, kind, name, status, attempts, output, output_type, error, due_at, seq = row
+        # JSON text and UTC timestamps as SQLite stores them
+        output, error = _json(output), _json(error)
+        due_at = None if due_at is None else datetime.fromisoformat(due_at).replace(tzinfo=UTC)
+        return TaskRow(parent, key, kind, name, status, attempts, output, output_type, error,
+                       due_at, seq)  # fmt: skip
+
+    async def data_version(self) -> int:
+        """A number that changes when another process commits (no NOTIFY here)."""
+        try:
+            async with self.engine.connect() as conn:
+                try:
+                    driver: Any = (await conn.get_raw_connection()).driver_connection
+                    return await in_sqlite_thread(driver, _data_version)
+                except Exception as exc:
+                    await invalidate_if_broken(conn, exc)
+                    raise
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    def watch(self, hear: Callable[..., None]) -> asyncio.Task[None]:
+        return asyncio.create_task(self._watch_file(hear), name="engine-watch")
+
+    async def _watch_file(self, hear: Callable[..., None], every: float = 0.05) -> None:
+        """Wakes the worker when another process commits (a trigger, a cancel, a retry)."""
+        seen: int | None = None
+        failures = 0
+        while True:
+            await asyncio.sleep(max(every, backoff(failures - 1)) if failures else every)
+            try:
+                version = await self.data_version()
+            except EngineError as exc:
+                # Quiet: the claim loop reports the outage once.
+                failures += 1
+                wake_log.debug("watching the database failed: %s", exc)
+                continue
+            failures = 0
+            if seen is None:  # a commit made before this first read may have been missed
+                seen = version
+                hear()
+                continue
+            if version != seen:
+                seen = version
+                hear()
+
+
+def _read(
+    db: sqlite3.Connection, tasks_sql: str, logs_sql: str, args: dict[str, Any]
+) -> tuple[list[Any], list[Any]]:
+    """Runs in aiosqlite's thread: both reads in one hand-off."""
+    return db.execute(tasks_sql, args).fetchall(), db.execute(logs_sql, args).fetchall()
+
+
+def _data_version(db: sqlite3.Connection) -> int:
+    # A PRAGMA outside any transaction: it must not take the write lock.
+    return int(db.execute("PRAGMA data_version").fetchone()[0])
+
+
+def _json(value: Any) -> Any:
+    # Top-level numbers are stored as BLOBs (engine.codec.sqlite_param); rows written before
+    # that may hold a bare number, which the column's numeric affinity made a number.
+    return None if value is None else codec.loads(value)
