@@ -168,6 +168,13 @@ def loads(text: str | bytes | bytearray | int | float) -> Any:
     bound top-level numbers as BLOBs on SQLite come back as numbers)."""
     if isinstance(text, int | float):
         return text
+    if isinstance(text, bytes | bytearray):
+        # A BLOB is a top-level number (sqlite_param). Most are integers: int() reads them
+        # directly, where json.loads of bytes first sniffs their encoding and decodes them.
+        try:
+            return int(text)
+        except ValueError:
+            return json.loads(text.decode())
     return json.loads(text)
 
 
