@@ -466,8 +466,8 @@ class SQLiteLock:
     """Another process holding an SQLite file's write lock until the test releases it.
 
     `with SQLiteLock(path):` returns once the lock is held and releases it on exit; `release()`
-    releases it earlier and returns once the other process let go. Blocking calls (the other
-    process answers at once), usable from sync and async tests alike.
+    releases it earlier and returns once the other process let go. Async tests use
+    `async with`, which waits off the event loop.
     """
 
     def __init__(self, path: Path | str) -> None:
@@ -509,3 +509,12 @@ class SQLiteLock:
         elif proc is not None:
             proc.communicate()
             self._proc = None
+
+    # In async tests the event loop must keep running while the other process waits for the
+    # lock (the engine may hold it mid-transaction, needing the loop to finish): off-loop.
+    async def __aenter__(self) -> SQLiteLock:
+        await asyncio.to_thread(self.__enter__)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.__exit__, *exc)

@@ -215,7 +215,7 @@ async def test_a_lock_past_the_busy_timeout_is_waited_out(
         await h.start(held, lease_seconds=30, idle_poll=60)
         run_id = await h.engine.trigger(held.id, None)
         await _until(lambda: counts["a"] == 1, what="the step to start")
-        with SQLiteLock(path):
+        async with SQLiteLock(path):
             # The scheduler loop's queries do not wait: they say at once that it is transient.
             with pytest.raises(DatabaseError) as info:
                 await h.store.next_due([held.key], [])
@@ -361,7 +361,7 @@ async def test_a_lock_that_outlasts_the_patience_stops_the_execution(
         await h.start(held, lease_seconds=30, idle_poll=60)
         run_id = await h.engine.trigger(held.id, None)
         await _until(lambda: counts["a"] == 1, what="the step to start")
-        with SQLiteLock(path):
+        async with SQLiteLock(path):
             gate.set()
             await _until(_seen(caplog, "it resumes once its lease lapses"), what="the stop")
         view = await h.engine.show_run(run_id)
