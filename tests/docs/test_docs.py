@@ -1,0 +1,206 @@
+"""Every shell command and Python example in README.md and docs/ runs, as written.
+
+One test per document runs its blocks in order in one fresh directory (see `session.py` for
+what the session does on the reader's behalf); the blocks marked `postgres` run in a second test
+against a throwaway PostgreSQL database. SQL blocks run against a database seeded with real rows
+(`seed.py`). Blocks marked `skip (why)` are reported as skipped tests, by name and reason, and
+there must stay few of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from docs.blocks import (
+    PYTHON,
+    ROOT,
+    RUNNABLE,
+    SQL,
+    Block,
+    MarkerError,
+    documents,
+    extract,
+    parse_markers,
+)
+from docs.seed import Seed, seeded
+from docs.session import DocSession, console_to_shell, shell_script
+from docs.sql import Answer, run_postgres, run_sqlite, statements
+
+# The blocks that cannot run at all; raise it only with a reason that cannot be fixed.
+MAX_SKIPS = 8
+PARALLEL = 4  # documents run side by side
+DOC_TIMEOUT = 300.0  # a whole document; each block has its own hard timeout too
+# Queries whose answer may be empty on the seeded database (nothing there to find).
+MAY_BE_EMPTY = ("lost executions",)
+
+
+def _load() -> tuple[dict[str, list[Block]], dict[str, str]]:
+    blocks: dict[str, list[Block]] = {}
+    errors: dict[str, str] = {}
+    for path in documents():
+        doc = path.relative_to(ROOT).as_posix()
+        try:
+            blocks[doc] = [b for b in extract(path) if b.lang in RUNNABLE or b.target_file]
+        except MarkerError as exc:
+            errors[doc] = str(exc)
+    return blocks, errors
+
+
+BLOCKS, MARKER_ERRORS = _load()
+ALL = [b for blocks in BLOCKS.values() for b in blocks]
+SKIPPED = [b for b in ALL if b.skip_reason]
+
+
+def _to_run(doc: str, postgres: bool) -> list[Block]:
+    return [b for b in BLOCKS[doc] if not b.skip_reason and b.postgres == postgres]
+
+
+SQLITE_DOCS = [doc for doc in BLOCKS if _to_run(doc, False)]
+POSTGRES_DOCS = [doc for doc in BLOCKS if _to_run(doc, True)]
+
+
+@pytest.fixture(scope="module")
+def sqlite_documents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[str]]]:
+    """Every document's SQLite run, started at once: they are independent, and most of their
+    time is spent waiting for processes to start, so running them side by side keeps the doc
+    test within its budget on a 2-core machine."""
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        futures = {
+            doc: pool.submit(
+                _run_document, _to_run(doc, False), tmp_path_factory.mktemp("doc"), None
+            )
+            for doc in SQLITE_DOCS
+        }
+        yield futures
+
+
+@pytest.mark.timeout(DOC_TIMEOUT + 60)
+@pytest.mark.parametrize("doc", SQLITE_DOCS)
+def test_document(doc: str, sqlite_documents: dict[str, Future[str]]) -> None:
+    print(sqlite_documents[doc].result(timeout=DOC_TIMEOUT))  # the timings, shown with -s
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("doc", POSTGRES_DOCS)
+def test_document_on_postgres(doc: str, tmp_path: Path, pg_url: str) -> None:
+    print(_run_document(_to_run(doc, True), tmp_path, pg_url))
+
+
+@pytest.mark.parametrize("block", SKIPPED, ids=[b.name for b in SKIPPED])
+def test_skipped_block(block: Block) -> None:
+    pytest.skip(f"{block.name}: {block.skip_reason}")
+
+
+def test_few_blocks_are_skipped_and_each_says_why() -> None:
+    names = [f"{b.name}: {b.skip_reason}" for b in SKIPPED]
+    assert len(SKIPPED) <= MAX_SKIPS, "too many doc blocks skipped:\n" + "\n".join(names)
+
+
+def test_every_marker_parses() -> None:
+    assert not MARKER_ERRORS, "\n".join(MARKER_ERRORS.values())
+
+
+def test_every_code_block_is_run_or_checked() -> None:
+    """A shell or Python block is run, written to a file, compiled, or skipped with a reason:
+    a new example cannot slip past the doc test."""
+    assert {b.doc for b in ALL if b.lang in PYTHON} >= {"README.md", "docs/howto.md"}
+    unhandled = [b.name for b in ALL if b.lang not in RUNNABLE and not b.target_file]
+    assert not unhandled
+
+
+# -- running one document -------------------------------------------------------------------
+
+
+def _run_document(blocks: list[Block], directory: Path, database_url: str | None) -> str:
+    """Runs the blocks; returns how long each took."""
+    session = DocSession(directory, database_url)
+    timings: list[str] = []
+    try:
+        for block in blocks:
+            if block.lang in SQL and not block.target_file:
+                continue
+            outcome = session.run(block)
+            if outcome is None:
+                continue
+            timings.append(f"{outcome.seconds:5.1f}s {block.name}")
+            assert outcome.returncode == 0, str(outcome)
+            assert "Traceback" not in outcome.stdout + outcome.stderr, str(outcome)
+        for name, log in session.background_logs().items():
+            assert "Traceback" not in log, f"{name} (a background command):\n{log}"
+    finally:
+        started = time.monotonic()
+        session.close()
+        timings.append(f"{time.monotonic() - started:5.1f}s stopping what the blocks started")
+    sql = [b for b in blocks if b.lang in SQL and not b.target_file]
+    if sql:
+        url = database_url or f"sqlite+aiosqlite:///{directory / 'seeded.db'}"
+        started = time.monotonic()
+        seed, answers = asyncio.run(_answer(sql, url))
+        _check_answers(seed, answers)
+        timings.append(f"{time.monotonic() - started:5.1f}s seeding and the SQL")
+    return "\n".join(timings)
+
+
+async def _answer(blocks: list[Block], url: str) -> tuple[Seed, list[Answer]]:
+    answers: list[Answer] = []
+    async with seeded(url) as seed:
+        for block in blocks:
+            todo = statements(block, seed.runs["completed"])
+            if url.startswith("sqlite"):
+                answers += run_sqlite(url, todo)
+            else:
+                answers += await run_postgres(url, todo)
+    return seed, answers
+
+
+def _check_answers(seed: Seed, answers: list[Answer]) -> None:
+    shown = "\n\n".join(
+        f"-- {a.statement.label}\n{a.statement.sql}\n{a.columns}\n" + "\n".join(map(str, a.rows))
+        for a in answers
+    )
+    for answer in answers:
+        label = answer.statement.label.lower()
+        if not any(word in label for word in MAY_BE_EMPTY):
+            assert answer.rows, f"no rows on a seeded database:\n{answer.statement.sql}\n{shown}"
+        if "rate limit" in label:
+            # Only the call whose last answer was a 429 (not the one waiting after a 500, not
+            # the completed one that was retried for other reasons or succeeded since).
+            found = {row[0] for row in answer.rows}
+            assert found == {seed.runs["rate-limited-waiting"]}, shown
+            assert all("429" in str(row) for row in answer.rows), shown
+
+
+# -- the harness's own rules -----------------------------------------------------------------
+
+
+def test_a_skip_needs_a_reason_and_a_typo_is_an_error() -> None:
+    with pytest.raises(MarkerError, match="needs a reason"):
+        parse_markers([" skip "], "x.md:1")
+    with pytest.raises(MarkerError, match="unknown doc-test marker 'skpi"):
+        parse_markers([" skpi (typo) "], "x.md:1")
+    assert parse_markers([" postgres; file app.py "], "x.md:1")[1].arg == "app.py"
+
+
+def test_long_running_commands_start_in_the_background_and_are_waited_for() -> None:
+    script = shell_script(
+        "engine run app.py &            # a worker\n"
+        "engine runs show RUN_ID\n"
+        "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/python x.py\n"
+    )
+    lines = script.splitlines()
+    assert lines[0] == "_doc_bg 'engine worker ' engine run app.py"
+    assert lines[1] == 'engine runs show "$(_doc_last_run)"'
+    assert lines[2] == 'ln -sfn "$DOC_VENV" .venv && .venv/bin/python x.py'
+    console = console_to_shell(
+        "$ python -m integrations.openai.testing --port 1\nfake OpenAI listening on X\n"
+        "$ A=1 engine run myapp.py\n"
+    )
+    assert console.splitlines() == [
+        "_doc_bg 'fake OpenAI listening on X' python -m integrations.openai.testing --port 1",
+        "_doc_bg 'engine worker ' env A=1 engine run myapp.py",
+    ]
