@@ -79,12 +79,14 @@ def sqlite_documents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
         yield futures
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(DOC_TIMEOUT + 60)
 @pytest.mark.parametrize("doc", SQLITE_DOCS)
 def test_document(doc: str, sqlite_documents: dict[str, Future[str]]) -> None:
     print(sqlite_documents[doc].result(timeout=DOC_TIMEOUT))  # the timings, shown with -s
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.parametrize("doc", POSTGRES_DOCS)
 def test_document_on_postgres(doc: str, tmp_path: Path, pg_url: str) -> None:
