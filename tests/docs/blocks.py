@@ -22,7 +22,9 @@ RUNNABLE = SHELL | CONSOLE | PYTHON | SQL
 
 # Markers, and whether each takes an argument (a path) and/or needs a reason in parentheses.
 #   skip (why)        the block is not run; the reason is reported by the test
-#   compile           Python: compiled only (a fragment: a signature, names defined elsewhere)
+#   compile (why)     Python: compiled only (an API listing or a skeleton that cannot run)
+#   job-body          Python: a fragment of a job, run as a real job's body (see jobbody.py)
+#   expect STATUS (why)  the runs a shell block triggers end up STATUS (default COMPLETED)
 #   postgres          runs against a throwaway PostgreSQL database (skipped when none)
 #   file PATH         the block's text is written to PATH in the document's directory
 #   append PATH       ... appended to PATH (a continuation of an earlier file block)
@@ -30,15 +32,19 @@ RUNNABLE = SHELL | CONSOLE | PYTHON | SQL
 MARKERS = {
     "skip": False,
     "compile": False,
+    "job-body": False,
+    "expect": True,
     "postgres": False,
     "file": True,
     "append": True,
     "fixture": True,
 }
+NEEDS_REASON = frozenset({"skip", "compile"})
+RUN_STATUSES = frozenset({"QUEUED", "RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELED"})
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<lang>[\w+-]*)[^`]*$")
 _MARKER = re.compile(r"^\s*<!--\s*doc-test:(?P<body>.*?)-->\s*$")
-_ITEM = re.compile(r"^(?P<word>[a-z]+)(?:\s+(?P<arg>[^\s(]+))?\s*(?:\((?P<reason>.+)\))?$")
+_ITEM = re.compile(r"^(?P<word>[a-z-]+)(?:\s+(?P<arg>[^\s(]+))?\s*(?:\((?P<reason>.+)\))?$")
 # A file block names its file on its first line: `# app.py`.
 _FILE_HEADER = re.compile(r"^#\s*(?P<path>[\w./-]+\.py)(?::\s.*)?\s*$")
 
@@ -66,6 +72,11 @@ class Block:
     def name(self) -> str:
         return f"{self.doc}:{self.line} ({self.lang})"
 
+    @property
+    def expected_status(self) -> str:
+        m = self.marker("expect")
+        return m.arg if m and m.arg else "COMPLETED"
+
     def marker(self, word: str) -> Marker | None:
         return next((m for m in self.markers if m.word == word), None)
 
@@ -83,7 +94,7 @@ class Block:
         """(path, append) when the block is a file to write rather than code to run: marked
         `file`/`append`, or a Python block whose first line names it (`# app.py`, or
         `# app.py: what it is`)."""
-        if self.marker("compile"):
+        if self.marker("compile") or self.marker("job-body"):
             return None
         for word in ("file", "append"):
             m = self.marker(word)
@@ -113,9 +124,13 @@ def parse_markers(comment_bodies: list[str], where: str) -> tuple[Marker, ...]:
                 )
             word, arg, reason = match["word"], match["arg"], match["reason"]
             if MARKERS[word] and not arg:
-                raise MarkerError(f"{where}: doc-test marker {word!r} needs a path")
-            if word == "skip" and not (reason and reason.strip()):
-                raise MarkerError(f"{where}: `doc-test: skip` needs a reason: skip (why)")
+                raise MarkerError(f"{where}: doc-test marker {word!r} needs an argument")
+            if word in NEEDS_REASON and not (reason and reason.strip()):
+                raise MarkerError(f"{where}: `doc-test: {word}` needs a reason: {word} (why)")
+            if word == "expect" and arg not in RUN_STATUSES:
+                raise MarkerError(f"{where}: `doc-test: expect {arg}`: not a run status")
+            if word == "expect" and arg != "COMPLETED" and not reason:
+                raise MarkerError(f"{where}: `doc-test: expect {arg}` needs a reason (why)")
             markers.append(Marker(word, arg, reason.strip() if reason else None))
     return tuple(markers)
 

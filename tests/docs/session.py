@@ -11,6 +11,9 @@ else:
   the next command waits until they say they are ready, as a reader would look before typing on;
 - `RUN_ID` stands for the id the last `engine trigger` printed; the fake server's port 8765 is
   replaced by a free one (several doc tests may run at once on one machine);
+- once the blocks have run, every run they triggered must reach COMPLETED (or the status of
+  the block's `expect STATUS (why)` marker) within RUN_DEADLINE, the workers still running;
+- the `job-body` fragments run as jobs of a generated app (`jobbody.py`);
 - on PostgreSQL (marker `postgres`), any `postgresql://` URL in a block is the throwaway database.
 
 Every process a block starts is in that block's process group, killed when the document ends.
@@ -33,9 +36,12 @@ from pathlib import Path
 
 from docs.blocks import CONSOLE, PYTHON, ROOT, SHELL, Block
 
+from docs import jobbody
+
 VENV = Path(sys.prefix)
 FIXTURES = Path(__file__).parent / "fixtures"
 BLOCK_TIMEOUT = 180.0  # hard limit per block; a block normally takes a few seconds
+RUN_DEADLINE = 120  # seconds for a triggered run to reach the status its document expects
 DOC_PORT = "8765"
 
 # What the checkout a reader works in holds, that a block may use (linked, never written).
@@ -73,7 +79,11 @@ engine() {  # remembers the run id `engine trigger` prints, for RUN_ID in later 
     local out rc=0
     out=$(command engine "$@") || rc=$?
     if [ -n "$out" ]; then printf '%s\n' "$out"; fi
-    if [ "$rc" = 0 ]; then printf '%s\n' "$out" | tail -n 1 >"$DOC_DIR/.last-run"; fi
+    if [ "$rc" = 0 ]; then
+      printf '%s\n' "$out" | tail -n 1 >"$DOC_DIR/.last-run"
+      printf '%s %s\n' "$(tail -n 1 "$DOC_DIR/.last-run")" "${DOC_EXPECT:-COMPLETED}" \
+        >>"$DOC_DIR/.triggered"
+    fi
     return "$rc"
   fi
   command engine "$@"
@@ -83,6 +93,26 @@ _doc_last_run() {
     echo "doc-test: RUN_ID before any engine trigger" >&2; return 1
   fi
   tail -n 1 "$DOC_DIR/.last-run"
+}
+_doc_check_runs() {  # every run a block triggered ends up as that block expects
+  local id want status deadline
+  while read -r id want; do
+    deadline=$((SECONDS + RUN_DEADLINE))
+    while :; do
+      status=$(command engine runs show "$id" --json \
+        | python -c 'import json, sys; print(json.load(sys.stdin)["status"])')
+      if [ "$status" = "$want" ]; then echo "run $id: $status"; break; fi
+      case "$status" in COMPLETED | FAILED | CANCELED)
+        echo "doc-test: run $id is $status; the document expects $want:" >&2
+        command engine runs show "$id" >&2; return 1 ;;
+      esac
+      if ((SECONDS > deadline)); then
+        echo "doc-test: run $id is still $status after ${RUN_DEADLINE}s; expected $want:" >&2
+        command engine runs show "$id" >&2; return 1
+      fi
+      sleep 0.5
+    done
+  done <"$DOC_DIR/.triggered"
 }
 _doc_save() { export -p >"$DOC_DIR/.env.sh"; pwd >"$DOC_DIR/.cwd"; }
 """
@@ -169,6 +199,8 @@ class DocSession:
     port: str = field(default_factory=free_port)
     groups: list[int] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    job_bodies: dict[str, str] = field(default_factory=dict)  # module -> block name
+    stub_port: str = field(default_factory=free_port)
 
     def __post_init__(self) -> None:
         for name in CHECKOUT:
@@ -194,6 +226,7 @@ class DocSession:
         env["PYTHONUNBUFFERED"] = "1"
         env["DOC_DIR"] = str(self.directory)
         env["DOC_VENV"] = str(VENV)
+        env["RUN_DEADLINE"] = str(RUN_DEADLINE)
         if self.database_url:
             env["ENGINE_DATABASE_URL"] = self.database_url
         return env
@@ -219,6 +252,14 @@ class DocSession:
                 f.write(self.text_of(block))
             return None
         if block.lang in PYTHON:
+            if block.marker("job-body"):
+                name = jobbody.module_name(block)
+                source = jobbody.job_module(
+                    block, self.text_of(block), jobbody.stub_address(self.stub_port)
+                )
+                (self.directory / f"{name}.py").write_text(source)
+                self.job_bodies[name] = block.name
+                return None
             if block.marker("compile"):
                 compile_and_import(block)
                 return None
@@ -229,14 +270,36 @@ class DocSession:
             text = self.text_of(block)
             body = console_to_shell(text) if block.lang in CONSOLE else shell_script(text)
             script = self.directory / f".block-{block.line}.sh"
-            script.write_text(
-                'source "$DOC_DIR/.doc-prelude.sh"\n'
-                'if [ -f "$DOC_DIR/.env.sh" ]; then source "$DOC_DIR/.env.sh"; fi\n'
-                'if [ -f "$DOC_DIR/.cwd" ]; then cd "$(cat "$DOC_DIR/.cwd")"; fi\n'
-                "trap _doc_save EXIT\nset -eo pipefail\n" + body
-            )
-            return self._spawn(block, ["bash", str(script)])
+            return self._bash(block, body)
         raise AssertionError(f"{block.name}: no runner for {block.lang!r} blocks")
+
+    def _bash(self, block: Block, body: str) -> Outcome:
+        script = self.directory / f".block-{block.line}.sh"
+        script.write_text(
+            'source "$DOC_DIR/.doc-prelude.sh"\n'
+            'if [ -f "$DOC_DIR/.env.sh" ]; then source "$DOC_DIR/.env.sh"; fi\n'
+            'if [ -f "$DOC_DIR/.cwd" ]; then cd "$(cat "$DOC_DIR/.cwd")"; fi\n'
+            # This block's own expectation, not the one a previous block exported.
+            f"export DOC_EXPECT={block.expected_status}\n"
+            "trap _doc_save EXIT\nset -eo pipefail\n" + body
+        )
+        return self._spawn(block, ["bash", str(script)])
+
+    def run_job_bodies(self, doc: str) -> Outcome | None:
+        """The document's `job-body` fragments, each run once as a job by one real worker."""
+        if not self.job_bodies:
+            return None
+        script = jobbody.runner_script(self.job_bodies, self.stub_port)
+        (self.directory / ".doc-jobs.py").write_text(script)
+        block = Block(f"{doc} (its job-body fragments)", 0, "python", script)
+        return self._spawn(block, [str(VENV / "bin" / "python"), ".doc-jobs.py"])
+
+    def check_triggered_runs(self, doc: str) -> Outcome | None:
+        """Every run the blocks triggered reaches the status its block expects (COMPLETED)."""
+        if not (self.directory / ".triggered").exists():
+            return None
+        block = Block(f"{doc} (the runs it triggered)", 1, "bash", "_doc_check_runs\n")
+        return self._bash(block, block.text)
 
     def _copy_fixture(self, name: str) -> None:
         source = FIXTURES / name

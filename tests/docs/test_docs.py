@@ -1,7 +1,9 @@
 """Every shell command and Python example in README.md and docs/ runs, as written.
 
 One test per document runs its blocks in order in one fresh directory (see `session.py` for
-what the session does on the reader's behalf); the blocks marked `postgres` run in a second test
+what the session does on the reader's behalf), then checks that every run its commands
+triggered reached COMPLETED (or what the block's `expect` marker says), and runs its `job-body`
+fragments as real jobs (`jobbody.py`); the blocks marked `postgres` run in a second test
 against a throwaway PostgreSQL database. SQL blocks run against a database seeded with real rows
 (`seed.py`). Blocks marked `skip (why)` are reported as skipped tests, by name and reason, and
 there must stay few of them.
@@ -27,12 +29,15 @@ from docs.blocks import (
     extract,
     parse_markers,
 )
+from docs.jobbody import job_module
 from docs.seed import Seed, seeded
-from docs.session import DocSession, console_to_shell, shell_script
+from docs.session import DocSession, Outcome, console_to_shell, shell_script
 from docs.sql import Answer, run_postgres, run_sqlite, statements
 
 # The blocks that cannot run at all; raise it only with a reason that cannot be fixed.
 MAX_SKIPS = 8
+# Python blocks only compiled (API listings, skeletons): a fragment of a job is `job-body`.
+MAX_COMPILE_ONLY = 8
 PARALLEL = 4  # documents run side by side
 DOC_TIMEOUT = 300.0  # a whole document; each block has its own hard timeout too
 # Queries whose answer may be empty on the seeded database (nothing there to find).
@@ -54,6 +59,7 @@ def _load() -> tuple[dict[str, list[Block]], dict[str, str]]:
 BLOCKS, MARKER_ERRORS = _load()
 ALL = [b for blocks in BLOCKS.values() for b in blocks]
 SKIPPED = [b for b in ALL if b.skip_reason]
+COMPILE_ONLY = [b for b in ALL if b.marker("compile")]
 
 
 def _to_run(doc: str, postgres: bool) -> list[Block]:
@@ -103,6 +109,13 @@ def test_few_blocks_are_skipped_and_each_says_why() -> None:
     assert len(SKIPPED) <= MAX_SKIPS, "too many doc blocks skipped:\n" + "\n".join(names)
 
 
+def test_few_blocks_are_only_compiled_and_each_says_why() -> None:
+    names = [f"{b.name}: {m.reason}" for b in COMPILE_ONLY if (m := b.marker("compile"))]
+    assert len(COMPILE_ONLY) <= MAX_COMPILE_ONLY, "too many compile-only blocks:\n" + "\n".join(
+        names
+    )
+
+
 def test_every_marker_parses() -> None:
     assert not MARKER_ERRORS, "\n".join(MARKER_ERRORS.values())
 
@@ -129,9 +142,12 @@ def _run_document(blocks: list[Block], directory: Path, database_url: str | None
             outcome = session.run(block)
             if outcome is None:
                 continue
-            timings.append(f"{outcome.seconds:5.1f}s {block.name}")
-            assert outcome.returncode == 0, str(outcome)
-            assert "Traceback" not in outcome.stdout + outcome.stderr, str(outcome)
+            _check(outcome, timings)
+        doc = blocks[0].doc if blocks else "?"
+        for step in (session.run_job_bodies, session.check_triggered_runs):
+            last = step(doc)
+            if last is not None:
+                _check(last, timings)
         for name, log in session.background_logs().items():
             assert "Traceback" not in log, f"{name} (a background command):\n{log}"
     finally:
@@ -146,6 +162,12 @@ def _run_document(blocks: list[Block], directory: Path, database_url: str | None
         _check_answers(seed, answers)
         timings.append(f"{time.monotonic() - started:5.1f}s seeding and the SQL")
     return "\n".join(timings)
+
+
+def _check(outcome: Outcome, timings: list[str]) -> None:
+    timings.append(f"{outcome.seconds:5.1f}s {outcome.block.name}")
+    assert outcome.returncode == 0, str(outcome)
+    assert "Traceback" not in outcome.stdout + outcome.stderr, str(outcome)
 
 
 async def _answer(blocks: list[Block], url: str) -> tuple[Seed, list[Answer]]:
@@ -186,6 +208,36 @@ def test_a_skip_needs_a_reason_and_a_typo_is_an_error() -> None:
     with pytest.raises(MarkerError, match="unknown doc-test marker 'skpi"):
         parse_markers([" skpi (typo) "], "x.md:1")
     assert parse_markers([" postgres; file app.py "], "x.md:1")[1].arg == "app.py"
+    with pytest.raises(MarkerError, match="compile` needs a reason"):
+        parse_markers([" compile "], "x.md:1")
+    with pytest.raises(MarkerError, match="not a run status"):
+        parse_markers([" expect DONE "], "x.md:1")
+    with pytest.raises(MarkerError, match="expect WAITING` needs a reason"):
+        parse_markers([" expect WAITING "], "x.md:1")
+    assert parse_markers([" expect WAITING (overnight) "], "x.md:1")[0].arg == "WAITING"
+
+
+def test_a_job_body_fragment_becomes_a_job_with_its_surroundings() -> None:
+    fragment = (
+        "from engine import RetryPolicy\n\n"
+        "async def helper(params: dict) -> int:\n"
+        "    return await something(params)\n\n"
+        "register(helper)\n"
+        "run = await io.openai.beta.threads.runs.retrieve('get', 'thread_abc123', 'run_abc123')\n"
+        "print(file.id, run.id)\n"
+    )
+    block = Block("x.md", 3, "python", fragment, parse_markers([" job-body "], "x.md:2"))
+    module = job_module(block, fragment, "http://127.0.0.1:1")
+    compile(module, "generated", "exec")
+    before_job, job_part = module.split("async def doc_job", 1)
+    # Imports, definitions and registrations are the app module's; the rest is the job's.
+    assert "from engine import RetryPolicy" in before_job
+    assert "register(helper)" in before_job
+    assert "retrieve('get', _given[\"ids\"][\"thread_abc123\"]" in job_part
+    # Only the OpenAI objects the body uses are made (`run` is its own, `file` is not).
+    assert "('file', 'ids')" in job_part
+    assert "file = _given['file']" in job_part
+    assert "run = _given" not in job_part
 
 
 def test_long_running_commands_start_in_the_background_and_are_waited_for() -> None:
