@@ -90,9 +90,12 @@ def job_module(block: Block, text: str, stub_url: str) -> str:
 
 def runner_script(names: dict[str, str], stub_port: str) -> str:
     """The script that runs the generated modules' jobs (`names`: module -> block name)."""
-    return RUNNER.replace("@TESTS@", str(TESTS)).replace("@NAMES@", repr(names)).replace(
-        "@STUB_PORT@", stub_port
-    ).replace("@RUN_TIMEOUT@", repr(RUN_TIMEOUT))
+    return (
+        RUNNER.replace("@TESTS@", str(TESTS))
+        .replace("@NAMES@", repr(names))
+        .replace("@STUB_PORT@", stub_port)
+        .replace("@RUN_TIMEOUT@", repr(RUN_TIMEOUT))
+    )
 
 
 def stub_address(port: str) -> str:
