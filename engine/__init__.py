@@ -21,8 +21,9 @@ from .exceptions import (
     TaskTimeoutError,
     UnknownJobError,
 )
+from .integration import Integration
 from .io import IO, Task
-from .jobs import Integration, Job, job
+from .jobs import Job, job
 from .pollers import PollResult
 from .retry import RetryPolicy
 from .worker import Worker

@@ -12,7 +12,7 @@ from .jobs import Job, registry
 
 
 def load_app(app: str) -> list[Job]:
-    before = {job.id for job in registry.all()}
+    before = {job.key for job in registry.all()}
     try:
         if app.endswith(".py") or "/" in app or Path(app).is_file():
             _load_file(Path(app))
@@ -29,7 +29,7 @@ def load_app(app: str) -> list[Job]:
         ) from None
     except Exception as exc:
         raise AppLoadError(f"importing app {app!r} raised {type(exc).__name__}: {exc}") from exc
-    jobs = [job for job in registry.all() if job.id not in before] or registry.all()
+    jobs = [job for job in registry.all() if job.key not in before] or registry.all()
     if not jobs:
         raise AppLoadError(f"app {app!r} declares no jobs: decorate an async def with @job(...)")
     return jobs

@@ -59,6 +59,8 @@ class Engine:
     ) -> str:
         """Queues a run of `job_id` and returns its id; one idempotency key gives one run.
 
+        A payload that is omitted (or None) is `{}`, validated like any other: a job whose
+        payload type has required fields refuses it here, and no run is created.
         `version` pins the job version; without it the run goes to the version this process
         defines, else the highest one a live worker serves, else the highest registered one.
         """
@@ -66,11 +68,13 @@ class Engine:
         limits.check_text(job_id, "job id", limits.MAX_JOB_ID_LENGTH)
         if idempotency_key is not None:
             limits.check_text(idempotency_key, "idempotency_key", limits.MAX_IDEMPOTENCY_KEY_LENGTH)
+        if payload is None:
+            payload = {}
         await self.upgrade()
         if version is not None and (not isinstance(version, str) or not version):
             raise EngineError('version: give a non-empty string, e.g. version="2"')
-        job = registry.get(job_id)
-        if job is not None and version in (None, job.version):
+        job = registry.get(job_id, version)
+        if job is not None:
             stored = job.check_payload(payload)
             await self.store.register_jobs([(job.id, job.version, job.payload_schema())])
             version = job.version

@@ -40,10 +40,6 @@ class Outcome:
     wake_at: float | None = None
 
 
-class _Namespace:
-    """`io` as a job sees it: the IO calls plus one attribute per integration."""
-
-
 async def execute(
     store: Store,
     job: Job,
@@ -56,8 +52,7 @@ async def execute(
     if replays is not None:
         replays[claimed.id] = replay
     io = IO(replay, claimed.id)
-    for name, integration in job.integrations.items():
-        setattr(io, name, integration.bind(io))
+    io._attach(job.integrations)
     ctx = Context(claimed.id, job.id, job.version, max(claimed.attempt, 1), worker_id)
 
     async def run_job() -> Any:

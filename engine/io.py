@@ -11,17 +11,19 @@ import asyncio
 import contextvars
 import logging
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import clock, codec, limits, pollers, secrets, serialization
 from .exceptions import (
     DivergenceError,
+    EngineError,
     LeaseLost,
     NotSerializableError,
     TaskTimeoutError,
 )
+from .integration import Integration
 from .records import TaskRow, TaskWrite
 from .replay import Replay, current_path, path_text, timed_out
 from .retry import NO_RETRY, RetryPolicy, is_retryable
@@ -121,10 +123,42 @@ def _cached_annotation(code: Any, fn: Callable[..., Any]) -> Any:
 class IO:
     """The durable calls a job makes. One IO per execution of a run."""
 
+    # Declared here so that engine.integration reads them as names no integration may take.
+    run_id: str
+    logger: Logger
+
     def __init__(self, replay: Replay, run_id: str) -> None:
         self._replay = replay
         self.run_id = run_id
         self.logger = Logger(replay, run_id)
+
+    # -- integrations (engine.integration) -----------------------------------------------------
+
+    def _attach(self, integrations: Mapping[str, Integration[Any]]) -> None:
+        """Binds the job's integrations to this execution (the executor calls it once)."""
+        self._integrations = {name: (i, i.bind(self)) for name, i in integrations.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        """`io.<name>`: the integration the job declared under `name`. Typed `Any`, so that a
+        user's `mypy --strict` accepts `io.openai...`; `io.use(integration)` is typed exactly."""
+        bound = self.__dict__.get("_integrations", {}).get(name)
+        if bound is None or name.startswith("_"):
+            raise AttributeError(
+                f"io has no attribute {name!r}: an integration is reached as io.<name> once "
+                f"the job declares it, @job(..., integrations={{{name!r}: ...}})"
+            )
+        return bound[1]
+
+    def use(self, integration: Integration[T]) -> T:
+        """What `integration` bound to for this execution, typed as its `bind` returns it:
+        `io.use(openai).chat.completions.create(...)`."""
+        for declared, bound in self.__dict__.get("_integrations", {}).values():
+            if declared is integration:
+                return cast(T, bound)
+        raise EngineError(
+            f"io.use({integration!r}): the job does not declare this integration; add it to "
+            "@job(..., integrations={'name': integration})"
+        )
 
     # -- public calls --------------------------------------------------------------------------
 

@@ -3,71 +3,51 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import jsonschema
-from pydantic import BaseModel, ValidationError
 
-from . import limits
+from . import integration as integration_seam
+from . import limits, versions
 from .exceptions import EngineError, PayloadValidationError
+from .integration import Integration
+from .payloads import PayloadType, declared
 
 JobFunction = Callable[[Any, Any, Any], Awaitable[Any]]
-
-
-@runtime_checkable
-class Integration(Protocol):
-    """What `@job(integrations={name: ...})` accepts: something that binds to a run's `io`."""
-
-    id: str
-
-    def bind(self, io: Any) -> Any:
-        """The object a job sees as `io.<name>` during one execution."""
-
-    def register_pollers(self) -> None:
-        """Registers the background pollers its waiting calls use (in `engine.pollers`)."""
-
 
 @dataclass(frozen=True)
 class Job:
     id: str
     version: str
     fn: JobFunction
-    integrations: Mapping[str, Integration] = field(default_factory=dict)
-    payload_model: type[BaseModel] | None = None
+    integrations: Mapping[str, Integration[Any]] = field(default_factory=dict)
+    # From `payload=` or the payload parameter's annotation (engine.payloads); None: unchecked.
+    payload_type: PayloadType | None = None
 
     @property
     def key(self) -> str:
         return f"{self.id}@{self.version}"
 
+    @property
+    def where(self) -> str:
+        """`module:qualname` of the job function, to name it in errors."""
+        return f"{self.fn.__module__}:{self.fn.__qualname__}"
+
     def payload_schema(self) -> dict[str, Any] | None:
-        return self.payload_model.model_json_schema() if self.payload_model else None
+        return self.payload_type.schema() if self.payload_type else None
 
     def check_payload(self, payload: Any) -> Any:
         """The payload as it will be stored (JSON), or PayloadValidationError."""
-        if self.payload_model is None:
-            return payload
-        try:
-            return self.payload_model.model_validate(payload).model_dump(mode="json")
-        except ValidationError as exc:
-            raise PayloadValidationError(
-                f"payload for job {self.id!r} is invalid: {_short(exc)}"
-            ) from None
+        return self.payload_type.check(self.id, payload) if self.payload_type else payload
 
     def load_payload(self, stored: Any) -> Any:
-        return self.payload_model.model_validate(stored) if self.payload_model else stored
+        return self.payload_type.load(stored) if self.payload_type else stored
 
     async def __call__(self, payload: Any, io: Any, ctx: Any) -> Any:
         return await self.fn(payload, io, ctx)
-
-
-def _short(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        where = ".".join(str(p) for p in err["loc"]) or "payload"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def check_against_schema(job_id: str, payload: Any, schema: dict[str, Any] | None) -> None:
@@ -84,16 +64,30 @@ def check_against_schema(job_id: str, payload: Any, schema: dict[str, Any] | Non
 
 
 class Registry:
-    """The jobs known to this process, by id (one version each)."""
+    """The jobs known to this process, by id and version."""
 
     def __init__(self) -> None:
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[tuple[str, str], Job] = {}
 
     def add(self, job: Job) -> None:
-        self._jobs[job.id] = job
+        """Adds `job`; a second job with its id and version is an error, unless it is the same
+        function declared again (a module reloaded, or one file imported under two names)."""
+        known = self._jobs.get((job.id, job.version))
+        if known is not None and not _same_function(known.fn, job.fn):
+            raise EngineError(
+                f"two jobs have the id {job.id!r} (version {job.version}): {known.where} and "
+                f"{job.where}; give each job its own id (or, to keep an old version's code "
+                "running, its own version=)"
+            )
+        self._jobs[(job.id, job.version)] = job
 
-    def get(self, job_id: str) -> Job | None:
-        return self._jobs.get(job_id)
+    def get(self, job_id: str, version: str | None = None) -> Job | None:
+        """The job at `version`, or without one the highest version this process defines."""
+        if version is not None:
+            return self._jobs.get((job_id, version))
+        defined = {v: job for (i, v), job in self._jobs.items() if i == job_id}
+        chosen = versions.highest(defined)
+        return defined[chosen] if chosen is not None else None
 
     def all(self) -> list[Job]:
         return list(self._jobs.values())
@@ -109,36 +103,45 @@ def job(
     id: str,
     version: str = "1",
     *,
-    integrations: Mapping[str, Integration] | None = None,
-    payload: type[BaseModel] | None = None,
+    integrations: Mapping[str, Integration[Any]] | None = None,
+    payload: Any = None,
 ) -> Callable[[JobFunction], Job]:
-    """Declares an `async def (payload, io, ctx)` as a job."""
+    """Declares an `async def (payload, io, ctx)` as a job.
+
+    `payload=` (a pydantic model, TypedDict or dataclass), or the same type as the annotation of
+    the function's first parameter, validates the payload when a run is triggered; the job
+    receives the validated value. Two jobs with one id and version in one process are refused.
+    """
     if not id or not isinstance(id, str):
         raise EngineError("@job(id=...): give the job a non-empty string id")
     limits.check_text(id, "@job id", limits.MAX_JOB_ID_LENGTH, control=True)
     limits.check_text(
         str(version), f"@job({id!r}) version", limits.MAX_VERSION_LENGTH, control=True
     )
+    for name, integration in (integrations or {}).items():
+        integration_seam.check(id, name, integration)
 
     def decorate(fn: JobFunction) -> Job:
         if not inspect.iscoroutinefunction(fn):
             raise EngineError(f"@job({id!r}) decorates {fn!r}: a job must be an `async def`")
-        for name, integration in (integrations or {}).items():
-            if not name.isidentifier() or name in _IO_NAMES:
-                raise EngineError(
-                    f"@job({id!r}) integrations key {name!r}: use a Python identifier that "
-                    f"is not one of {sorted(_IO_NAMES)}"
-                )
-            if not isinstance(integration, Integration):
-                raise EngineError(
-                    f"@job({id!r}) integrations[{name!r}] is not an integration: pass e.g. "
-                    "integrations.openai.OpenAI(id='openai')"
-                )
-        declared = Job(id, str(version), fn, dict(integrations or {}), payload)
-        registry.add(declared)
-        return declared
+        # The names where the job is declared resolve a string annotation (a model defined
+        # in a function, under `from __future__ import annotations`).
+        namespace = sys._getframe(1).f_locals
+        payload_type = declared(id, fn, payload, namespace)
+        declared_job = Job(id, str(version), fn, dict(integrations or {}), payload_type)
+        registry.add(declared_job)
+        return declared_job
 
     return decorate
 
 
-_IO_NAMES = frozenset({"run_task", "wait", "background_poll", "logger", "call", "poll"})
+def _same_function(a: JobFunction, b: JobFunction) -> bool:
+    if a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__):
+        return True
+    code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+    return (
+        code_a is not None
+        and code_b is not None
+        and a.__qualname__ == b.__qualname__
+        and code_a.co_filename == code_b.co_filename
+    )

@@ -13,7 +13,7 @@ from typing import Any
 
 import openai
 
-from engine import EngineError, RetryPolicy
+from engine import IO, EngineError, RetryPolicy
 from engine import pollers as engine_pollers
 from engine import secrets as engine_secrets
 
@@ -122,8 +122,8 @@ class OpenAI:
 
     # -- the Integration protocol --------------------------------------------------------------
 
-    def bind(self, io: Any) -> OpenAIIO:
-        """`io.openai` for one execution of a run."""
+    def bind(self, io: IO) -> OpenAIIO:
+        """`io.openai` (or `io.use(openai)`, typed) for one execution of a run."""
         return OpenAIIO(Caller(self, io))
 
     def poller_name(self, what: str) -> str:
