@@ -24,6 +24,7 @@ writes a NUL as the four characters `\\x00` and a lone surrogate as `\\udXXX`.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from typing import Any
@@ -37,27 +38,98 @@ MAX_DEPTH = 200
 MAX_INT_DIGITS = 4000
 _MAX_INT = 10**MAX_INT_DIGITS
 
+JSON_ADVICE = "use JSON data (dict, list, str, int, float, bool, None) or a pydantic model"
+# What to do with a value of another type depends on what it was meant to be.
+OUTPUT_ADVICE = (
+    f"{JSON_ADVICE}, or annotate the task function's return type so the engine can encode it"
+)
+PARAMS_ADVICE = (
+    "params are recorded as given, for inspection (`engine runs show`), and handed to the task "
+    "as task.params: pass JSON data (dict, list, str, int, float, bool, None) or a pydantic "
+    "model (e.g. str(path), when.isoformat()), and give the task function other objects "
+    "through a closure"
+)
+
 
 class _Refused(Exception):
     """Raised inside the walk; the path is collected on the way out, so the walk stays cheap."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, advise: bool = False, awaitable: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.advise = advise  # a type the codec does not store: the caller says what to do
+        self.awaitable = awaitable
         self.path: list[str] = []
 
 
-def check(value: Any, where: str) -> Any:
+def check(value: Any, where: str, advice: str = JSON_ADVICE) -> Any:
     """`value` as JSON data the task log stores exactly, or NotSerializableError naming the path.
 
     The caller returns this normalized value on the first execution too, so it and every replay
-    agree (a tuple comes back as a list either way).
+    agree (a tuple comes back as a list either way). `advice` ends the message when the value
+    holds a type the codec cannot store (it depends on what the value is for).
     """
     try:
         return _walk(value, 0)
     except _Refused as refused:
+        if refused.awaitable:
+            close_coroutines(value)
         path = "value" + "".join(reversed(refused.path))
-        raise NotSerializableError(f"{where}: {path} {refused.reason}") from None
+        message = f"{where}: {path} {refused.reason}"
+        raise NotSerializableError(f"{message}; {advice}" if refused.advise else message) from None
+
+
+def refuse_awaitable(value: Any, where: str) -> None:
+    """Raises NotSerializableError if `value` is, or holds, an awaitable (a forgotten `await`),
+    closing every coroutine in it so none is reported as never awaited."""
+    path = _awaitable_path(value, 0)
+    if path is None:
+        return
+    close_coroutines(value)
+    found = value
+    for step in path:
+        found = found[step]
+    text = "value" + "".join(f"[{json.dumps(step)}]" for step in path)
+    raise NotSerializableError(f"{where}: {text} {_awaitable_reason(found)}")
+
+
+def _awaitable_path(value: Any, depth: int) -> list[Any] | None:
+    if inspect.isawaitable(value):
+        return []
+    if depth >= MAX_DEPTH:
+        return None
+    items: Any = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list | tuple)
+        else ()
+    )
+    for step, item in items:
+        inner = _awaitable_path(item, depth + 1)
+        if inner is not None:
+            return [step, *inner]
+    return None
+
+
+def close_coroutines(value: Any, depth: int = 0) -> None:
+    """Closes the coroutines in a refused value: they will never run, and Python would warn
+    that they were never awaited."""
+    if inspect.iscoroutine(value):
+        value.close()
+    elif depth < MAX_DEPTH and isinstance(value, dict):
+        for item in value.values():
+            close_coroutines(item, depth + 1)
+    elif depth < MAX_DEPTH and isinstance(value, list | tuple):
+        for item in value:
+            close_coroutines(item, depth + 1)
+
+
+def _awaitable_reason(value: Any) -> str:
+    what = "a coroutine" if inspect.iscoroutine(value) else f"an awaitable {type(value).__name__}"
+    name = getattr(value, "__qualname__", None)
+    called = f" ({name})" if isinstance(name, str) else ""
+    return f"is {what}{called}, not its result: did you forget `await`?"
 
 
 def _walk(value: Any, depth: int) -> Any:
@@ -124,11 +196,11 @@ def _walk_other(value: Any, depth: int) -> Any:
         return _walk(list(value), depth)
     if isinstance(value, BaseModel):
         return _walk(value.model_dump(mode="json"), depth)
+    if inspect.isawaitable(value):
+        raise _Refused(_awaitable_reason(value), awaitable=True)
     raise _Refused(
-        f"is a {type(value).__name__}: a {type(value).__name__} cannot be stored in the task "
-        "log; use JSON data "
-        "(dict, list, str, int, float, bool, None) or a pydantic model, or annotate the task "
-        "function's return type so the engine can encode it"
+        f"is a {type(value).__name__}: a {type(value).__name__} cannot be stored in the task log",
+        advise=True,
     )
 
 

@@ -21,12 +21,6 @@ from .exceptions import DivergenceError, EngineError, NotSerializableError, Task
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
-def _plain(value: Any, where: str) -> Any:
-    """`value` as JSON data the task log stores exactly (engine.codec), or NotSerializableError
-    naming `where` and the path inside the value."""
-    return codec.check(value, where)
-
-
 def type_name(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
@@ -51,6 +45,7 @@ def encode(value: Any, where: str, annotation: Any = None) -> tuple[Any, str | N
         try:
             dumped = _adapter(annotation).dump_python(value, mode="json")
         except Exception as exc:
+            codec.refuse_awaitable(value, where)
             raise NotSerializableError(
                 f"{where}: the value does not match the declared type {annotation!r}: {exc}"
             ) from exc
@@ -64,7 +59,7 @@ def encode(value: Any, where: str, annotation: Any = None) -> tuple[Any, str | N
                 "module level, or annotate the task function's return type"
             )
         return codec.check(value.model_dump(mode="json"), where), type_name(cls)
-    return codec.check(value, where), None
+    return codec.check(value, where, codec.OUTPUT_ADVICE), None
 
 
 @lru_cache(maxsize=512)
@@ -98,7 +93,7 @@ def decode(value: Any, type_name_: str | None, annotation: Any = None) -> Any:
 
 def check_params(params: Any, where: str) -> Any:
     """Params are recorded as given; they must be JSON already (or a pydantic model)."""
-    return _plain(params, where)
+    return codec.check(params, where, codec.PARAMS_ADVICE)
 
 
 # -- errors ---------------------------------------------------------------------------------------

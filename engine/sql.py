@@ -79,6 +79,13 @@ class Statements:
             # PostgreSQL cannot infer a parameter's type inside a CASE with a NULL branch.
             return f"CAST({param} AS timestamptz)" if postgres else param
 
+        def later(a: str, b: str) -> str:
+            # SQLite's two-argument MAX is its scalar GREATEST (its timestamps are ISO text).
+            return f"GREATEST({a}, {b})" if postgres else f"MAX({a}, {b})"
+
+        # A run's times come from the clocks of several processes (the trigger's, each
+        # worker's): each is kept no earlier than the one before it, so they read in order.
+        ended = later(stamp(":now"), "COALESCE(started_at, created_at)")
         skip = " FOR UPDATE SKIP LOCKED" if postgres else ""
         now = dict(now=UTCDateTime)
         fence = (
@@ -163,8 +170,8 @@ class Statements:
                 "wake_at = NULL, "
                 f"attempt = attempt + CASE WHEN status = 'WAITING' OR {exhausted} THEN 0 "
                 "ELSE 1 END, "
-                "started_at = COALESCE(started_at, :now), "
-                f"completed_at = CASE WHEN {exhausted} THEN {stamp(':now')} ELSE completed_at END, "
+                f"started_at = COALESCE(started_at, {later(stamp(':now'), 'created_at')}), "
+                f"completed_at = CASE WHEN {exhausted} THEN {ended} ELSE completed_at END, "
                 f"recoveries = recoveries + CASE WHEN status = 'RUNNING' AND NOT {exhausted} "
                 "THEN 1 ELSE 0 END, "
                 f"lost_executions = {lost} "
@@ -246,7 +253,8 @@ class Statements:
         )
         self.finish_run = _t(
             "UPDATE engine_runs SET status = :status, output = :output, "
-            "output_type = :output_type, error = :error, completed_at = :now, "
+            "output_type = :output_type, error = :error, "
+            f"completed_at = {ended}, "
             "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL "
             "WHERE id = :id AND lease_epoch = :epoch",
             output=Json,
@@ -340,7 +348,7 @@ class Statements:
         # The status guard is in the statement itself: a run that finished meanwhile is left
         # as it is (INVARIANTS 12).
         self.cancel_run = _t(
-            "UPDATE engine_runs SET status = 'CANCELED', completed_at = :now, wake_at = NULL, "
+            f"UPDATE engine_runs SET status = 'CANCELED', completed_at = {ended}, wake_at = NULL, "
             "lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1 "
             "WHERE id = :id AND status IN ('QUEUED', 'WAITING', 'RUNNING')",
             **now,
