@@ -80,8 +80,9 @@ class Engine:
             version = job.version
         else:
             version, schema = await self._route(job_id, version)
-            check_against_schema(job_id, payload, schema)
-            stored = payload
+            # As JSON first: a pydantic model given as the payload is checked as its dict.
+            stored = codec.check(payload, f"the payload of {job_id!r}")
+            check_against_schema(job_id, stored, schema)
         stored = codec.check(stored, f"the payload of {job_id!r}")
         run_id, _ = await self.store.create_run(job_id, version, stored, idempotency_key)
         return run_id

@@ -97,30 +97,38 @@ def test_typed_dict_and_dataclass_payloads() -> None:
         box.check_payload({"width": "wide"})
 
 
-@pytest.mark.parametrize("kind", ["none", "dict", "dict_str_any", "any", "object"])
+async def _no_annotation(payload, io, ctx):  # type: ignore[no-untyped-def]
+    return None
+
+
+async def _bare_dict(payload: dict, io: IO, ctx: Context) -> None:  # type: ignore[type-arg]
+    return None
+
+
+async def _dict_str_any(payload: dict[str, Any], io: IO, ctx: Context) -> None:
+    return None
+
+
+async def _any(payload: Any, io: IO, ctx: Context) -> None:
+    return None
+
+
+async def _object(payload: object, io: IO, ctx: Context) -> None:
+    return None
+
+
+UNCHECKED = {
+    "none": _no_annotation,
+    "dict": _bare_dict,
+    "dict_str_any": _dict_str_any,
+    "any": _any,
+    "object": _object,
+}
+
+
+@pytest.mark.parametrize("kind", list(UNCHECKED))
 def test_dict_any_and_no_annotation_declare_no_type(kind: str) -> None:
-    if kind == "none":
-
-        async def fn(payload, io, ctx):  # type: ignore[no-untyped-def]
-            return None
-    elif kind == "dict":
-
-        async def fn(payload: dict, io: IO, ctx: Context) -> None:  # type: ignore[type-arg]
-            return None
-    elif kind == "dict_str_any":
-
-        async def fn(payload: dict[str, Any], io: IO, ctx: Context) -> None:
-            return None
-    elif kind == "any":
-
-        async def fn(payload: Any, io: IO, ctx: Context) -> None:
-            return None
-    else:
-
-        async def fn(payload: object, io: IO, ctx: Context) -> None:
-            return None
-
-    declared = job(id=unique_id(f"untyped-{kind}"))(fn)
+    declared = job(id=unique_id(f"untyped-{kind}"))(UNCHECKED[kind])
     assert declared.payload_schema() is None
     assert declared.check_payload({"anything": [1, "x"]}) == {"anything": [1, "x"]}
     assert declared.load_payload({"a": 1}) == {"a": 1}

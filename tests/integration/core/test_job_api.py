@@ -97,6 +97,9 @@ async def test_without_the_apps_code_the_registered_schema_validates(harness: Ha
     assert await harness.engine.list_runs(remote.id) == []
     run_id = await harness.engine.trigger(remote.id, {"order_id": 3})
     assert (await harness.engine.wait_for(run_id, 20))["output"] == 3
+    # A model instance is checked as the JSON it dumps to.
+    run_id = await harness.engine.trigger(remote.id, Order(order_id=4))
+    assert (await harness.engine.wait_for(run_id, 20))["output"] == 4
 
 
 # -- forgotten awaits and params advice -----------------------------------------------------------
