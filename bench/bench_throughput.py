@@ -9,7 +9,10 @@ The "floor bound" is what the raw driver floor alone would allow if every transa
 runs/s = 1000 / (floor_ms * (tasks + 2)). Measured / bound is printed as "x bound".
 
     python bench/bench_throughput.py [--db sqlite|postgres|both] [--runs 1000] [--tasks 10]
-                                     [--concurrency 50]
+                                     [--concurrency 50] [--limit N]
+
+`--limit N` gives the job a concurrency limit of N (`@job(concurrency=N)`): the worker then
+claims through the limited claim (docs/flow-control.md); N >= --concurrency measures its cost.
 
 Target: >= 150 runs/s.
 """
@@ -29,10 +32,10 @@ async def _noop(task: Any) -> int:
     return 1
 
 
-def make_job(n: int) -> Any:
+def make_job(n: int, limit: int | None = None) -> Any:
     from engine import job
 
-    @job(common.unique_job_id("throughput"))
+    @job(common.unique_job_id("throughput"), concurrency=limit)
     async def tasks(payload: Any, io: Any, ctx: Any) -> int:
         for i in range(n):
             await io.run_task(f"t{i}", _noop)
@@ -44,10 +47,11 @@ def make_job(n: int) -> Any:
 async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
     from sqlalchemy import text
 
-    job = make_job(args.tasks)
+    job = make_job(args.tasks, args.limit)
     worker = common.Worker(db.url)
     await worker.prepare(job)
-    await common.create_runs(worker.store, job, [{"i": i} for i in range(args.runs)])
+    limit = ("", args.limit) if args.limit else None
+    await common.create_runs(worker.store, job, [{"i": i} for i in range(args.runs)], limit)
     wall = time.perf_counter()
     cpu = time.process_time()
     with common.StatementCounter(worker.store) as counter:
@@ -135,4 +139,5 @@ if __name__ == "__main__":
     p.add_argument("--tasks", type=int, default=10)
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--timeout", type=float, default=100.0)
+    p.add_argument("--limit", type=int, default=None, help="the job's concurrency limit")
     asyncio.run(main(p.parse_args()))

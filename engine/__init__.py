@@ -21,6 +21,7 @@ from .exceptions import (
     TaskTimeoutError,
     UnknownJobError,
 )
+from .flow import Concurrency
 from .integration import Integration
 from .io import IO, Task
 from .jobs import Job, job
@@ -31,6 +32,7 @@ from .worker import Worker
 __all__ = [
     "IO",
     "AppLoadError",
+    "Concurrency",
     "Context",
     "DatabaseError",
     "DivergenceError",

@@ -144,6 +144,13 @@ def run(
     help="The job version to run (default: APP's with --app, else the highest version a live "
     "worker serves, else the highest registered; see `engine jobs list`).",
 )
+@click.option(
+    "--priority",
+    type=int,
+    default=None,
+    help="-100 to 100; higher is claimed first (default: the job's, else 0; see "
+    "docs/flow-control.md).",
+)
 @click.option("--database-url", help=_DB_HELP)
 def trigger(
     job_id: str,
@@ -151,6 +158,7 @@ def trigger(
     idempotency_key: str | None,
     app: str | None,
     version: str | None,
+    priority: int | None,
     database_url: str | None,
 ) -> None:
     """Queue a run of JOB_ID and print its id."""
@@ -171,7 +179,9 @@ def trigger(
     run_id = _run(
         lambda: _with_engine(
             database_url,
-            lambda e: e.trigger(job_id, data, idempotency_key=idempotency_key, version=version),
+            lambda e: e.trigger(
+                job_id, data, idempotency_key=idempotency_key, version=version, priority=priority
+            ),
         )
     )
     click.echo(run_id)
@@ -200,7 +210,7 @@ def list_runs(
         return
     table = Table(box=None, header_style="bold")
     table.add_column("ID", no_wrap=True, min_width=32)
-    for column in ("JOB", "STATUS", "CREATED", "DURATION"):
+    for column in ("JOB", "STATUS", "CREATED", "DURATION", "WAITING FOR"):
         table.add_column(column)
     for row in rows:
         table.add_row(
@@ -209,6 +219,7 @@ def list_runs(
             _status(row["status"]),
             _short_time(row["created_at"]),
             _duration(row["started_at"], row["completed_at"]),
+            _escape((row.get("waiting_for") or {}).get("summary", "")),
         )
     _console().print(table if rows else "no runs")
 
@@ -307,6 +318,8 @@ def print_run(
         f"created {_short_time(view['created_at'])}  "
         f"{_duration(view['started_at'], view['completed_at'])}"
     )
+    if view.get("waiting_for"):
+        console.print(f"waiting for: {view['waiting_for']['summary']}", markup=False)
     tree = Tree("[bold]tasks[/bold]")
     _add_tasks(tree, view["tasks"])
     console.print(tree)

@@ -7,9 +7,9 @@ import os
 from types import TracebackType
 from typing import Any
 
-from . import clock, codec, limits, versions, views
+from . import clock, codec, flow, limits, versions, views, waiting
 from .exceptions import EngineError, UnknownJobError, UnknownVersionError
-from .jobs import check_against_schema, registry
+from .jobs import check_against_schema, registration, registry
 from .schema import FINAL_RUN_STATUSES, RUN_STATUSES
 from .store import DEFAULT_DATABASE_URL, Store
 
@@ -56,6 +56,7 @@ class Engine:
         *,
         idempotency_key: str | None = None,
         version: str | None = None,
+        priority: int | None = None,
     ) -> str:
         """Queues a run of `job_id` and returns its id; one idempotency key gives one run.
 
@@ -63,6 +64,7 @@ class Engine:
         payload type has required fields refuses it here, and no run is created.
         `version` pins the job version; without it the run goes to the version this process
         defines, else the highest one a live worker serves, else the highest registered one.
+        `priority` (-100 to 100) overrides the job's; see docs/flow-control.md.
         """
         # Inputs are checked before anything is written (docs/concepts.md, "What can be recorded").
         limits.check_text(job_id, "job id", limits.MAX_JOB_ID_LENGTH)
@@ -70,26 +72,50 @@ class Engine:
             limits.check_text(idempotency_key, "idempotency_key", limits.MAX_IDEMPOTENCY_KEY_LENGTH)
         if payload is None:
             payload = {}
+        if priority is not None:
+            flow.check_priority(priority)
         await self.upgrade()
         if version is not None and (not isinstance(version, str) or not version):
             raise EngineError('version: give a non-empty string, e.g. version="2"')
         job = registry.get(job_id, version)
         if job is not None:
-            stored = job.check_payload(payload)
-            await self.store.register_jobs([(job.id, job.version, job.payload_schema())])
-            version = job.version
+            stored = codec.check(job.check_payload(payload), f"the payload of {job_id!r}")
+            declared = registration(job)
+            key = flow.key_of(None, job_id, stored, job.concurrency)
+            await self.store.register_jobs([declared])
         else:
-            version, schema = await self._route(job_id, version)
+            # This process lacks the code of the version the run goes to: what the worker
+            # registered of it (schema, priority, concurrency) decides.
+            version, declared = await self._route(job_id, version)
             # As JSON first: a pydantic model given as the payload is checked as its dict.
             stored = codec.check(payload, f"the payload of {job_id!r}")
-            check_against_schema(job_id, stored, schema)
-        stored = codec.check(stored, f"the payload of {job_id!r}")
-        run_id, _ = await self.store.create_run(job_id, version, stored, idempotency_key)
+            check_against_schema(job_id, stored, declared[2])
+            key = flow.key_of(declared[4], job_id, stored, None)
+        _, version, _, default_priority, spec = declared
+        run_id, _ = await self.store.create_run(
+            job_id,
+            version,
+            stored,
+            idempotency_key,
+            priority=default_priority if priority is None else priority,
+            concurrency=None if key is None else (key, int(spec["limit"])),
+        )
         return run_id
 
-    async def _route(self, job_id: str, pinned: str | None) -> tuple[str, Any]:
-        """The version a run of `job_id` goes to (see engine.versions) and its payload schema."""
+    async def _route(self, job_id: str, pinned: str | None) -> tuple[str, tuple[Any, ...]]:
+        """The version a run of `job_id` goes to (see engine.versions) and what is registered
+        of it (as `jobs.registration` gives it)."""
         rows, workers = await self.store.job_versions(job_id)
+        by_version = {
+            row["version"]: (
+                job_id,
+                row["version"],
+                row["payload_schema"],
+                row["priority"],
+                row["concurrency"],
+            )
+            for row in rows
+        }
         schemas = {row["version"]: row["payload_schema"] for row in rows}
         if not schemas:
             raise UnknownJobError(
@@ -100,14 +126,14 @@ class Engine:
             served = versions.live_versions(job_id, workers)
             chosen = versions.default_version(schemas, served)
             assert chosen is not None
-            return chosen, schemas[chosen]
+            return chosen, by_version[chosen]
         if pinned not in schemas:
             known = ", ".join(sorted(schemas, key=versions.version_key))
             raise UnknownVersionError(
                 f"job {job_id!r} has no version {pinned!r} registered (registered: {known}): "
                 "pass one of those, or start a worker with that version's code"
             )
-        return pinned, schemas[pinned]
+        return pinned, by_version[pinned]
 
     async def jobs(self) -> list[dict[str, Any]]:
         """Every registered job: its versions (natural order), when each was registered, the
@@ -151,7 +177,19 @@ class Engine:
                 f"status {status!r} is not a run status: use one of {', '.join(RUN_STATUSES)}"
             )
         rows = await self.store.list_runs(job_id, status and status.upper(), limit)
-        return [views.run_view(row) for row in rows]
+        return await self._with_waits(rows)
+
+    async def _with_waits(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run views, each with `waiting_for` (engine.waiting): null unless QUEUED or WAITING."""
+        pending = [r["id"] for r in rows if r["status"] in ("QUEUED", "WAITING")]
+        tasks, running = await self.store.waits(pending) if pending else ({}, {})
+        now = clock.utcnow()
+        listed = []
+        for row in rows:
+            view = views.run_view(row)
+            view["waiting_for"] = waiting.waiting_for(row, tasks.get(row["id"], []), running, now)
+            listed.append(view)
+        return listed
 
     async def cancel(self, run_id: str) -> str:
         return await self.store.cancel_run(run_id)
@@ -172,7 +210,7 @@ class Engine:
 
     async def show_run(self, run_id: str) -> dict[str, Any]:
         """The run and its task tree, as `engine runs show --json` prints it."""
-        view = views.run_view(await self.store.get_run(run_id))
+        (view,) = await self._with_waits([await self.store.get_run(run_id)])
         view["tasks"] = views.task_tree(await self.store.get_tasks(run_id))
         return view
 

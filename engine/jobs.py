@@ -10,8 +10,8 @@ from typing import Any
 
 import jsonschema
 
+from . import flow, limits, versions
 from . import integration as integration_seam
-from . import limits, versions
 from .exceptions import EngineError, PayloadValidationError
 from .integration import Integration
 from .payloads import PayloadType, declared
@@ -26,6 +26,8 @@ class Job:
     integrations: Mapping[str, Integration[Any]] = field(default_factory=dict)
     # From `payload=` or the payload parameter's annotation (engine.payloads); None: unchecked.
     payload_type: PayloadType | None = None
+    priority: int = 0
+    concurrency: flow.Concurrency | None = None
 
     @property
     def key(self) -> str:
@@ -48,6 +50,12 @@ class Job:
 
     async def __call__(self, payload: Any, io: Any, ctx: Any) -> Any:
         return await self.fn(payload, io, ctx)
+
+
+def registration(job: Job) -> tuple[str, str, Any, int, Any]:
+    """What `engine_jobs` records of a job: id, version, payload schema, priority, concurrency."""
+    spec = job.concurrency.spec() if job.concurrency else None
+    return job.id, job.version, job.payload_schema(), job.priority, spec
 
 
 def check_against_schema(job_id: str, payload: Any, schema: dict[str, Any] | None) -> None:
@@ -105,12 +113,17 @@ def job(
     *,
     integrations: Mapping[str, Integration[Any]] | None = None,
     payload: Any = None,
+    priority: int = 0,
+    concurrency: int | flow.Concurrency | None = None,
 ) -> Callable[[JobFunction], Job]:
     """Declares an `async def (payload, io, ctx)` as a job.
 
     `payload=` (a pydantic model, TypedDict or dataclass), or the same type as the annotation of
     the function's first parameter, validates the payload when a run is triggered; the job
     receives the validated value. Two jobs with one id and version in one process are refused.
+    `priority` is its runs' default priority; `concurrency` caps how many of its runs are
+    RUNNING at once across every worker (a number, or `Concurrency(limit, key=...)` per key).
+    See docs/flow-control.md.
     """
     if not id or not isinstance(id, str):
         raise EngineError("@job(id=...): give the job a non-empty string id")
@@ -121,6 +134,9 @@ def job(
     for name, integration in (integrations or {}).items():
         integration_seam.check(id, name, integration)
 
+    flow.check_priority(priority, f"@job({id!r}) priority")
+    limit = flow.as_concurrency(concurrency, id)
+
     def decorate(fn: JobFunction) -> Job:
         if not inspect.iscoroutinefunction(fn):
             raise EngineError(f"@job({id!r}) decorates {fn!r}: a job must be an `async def`")
@@ -128,7 +144,9 @@ def job(
         # in a function, under `from __future__ import annotations`).
         namespace = sys._getframe(1).f_locals
         payload_type = declared(id, fn, payload, namespace)
-        declared_job = Job(id, str(version), fn, dict(integrations or {}), payload_type)
+        declared_job = Job(
+            id, str(version), fn, dict(integrations or {}), payload_type, priority, limit
+        )
         registry.add(declared_job)
         return declared_job
 

@@ -52,6 +52,9 @@ class Scheduler:
         self.max_recoveries = check_max_recoveries(max_recoveries)
         self.store = store
         self.jobs = {job.key: job for job in jobs}
+        # Jobs with a concurrency limit are claimed by the limited claim; without any, the claim
+        # is the one plain statement (engine.store.claim_runs).
+        self.limited = sorted({job.id for job in jobs if job.concurrency is not None})
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
         # A safety net: new work is announced by the store's wake-up side task (see
@@ -65,6 +68,7 @@ class Scheduler:
         self.stopping = asyncio.Event()
         self._replays: dict[str, Any] = {}
         self._saturated = False
+        self._claimed_upto = 0.0
         # Set when another party wrote to the database (NOTIFY, data_version, this process's
         # Engine): only then can a run we are executing have been canceled.
         self._news = False
@@ -116,9 +120,17 @@ class Scheduler:
         self.wake.clear()
         await self._interrupt_canceled()
         free = self.concurrency - len(self.active)
+        # With limits, a due run may stay unclaimed (its slot is taken): remember what this
+        # claim saw, so that sleeping does not treat it as due work again and again.
+        self._claimed_upto = clock.now() if self.limited and free > 0 else 0.0
         claimed = (
             await self.store.claim_runs(
-                self.worker_id, free, self.lease_seconds, list(self.jobs), self.max_recoveries
+                self.worker_id,
+                free,
+                self.lease_seconds,
+                list(self.jobs),
+                self.max_recoveries,
+                limited=self.limited,
             )
             if free > 0
             else []
@@ -147,7 +159,9 @@ class Scheduler:
             timeout = min(timeout, self.outage.settle)
         due = None
         if not self._saturated:
-            due = await self.store.next_due(list(self.jobs), sorted(pollers.registered()))
+            due = await self.store.next_due(
+                list(self.jobs), sorted(pollers.registered()), self._claimed_upto
+            )
         if due is not None:
             timeout = min(timeout, max(due - clock.now(), 0.002))
         with contextlib.suppress(TimeoutError):

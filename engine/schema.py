@@ -76,6 +76,11 @@ jobs = Table(
     Column("version", String(100), primary_key=True),
     Column("payload_schema", Json, nullable=True),
     Column("registered_at", UTCDateTime, nullable=False),
+    # Flow control declared by `@job` (docs/flow-control.md), so that a trigger from a process
+    # without the job's code applies it: the default priority, and the concurrency limit
+    # ({"limit": n, "key": null | "payload.field" | "<code>"}).
+    Column("priority", Integer, nullable=False, default=0, server_default="0"),
+    Column("concurrency", Json, nullable=True),
 )
 
 runs = Table(
@@ -104,9 +109,20 @@ runs = Table(
     # of each ({"attempt", "epoch", "worker", "lost_at"}): past a bound the run is failed.
     Column("recoveries", Integer, nullable=False, default=0, server_default="0"),
     Column("lost_executions", Json, nullable=True),
+    # Flow control (docs/flow-control.md). Claims take runs in `rank_at` order: the trigger
+    # time advanced by PRIORITY_STEP seconds per priority level, so priority wins within a
+    # bounded window and no run starves.
+    Column("priority", Integer, nullable=False, default=0, server_default="0"),
+    Column("rank_at", UTCDateTime, nullable=True),
+    # A run with a concurrency limit: at most `concurrency_limit` runs of its job with the
+    # same `concurrency_key` ("" for a job-wide limit) are RUNNING at once. NULL: no limit.
+    Column("concurrency_key", String(300), nullable=True),
+    Column("concurrency_limit", Integer, nullable=True),
     UniqueConstraint("job_id", "idempotency_key", name="uq_engine_runs_idempotency"),
 )
 Index("ix_engine_runs_status_wake", runs.c.status, runs.c.wake_at)
+Index("ix_engine_runs_rank", runs.c.rank_at)
+Index("ix_engine_runs_concurrency", runs.c.job_id, runs.c.concurrency_key, runs.c.status)
 Index("ix_engine_runs_created", runs.c.created_at)
 
 tasks = Table(

@@ -51,7 +51,8 @@ _TASK_TYPES = dict(
 
 _RUN_COLUMNS = (
     "id, job_id, job_version, status, payload, output, output_type, error, idempotency_key, "
-    "attempt, lease_owner, lease_epoch, created_at, started_at, completed_at, wake_at"
+    "attempt, lease_owner, lease_epoch, created_at, started_at, completed_at, wake_at, "
+    "priority, concurrency_key, concurrency_limit"
 )
 _RUN_TYPES: dict[str, Any] = dict(
     payload=Json,
@@ -93,18 +94,22 @@ class Statements:
         )
 
         self.register_job = _t(
-            "INSERT INTO engine_jobs (job_id, version, payload_schema, registered_at) "
-            "VALUES (:job_id, :version, :payload_schema, :registered_at) "
+            "INSERT INTO engine_jobs (job_id, version, payload_schema, registered_at, priority, "
+            "concurrency) VALUES (:job_id, :version, :payload_schema, :registered_at, "
+            ":priority, :concurrency) "
             "ON CONFLICT (job_id, version) DO UPDATE SET payload_schema = excluded.payload_schema, "
-            "registered_at = excluded.registered_at",
+            "registered_at = excluded.registered_at, priority = excluded.priority, "
+            "concurrency = excluded.concurrency",
             payload_schema=Json,
+            concurrency=Json,
             registered_at=UTCDateTime,
         )
         self.job_versions = _t(
-            "SELECT job_id, version, payload_schema, registered_at FROM engine_jobs "
+            "SELECT job_id, version, payload_schema, registered_at, priority, concurrency "
+            "FROM engine_jobs "
             "WHERE (:job_id IS NULL OR job_id = :job_id) ORDER BY job_id, registered_at",
             job_id=_str(),
-        ).columns(payload_schema=Json, registered_at=UTCDateTime)
+        ).columns(payload_schema=Json, concurrency=Json, registered_at=UTCDateTime)
         # Live workers: a row's `expires_at` is pushed forward by every heartbeat; a worker that
         # died simply stops being live. Rows dead for a day are swept when a worker starts.
         self.upsert_worker = _t(
@@ -129,11 +134,16 @@ class Statements:
         )
         self.create_run = _t(
             "INSERT INTO engine_runs (id, job_id, job_version, status, payload, idempotency_key, "
-            "attempt, lease_epoch, created_at) VALUES (:id, :job_id, :job_version, 'QUEUED', "
-            ":payload, :idempotency_key, 0, 0, :created_at) "
+            "attempt, lease_epoch, created_at, priority, rank_at, concurrency_key, "
+            "concurrency_limit) VALUES (:id, :job_id, :job_version, 'QUEUED', "
+            ":payload, :idempotency_key, 0, 0, :created_at, :priority, :rank_at, "
+            ":concurrency_key, :concurrency_limit) "
             "ON CONFLICT (job_id, idempotency_key) DO NOTHING",
             payload=Json,
             created_at=UTCDateTime,
+            rank_at=UTCDateTime,
+            concurrency_key=_str(),
+            concurrency_limit=Integer(),
         )
         self.run_by_idempotency = _t(
             "SELECT id FROM engine_runs WHERE job_id = :job_id AND idempotency_key = :key"
@@ -160,9 +170,7 @@ class Statements:
             )
             + " ELSE lost_executions END"
         )
-        self.claim_runs = (
-            _t(
-                f"UPDATE engine_runs SET "
+        claim_set = (
                 f"status = CASE WHEN {exhausted} THEN 'FAILED' ELSE 'RUNNING' END, "
                 f"lease_owner = CASE WHEN {exhausted} THEN NULL ELSE :worker END, "
                 f"lease_epoch = lease_epoch + 1, "
@@ -175,16 +183,56 @@ class Statements:
                 f"recoveries = recoveries + CASE WHEN status = 'RUNNING' AND NOT {exhausted} "
                 "THEN 1 ELSE 0 END, "
                 f"lost_executions = {lost} "
+        )
+        claimed = (
+            "RETURNING id, job_id, job_version, payload, lease_epoch, attempt, status, "
+            "recoveries, CASE WHEN status = 'FAILED' THEN lost_executions END "
+            "AS lost_executions"
+        )
+        # Runs without a concurrency limit: one statement, highest rank first.
+        self.claim_runs = (
+            _t(
+                f"UPDATE engine_runs SET {claim_set}"
                 f"WHERE id IN (SELECT id FROM engine_runs WHERE {ready} "
-                f"ORDER BY created_at LIMIT :limit{skip}) "
-                "RETURNING id, job_id, job_version, payload, lease_epoch, attempt, status, "
-                "recoveries, CASE WHEN status = 'FAILED' THEN lost_executions END "
-                "AS lost_executions",
+                f"ORDER BY rank_at LIMIT :limit{skip}) {claimed}",
                 now=UTCDateTime,
                 expires=UTCDateTime,
             )
             .bindparams(bindparam("job_keys", expanding=True))
             .columns(payload=Json, lost_executions=Json)
+        )
+        # With limits (engine.store.claim_limited): the ready runs in rank order, each with the
+        # number of live RUNNING runs sharing its job and key, skipping keys already at their
+        # limit so that a long queue for one key does not hide the others. A lost RUNNING run
+        # (lease lapsed) holds no slot: it is reclaimed like any ready run.
+        busy = (
+            "(SELECT COUNT(*) FROM engine_runs AS busy WHERE busy.job_id = r.job_id "
+            "AND busy.concurrency_key = r.concurrency_key AND busy.status = 'RUNNING' "
+            "AND busy.lease_expires_at >= :now)"
+        )
+        self.claim_candidates = _t(
+            f"SELECT r.id, r.job_id, r.concurrency_key, r.concurrency_limit, "
+            f"CASE WHEN r.concurrency_key IS NULL THEN 0 ELSE {busy} END AS running "
+            f"FROM engine_runs AS r WHERE {ready} "
+            f"AND (r.concurrency_key IS NULL OR {busy} < r.concurrency_limit) "
+            f"ORDER BY r.rank_at LIMIT :scan{skip}",
+            now=UTCDateTime,
+        ).bindparams(bindparam("job_keys", expanding=True))
+        self.claim_ids = (
+            _t(
+                f"UPDATE engine_runs SET {claim_set}WHERE id IN :ids {claimed}",
+                now=UTCDateTime,
+                expires=UTCDateTime,
+            )
+            .bindparams(bindparam("ids", expanding=True))
+            .columns(payload=Json, lost_executions=Json)
+        )
+        # PostgreSQL: limited claims of one job take turns (an advisory lock per job id until
+        # the transaction ends), so that each counts the RUNNING runs the others committed.
+        self.lock_job_claims = (
+            _t("SELECT pg_advisory_xact_lock(hashtext('engine-concurrency:' || :job_id))")
+            if postgres
+            else None
         )
         self.fail_exhausted = _t(
             "UPDATE engine_runs SET error = :error WHERE id = :id AND lease_epoch = :epoch",
@@ -244,19 +292,20 @@ class Statements:
             "UPDATE engine_runs SET status = 'WAITING', lease_owner = NULL, "
             "lease_expires_at = NULL, wake_at = CASE WHEN wake_at IS NOT NULL AND "
             "wake_at < :wake_at THEN wake_at ELSE :wake_at END "
-            "WHERE id = :id AND lease_epoch = :epoch",
+            "WHERE id = :id AND lease_epoch = :epoch RETURNING concurrency_key",
             wake_at=UTCDateTime,
         )
         self.suspend = _t(
             "UPDATE engine_runs SET status = 'WAITING', lease_owner = NULL, "
-            "lease_expires_at = NULL WHERE id = :id AND lease_epoch = :epoch"
+            "lease_expires_at = NULL WHERE id = :id AND lease_epoch = :epoch "
+            "RETURNING concurrency_key"
         )
         self.finish_run = _t(
             "UPDATE engine_runs SET status = :status, output = :output, "
             "output_type = :output_type, error = :error, "
             f"completed_at = {ended}, "
             "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL "
-            "WHERE id = :id AND lease_epoch = :epoch",
+            "WHERE id = :id AND lease_epoch = :epoch RETURNING concurrency_key",
             output=Json,
             error=Json,
             **now,
@@ -275,12 +324,16 @@ class Statements:
             expires=UTCDateTime,
         ).bindparams(bindparam("ids", expanding=True))
         mine = "AND job_id || '@' || job_version IN :job_keys"
+        # `after`: wake-ups the last claim already saw and left (their concurrency slot is
+        # taken) are not due work; the run ending that frees the slot wakes the worker.
         self.next_due = (
             _t(
-                f"SELECT (SELECT MIN(wake_at) FROM engine_runs WHERE status = 'WAITING' {mine}), "
+                "SELECT (SELECT MIN(wake_at) FROM engine_runs WHERE status = 'WAITING' "
+                f"AND wake_at > :after {mine}), "
                 "(SELECT MIN(lease_expires_at) FROM engine_runs WHERE status = 'RUNNING' "
                 f"{mine}), (SELECT MIN(next_poll_at) FROM engine_tasks WHERE status = 'WAITING' "
-                "AND poller IN :pollers)"
+                "AND poller IN :pollers)",
+                after=UTCDateTime,
             )
             .bindparams(bindparam("job_keys", expanding=True), bindparam("pollers", expanding=True))
             .columns(*(_col(n) for n in ("a", "b", "c")))
@@ -339,6 +392,22 @@ class Statements:
             next_poll_at=UTCDateTime,
             started_at=UTCDateTime,
             completed_at=UTCDateTime,
+        )
+        # Why runs wait (engine.waiting): their open waits, and the live RUNNING count of
+        # each concurrency group.
+        self.waiting_tasks = (
+            _t(
+                "SELECT run_id, key, status, attempts, error, due_at, poller, next_poll_at "
+                "FROM engine_tasks WHERE status = 'WAITING' AND run_id IN :ids"
+            )
+            .bindparams(bindparam("ids", expanding=True))
+            .columns(error=Json, due_at=UTCDateTime, next_poll_at=UTCDateTime)
+        )
+        self.running_counts = _t(
+            "SELECT job_id, concurrency_key, COUNT(*) AS running FROM engine_runs "
+            "WHERE status = 'RUNNING' AND concurrency_key IS NOT NULL "
+            "AND lease_expires_at >= :now GROUP BY job_id, concurrency_key",
+            now=UTCDateTime,
         )
         self.get_logs = _t(
             "SELECT parent_path, line, level, message, fields, created_at FROM engine_logs "

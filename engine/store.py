@@ -29,12 +29,16 @@ from .database import DEFAULT_DATABASE_URL as DEFAULT_DATABASE_URL  # engine.sto
 from .database import Database, parse_url
 from .dberrors import invalidate_if_broken
 from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
+from .flow import PRIORITY_STEP
 from .records import ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
 from .recovery import DEFAULT_MAX_RECOVERIES, recovery_error
 from .sql import Statements
 from .writes import Write
 
 log = logging.getLogger("engine.store")
+
+# Rounds of a limited claim (see Store._claim_limited).
+_LIMITED_ROUNDS = 4
 
 # How long the writes an execution depends on keep retrying a transient database error
 # (unreachable, locked, full) before the execution gives up; see docs/reliability.md.
@@ -80,10 +84,18 @@ class Store(Database):
 
     # -- jobs ------------------------------------------------------------------------------------
 
-    async def register_jobs(self, entries: Iterable[tuple[str, str, Any]]) -> None:
+    async def register_jobs(self, entries: Iterable[tuple[Any, ...]]) -> None:
+        """Records (job id, version, payload schema[, priority, concurrency spec]) entries."""
         rows = [
-            {"job_id": j, "version": v, "payload_schema": s, "registered_at": clock.now()}
-            for j, v, s in entries
+            {
+                "job_id": entry[0],
+                "version": entry[1],
+                "payload_schema": entry[2],
+                "priority": entry[3] if len(entry) > 3 else 0,
+                "concurrency": entry[4] if len(entry) > 4 else None,
+                "registered_at": clock.now(),
+            }
+            for entry in entries
         ]
         if not rows:
             return
@@ -139,10 +151,22 @@ class Store(Database):
     # -- runs ------------------------------------------------------------------------------------
 
     async def create_run(
-        self, job_id: str, version: str, payload: Any, idempotency_key: str | None
+        self,
+        job_id: str,
+        version: str,
+        payload: Any,
+        idempotency_key: str | None,
+        *,
+        priority: int = 0,
+        concurrency: tuple[str, int] | None = None,
     ) -> tuple[str, bool]:
-        """Returns (run id, created); an existing idempotency key returns the first run."""
+        """Returns (run id, created); an existing idempotency key returns the first run.
+
+        `concurrency` is (key, limit) for a run of a job with a concurrency limit.
+        """
         run_id = uuid.uuid4().hex
+        now = clock.now()
+        key, limit = concurrency if concurrency is not None else (None, None)
         async with self.begin() as conn:
             result = await conn.execute(
                 self._sql.create_run,
@@ -152,7 +176,11 @@ class Store(Database):
                     "job_version": version,
                     "payload": payload,
                     "idempotency_key": idempotency_key,
-                    "created_at": clock.now(),
+                    "created_at": now,
+                    "priority": priority,
+                    "rank_at": now - priority * PRIORITY_STEP,
+                    "concurrency_key": key,
+                    "concurrency_limit": limit,
                 },
             )
             created = result.rowcount == 1
@@ -175,26 +203,32 @@ class Store(Database):
         lease_seconds: float,
         job_keys: Sequence[str],
         max_recoveries: int = DEFAULT_MAX_RECOVERIES,
+        *,
+        limited: Sequence[str] = (),
     ) -> list[ClaimedRun]:
-        """Claims due runs. A run whose execution was lost is recovered, or, past
-        `max_recoveries`, failed here (see engine.recovery), in the same transaction."""
+        """Claims due runs, highest rank first (priority, then trigger time). A run whose
+        execution was lost is recovered, or, past `max_recoveries`, failed here (see
+        engine.recovery), in the same transaction.
+
+        `limited` names the job ids among `job_keys` that have a concurrency limit: their runs
+        are claimed only while their job (and key) has a free slot (`_claim_limited`).
+        """
         if limit <= 0 or not job_keys:
             return []
         now = clock.now()
+        values = {
+            "worker": worker_id,
+            "now": now,
+            "expires": now + lease_seconds,
+            "limit": limit,
+            "job_keys": list(job_keys),
+            "max_recoveries": max_recoveries,
+        }
         async with self.begin() as conn:
-            rows = (
-                await conn.execute(
-                    self._sql.claim_runs,
-                    {
-                        "worker": worker_id,
-                        "now": now,
-                        "expires": now + lease_seconds,
-                        "limit": limit,
-                        "job_keys": list(job_keys),
-                        "max_recoveries": max_recoveries,
-                    },
-                )
-            ).all()
+            if limited:
+                rows = await self._claim_limited(conn, values, sorted(set(limited)))
+            else:
+                rows = (await conn.execute(self._sql.claim_runs, values)).all()
             failed = [r for r in rows if r.status == "FAILED"]
             for r in failed:
                 # This round's executions only: earlier ones (before a retry) stay as history.
@@ -213,6 +247,50 @@ class Store(Database):
             for r in rows
             if r.status != "FAILED"
         ]
+
+    async def _claim_limited(
+        self, conn: AsyncConnection, values: dict[str, Any], job_ids: list[str]
+    ) -> list[Any]:
+        """The claim when some jobs have a concurrency limit.
+
+        Claims of a limited job take turns (PostgreSQL: an advisory lock per job id, taken in
+        one order; SQLite: BEGIN IMMEDIATE already serializes writers), so the RUNNING runs
+        each counts include every claim committed before it. The candidates come in rank order
+        with their key's live RUNNING count; runs past their key's free slots are left QUEUED.
+        A few rounds let runs of other keys fill the slots a crowded key could not use.
+        """
+        if self._sql.lock_job_claims is not None:
+            for job_id in job_ids:
+                await conn.execute(self._sql.lock_job_claims, {"job_id": job_id})
+        claimed: list[Any] = []
+        wanted = int(values["limit"])
+        for _ in range(_LIMITED_ROUNDS):
+            scan = wanted * 4 + 16
+            candidates = (
+                await conn.execute(self._sql.claim_candidates, {**values, "scan": scan})
+            ).all()
+            taken: dict[tuple[str, str], int] = {}
+            ids: list[str] = []
+            skipped = False
+            for c in candidates:
+                if len(ids) == wanted:
+                    break
+                if c.concurrency_key is not None:
+                    group = (c.job_id, c.concurrency_key)
+                    running = taken.get(group, int(c.running))
+                    if running >= int(c.concurrency_limit):
+                        skipped = True
+                        continue
+                    taken[group] = running + 1
+                ids.append(c.id)
+            if ids:
+                claimed += (await conn.execute(self._sql.claim_ids, {**values, "ids": ids})).all()
+                wanted -= len(ids)
+            # Another round only when runs were passed over for a full key while slots remain
+            # and the scan may have stopped short of other keys' runs.
+            if not (skipped and wanted > 0 and len(candidates) == scan):
+                break
+        return claimed
 
     async def load_replay(self, run_id: str) -> tuple[list[TaskRow], set[tuple[str, str]]]:
         """All recorded tasks of a run in one query, and the log lines already written."""
@@ -263,14 +341,15 @@ class Store(Database):
     ) -> bool:
         statement = self._sql.suspend_at if wake_at is not None else self._sql.suspend
         async with self.begin() as conn:
-            result = await conn.execute(
-                statement, {"id": run_id, "epoch": epoch, "wake_at": wake_at}
-            )
-            if result.rowcount != 1:
+            row = (
+                await conn.execute(statement, {"id": run_id, "epoch": epoch, "wake_at": wake_at})
+            ).first()
+            if row is None:
                 await conn.rollback()
                 return False
             if logs:
                 await self._write_logs(conn, run_id, logs)
+            await self._slot_freed(conn, row.concurrency_key)
         return True
 
     async def finish_run(
@@ -294,16 +373,19 @@ class Store(Database):
     ) -> bool:
         now = clock.now()
         async with self.begin() as conn:
-            result = await conn.execute(
-                self._sql.finish_run,
-                {"id": run_id, "epoch": epoch, "now": now, **values},
-            )
-            if result.rowcount != 1:
+            row = (
+                await conn.execute(
+                    self._sql.finish_run,
+                    {"id": run_id, "epoch": epoch, "now": now, **values},
+                )
+            ).first()
+            if row is None:
                 await conn.rollback()
                 return False
             await conn.execute(self._sql.cancel_open_tasks, {"run_id": run_id, "now": now})
             if logs:
                 await self._write_logs(conn, run_id, logs)
+            await self._slot_freed(conn, row.concurrency_key)
         return True
 
     async def heartbeat(
@@ -323,8 +405,11 @@ class Store(Database):
             ).all()
         return {r.id: r.lease_epoch for r in rows}
 
-    async def next_due(self, job_keys: Sequence[str], pollers: Sequence[str]) -> float | None:
-        """The earliest time at which this scheduler has something to do, if any."""
+    async def next_due(
+        self, job_keys: Sequence[str], pollers: Sequence[str], after: float = 0.0
+    ) -> float | None:
+        """The earliest time at which this scheduler has something to do, if any; wake-ups at
+        or before `after` are left out (see Scheduler._sleep)."""
         async with self.begin() as conn:
             row = (
                 await conn.execute(
@@ -332,6 +417,7 @@ class Store(Database):
                     {
                         "job_keys": list(job_keys) or [""],
                         "pollers": list(pollers) or [""],
+                        "after": after,
                     },
                 )
             ).first()
@@ -452,6 +538,24 @@ class Store(Database):
             rows = (await conn.execute(self._sql.get_logs, {"run_id": run_id})).all()
         return [dict(r._mapping) for r in rows]
 
+    async def waits(
+        self, run_ids: Sequence[str]
+    ) -> tuple[dict[str, list[dict[str, Any]]], dict[tuple[str, str], int]]:
+        """For `engine.waiting`: the WAITING tasks of these runs (by run id), and the live
+        RUNNING count per (job id, concurrency key)."""
+        now = clock.now()
+        async with self.begin() as conn:
+            tasks = (
+                (await conn.execute(self._sql.waiting_tasks, {"ids": list(run_ids)})).all()
+                if run_ids
+                else []
+            )
+            counts = (await conn.execute(self._sql.running_counts, {"now": now})).all()
+        by_run: dict[str, list[dict[str, Any]]] = {}
+        for t in tasks:
+            by_run.setdefault(t.run_id, []).append(dict(t._mapping))
+        return by_run, {(c.job_id, c.concurrency_key): int(c.running) for c in counts}
+
     async def cancel_run(self, run_id: str) -> str:
         """Cancels a QUEUED, WAITING or RUNNING run; returns its status before.
 
@@ -514,6 +618,13 @@ class Store(Database):
         self._wake_local()
 
     # -- internals -------------------------------------------------------------------------------
+
+    async def _slot_freed(self, conn: AsyncConnection, concurrency_key: str | None) -> None:
+        """A run with a concurrency limit stopped running: a run queued behind it may go now,
+        on any worker (the others hear it by NOTIFY; this process's scheduler wakes when an
+        execution ends anyway)."""
+        if concurrency_key is not None:
+            await self._notify(conn)
 
     async def _write_logs(
         self, conn: AsyncConnection, run_id: str, logs: Sequence[LogWrite]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from .app import load_app
 from .client import resolve_database_url
-from .jobs import Job
+from .jobs import Job, registration
 from .outage import retry_transient
 from .recovery import DEFAULT_MAX_RECOVERIES, check_max_recoveries
 from .scheduler import Scheduler
@@ -25,7 +25,7 @@ log = logging.getLogger("engine.worker")
 
 async def register(store: Store, jobs: Sequence[Job]) -> None:
     """Records the jobs (id, version, payload schema) and registers their integrations' pollers."""
-    await store.register_jobs([(j.id, j.version, j.payload_schema()) for j in jobs])
+    await store.register_jobs([registration(j) for j in jobs])
     for job in jobs:
         for integration in job.integrations.values():
             integration.register_pollers()

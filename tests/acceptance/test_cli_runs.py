@@ -23,6 +23,7 @@ RUN_KEYS = {
     "created_at",
     "started_at",
     "completed_at",
+    "waiting_for",
 }
 TASK_KEYS = {
     "key",

@@ -83,7 +83,7 @@ async def test_a_reclaim_records_the_lost_execution_and_past_the_bound_fails_the
     assert view["tasks"] == []
     assert set(view) == {
         "id", "job_id", "status", "payload", "output", "error", "created_at", "started_at",
-        "completed_at", "tasks",
+        "completed_at", "waiting_for", "tasks",
     }  # fmt: skip
 
     await engine.retry(run_id)
