@@ -2,7 +2,8 @@
 
 Prints ``fake OpenAI listening on http://HOST:PORT/v1`` once ready and serves until SIGINT or
 SIGTERM. Steer it from another process with ``/_fake/stats``, ``/_fake/faults``,
-``/_fake/reset``, ``/_fake/hooks``, ``/_fake/hold`` and ``/_fake/release`` (or with
+``/_fake/reset``, ``/_fake/hooks``, ``/_fake/hold``, ``/_fake/release``, ``/_fake/limits``,
+``/_fake/quota``, ``/_fake/usage`` and ``/_fake/concurrency`` (or with
 :class:`integrations.openai.testing.process.FakeOpenAIProcess`, which wraps them).
 """
 
@@ -25,10 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-seconds", type=float, default=0.2)
     parser.add_argument("--file-seconds", type=float, default=0.1)
     parser.add_argument("--response-seconds", type=float, default=0.2)
+    parser.add_argument("--requests-per-minute", type=int, default=None)
+    parser.add_argument("--tokens-per-minute", type=int, default=None)
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds every API request takes")
     args = parser.parse_args(argv)
 
     fake = FakeOpenAI(host=args.host, port=args.port, run_seconds=args.run_seconds,
-                      file_seconds=args.file_seconds, response_seconds=args.response_seconds)
+                      file_seconds=args.file_seconds, response_seconds=args.response_seconds,
+                      requests_per_minute=args.requests_per_minute,
+                      tokens_per_minute=args.tokens_per_minute, latency=args.latency)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

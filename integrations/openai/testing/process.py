@@ -26,11 +26,16 @@ class FakeOpenAIProcess:
     """``python -m integrations.openai.testing`` in its own session; killed on :meth:`close`."""
 
     def __init__(self, *, run_seconds: float = 0.2, file_seconds: float = 0.1,
-                 response_seconds: float = 0.2, start_timeout: float = 30.0) -> None:
+                 response_seconds: float = 0.2, start_timeout: float = 30.0,
+                 requests_per_minute: int | None = None, tokens_per_minute: int | None = None,
+                 latency: float = 0.0) -> None:
+        limits = [f"--{name}={value}" for name, value in (
+            ("requests-per-minute", requests_per_minute), ("tokens-per-minute", tokens_per_minute))
+            if value is not None]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "integrations.openai.testing", "--port", "0",
              "--run-seconds", str(run_seconds), "--file-seconds", str(file_seconds),
-             "--response-seconds", str(response_seconds)],
+             "--response-seconds", str(response_seconds), "--latency", str(latency), *limits],
             stdout=subprocess.PIPE, text=True, start_new_session=True)
         try:
             assert self.proc.stdout is not None
@@ -71,6 +76,25 @@ class FakeOpenAIProcess:
 
     def reset(self) -> None:
         self._admin("POST", "reset", {})
+
+    def set_limits(self, requests_per_minute: int | None = None,
+                   tokens_per_minute: int | None = None) -> None:
+        self._admin("POST", "limits", {"requests_per_minute": requests_per_minute,
+                                       "tokens_per_minute": tokens_per_minute})
+
+    def exhaust_quota(self, exhausted: bool = True) -> None:
+        self._admin("POST", "quota", {"exhausted": exhausted})
+
+    def set_usage(self, **usage: int | None) -> None:
+        self._admin("POST", "usage", usage)
+
+    def max_concurrent(self) -> int:
+        """The most API requests the fake served at once (since start or reset)."""
+        return int(self._admin("GET", "concurrency")["max_concurrent"])
+
+    def rate_limited(self) -> int:
+        """Requests the fake refused for its rate limits."""
+        return int(self._admin("GET", "concurrency")["rate_limited"])
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:

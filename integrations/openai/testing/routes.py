@@ -333,8 +333,7 @@ def chat_completion(req: Request) -> Any:
         "choices": [{"index": i, "finish_reason": "stop", "logprobs": None,
                      "message": {"role": "assistant", "content": reply, "refusal": None}}
                     for i in range(n)],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": _tokens(reply) * n,
-                  "total_tokens": prompt + _tokens(reply) * n},
+        "usage": req.state.chat_usage(prompt, _tokens(reply) * n),
         "system_fingerprint": "fp_fake",
     }
 
@@ -409,11 +408,7 @@ def create_response(req: Request) -> Any:
     output = [{"id": state.new_id("msg"), "type": "message", "role": "assistant",
                "status": "completed",
                "content": [{"type": "output_text", "text": text, "annotations": []}]}]
-    usage = {"input_tokens": _tokens(_response_input_text(body.get("input"))),
-             "output_tokens": _tokens(text), "input_tokens_details": {"cached_tokens": 0,
-                                                                      "cache_write_tokens": 0},
-             "output_tokens_details": {"reasoning_tokens": 0}}
-    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+    usage = state.response_usage(_tokens(_response_input_text(body.get("input"))), _tokens(text))
     obj = {
         "id": state.new_id("resp"), "object": "response", "created_at": int(time.time()),
         "model": model, "status": "in_progress", "output": [], "usage": None, "error": None,

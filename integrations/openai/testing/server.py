@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import zlib
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -14,6 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from . import routes
 from .faults import FakeError, Fault, RecordedRequest
+from .limits import Usage
 from .state import FakeState
 
 ADMIN_PREFIX = "/_fake/"
@@ -141,24 +143,42 @@ class Handler(BaseHTTPRequestHandler):
         recorded = body if body is not None else (
             {k: v for k, v in form.items() if isinstance(v, str)} or None)
         fake.state.record(method, path, route, headers, recorded, query)
+        account = fake.state.account
+        account.enter()
+        try:
+            self._answer(fake, route, handler, params, body, query, form, parse_error)
+        finally:
+            account.leave()
+
+    def _answer(self, fake: FakeOpenAI, route: str, handler: routes.Handler | None,
+                params: dict[str, str], body: Any, query: dict[str, str], form: dict[str, Any],
+                parse_error: FakeError | None) -> None:
+        if fake.latency > 0:
+            # Requests take time, so concurrent callers overlap and the high-water mark shows it.
+            time.sleep(fake.latency)
+        refusal, limit_headers = fake.state.account.admit(route, body)
         fault = fake.state.take_fault(route)
         if fault is not None:
-            self._send_error(fault.error(), fault.headers())
+            self._send_error(fault.error(), {**limit_headers, **fault.headers()})
+            return
+        if refusal is not None:
+            self._send_error(refusal, limit_headers)
             return
         if parse_error is not None:
-            self._send_error(parse_error)
+            self._send_error(parse_error, limit_headers)
             return
         if handler is None:
-            status = 405 if route != f"{method} {path}" else 404
-            self._send_error(FakeError(status, f"Invalid URL ({method} {path})"))
+            literal = f"{self.command} {urlsplit(self.path).path.rstrip('/') or '/'}"
+            status = 405 if route != literal else 404
+            self._send_error(FakeError(status, f"Invalid URL ({literal})"), limit_headers)
             return
         request = routes.Request(fake.state, params, body, query, fake.base_url, form)
         try:
-            self._send(200, handler(request))
+            self._send(200, handler(request), limit_headers)
         except FakeError as err:
-            self._send_error(err)
+            self._send_error(err, limit_headers)
         except Exception as exc:  # a bug in the fake: answer 500 rather than hang the client
-            self._send_error(FakeError(500, f"Fake server error: {exc!r}"))
+            self._send_error(FakeError(500, f"Fake server error: {exc!r}"), limit_headers)
 
     def _admin(self, fake: FakeOpenAI, method: str, path: str, raw: bytes) -> None:
         try:
@@ -175,6 +195,25 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_error(FakeError(400, str(exc)))
                 return
             self._send(200, {"ok": True, "faults": len(fake.state.faults)})
+        elif method == "GET" and path == "/_fake/concurrency":
+            self._send(200, fake.state.account.stats())
+        elif method == "POST" and path == "/_fake/limits":
+            try:
+                fake.set_limits(**body)
+            except (TypeError, FakeError) as exc:
+                self._send_error(exc if isinstance(exc, FakeError) else FakeError(400, str(exc)))
+                return
+            self._send(200, {"ok": True, **fake.state.account.stats()})
+        elif method == "POST" and path == "/_fake/quota":
+            fake.exhaust_quota(bool(body.get("exhausted", True)))
+            self._send(200, {"ok": True})
+        elif method == "POST" and path == "/_fake/usage":
+            try:
+                fake.set_usage(**body)
+            except TypeError as exc:
+                self._send_error(FakeError(400, str(exc)))
+                return
+            self._send(200, {"ok": True})
         elif method == "POST" and path == "/_fake/reset":
             fake.reset()
             self._send(200, {"ok": True})
@@ -214,14 +253,22 @@ class FakeOpenAI:
     """A stateful fake of the OpenAI HTTP API served on a loopback port.
 
     ``run_seconds``/``file_seconds``/``response_seconds`` set how long a run, a file's
-    processing and a background response take to finish."""
+    processing and a background response take to finish. ``requests_per_minute`` and
+    ``tokens_per_minute`` enforce OpenAI-style rate limits (429 with ``retry-after``; every
+    answer carries ``x-ratelimit-*`` headers); ``latency`` makes every API request take that
+    many seconds, so that concurrent callers overlap (see :meth:`max_concurrent`)."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, run_seconds: float = 0.2,
-                 file_seconds: float = 0.1, response_seconds: float = 0.2) -> None:
+                 file_seconds: float = 0.1, response_seconds: float = 0.2,
+                 requests_per_minute: int | None = None, tokens_per_minute: int | None = None,
+                 latency: float = 0.0) -> None:
         self.host = host
         self._requested_port = port
+        self.latency = float(latency)
         self.state = FakeState(run_seconds=run_seconds, file_seconds=file_seconds,
-                               response_seconds=response_seconds)
+                               response_seconds=response_seconds,
+                               requests_per_minute=requests_per_minute,
+                               tokens_per_minute=tokens_per_minute)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -286,7 +333,32 @@ class FakeOpenAI:
         with self.state.lock:
             return {"requests": [r.to_dict() for r in self.state.requests],
                     "by_route": self.state.count_by_route(),
-                    "by_idempotency_key": self.state.count_by_idempotency_key()}
+                    "by_idempotency_key": self.state.count_by_idempotency_key(),
+                    **self.state.account.stats()}
+
+    def max_concurrent(self) -> int:
+        """The most API requests the fake was serving at once (since start or reset)."""
+        return int(self.state.account.stats()["max_concurrent"])
+
+    def rate_limited(self) -> int:
+        """How many requests the fake refused for its rate limits (429 rate_limit_exceeded)."""
+        return int(self.state.account.stats()["rate_limited"])
+
+    def set_limits(self, requests_per_minute: int | None = None,
+                   tokens_per_minute: int | None = None) -> None:
+        """Enforce these per-minute limits from now on (None: unlimited); buckets start full."""
+        self.state.account.set_limits(requests_per_minute, tokens_per_minute)
+
+    def exhaust_quota(self, exhausted: bool = True) -> None:
+        """Every API request answers 429 ``insufficient_quota`` until called with False."""
+        self.state.account.quota_exhausted = bool(exhausted)
+
+    def set_usage(self, *, prompt_tokens: int | None = None, completion_tokens: int | None = None,
+                  cached_tokens: int = 0, reasoning_tokens: int = 0) -> None:
+        """The ``usage`` chat completions, runs and responses report from now on (None keeps
+        the fake's own count: words of the prompt and of the reply)."""
+        self.state.account.usage = Usage(prompt_tokens, completion_tokens, int(cached_tokens),
+                                         int(reasoning_tokens))
 
     # -- steering ------------------------------------------------------------------------------
     def fail_next(self, route: str, status: int = 500, times: int = 1,
@@ -316,8 +388,10 @@ class FakeOpenAI:
         self.state.release(kind)
 
     def reset(self) -> None:
-        """Forget every object, recorded request, pending fault and hook."""
+        """Forget every object, recorded request, pending fault and hook; refill the limits,
+        end an exhausted quota and usage overrides, restart the high-water mark."""
         self.state.clear()
+        self.state.account.reset()
 
     next_file_status = property(
         lambda self: self.state.next_file_status,

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from .faults import FakeError, Fault, RecordedRequest, not_found, redact, route_matches
+from .limits import Account
 
 TERMINAL_RUN_STATUSES = frozenset({"completed", "failed", "cancelled", "expired", "incomplete"})
 TERMINAL_RESPONSE_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete"})
@@ -30,7 +31,9 @@ class FakeState:
     """Objects, clocks, the request log and faults. Every public method takes the lock."""
 
     def __init__(self, *, run_seconds: float = 0.2, file_seconds: float = 0.1,
-                 response_seconds: float = 0.2) -> None:
+                 response_seconds: float = 0.2, requests_per_minute: int | None = None,
+                 tokens_per_minute: int | None = None) -> None:
+        self.account = Account(requests_per_minute, tokens_per_minute)
         self.run_seconds = run_seconds
         self.file_seconds = file_seconds
         self.response_seconds = response_seconds
@@ -109,6 +112,30 @@ class FakeState:
             for r in self.requests:
                 out[r.route] = out.get(r.route, 0) + 1
         return out
+
+    # -- usage ---------------------------------------------------------------------------------
+    def chat_usage(self, prompt: int, completion: int) -> dict[str, Any]:
+        """A chat-style `usage`, with the test's overrides (`FakeOpenAI.set_usage`) applied."""
+        o = self.account.usage
+        prompt = o.prompt_tokens if o.prompt_tokens is not None else prompt
+        completion = o.completion_tokens if o.completion_tokens is not None else completion
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": o.cached_tokens, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": o.reasoning_tokens,
+                                              "audio_tokens": 0,
+                                              "accepted_prediction_tokens": 0,
+                                              "rejected_prediction_tokens": 0}}
+
+    def response_usage(self, prompt: int, completion: int) -> dict[str, Any]:
+        """The Responses API's `usage` (input/output tokens), overrides applied."""
+        chat = self.chat_usage(prompt, completion)
+        return {"input_tokens": chat["prompt_tokens"], "output_tokens": chat["completion_tokens"],
+                "total_tokens": chat["total_tokens"],
+                "input_tokens_details": {"cached_tokens": self.account.usage.cached_tokens,
+                                         "cache_write_tokens": 0},
+                "output_tokens_details": {
+                    "reasoning_tokens": self.account.usage.reasoning_tokens}}
 
     # -- holds ---------------------------------------------------------------------------------
     def hold(self, kind: str) -> None:
@@ -412,7 +439,7 @@ class FakeState:
         run.update(status=status, required_action=None, _frozen=False, expires_at=None)
         if status == "completed":
             run["completed_at"] = wall
-            run["usage"] = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+            run["usage"] = self.chat_usage(10, 5)
             last_user = next((m for m in reversed(self.messages[run["thread_id"]].values())
                               if m["role"] == "user"), None)
             text = plain_text(last_user["content"]) if last_user else ""
