@@ -405,7 +405,7 @@ class IO:
                 except Exception as exc:
                     final = (
                         isinstance(exc, NotSerializableError)
-                        or attempt >= policy.max_attempts
+                        or attempt >= policy.attempts_for(exc)
                         or not is_retryable(exc)
                     )
                     error = serialization.encode_error(exc)

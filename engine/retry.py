@@ -16,7 +16,13 @@ class RetryPolicy:
     """`max_attempts` counts every execution, the first included; delays are in seconds.
 
     The n-th retry waits `min(max_delay, min_delay * factor ** (n - 1))`, or what the failure
-    itself asks for (a `retry_after` attribute, as rate-limit errors carry), capped at `max_delay`.
+    itself asks for (a `retry_after` attribute, as rate-limit errors carry), capped at `max_delay`
+    or, when the failure states a bound of its own (`max_retry_after`: a provider's reset time
+    is worth waiting for in full), at that bound.
+
+    A failure may also claim attempts beyond `max_attempts` (`extra_attempts`: rate limits,
+    which say nothing about whether the call can succeed): it ends the task only once
+    `max_attempts + extra_attempts` attempts were made, capped at MAX_ATTEMPTS_CAP.
     """
 
     max_attempts: int = 3
@@ -47,10 +53,25 @@ class RetryPolicy:
 
     def delay(self, attempt: int, exc: BaseException | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        asked = getattr(exc, "retry_after", None)
-        if isinstance(asked, int | float) and math.isfinite(asked) and asked >= 0:
-            return float(min(asked, self.max_delay))
+        asked = _seconds(getattr(exc, "retry_after", None))
+        if asked is not None:
+            bound = _seconds(getattr(exc, "max_retry_after", None))
+            return min(asked, self.max_delay if bound is None else bound, MAX_DELAY_CAP)
         return float(min(self.max_delay, self.min_delay * self.factor ** (attempt - 1)))
+
+    def attempts_for(self, exc: BaseException) -> int:
+        """How many attempts in all the task may make when `exc` is how the last one failed."""
+        extra = getattr(exc, "extra_attempts", 0)
+        if isinstance(extra, bool) or not isinstance(extra, int) or extra < 0:
+            extra = 0
+        return min(self.max_attempts + extra, max(self.max_attempts, MAX_ATTEMPTS_CAP))
+
+
+def _seconds(value: object) -> float | None:
+    """`value` as a number of seconds, or None when it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 NO_RETRY = RetryPolicy(max_attempts=1, min_delay=0.0, max_delay=0.0)

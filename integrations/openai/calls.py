@@ -98,7 +98,11 @@ class Caller:
                     return await _all_pages(method_of(client, path), kwargs)
                 return await quietly(method_of(client, path), **kwargs)
             except openai.OpenAIError as exc:
-                raise translate(exc, operation, secret) from None
+                error = translate(exc, operation, secret)
+                if error.status_code == 429 and error.retryable:
+                    error.max_retry_after = integration.max_rate_limit_wait
+                    error.extra_attempts = integration.max_rate_limit_retries
+                raise error from None
             except EngineError:
                 raise
             except Exception as exc:  # a bad argument: sending it again cannot help

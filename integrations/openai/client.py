@@ -27,6 +27,12 @@ DEFAULT_POLL_INTERVAL = 0.5
 DEFAULT_MAX_POLL_INTERVAL = 10.0
 DEFAULT_POLL_TIMEOUT = 3600.0
 POLL_BACKOFF = 1.5
+# A 429 waits for the reset OpenAI's headers give, however long, up to this (then tries again).
+DEFAULT_MAX_RATE_LIMIT_WAIT = 15 * 60.0
+MAX_RATE_LIMIT_WAIT_CAP = 24 * 3600.0
+# Attempts a task may spend on 429s beyond retry.max_attempts.
+DEFAULT_MAX_RATE_LIMIT_RETRIES = 20
+MAX_RATE_LIMIT_RETRIES_CAP = 95
 
 
 class OpenAI:
@@ -36,6 +42,11 @@ class OpenAI:
     environment (OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_ORG_ID); `client=` uses a client you
     built (its retries are turned off). Waiting methods poll every `poll_interval` seconds,
     growing by 1.5x up to `max_poll_interval`, and give up after `poll_timeout`.
+
+    A rate-limited call (429) waits, suspended, for the reset OpenAI's headers give (at most
+    `max_rate_limit_wait` seconds per wait) and may be retried `max_rate_limit_retries` times
+    beyond `retry.max_attempts`; errors no retry can fix (`insufficient_quota`, a refused key,
+    400/401/403/404) fail the task at once.
     """
 
     def __init__(
@@ -52,14 +63,19 @@ class OpenAI:
         max_poll_interval: float = DEFAULT_MAX_POLL_INTERVAL,
         poll_timeout: float = DEFAULT_POLL_TIMEOUT,
         retry: RetryPolicy = DEFAULT_RETRY,
+        max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
+        max_rate_limit_retries: int = DEFAULT_MAX_RATE_LIMIT_RETRIES,
     ) -> None:
         if not id or not isinstance(id, str) or ":" in id:
             raise EngineError(f"OpenAI(id={id!r}): give a non-empty id without ':'")
         if not isinstance(retry, RetryPolicy):
             raise EngineError(f"OpenAI(retry={retry!r}): pass an engine.RetryPolicy")
         engine_pollers.validate_schedule(poll_interval, max_poll_interval, poll_timeout)
+        _check_rate_limit_options(max_rate_limit_wait, max_rate_limit_retries)
         self.id = id
         self.retry = retry
+        self.max_rate_limit_wait = float(max_rate_limit_wait)
+        self.max_rate_limit_retries = max_rate_limit_retries
         self.poll_interval = float(poll_interval)
         self.max_poll_interval = float(max_poll_interval)
         self.poll_timeout = float(poll_timeout)
@@ -134,3 +150,24 @@ class OpenAI:
         self.secret()  # a worker starts: the engine scrubs the key from then on
         for what, poller in make_pollers(self).items():
             engine_pollers.register(self.poller_name(what), poller)
+
+
+def _check_rate_limit_options(wait: object, retries: object) -> None:
+    if (
+        isinstance(wait, bool)
+        or not isinstance(wait, int | float)
+        or not 0 < wait <= MAX_RATE_LIMIT_WAIT_CAP
+    ):
+        raise EngineError(
+            f"OpenAI(max_rate_limit_wait={wait!r}): give seconds, more than 0 and at most "
+            f"{MAX_RATE_LIMIT_WAIT_CAP:.0f}"
+        )
+    if (
+        isinstance(retries, bool)
+        or not isinstance(retries, int)
+        or not 0 <= retries <= MAX_RATE_LIMIT_RETRIES_CAP
+    ):
+        raise EngineError(
+            f"OpenAI(max_rate_limit_retries={retries!r}): give an integer from 0 to "
+            f"{MAX_RATE_LIMIT_RETRIES_CAP}"
+        )

@@ -22,6 +22,26 @@ from .secrets import scrub
 
 # What the openai client itself retries: timeouts, lock conflicts, rate limits, server errors.
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
+# Errors no retry can fix, whatever their status (a spent quota comes as a 429), and what to do.
+FINAL_CODES = {
+    "insufficient_quota": "the account's quota is spent: add credits or raise the budget at "
+    "https://platform.openai.com/settings/organization/billing, then `engine runs retry` the run",
+    "billing_hard_limit_reached": "the account reached its billing hard limit: raise it at "
+    "https://platform.openai.com/settings/organization/limits",
+    "billing_not_active": "billing is not active for this account: set it up at "
+    "https://platform.openai.com/settings/organization/billing",
+    "invalid_api_key": "the API key was refused: check OPENAI_API_KEY or OpenAI(api_key=...)",
+    "account_deactivated": "the OpenAI account is deactivated",
+    "access_terminated": "the OpenAI account's access is terminated",
+    "unsupported_country_region_territory": "OpenAI does not serve the worker's region",
+}
+STATUS_HINTS = {
+    400: "the request is invalid: fix the parameters",
+    401: "the API key was refused: check OPENAI_API_KEY or OpenAI(api_key=...)",
+    403: "the key's project may not use this model or endpoint",
+    404: "no such object or model: check the id and the key's project",
+    422: "the request is invalid: fix the parameters",
+}
 
 
 class OpenAIAPIError(EngineError):
@@ -34,6 +54,10 @@ class OpenAIAPIError(EngineError):
     code: str | None = None
     param: str | None = None
     request_id: str | None = None
+    # A rate limit (429) waits for the reset OpenAI gives, up to this bound, and has attempts of
+    # its own beyond the policy's max_attempts (engine.RetryPolicy reads both).
+    max_retry_after: float | None = None
+    extra_attempts: int = 0
 
     def __init__(
         self,
@@ -77,15 +101,21 @@ def translate(exc: openai.OpenAIError, operation: str, secret: str | None) -> Op
         message = str(body.get("message") or exc.message)
         error_type = body.get("type") if isinstance(body.get("type"), str) else None
         status = exc.status_code
-        retryable = is_retryable_status(status, headers)
+        code = _scalar(body.get("code"))
+        final = FINAL_CODES.get(code or "") or FINAL_CODES.get(error_type or "")
+        retryable = final is None and is_retryable_status(status, headers)
         what = f"{status} ({error_type})" if error_type else str(status)
+        hint = final or (None if retryable else STATUS_HINTS.get(status))
+        text = f"{operation}: OpenAI answered {what}: {message}"
+        if hint:
+            text += f" -- no retry can fix this: {hint}"
         return OpenAIAPIError(
-            scrub(f"{operation}: OpenAI answered {what}: {message}", secret),
+            scrub(text, secret),
             retryable=retryable,
             retry_after=retry_after_from(headers, message) if retryable else None,
             status_code=status,
             error_type=error_type,
-            code=_scalar(body.get("code")),
+            code=code,
             param=_scalar(body.get("param")),
             request_id=exc.request_id,
             operation=operation,

@@ -45,3 +45,25 @@ def test_http_poll_params():
         check_http_params("ftp://x", None)
     with pytest.raises(EngineError, match="looks secret"):
         check_http_params("https://x", {"X-Api-Key": "k"})
+
+
+class _RateLimited(Exception):
+    def __init__(self, retry_after: float, max_retry_after: float | None, extra: int) -> None:
+        super().__init__("429")
+        self.retry_after = retry_after
+        self.max_retry_after = max_retry_after
+        self.extra_attempts = extra
+
+
+def test_a_failure_with_its_own_bound_waits_past_max_delay() -> None:
+    policy = RetryPolicy(max_attempts=3, min_delay=1, max_delay=60)
+    assert policy.delay(1, _RateLimited(360.0, 900.0, 0)) == 360.0
+    assert policy.delay(1, _RateLimited(7200.0, 900.0, 0)) == 900.0
+    assert policy.delay(1, _RateLimited(360.0, None, 0)) == 60.0
+
+
+def test_a_failure_may_claim_extra_attempts_within_the_cap() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    assert policy.attempts_for(ValueError()) == 3
+    assert policy.attempts_for(_RateLimited(1.0, None, 20)) == 23
+    assert policy.attempts_for(_RateLimited(1.0, None, 500)) == 100
