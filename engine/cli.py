@@ -242,6 +242,10 @@ def show_run(run_id: str, as_json: bool, database_url: str | None) -> None:
         return
     print_run(view, logs)
     _print_recoveries(row)
+    if view.get("usage"):
+        from .usage import summary_text
+
+        click.echo(f"usage: {view['usage']['calls']} calls, {summary_text(view['usage'])}")
 
 
 @runs.command("cancel")
@@ -290,6 +294,68 @@ def list_jobs(as_json: bool, database_url: str | None) -> None:
                 "←" if entry["version"] == job["default_version"] else "",
             )
     _console().print(table if listed else "no jobs registered")
+
+
+@main.command("usage")
+@click.option("--since", default=None, help="From: 7d, 24h, 30m, a date or an ISO time (UTC).")
+@click.option("--job", "job_id", default=None, help="Only runs of this job id.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--database-url", help=_DB_HELP)
+def usage_command(
+    since: str | None, job_id: str | None, as_json: bool, database_url: str | None
+) -> None:
+    """Tokens and cost of paid API calls by day (UTC), job and model."""
+    from . import clock
+    from .usage import cost_text, parse_since
+
+    start = None
+    if since is not None:
+        try:
+            start = parse_since(since, clock.now())
+        except ValueError as exc:
+            _fail(str(exc))
+    report = _run(
+        lambda: _with_engine(database_url, lambda e: e.usage_report(start, job_id), read=True)
+    )
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    if not report["rows"]:
+        click.echo("no usage recorded" + (f" since {since}" if since else ""))
+        return
+    table = Table(box=None, header_style="bold")
+    names = ("DAY", "JOB", "MODEL", "CALLS", "RUNS", "PROMPT", "CACHED", "COMPLETION")
+    for column in (*names, "REASONING", "TOTAL", "COST"):
+        table.add_column(column, justify="left" if column in names[:3] else "right")
+    currency = report["currency"]
+    for r in report["rows"]:
+        table.add_row(
+            r["day"],
+            _escape(r["job_id"]),
+            _escape(str(r["model"] or "-")),
+            *(
+                f"{r[n]:,}"
+                for n in (
+                    "calls",
+                    "runs",
+                    "prompt_tokens",
+                    "cached_tokens",
+                    "completion_tokens",
+                    "reasoning_tokens",
+                    "total_tokens",
+                )
+            ),
+            cost_text(r["cost"], currency),
+        )
+    _console().print(table)
+    total = report["total"]
+    cost = cost_text(total["cost"], currency)
+    if total["cost_unknown"]:
+        cost += f" (no price for {', '.join(total['cost_unknown'])})"
+    click.echo(
+        f"total: {total['calls']:,} calls, {total['total_tokens']:,} tokens, {cost} "
+        f"(prices as of {report['prices_as_of']})"
+    )
 
 
 @main.group()
@@ -365,6 +431,10 @@ def _add_tasks(tree: Tree, tasks: list[dict[str, Any]]) -> None:
             label += f" [red]{error.get('type')}: {message}[/red]"
         elif task["output"] is not None:
             label += f" [dim]→ {_escape(_short(task['output'], 80))}[/dim]"
+        if task.get("usage") and task["usage"].get("calls"):
+            from .usage import summary_text
+
+            label += f" [magenta]{_escape(summary_text(task['usage']))}[/magenta]"
         _add_tasks(tree.add(label), task["children"])
 
 

@@ -7,9 +7,10 @@ import os
 from types import TracebackType
 from typing import Any
 
-from . import clock, codec, flow, limits, versions, views, waiting
+from . import clock, codec, flow, limits, usage, versions, views, waiting
 from .exceptions import EngineError, UnknownJobError, UnknownVersionError
 from .jobs import check_against_schema, registration, registry
+from .prices import PriceTable
 from .schema import FINAL_RUN_STATUSES, RUN_STATUSES
 from .store import DEFAULT_DATABASE_URL, Store
 
@@ -212,7 +213,16 @@ class Engine:
         """The run and its task tree, as `engine runs show --json` prints it."""
         (view,) = await self._with_waits([await self.store.get_run(run_id)])
         view["tasks"] = views.task_tree(await self.store.get_tasks(run_id))
+        # Tokens and cost per task (subtasks included) and per run: engine.usage.
+        usage.attach(view, await self.store.get_usage(run_id), PriceTable.load())
         return view
+
+    async def usage_report(
+        self, since: float | None = None, job_id: str | None = None
+    ) -> dict[str, Any]:
+        """Calls, tokens and cost by day (UTC), job and model (`engine usage --json`)."""
+        prices = PriceTable.load()  # a bad $ENGINE_PRICES is refused before the query
+        return usage.report(await self.store.usage_report(since, job_id), prices)
 
     async def run_logs(self, run_id: str) -> list[dict[str, Any]]:
         return await self.store.get_logs(run_id)

@@ -339,11 +339,13 @@ class IO:
         encode: Encoder | None = None,
         decode: Decoder | None = None,
         record_start: bool = False,
+        usage: Callable[[Any], dict[str, Any] | None] | None = None,
     ) -> Any:
         """The durable step every other call is built on.
 
         `record_start` commits a RUNNING row before `fn` runs, so attempts are counted even
-        when the worker dies during a slow call (used for paid API calls).
+        when the worker dies during a slow call (used for paid API calls). `usage` reads the
+        tokens a paid call spent off its value, recorded with the outcome (engine_task_usage).
         """
         replay = self._replay
         if not limits.is_plain(name, limits.MAX_NAME_LENGTH):
@@ -425,7 +427,11 @@ class IO:
                     current_path.reset(token)
                 await replay.write(
                     attempt_row(
-                        "COMPLETED", output=stored, output_type=type_name, completed_at=clock.now()
+                        "COMPLETED",
+                        output=stored,
+                        output_type=type_name,
+                        completed_at=clock.now(),
+                        usage=usage(value) if usage is not None else None,
                     )
                 )
                 return decode(stored, type_name)

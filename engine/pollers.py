@@ -34,6 +34,9 @@ class PollResult:
     value: Any = None
     # Set when the poll itself knows the outcome is a failure (recorded as the task's error).
     error: dict[str, Any] | None = None
+    # Tokens a finished paid call spent (an assistant run's usage), recorded with the outcome in
+    # engine_task_usage: {"provider", "model", "prompt_tokens", ...}.
+    usage: dict[str, Any] | None = None
 
 
 Poller = Callable[[dict[str, Any]], Awaitable[PollResult]]

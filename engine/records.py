@@ -55,6 +55,9 @@ class TaskWrite:
     next_poll_at: float | None = None
     started_at: float | None = None
     completed_at: float | None = None
+    # A paid call's tokens ({"provider", "model", "prompt_tokens", ...}: engine_task_usage),
+    # written with the outcome; None for every other task.
+    usage: dict[str, Any] | None = None
 
 
 @dataclass

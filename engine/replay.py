@@ -148,6 +148,7 @@ class Replay:
             poll_state=None,
             next_poll_at=None,
             completed_at=clock.now(),
+            usage=None,
         )
         try:
             written = await self.store.write_task(self.run_id, self.epoch, minimal)

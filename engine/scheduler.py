@@ -284,7 +284,9 @@ class Scheduler:
             state["polls"] = int(state.get("polls", 0)) + 1
             if result.done:
                 output, error = _poll_outcome(poll, result)
-                await self.store.finish_poll(poll, output=output, error=error, poll_state=state)
+                await self.store.finish_poll(
+                    poll, output=output, error=error, poll_state=state, usage=result.usage
+                )
                 return
             now = clock.now()
             if now >= deadline:

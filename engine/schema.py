@@ -12,6 +12,8 @@ The model in ten lines:
 - A worker executes a run only while it holds the run's *lease*: `lease_epoch` grows with every
   claim, and every write an execution makes is fenced on the epoch it claimed with.
 - Log lines (`engine_logs`) and registered job versions (`engine_jobs`) complete the picture.
+- A task that called a paid API (an OpenAI call) has one `engine_task_usage` row: model, tokens
+  and the provider's rate-limit headers, written with its outcome; other tasks have none.
 """
 
 from __future__ import annotations
@@ -188,3 +190,30 @@ workers = Table(
     # -9 leaves its row, which simply stops being live.
     Column("expires_at", UTCDateTime, nullable=False),
 )
+
+# Tokens a task spent on a paid API (one row per task that reported usage, written in the same
+# transaction as its outcome). Cost is not stored: it is computed when reported, from the price
+# table (engine.prices), so a corrected price applies to past usage too.
+task_usage = Table(
+    "engine_task_usage",
+    metadata,
+    Column(
+        "task_id", Integer, ForeignKey("engine_tasks.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("run_id", String(40), ForeignKey("engine_runs.id", ondelete="CASCADE"), nullable=False),
+    # Who billed it ("openai") and the model the response names ("gpt-4o-mini-2024-07-18").
+    Column("provider", String(40), nullable=False),
+    Column("model", String(200), nullable=True),
+    Column("prompt_tokens", Integer, nullable=False, default=0),
+    Column("completion_tokens", Integer, nullable=False, default=0),
+    # Parts of the two above: prompt tokens read from the provider's cache (billed lower), and
+    # completion tokens spent on reasoning (billed as output, never shown).
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("reasoning_tokens", Integer, nullable=False, default=0),
+    Column("total_tokens", Integer, nullable=False, default=0),
+    # The response's x-ratelimit-* headers, as sent ({"x-ratelimit-remaining-requests": "59"}).
+    Column("rate_limits", Json, nullable=True),
+    Column("recorded_at", UTCDateTime, nullable=False),
+)
+Index("ix_engine_task_usage_run", task_usage.c.run_id)
+Index("ix_engine_task_usage_recorded", task_usage.c.recorded_at)

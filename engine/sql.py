@@ -458,6 +458,14 @@ _PG_TYPES = {
     "started_at": "timestamptz",
     "completed_at": "timestamptz",
     "created_at": "timestamptz",
+    # engine_task_usage (engine.sql_usage)
+    "prompt_tokens": "integer",
+    "completion_tokens": "integer",
+    "cached_tokens": "integer",
+    "reasoning_tokens": "integer",
+    "total_tokens": "integer",
+    "rate_limits": "jsonb",
+    "recorded_at": "timestamptz",
 }
 
 

@@ -33,6 +33,7 @@ from .flow import PRIORITY_STEP
 from .records import ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
 from .recovery import DEFAULT_MAX_RECOVERIES, recovery_error
 from .sql import Statements
+from .sql_usage import USAGE_FIELDS, UsageStatements
 from .writes import Write
 
 log = logging.getLogger("engine.store")
@@ -65,6 +66,7 @@ class Store(Database):
         # report the outage and back off.
         self.patience = DEFAULT_PATIENCE
         self._sql = Statements(self.is_postgres)
+        self._usage_sql = UsageStatements(self.is_postgres)
 
     async def _patiently(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Runs `attempt`, retrying transient DatabaseErrors with exponential backoff and
@@ -318,9 +320,12 @@ class Store(Database):
         its own row is committed.
         """
         log_sql = self._sql.raw_write_log
+        then = [(log_sql, {"run_id": run_id, **log.__dict__}) for log in logs]
+        if task.usage is not None:
+            then.append((self._usage_sql.raw_write, _usage_values(run_id, task)))
         write = Write(
             (self._sql.raw_write_task, {"run_id": run_id, "epoch": epoch, **task.__dict__}),
-            [(log_sql, {"run_id": run_id, **log.__dict__}) for log in logs],
+            then,
         )
         try:
             return await self._hot(write)
@@ -473,10 +478,11 @@ class Store(Database):
         output: Any = None,
         error: dict[str, Any] | None = None,
         poll_state: dict[str, Any] | None = None,
+        usage: dict[str, Any] | None = None,
     ) -> None:
-        """Completes (or errors) a poll task and wakes its run."""
+        """Completes (or errors) a poll task and wakes its run (with its usage, if any)."""
         await self._patiently(
-            "finishing a poll", lambda: self._finish_poll(poll, output, error, poll_state)
+            "finishing a poll", lambda: self._finish_poll(poll, output, error, poll_state, usage)
         )
 
     async def _finish_poll(
@@ -485,6 +491,7 @@ class Store(Database):
         output: Any,
         error: dict[str, Any] | None,
         poll_state: dict[str, Any] | None,
+        usage: dict[str, Any] | None = None,
     ) -> None:
         now = clock.now()
         async with self.begin() as conn:
@@ -500,6 +507,9 @@ class Store(Database):
                 },
             )
             woke = result.rowcount == 1
+            if woke and usage is not None:
+                values = {**_usage_defaults(usage), "id": poll.task_id, "recorded_at": now}
+                await conn.execute(self._usage_sql.write_for_poll, values)
             if woke:
                 await conn.execute(self._sql.wake_run, {"id": poll.run_id, "now": now})
                 await self._notify(conn)
@@ -531,6 +541,21 @@ class Store(Database):
     async def get_tasks(self, run_id: str) -> list[dict[str, Any]]:
         async with self.begin() as conn:
             rows = (await conn.execute(self._sql.get_tasks, {"run_id": run_id})).all()
+        return [dict(r._mapping) for r in rows]
+
+    async def get_usage(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's usage rows, each with its task's `parent_path` and `key`."""
+        async with self.begin() as conn:
+            rows = (await conn.execute(self._usage_sql.for_run, {"run_id": run_id})).all()
+        return [dict(r._mapping) for r in rows]
+
+    async def usage_report(
+        self, since: float | None = None, job_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Calls, runs and token sums by day (UTC), job, provider and model."""
+        async with self.begin() as conn:
+            params = {"since": since, "job_id": job_id}
+            rows = (await conn.execute(self._usage_sql.report, params)).all()
         return [dict(r._mapping) for r in rows]
 
     async def get_logs(self, run_id: str) -> list[dict[str, Any]]:
@@ -632,6 +657,26 @@ class Store(Database):
         await conn.execute(
             self._sql.write_log, [{"run_id": run_id, **log.__dict__} for log in logs]
         )
+
+
+def _usage_defaults(usage: dict[str, Any]) -> dict[str, Any]:
+    values = {name: usage.get(name) for name in USAGE_FIELDS}
+    for name in USAGE_FIELDS:
+        if name.endswith("_tokens"):
+            values[name] = int(values[name] or 0)
+    values["provider"] = str(values["provider"] or "unknown")
+    return values
+
+
+def _usage_values(run_id: str, task: TaskWrite) -> dict[str, Any]:
+    assert task.usage is not None
+    return {
+        **_usage_defaults(task.usage),
+        "run_id": run_id,
+        "parent_path": task.parent_path,
+        "key": task.key,
+        "recorded_at": task.completed_at,
+    }
 
 
 def _dialect_class(url: URL) -> type[Store]:

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from engine import EngineError, Task
 
-from . import codec
+from . import codec, usage
 from . import params as P
 from .errors import MissingAPIKeyError, OpenAIAPIError, translate
 from .secrets import scrub
@@ -83,6 +83,8 @@ class Caller:
         path = method or operation
         where = f"io.openai.{operation}({key!r})"
 
+        seen: dict[str, str] = {}
+
         async def fn(task: Task) -> Any:
             client = integration.client()
             kwargs = {**ids, **payload}
@@ -94,9 +96,14 @@ class Caller:
                 headers["Idempotency-Key"] = task.idempotency_key
                 kwargs["extra_headers"] = headers
             try:
-                if paginate:
-                    return await _all_pages(method_of(client, path), kwargs)
-                return await quietly(method_of(client, path), **kwargs)
+                with usage.capturing() as headers:
+                    if paginate:
+                        found = await _all_pages(method_of(client, path), kwargs)
+                    else:
+                        found = await quietly(method_of(client, path), **kwargs)
+                    seen.clear()
+                    seen.update(headers)
+                    return found
             except openai.OpenAIError as exc:
                 error = translate(exc, operation, secret)
                 if error.status_code == 429 and error.retryable:
@@ -122,6 +129,7 @@ class Caller:
             encode=encode,
             decode=codec.decode,
             record_start=True,
+            usage=lambda value: usage.of_call(operation, value, seen),
         )
 
     async def wait(

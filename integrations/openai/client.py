@@ -21,6 +21,7 @@ from .calls import Caller
 from .errors import MissingAPIKeyError
 from .pollers import make_pollers
 from .resources import OpenAIIO
+from .usage import capture_headers, install
 
 DEFAULT_RETRY = RetryPolicy(max_attempts=5, min_delay=1.0, max_delay=60.0, factor=2.0)
 DEFAULT_POLL_INTERVAL = 0.5
@@ -92,6 +93,9 @@ class OpenAI:
             if v is not None
         }
         self._given = client.with_options(max_retries=0) if client is not None else None
+        if self._given is not None:
+            # Rate-limit headers are read by a response hook on the client's httpx client.
+            install(getattr(self._given, "_client", None))
         self._clients: dict[int, tuple[asyncio.AbstractEventLoop, openai.AsyncOpenAI]] = {}
 
     def __repr__(self) -> str:
@@ -124,7 +128,10 @@ class OpenAI:
         key = self.secret()
         if not key:
             raise MissingAPIKeyError(self.id)
-        created = openai.AsyncOpenAI(api_key=key, max_retries=0, **self._options)
+        http_client = openai.DefaultAsyncHttpxClient(event_hooks={"response": [capture_headers]})
+        created = openai.AsyncOpenAI(
+            api_key=key, max_retries=0, http_client=http_client, **self._options
+        )
         self._clients = {i: c for i, c in self._clients.items() if not c[0].is_closed()}
         self._clients[id(loop)] = (loop, created)
         return created

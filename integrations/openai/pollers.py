@@ -17,6 +17,7 @@ import openai
 from engine import PollResult
 from engine.serialization import encode_error
 
+from . import usage
 from .calls import method_of, quietly
 from .errors import OpenAIAPIError, translate
 from .secrets import scrub
@@ -63,10 +64,19 @@ def _poller(integration: OpenAI, what: str) -> Poller:
             return _failed(OpenAIAPIError(f"{what} poll: missing param {exc}", retryable=False))
         if getattr(found, "status", None) not in done:
             return PollResult(done=False)
-        return PollResult(done=True, value=scrub(found.model_dump(mode="json"), secret))
+        value = scrub(found.model_dump(mode="json"), secret)
+        return PollResult(done=True, value=value, usage=_spent(value))
 
     poll.__name__ = f"poll_{what}"
     return poll
+
+
+def _spent(value: Any) -> dict[str, Any] | None:
+    """A finished run's or response's tokens (what it was billed); None for a file."""
+    try:
+        return usage.tokens(value)
+    except Exception:  # reading usage must never fail a wait that finished
+        return None
 
 
 def _failed(error: OpenAIAPIError) -> PollResult:

@@ -1,0 +1,123 @@
+"""What an OpenAI call spent: the model and its tokens, and the rate-limit headers it came with.
+
+Recorded by the engine with the task's outcome (engine_task_usage): the request's usage through
+`io.call(usage=...)`, a finished run's or background response's through its poll. Only calls
+that are billed carry tokens (creates, and the waits that see a run or response finish); a
+retrieve or a list records its rate-limit headers with no model and no tokens, so that reading
+a run twice never counts its tokens twice.
+
+The headers come from an httpx response hook on the client (`capture_headers`): the
+openai-python models do not keep them, and `with_raw_response` would bring back the Assistants
+API's DeprecationWarning at every await.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+PROVIDER = "openai"
+# Calls OpenAI bills by the tokens in their answer's `usage` (the waits are billed through
+# their polls: engine.pollers.PollResult.usage).
+BILLED = frozenset(
+    {
+        "chat.completions.create",
+        "embeddings.create",
+        "responses.create",
+        "beta.threads.create_and_run",
+        "beta.threads.runs.create",
+        "images.generate",
+        "images.edit",
+        "images.create_variation",
+    }
+)
+
+_headers: ContextVar[dict[str, str] | None] = ContextVar("openai_ratelimit_headers", default=None)
+
+
+async def capture_headers(response: Any) -> None:
+    """httpx response hook: keeps the `x-ratelimit-*` headers for the call being made."""
+    box = _headers.get()
+    if box is not None:
+        box.clear()
+        box.update(
+            {
+                k.lower(): v
+                for k, v in response.headers.items()
+                if k.lower().startswith("x-ratelimit-")
+            }
+        )
+
+
+@contextlib.contextmanager
+def capturing() -> Iterator[dict[str, str]]:
+    """The rate-limit headers of the requests made inside (the last one's)."""
+    box: dict[str, str] = {}
+    token = _headers.set(box)
+    try:
+        yield box
+    finally:
+        _headers.reset(token)
+
+
+def install(http_client: Any) -> None:
+    """Adds the hook to an httpx client (once)."""
+    hooks = getattr(http_client, "event_hooks", None)
+    if isinstance(hooks, dict):
+        responses = list(hooks.get("response", []))
+        if capture_headers not in responses:
+            http_client.event_hooks = {**hooks, "response": [*responses, capture_headers]}
+
+
+def _get(obj: Any, *path: str) -> Any:
+    for name in path:
+        if obj is None:
+            return None
+        obj = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+    return obj
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def tokens(value: Any) -> dict[str, Any] | None:
+    """Model and tokens of an OpenAI object (a model or its JSON) that has `usage`, else None.
+
+    Chat completions, embeddings and runs say prompt/completion tokens; the Responses API says
+    input/output tokens: both come out as prompt/completion."""
+    usage = _get(value, "usage")
+    if usage is None:
+        return None
+    prompt = _int(_get(usage, "prompt_tokens")) or _int(_get(usage, "input_tokens"))
+    completion = _int(_get(usage, "completion_tokens")) or _int(_get(usage, "output_tokens"))
+    cached = _int(_get(usage, "prompt_tokens_details", "cached_tokens")) or _int(
+        _get(usage, "input_tokens_details", "cached_tokens")
+    )
+    reasoning = _int(_get(usage, "completion_tokens_details", "reasoning_tokens")) or _int(
+        _get(usage, "output_tokens_details", "reasoning_tokens")
+    )
+    model = _get(value, "model")
+    return {
+        "provider": PROVIDER,
+        "model": model if isinstance(model, str) else None,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "cached_tokens": cached,
+        "reasoning_tokens": reasoning,
+        "total_tokens": _int(_get(usage, "total_tokens")) or prompt + completion,
+    }
+
+
+def of_call(operation: str, value: Any, headers: dict[str, str]) -> dict[str, Any] | None:
+    """What a finished call records: tokens if it is billed, and its rate-limit headers."""
+    try:
+        found = tokens(value) if operation in BILLED else None
+    except Exception:  # reading usage must never fail a call that succeeded
+        found = None
+    if found is None and not headers:
+        return None
+    row = found or {"provider": PROVIDER, "model": None}
+    return {**row, "rate_limits": dict(headers) or None}
