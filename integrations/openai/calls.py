@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import openai
 from pydantic import BaseModel
 
-from engine import EngineError, Task
+from engine import EngineError, RetryPolicy, Task
 
 from . import codec, usage
 from . import params as P
@@ -64,10 +64,22 @@ class Caller:
         post: bool,
         sent: dict[str, Any] | None = None,
         method: str | None = None,
-        paginate: bool = False,
+        paginate: bool | str = False,
         recorded: dict[str, Any] | None = None,
     ) -> Any:
-        """One API call as one task. `params` are recorded, `sent` (default: `params`) sent."""
+        """One API call as one task. `params` are recorded, `sent` (default: `params`) sent.
+
+        `retry=RetryPolicy(...)` among the params is this call's policy (the integration's
+        otherwise): it is neither sent nor recorded."""
+        policy = params.pop("retry", None)
+        if sent is not None:
+            sent = {k: v for k, v in sent.items() if k != "retry"}
+        if recorded is not None:
+            recorded = {k: v for k, v in recorded.items() if k != "retry"}
+        if policy is not None and not isinstance(policy, RetryPolicy):
+            raise EngineError(
+                f"io.openai.{operation}({key!r}, retry={policy!r}): pass an engine.RetryPolicy"
+            )
         if params.get("stream"):
             raise EngineError(
                 f"io.openai.{operation}({key!r}, stream=True): a stream cannot be recorded and "
@@ -93,12 +105,17 @@ class Caller:
                     kwargs[name] = value.to_send()
             if post:
                 headers = dict(kwargs.get("extra_headers") or {})
-                headers["Idempotency-Key"] = task.idempotency_key
+                # A key the caller chose wins (as in Trigger.dev v2); else the task's, the same
+                # on every attempt.
+                if not any(name.lower() == "idempotency-key" for name in headers):
+                    headers["Idempotency-Key"] = task.idempotency_key
                 kwargs["extra_headers"] = headers
             try:
                 with usage.capturing() as headers:
                     if paginate:
-                        found = await _all_pages(method_of(client, path), kwargs)
+                        found = await _all_pages(
+                            method_of(client, path), kwargs, as_page=paginate == "page"
+                        )
                     else:
                         found = await quietly(method_of(client, path), **kwargs)
                     seen.clear()
@@ -125,7 +142,7 @@ class Caller:
             kind="openai",
             name=operation,
             params=record,
-            retry=integration.retry,
+            retry=policy or integration.retry,
             encode=encode,
             decode=codec.decode,
             record_start=True,
@@ -140,25 +157,60 @@ class Caller:
         ids: dict[str, str],
         cls: type[BaseModel],
         timeout: float | None = None,
+        *,
+        current: BaseModel | None = None,
+        done: frozenset[str] = frozenset(),
+        poll_interval: float | None = None,
+        max_poll_interval: float | None = None,
+        poll_backoff: float | None = None,
     ) -> Any:
-        """A persisted wait until the object reaches a terminal status; returns it as `cls`."""
+        """A persisted wait until the object reaches a terminal status; returns it as `cls`.
+
+        `current` is the object as its create returned it: when that is already in a `done`
+        status, the wait is recorded as finished at once, without a poll interval's delay."""
         integration = self.integration
+        if current is not None and getattr(current, "status", None) in done:
+            return await self._finished(key, operation, ids, current)
         value = await self.io.poll(
             key,
             integration.poller_name(what),
             ids,
             name=operation,
             kind="openai",
-            interval=integration.poll_interval,
-            max_interval=integration.max_poll_interval,
-            backoff=integration.poll_backoff,
+            interval=poll_interval or integration.poll_interval,
+            max_interval=max_poll_interval
+            or max(integration.max_poll_interval, poll_interval or 0.0),
+            backoff=poll_backoff or integration.poll_backoff,
             timeout=timeout or integration.poll_timeout,
         )
         return codec.build(value, cls)
 
+    async def _finished(
+        self, key: str, operation: str, ids: dict[str, str], current: BaseModel
+    ) -> Any:
+        """The wait under `key`, recorded as done with the object its create returned."""
+        secret = self.integration.secret()
+        where = f"io.openai.{operation}({key!r})"
 
-async def _all_pages(method: Callable[..., Any], kwargs: dict[str, Any]) -> list[Any]:
-    page = await quietly(method, **kwargs)
+        async def already(task: Task) -> Any:
+            return current
+
+        return await self.io.call(
+            key,
+            already,
+            kind="openai",
+            name=operation,
+            params=ids,
+            encode=lambda value: codec.encode(value, secret, where),
+            decode=codec.decode,
+        )
+
+
+async def _all_pages(
+    method: Callable[..., Any], kwargs: dict[str, Any], *, as_page: bool = False
+) -> Any:
+    """Every item of every page; `as_page`: as the first page holding them all."""
+    first = page = await quietly(method, **kwargs)
     items = list(page.data)
     pages = 1
     while page.has_next_page():
@@ -171,4 +223,9 @@ async def _all_pages(method: Callable[..., Any], kwargs: dict[str, Any]) -> list
         page = await page.get_next_page()
         items.extend(page.data)
         pages += 1
+    if as_page:
+        first.data = items
+        if hasattr(first, "has_more"):
+            first.has_more = False
+        return first
     return items

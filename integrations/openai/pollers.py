@@ -25,7 +25,9 @@ from .secrets import scrub
 if TYPE_CHECKING:
     from .client import OpenAI
 
-FILE_DONE = frozenset({"processed", "error"})
+# `deleted` too: a file removed while it was processed will never be processed (Trigger.dev v2
+# stopped on it as well).
+FILE_DONE = frozenset({"processed", "error", "deleted"})
 RUN_DONE = frozenset(
     {"completed", "failed", "cancelled", "expired", "incomplete", "requires_action"}
 )

@@ -17,12 +17,23 @@ from openai.types.beta.threads import Message, Run
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
+from engine import EngineError
+
 from . import params as P
 from .calls import Caller
+from .pollers import FILE_DONE, RESPONSE_DONE
 
 
 def _create_key(key: str) -> str:
     return f"{key}:create"
+
+
+_SCHEDULE = ("poll_interval", "max_poll_interval", "poll_backoff")
+
+
+def _schedule(params: dict[str, Any]) -> dict[str, Any]:
+    """This wait's own poll schedule, taken out of the params (they are not OpenAI's)."""
+    return {name: params.pop(name) for name in _SCHEDULE if name in params}
 
 
 class _Namespace:
@@ -41,9 +52,18 @@ class Files(_Namespace):
         )
 
     async def create_and_wait_for_processing(
-        self, key: str, *, file: P.FileInput, poll_timeout: float | None = None, **params: Any
+        self,
+        key: str,
+        *,
+        file: P.FileInput,
+        poll_timeout: float | None = None,
+        poll_interval: float | None = None,
+        max_poll_interval: float | None = None,
+        poll_backoff: float | None = None,
+        **params: Any,
     ) -> FileObject:
-        """Uploads under `key:create`, then waits under `key` until `processed` or `error`."""
+        """Uploads under `key:create`, then waits under `key` until `processed`, `error` or
+        `deleted` (at once when the upload is already processed)."""
         created = await self.create(_create_key(key), file=file, **params)
         return await self._c.wait(
             key,
@@ -52,11 +72,33 @@ class Files(_Namespace):
             {"file_id": created.id},
             FileObject,
             poll_timeout,
+            current=created,
+            done=FILE_DONE,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            poll_backoff=poll_backoff,
         )
+
+    async def wait_for_processing(
+        self, key: str, file_id: str, *, poll_timeout: float | None = None,
+        poll_interval: float | None = None, max_poll_interval: float | None = None,
+        poll_backoff: float | None = None,
+    ) -> FileObject:  # fmt: skip
+        """Waits under `key` until the file is `processed`, `error` or `deleted`."""
+        ids = P.check_ids("files.wait_for_processing", file_id=file_id)
+        return await self._c.wait(
+            key, "files.wait_for_processing", "file", ids, FileObject, poll_timeout,
+            poll_interval=poll_interval, max_poll_interval=max_poll_interval,
+            poll_backoff=poll_backoff,
+        )  # fmt: skip
 
     async def retrieve(self, key: str, file_id: str) -> FileObject:
         ids = P.check_ids("files.retrieve", file_id=file_id)
         return await self._c.request(key, "files.retrieve", ids, {}, post=False)
+
+    async def list(self, key: str, **params: Any) -> AsyncCursorPage[FileObject]:
+        """One page of files (`purpose=`, `limit=`, `after=`, `order=` as OpenAI takes them)."""
+        return await self._c.request(key, "files.list", {}, params, post=False)
 
 
 class Assistants(_Namespace):
@@ -128,8 +170,25 @@ class Messages(_Namespace):
 
 class Runs(_Namespace):
     async def list(self, key: str, thread_id: str, **params: Any) -> AsyncCursorPage[Run]:
+        """Every run of the thread (all pages, in one task, as the seed says), as one page."""
         ids = P.check_ids("beta.threads.runs.list", thread_id=thread_id)
-        return await self._c.request(key, "beta.threads.runs.list", ids, params, post=False)
+        return await self._c.request(
+            key, "beta.threads.runs.list", ids, params, post=False, paginate="page"
+        )
+
+    async def list_all(self, key: str, thread_id: str, **params: Any) -> list[Run]:
+        """Every run of the thread (all pages, in one task) as one list."""
+        ids = P.check_ids("beta.threads.runs.list_all", thread_id=thread_id)
+        found = await self._c.request(
+            key,
+            "beta.threads.runs.list_all",
+            ids,
+            params,
+            post=False,
+            method="beta.threads.runs.list",
+            paginate=True,
+        )
+        return list(found)
 
     async def create(self, key: str, thread_id: str, **params: Any) -> Run:
         ids = P.check_ids("beta.threads.runs.create", thread_id=thread_id)
@@ -142,26 +201,43 @@ class Runs(_Namespace):
         self, key: str, thread_id: str, *, poll_timeout: float | None = None, **params: Any
     ) -> Run:
         """Creates the run under `key:create`, then waits under `key` for a terminal status."""
+        schedule = _schedule(params)
         run = await self.create(_create_key(key), thread_id, **params)
         return await self._wait(
-            key, "beta.threads.runs.create_and_wait_for_completion", run, poll_timeout
-        )
+            key, "beta.threads.runs.create_and_wait_for_completion", run, poll_timeout,
+            **schedule,
+        )  # fmt: skip
 
     async def wait_for_completion(
-        self, key: str, thread_id: str, run_id: str, *, poll_timeout: float | None = None
+        self,
+        key: str,
+        thread_id: str,
+        run_id: str,
+        *,
+        poll_timeout: float | None = None,
+        **schedule: float,
     ) -> Run:
         """Waits under `key` until the run is completed, failed, cancelled, expired,
         incomplete or requires_action; never raises on a non-completed status."""
         ids = P.check_ids(
             "beta.threads.runs.wait_for_completion", thread_id=thread_id, run_id=run_id
         )
+        chosen = _schedule(schedule)
+        if schedule:
+            raise EngineError(
+                f"beta.threads.runs.wait_for_completion({key!r}): unknown option(s) "
+                f"{', '.join(sorted(schedule))}; use poll_timeout, {', '.join(_SCHEDULE)}"
+            )
         return await self._c.wait(
-            key, "beta.threads.runs.wait_for_completion", "run", ids, Run, poll_timeout
-        )
+            key, "beta.threads.runs.wait_for_completion", "run", ids, Run, poll_timeout,
+            **chosen,
+        )  # fmt: skip
 
-    async def _wait(self, key: str, operation: str, run: Run, timeout: float | None) -> Run:
+    async def _wait(
+        self, key: str, operation: str, run: Run, timeout: float | None, **schedule: Any
+    ) -> Run:
         ids = {"thread_id": run.thread_id, "run_id": run.id}
-        return await self._c.wait(key, operation, "run", ids, Run, timeout)
+        return await self._c.wait(key, operation, "run", ids, Run, timeout, **schedule)
 
     async def retrieve(self, key: str, thread_id: str, run_id: str) -> Run:
         ids = P.check_ids("beta.threads.runs.retrieve", thread_id=thread_id, run_id=run_id)
@@ -202,9 +278,10 @@ class Threads(_Namespace):
         self, key: str, *, poll_timeout: float | None = None, **params: Any
     ) -> Run:
         """Creates thread and run under `key:create`, then waits under `key`."""
+        schedule = _schedule(params)
         run = await self.create_and_run(_create_key(key), **params)
         return await self.runs._wait(
-            key, "beta.threads.create_and_run_until_completion", run, poll_timeout
+            key, "beta.threads.create_and_run_until_completion", run, poll_timeout, **schedule
         )
 
     async def retrieve(self, key: str, thread_id: str) -> Thread:
@@ -267,6 +344,7 @@ class Responses(_Namespace):
         """Creates a background response under `key:create` (`background=True` unless given)
         and waits under `key` until completed, failed, cancelled or incomplete."""
         params.setdefault("background", True)
+        schedule = _schedule(params)
         created = await self.create(_create_key(key), **params)
         return await self._c.wait(
             key,
@@ -275,7 +353,15 @@ class Responses(_Namespace):
             {"response_id": created.id},
             Response,
             poll_timeout,
+            current=created,
+            done=RESPONSE_DONE,
+            **schedule,
         )
+
+    async def cancel(self, key: str, response_id: str) -> Response:
+        """Cancels a background response (OpenAI refuses others)."""
+        ids = P.check_ids("responses.cancel", response_id=response_id)
+        return await self._c.request(key, "responses.cancel", ids, {}, post=True)
 
 
 class OpenAIIO:
