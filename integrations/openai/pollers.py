@@ -32,6 +32,7 @@ RUN_DONE = frozenset(
     {"completed", "failed", "cancelled", "expired", "incomplete", "requires_action"}
 )
 RESPONSE_DONE = frozenset({"completed", "failed", "cancelled", "incomplete"})
+FINE_TUNE_DONE = frozenset({"succeeded", "failed", "cancelled"})
 
 Poller = Callable[[dict[str, Any]], Awaitable[PollResult]]
 
@@ -40,6 +41,11 @@ _TARGETS: dict[str, tuple[str, dict[str, str], frozenset[str]]] = {
     "file": ("files.retrieve", {"file_id": "file_id"}, FILE_DONE),
     "run": ("beta.threads.runs.retrieve", {"thread_id": "thread_id", "run_id": "run_id"}, RUN_DONE),
     "response": ("responses.retrieve", {"response_id": "response_id"}, RESPONSE_DONE),
+    "fine_tune": (
+        "fine_tuning.jobs.retrieve",
+        {"fine_tuning_job_id": "fine_tuning_job_id"},
+        FINE_TUNE_DONE,
+    ),
 }
 
 

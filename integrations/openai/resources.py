@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from openai.pagination import AsyncCursorPage, AsyncPage
-from openai.types import CreateEmbeddingResponse, FileObject, ImagesResponse, Model
+from openai.types import CreateEmbeddingResponse, FileObject, ImagesResponse, Model, ModelDeleted
 from openai.types.beta import Assistant, AssistantDeleted, Thread, ThreadDeleted
 from openai.types.beta.threads import Message, Run
 from openai.types.chat import ChatCompletion
@@ -21,6 +21,7 @@ from engine import EngineError
 
 from . import params as P
 from .calls import Caller
+from .fine_tuning import FineTuning
 from .pollers import FILE_DONE, RESPONSE_DONE
 
 
@@ -324,10 +325,46 @@ class Images(_Namespace):
     async def generate(self, key: str, **params: Any) -> ImagesResponse:
         return await self._c.request(key, "images.generate", {}, params, post=True)
 
+    async def edit(
+        self, key: str, *, image: P.FileInput, mask: P.FileInput | None = None, **params: Any
+    ) -> ImagesResponse:
+        """Edits an image (`image=` and `mask=` as `files.create` takes `file=`: recorded as
+        name, size and sha256)."""
+        uploads = {"image": P.Upload(image)}
+        if mask is not None:
+            uploads["mask"] = P.Upload(mask)
+        return await self._upload(key, "images.edit", uploads, params)
+
+    async def create_variation(
+        self, key: str, *, image: P.FileInput, **params: Any
+    ) -> ImagesResponse:
+        return await self._upload(key, "images.create_variation", {"image": P.Upload(image)},
+                                  params)
+
+    async def _upload(
+        self, key: str, operation: str, uploads: dict[str, P.Upload], params: dict[str, Any]
+    ) -> ImagesResponse:
+        summaries = {name: upload.summary() for name, upload in uploads.items()}
+        recorded = P.record({}, {**summaries, **params}, self._c.integration.secret())
+        return await self._c.request(
+            key, operation, {}, params, post=True, sent={**params, **uploads}, recorded=recorded
+        )
+
 
 class Models(_Namespace):
     async def list(self, key: str) -> AsyncPage[Model]:
         return await self._c.request(key, "models.list", {}, {}, post=False)
+
+    async def retrieve(self, key: str, model: str) -> Model:
+        ids = P.check_ids("models.retrieve", model=model)
+        return await self._c.request(key, "models.retrieve", ids, {}, post=False)
+
+    async def delete(self, key: str, model: str) -> ModelDeleted:
+        """Deletes a fine-tuned model (OpenAI refuses to delete a base model: 403)."""
+        ids = P.check_ids("models.delete", model=model)
+        return await self._c.request(key, "models.delete", ids, {}, post=False)
+
+    del_ = delete
 
 
 class Responses(_Namespace):
@@ -375,3 +412,4 @@ class OpenAIIO:
         self.images = Images(caller)
         self.models = Models(caller)
         self.responses = Responses(caller)
+        self.fine_tuning = FineTuning(caller)

@@ -379,14 +379,20 @@ def _model(name: str) -> dict[str, Any]:
 
 @route("GET", "/v1/models")
 def list_models(req: Request) -> Any:
-    return {"object": "list", "data": [_model(m) for m in MODELS]}
+    with req.state.lock:
+        tuned = list(req.state.tuned_models.values())
+    return {"object": "list", "data": [_model(m) for m in MODELS] + tuned}
 
 
 @route("GET", "/v1/models/{model}")
 def get_model(req: Request) -> Any:
-    if req.params["model"] not in MODELS:
-        raise not_found("model", req.params["model"])
-    return _model(req.params["model"])
+    name = req.params["model"]
+    with req.state.lock:
+        if name in req.state.tuned_models:
+            return dict(req.state.tuned_models[name])
+    if name not in MODELS:
+        raise not_found("model", name)
+    return _model(name)
 
 
 # -- responses ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from . import routes
+from . import routes, routes_extra  # noqa: F401  (routes_extra registers its routes)
 from .faults import FakeError, Fault, RecordedRequest
 from .limits import Usage
 from .state import FakeState
@@ -218,7 +218,8 @@ class Handler(BaseHTTPRequestHandler):
             fake.reset()
             self._send(200, {"ok": True})
         elif method == "POST" and path == "/_fake/hooks":
-            for key in ("next_file_status", "next_run_status", "next_response_status"):
+            for key in ("next_file_status", "next_run_status", "next_response_status",
+                        "next_fine_tune_status"):
                 if key in body:
                     setattr(fake, key, body[key])
             self._send(200, {"ok": True})
@@ -401,6 +402,10 @@ class FakeOpenAI:
         lambda self: self.state.next_run_status,
         lambda self, value: setattr(self.state, "next_run_status", value),
         doc="Outcome of the next created run ('failed', 'expired', 'incomplete', ...).")
+    next_fine_tune_status = property(
+        lambda self: self.state.next_fine_tune_status,
+        lambda self, value: setattr(self.state, "next_fine_tune_status", value),
+        doc="Outcome of the next fine-tuning job ('failed', 'cancelled'; default succeeded).")
     next_response_status = property(
         lambda self: self.state.next_response_status,
         lambda self, value: setattr(self.state, "next_response_status", value),

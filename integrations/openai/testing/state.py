@@ -24,7 +24,7 @@ from .limits import Account
 
 TERMINAL_RUN_STATUSES = frozenset({"completed", "failed", "cancelled", "expired", "incomplete"})
 TERMINAL_RESPONSE_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete"})
-HOLD_KINDS = frozenset({"runs", "files", "responses"})
+HOLD_KINDS = frozenset({"runs", "files", "responses", "fine_tuning"})
 
 
 class FakeState:
@@ -53,6 +53,11 @@ class FakeState:
             self.messages: dict[str, dict[str, dict[str, Any]]] = {}
             self.runs: dict[str, dict[str, dict[str, Any]]] = {}
             self.responses: dict[str, dict[str, Any]] = {}
+            self.fine_tunes: dict[str, dict[str, Any]] = {}
+            self.fine_tune_events: dict[str, list[dict[str, Any]]] = {}
+            # Models made by fine-tuning jobs that succeeded (deletable, unlike the base ones).
+            self.tuned_models: dict[str, dict[str, Any]] = {}
+            self.next_fine_tune_status: str | None = None
             self.next_file_status: str | None = None
             self.next_run_status: str | None = None
             self.next_response_status: str | None = None
@@ -160,7 +165,8 @@ class FakeState:
             obj["_held"] = True
             return True
         if obj.pop("_held", False):
-            span = {"runs": self.run_seconds, "files": self.file_seconds,
+            span = {"runs": self.run_seconds, "fine_tuning": self.run_seconds,
+                    "files": self.file_seconds,
                     "responses": self.response_seconds}[kind]
             obj["_t0"] = min(obj["_t0"], self.now() - span)
         return False

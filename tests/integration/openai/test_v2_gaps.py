@@ -4,6 +4,7 @@ policy and poll schedule per call."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -197,3 +198,82 @@ async def test_files_list_and_responses_cancel(oai: Any, fake: FakeOpenAI,
     assert run["status"] == "COMPLETED", run["error"]
     assert run["output"] == [1, "cancelled"]
     assert fake.count("POST /v1/responses/{response_id}/cancel") == 1
+
+
+async def test_fine_tuning_jobs_and_their_durable_wait(
+    oai: Any, fake: FakeOpenAI, integration: OpenAI
+) -> None:
+    fake.hold("fine_tuning")
+    seen: dict[str, Any] = {}
+
+    @job(id=unique_id("oai-fine-tune"), integrations={"openai": integration})
+    async def tune(payload: Any, io: Any, ctx: Any) -> Any:
+        data = await io.openai.files.create("data", purpose="fine-tune", file=b'{"x": 1}\n')
+        tuned = await io.openai.fine_tuning.jobs.create_and_wait_for_completion(
+            "tune", model="gpt-4o-mini", training_file=data.id
+        )
+        seen["events"] = await io.openai.fine_tuning.jobs.list_events("events", tuned.id)
+        seen["jobs"] = await io.openai.fine_tuning.jobs.list("jobs")
+        seen["model"] = await io.openai.models.retrieve("model", tuned.fine_tuned_model)
+        other = await io.openai.fine_tuning.jobs.create(
+            "other", model="gpt-4o-mini", training_file=data.id
+        )
+        seen["cancel"] = await io.openai.fine_tuning.jobs.cancel("cancel", other.id)
+        seen["again"] = await io.openai.fine_tuning.jobs.retrieve("again", other.id)
+        seen["deleted"] = await io.openai.models.delete("delete", tuned.fine_tuned_model)
+        return [tuned.status, tuned.fine_tuned_model]
+
+    await oai.harness.start(tune)
+    run_id = await oai.engine.trigger(tune.id, {})
+    for _ in range(1000):  # the job is held running: the run waits, unloaded
+        rows = await oai.tasks(run_id)
+        if any(r["key"] == "tune" and r["status"] == "WAITING" for r in rows):
+            break
+        await asyncio.sleep(0.02)
+    assert (await oai.engine.store.get_run(run_id))["status"] in ("WAITING", "RUNNING")
+    polls = fake.count("GET /v1/fine_tuning/jobs/{job_id}")
+    fake.release("fine_tuning")
+    run = await oai.engine.wait_for(run_id, 30)
+    assert run["status"] == "COMPLETED", run["error"]
+    assert run["output"][0] == "succeeded" and run["output"][1].startswith("ft:gpt-4o-mini:")
+    assert fake.count("POST /v1/fine_tuning/jobs") == 2
+    assert fake.count("GET /v1/fine_tuning/jobs/{job_id}") > polls
+    assert "The job has successfully completed" in [e.message for e in seen["events"].data]
+    assert len(seen["jobs"].data) == 1
+    assert seen["model"].id == run["output"][1]
+    assert seen["cancel"].status == "cancelled" and seen["again"].status == "cancelled"
+    assert seen["deleted"].deleted is True
+    wait = await oai.task(run_id, "tune")
+    assert wait["name"] == "fine_tuning.jobs.create_and_wait_for_completion"
+
+
+async def test_image_edits_and_variations_upload_and_record_a_summary(
+    oai: Any, fake: FakeOpenAI, integration: OpenAI
+) -> None:
+    @job(id=unique_id("oai-images"), integrations={"openai": integration})
+    async def images(payload: Any, io: Any, ctx: Any) -> Any:
+        edit = await io.openai.images.edit("edit", image=("a.png", b"png-bytes"), mask=b"m",
+                                           prompt="add a hat")
+        variations = await io.openai.images.create_variation("vary", image=b"png-bytes", n=2)
+        return [len(edit.data), len(variations.data)]
+
+    run = await oai.run(images)
+    assert run["status"] == "COMPLETED", run["error"]
+    assert run["output"] == [1, 2]
+    row = await oai.task(run["id"], "edit")
+    assert row["params"]["image"]["size"] == len(b"png-bytes")
+    assert "sha256" in row["params"]["mask"] and row["params"]["prompt"] == "add a hat"
+    assert fake.count("POST /v1/images/edits") == 1
+    assert fake.count("POST /v1/images/variations") == 1
+
+
+async def test_a_base_model_cannot_be_deleted(oai: Any, fake: FakeOpenAI,
+                                             integration: OpenAI) -> None:
+    @job(id=unique_id("oai-model-delete"), integrations={"openai": integration})
+    async def delete(payload: Any, io: Any, ctx: Any) -> Any:
+        await io.openai.models.delete("delete", "gpt-4o")
+
+    run = await oai.run(delete)
+    assert run["status"] == "FAILED"
+    assert "403" in run["error"]["message"] and "no retry can fix this" in run["error"]["message"]
+    assert fake.count("DELETE /v1/models/{model}") == 1
