@@ -660,11 +660,15 @@ class Store(Database):
 
 
 def _usage_defaults(usage: dict[str, Any]) -> dict[str, Any]:
+    """The row's values, bounded to what the columns hold: a usage the database would refuse
+    must not cost the task its recorded outcome."""
     values = {name: usage.get(name) for name in USAGE_FIELDS}
     for name in USAGE_FIELDS:
         if name.endswith("_tokens"):
-            values[name] = int(values[name] or 0)
-    values["provider"] = str(values["provider"] or "unknown")
+            values[name] = min(max(int(values[name] or 0), 0), 2**31 - 1)
+    values["provider"] = str(values["provider"] or "unknown")[:40]
+    if values["model"] is not None:
+        values["model"] = str(values["model"])[:200]
     return values
 
 
