@@ -1,7 +1,7 @@
 """usage: tokens and rate-limit headers of paid API calls, one row per task
 
-Revision ID: 0003_usage
-Revises: 0002
+Revision ID: 0004_usage
+Revises: 0003_flow
 Create Date: 2026-11-30
 """
 
@@ -13,8 +13,8 @@ from sqlalchemy.dialects import postgresql
 
 from engine.schema import UTCDateTime
 
-revision = "0003_usage"
-down_revision = "0002"
+revision = "0004_usage"
+down_revision = "0003_flow"
 branch_labels = None
 depends_on = None
 
