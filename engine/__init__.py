@@ -4,8 +4,11 @@ Decorate an `async def (payload, io, ctx)` with `@job`; every step it takes thro
 task recorded in the database, so a crash, a restart or a wait never repeats finished work.
 """
 
-from .client import Engine
-from .context import Context
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .exceptions import (
     AppLoadError,
     DatabaseError,
@@ -21,13 +24,47 @@ from .exceptions import (
     TaskTimeoutError,
     UnknownJobError,
 )
-from .flow import Concurrency
-from .integration import Integration
-from .io import IO, Task
-from .jobs import Job, job
-from .pollers import PollResult
-from .retry import RetryPolicy
-from .worker import Worker
+
+if TYPE_CHECKING:
+    from .client import Engine
+    from .context import Context
+    from .flow import Concurrency
+    from .integration import Integration
+    from .io import IO, Task
+    from .jobs import Job, job
+    from .pollers import PollResult
+    from .retry import RetryPolicy
+    from .worker import Worker
+
+# The rest of the public API is imported on first use (PEP 562): `import engine` must stay cheap
+# because every `engine` command starts with it, and most never touch SQLAlchemy or pydantic.
+_LAZY = {
+    "Engine": ".client",
+    "Context": ".context",
+    "Concurrency": ".flow",
+    "IO": ".io",
+    "Task": ".io",
+    "Integration": ".integration",
+    "Job": ".jobs",
+    "job": ".jobs",
+    "PollResult": ".pollers",
+    "RetryPolicy": ".retry",
+    "Worker": ".worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "IO",

@@ -6,26 +6,26 @@ output is for scripts and is exactly what CONTRACT.md section 4 says.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.markup import escape as _escape
-from rich.table import Table
-from rich.tree import Tree
 
-from . import codec, secrets
-from .app import load_app
-from .client import Engine
 from .exceptions import EngineError
 from .recovery import DEFAULT_MAX_RECOVERIES, MAX_RECOVERIES
-from .worker import run_worker
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.tree import Tree
+
+    from .client import Engine
+
+# Every command pays for what this module imports, `--help` included: SQLAlchemy, pydantic,
+# rich, alembic and the worker are imported inside the commands that use them
+# (tests/acceptance/test_cli_newcomer.py checks that `import engine.cli` stays light).
 
 T = TypeVar("T")
 
@@ -48,6 +48,8 @@ def _fail(message: str) -> None:
 
 def _run(make: Callable[[], Awaitable[T]]) -> T:
     """Runs a coroutine; a user-caused error becomes one line on stderr and exit code 1."""
+    import asyncio
+
     try:
         return asyncio.run(make())  # type: ignore[arg-type]
     except EngineError as exc:
@@ -60,6 +62,8 @@ def _run(make: Callable[[], Awaitable[T]]) -> T:
 async def _with_engine(
     url: str | None, use: Callable[[Engine], Awaitable[T]], *, read: bool = False
 ) -> T:
+    from .client import Engine
+
     engine = Engine(url)
     missing = engine.store.missing_file() if read else None
     if missing:
@@ -112,6 +116,11 @@ def run(
     log_level: str,
 ) -> None:
     """Execute APP's jobs (a module path or a .py file) until SIGINT/SIGTERM."""
+    import logging
+
+    from . import secrets
+    from .worker import run_worker
+
     logging.basicConfig(
         level=log_level.upper(),
         stream=sys.stderr,
@@ -162,6 +171,9 @@ def trigger(
     database_url: str | None,
 ) -> None:
     """Queue a run of JOB_ID and print its id."""
+    from . import codec
+    from .app import load_app
+
     try:
         data = codec.parse_input(payload, "--payload") if payload is not None else None
     except json.JSONDecodeError as exc:
@@ -202,6 +214,8 @@ def list_runs(
     job_id: str | None, status: str | None, limit: int, as_json: bool, database_url: str | None
 ) -> None:
     """List runs, newest first."""
+    from rich.table import Table
+
     rows = _run(
         lambda: _with_engine(database_url, lambda e: e.list_runs(job_id, status, limit), read=True)
     )
@@ -276,6 +290,9 @@ def jobs() -> None:
 @click.option("--database-url", help=_DB_HELP)
 def list_jobs(as_json: bool, database_url: str | None) -> None:
     """List each job's registered versions, who serves them, and where a trigger goes."""
+    from rich.markup import escape as _escape
+    from rich.table import Table
+
     listed = _run(lambda: _with_engine(database_url, lambda e: e.jobs(), read=True))
     if as_json:
         click.echo(json.dumps(listed, indent=2))
@@ -377,6 +394,8 @@ def upgrade(database_url: str | None) -> None:
 def print_run(
     view: dict[str, Any], logs: list[dict[str, Any]], console: Console | None = None
 ) -> None:
+    from rich.tree import Tree
+
     console = console or _console()
     created = _parse(view["created_at"])
     console.print(
@@ -420,6 +439,8 @@ def _print_recoveries(row: dict[str, Any], console: Console | None = None) -> No
 
 
 def _add_tasks(tree: Tree, tasks: list[dict[str, Any]]) -> None:
+    from rich.markup import escape as _escape
+
     for task in tasks:
         label = (
             f"{task['key']} [dim]{task['name']}[/dim] {_status(task['status'])} "
@@ -442,6 +463,8 @@ def _printable(value: Any) -> Any:
     """What was recorded, safe to print: text with a lone surrogate or a NUL escaped, and a
     NaN or Infinity (stored before values were checked) as text, so `--json` stays JSON."""
     if isinstance(value, str):
+        from . import codec
+
         return codec.escape_text(value)
     if isinstance(value, float) and value - value != 0:
         return repr(value)
@@ -453,6 +476,8 @@ def _printable(value: Any) -> Any:
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     # Piped output has no terminal width; rich would fold ids and keys at 80 columns.
     return Console() if sys.stdout.isatty() else Console(width=160)
 
