@@ -9,7 +9,6 @@ from typing import Any
 
 from . import clock, codec, flow, limits, usage, versions, views, waiting
 from .exceptions import EngineError, UnknownJobError, UnknownVersionError
-from .jobs import check_against_schema, registration, registry
 from .prices import PriceTable
 from .schema import FINAL_RUN_STATUSES, RUN_STATUSES
 from .store import DEFAULT_DATABASE_URL, Store
@@ -78,6 +77,9 @@ class Engine:
         await self.upgrade()
         if version is not None and (not isinstance(version, str) or not version):
             raise EngineError('version: give a non-empty string, e.g. version="2"')
+        # jobs brings jsonschema and pydantic: only a trigger needs them, not `engine runs ...`.
+        from .jobs import check_against_schema, registration, registry
+
         job = registry.get(job_id, version)
         if job is not None:
             stored = codec.check(job.check_payload(payload), f"the payload of {job_id!r}")

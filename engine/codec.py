@@ -27,9 +27,8 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import sys
 from typing import Any
-
-from pydantic import BaseModel
 
 from .exceptions import NotSerializableError
 
@@ -194,7 +193,10 @@ def _walk_other(value: Any, depth: int) -> Any:
         return _walk(dict(value), depth)
     if isinstance(value, list | tuple):
         return _walk(list(value), depth)
-    if isinstance(value, BaseModel):
+    # A pydantic model exists only once pydantic is imported; not importing it here keeps
+    # `engine runs ...` from paying for it (issue 10, CLI start-up).
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(value, pydantic.BaseModel):
         return _walk(value.model_dump(mode="json"), depth)
     if inspect.isawaitable(value):
         raise _Refused(_awaitable_reason(value), awaitable=True)
