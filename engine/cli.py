@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Awaitable, Callable
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from .cli_support import DB_HELP as _DB_HELP
+from .cli_support import EngineGroup
+from .cli_support import console as _console
+from .cli_support import fail as _fail
+from .cli_support import parse_time as _parse
+from .cli_support import run as _run
+from .cli_support import short_time as _short_time
+from .cli_support import with_engine as _with_engine
+from .cli_workers import jobs, unserved, workers
 from .exceptions import EngineError
 from .recovery import DEFAULT_MAX_RECOVERIES, MAX_RECOVERIES
 
@@ -27,9 +34,6 @@ if TYPE_CHECKING:
 # rich, alembic and the worker are imported inside the commands that use them
 # (tests/acceptance/test_cli_newcomer.py checks that `import engine.cli` stays light).
 
-T = TypeVar("T")
-
-_DB_HELP = "Database URL (default: $ENGINE_DATABASE_URL, else sqlite+aiosqlite:///engine.db)."
 _STATUS_STYLE = {
     "COMPLETED": "green",
     "FAILED": "red",
@@ -41,44 +45,7 @@ _STATUS_STYLE = {
 }
 
 
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
-def _run(make: Callable[[], Awaitable[T]]) -> T:
-    """Runs a coroutine; a user-caused error becomes one line on stderr and exit code 1."""
-    import asyncio
-
-    try:
-        return asyncio.run(make())  # type: ignore[arg-type]
-    except EngineError as exc:
-        _fail(exc.message)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    raise AssertionError("unreachable")
-
-
-async def _with_engine(
-    url: str | None, use: Callable[[Engine], Awaitable[T]], *, read: bool = False
-) -> T:
-    from .client import Engine
-
-    engine = Engine(url)
-    missing = engine.store.missing_file() if read else None
-    if missing:
-        await engine.close()
-        raise EngineError(
-            f"no engine database at {missing}: start a worker (`engine run APP`) or run "
-            "`engine db upgrade` there first, or pass --database-url"
-        )
-    try:
-        return await use(engine)
-    finally:
-        await engine.close()
-
-
-@click.group()
+@click.group(cls=EngineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="engine")
 def main() -> None:
     """A durable-execution engine: async jobs whose steps are recorded in a SQL task log."""
@@ -141,7 +108,11 @@ def run(
 
 @main.command()
 @click.argument("job_id")
-@click.option("--payload", default=None, help="The payload, as JSON.")
+@click.option(
+    "--payload",
+    default=None,
+    help="The payload: JSON, @FILE (a JSON file) or - (JSON on stdin). Default: {}.",
+)
 @click.option(
     "--idempotency-key", default=None, help="Triggering twice with one key gives one run."
 )
@@ -170,32 +141,30 @@ def trigger(
     priority: int | None,
     database_url: str | None,
 ) -> None:
-    """Queue a run of JOB_ID and print its id."""
-    from . import codec
+    """Queue a run of JOB_ID and print its id.
+
+    Nothing is written when the trigger fails. A run that no live worker serves is still
+    queued, with a warning on stderr.
+    """
     from .app import load_app
+    from .cli_payload import read_payload
 
     try:
-        data = codec.parse_input(payload, "--payload") if payload is not None else None
-    except json.JSONDecodeError as exc:
-        _fail(
-            f"--payload is not valid JSON ({exc.msg} at line {exc.lineno} column "
-            f"{exc.colno}): pass e.g. --payload '{{\"n\": 1}}'"
-        )
+        data = read_payload(payload) if payload is not None else None
+        if app:
+            load_app(app)
     except EngineError as exc:
         _fail(exc.message)
-    if app:
-        try:
-            load_app(app)
-        except EngineError as exc:
-            _fail(exc.message)
-    run_id = _run(
-        lambda: _with_engine(
-            database_url,
-            lambda e: e.trigger(
-                job_id, data, idempotency_key=idempotency_key, version=version, priority=priority
-            ),
+
+    async def queue(engine: Engine) -> tuple[str, str | None]:
+        run_id = await engine.trigger(
+            job_id, data, idempotency_key=idempotency_key, version=version, priority=priority
         )
-    )
+        return run_id, await unserved(engine, job_id, run_id)
+
+    run_id, warning = _run(lambda: _with_engine(database_url, queue))
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(run_id)
 
 
@@ -206,30 +175,42 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option("--job", "job_id", default=None, help="Only runs of this job id.")
+@click.option("--version", "version", default=None, help="Only runs of this job version.")
 @click.option("--status", default=None, help="Only runs in this status (e.g. FAILED).")
-@click.option("--limit", default=100, show_default=True)
+@click.option(
+    "--limit", default=100, show_default=True, type=click.IntRange(min=1), help="At most N runs."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
 @click.option("--database-url", help=_DB_HELP)
 def list_runs(
-    job_id: str | None, status: str | None, limit: int, as_json: bool, database_url: str | None
+    job_id: str | None,
+    version: str | None,
+    status: str | None,
+    limit: int,
+    as_json: bool,
+    database_url: str | None,
 ) -> None:
     """List runs, newest first."""
+    from rich.markup import escape as _escape
     from rich.table import Table
 
     rows = _run(
-        lambda: _with_engine(database_url, lambda e: e.list_runs(job_id, status, limit), read=True)
+        lambda: _with_engine(
+            database_url, lambda e: e.list_runs(job_id, status, limit, version=version), read=True
+        )
     )
     if as_json:
         click.echo(json.dumps(_printable(rows), indent=2))
         return
     table = Table(box=None, header_style="bold")
     table.add_column("ID", no_wrap=True, min_width=32)
-    for column in ("JOB", "STATUS", "CREATED", "DURATION", "WAITING FOR"):
+    for column in ("JOB", "VERSION", "STATUS", "CREATED", "DURATION", "WAITING FOR"):
         table.add_column(column)
     for row in rows:
         table.add_row(
             row["id"],
-            row["job_id"],
+            _escape(row["job_id"]),
+            _escape(row["version"] or ""),
             _status(row["status"]),
             _short_time(row["created_at"]),
             _duration(row["started_at"], row["completed_at"]),
@@ -280,37 +261,8 @@ def retry_run(run_id: str, database_url: str | None) -> None:
     click.echo(f"queued {run_id} again")
 
 
-@main.group()
-def jobs() -> None:
-    """Registered jobs, their versions, and the live workers serving them."""
-
-
-@jobs.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@click.option("--database-url", help=_DB_HELP)
-def list_jobs(as_json: bool, database_url: str | None) -> None:
-    """List each job's registered versions, who serves them, and where a trigger goes."""
-    from rich.markup import escape as _escape
-    from rich.table import Table
-
-    listed = _run(lambda: _with_engine(database_url, lambda e: e.jobs(), read=True))
-    if as_json:
-        click.echo(json.dumps(listed, indent=2))
-        return
-    table = Table(box=None, header_style="bold")
-    for column in ("JOB", "VERSION", "REGISTERED", "LIVE WORKERS", "TRIGGER GOES TO"):
-        table.add_column(column, no_wrap=column == "JOB")
-    for job in listed:
-        for entry in job["versions"]:
-            ids = ", ".join(entry["worker_ids"])
-            table.add_row(
-                _escape(job["job_id"]),
-                _escape(entry["version"]),
-                _short_time(entry["registered_at"]),
-                f"{entry['live_workers']}" + (f" ({_escape(ids)})" if ids else ""),
-                "←" if entry["version"] == job["default_version"] else "",
-            )
-    _console().print(table if listed else "no jobs registered")
+main.add_command(jobs)
+main.add_command(workers)
 
 
 @main.command("usage")
@@ -322,6 +274,9 @@ def usage_command(
     since: str | None, job_id: str | None, as_json: bool, database_url: str | None
 ) -> None:
     """Tokens and cost of paid API calls by day (UTC), job and model."""
+    from rich.markup import escape as _escape
+    from rich.table import Table
+
     from . import clock
     from .usage import cost_text, parse_since
 
@@ -475,13 +430,6 @@ def _printable(value: Any) -> Any:
     return value
 
 
-def _console() -> Console:
-    from rich.console import Console
-
-    # Piped output has no terminal width; rich would fold ids and keys at 80 columns.
-    return Console() if sys.stdout.isatty() else Console(width=160)
-
-
 def _status(status: str) -> str:
     return f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
@@ -489,15 +437,6 @@ def _status(status: str) -> str:
 def _short(value: Any, limit: int) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _parse(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
-def _short_time(value: str | None) -> str:
-    parsed = _parse(value)
-    return parsed.strftime("%Y-%m-%d %H:%M:%S") if parsed else "-"
 
 
 def _duration(start: str | None, end: str | None) -> str:

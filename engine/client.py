@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import os
 from types import TracebackType
 from typing import Any
@@ -74,7 +75,6 @@ class Engine:
             payload = {}
         if priority is not None:
             flow.check_priority(priority)
-        await self.upgrade()
         if version is not None and (not isinstance(version, str) or not version):
             raise EngineError('version: give a non-empty string, e.g. version="2"')
         # jobs brings jsonschema and pydantic: only a trigger needs them, not `engine runs ...`.
@@ -85,7 +85,6 @@ class Engine:
             stored = codec.check(job.check_payload(payload), f"the payload of {job_id!r}")
             declared = registration(job)
             key = flow.key_of(None, job_id, stored, job.concurrency)
-            await self.store.register_jobs([declared])
         else:
             # This process lacks the code of the version the run goes to: what the worker
             # registered of it (schema, priority, concurrency) decides.
@@ -95,6 +94,10 @@ class Engine:
             check_against_schema(job_id, stored, declared[2])
             key = flow.key_of(declared[4], job_id, stored, None)
         _, version, _, default_priority, spec = declared
+        # Only now is anything written: a trigger that fails leaves no file and no tables behind.
+        if job is not None:
+            await self.upgrade()
+            await self.store.register_jobs([declared])
         run_id, _ = await self.store.create_run(
             job_id,
             version,
@@ -108,6 +111,13 @@ class Engine:
     async def _route(self, job_id: str, pinned: str | None) -> tuple[str, tuple[Any, ...]]:
         """The version a run of `job_id` goes to (see engine.versions) and what is registered
         of it (as `jobs.registration` gives it)."""
+        missing = self.store.missing_file()
+        if missing:  # reading would create the file
+            raise UnknownJobError(
+                f"no job {job_id!r}: there is no engine database at {missing} yet: start a "
+                "worker with `engine run APP` (it creates it and registers APP's jobs), or pass "
+                "`--app APP`"
+            )
         rows, workers = await self.store.job_versions(job_id)
         by_version = {
             row["version"]: (
@@ -121,8 +131,11 @@ class Engine:
         }
         schemas = {row["version"]: row["payload_schema"] for row in rows}
         if not schemas:
+            every, _ = await self.store.job_versions()
+            close = difflib.get_close_matches(job_id, {r["job_id"] for r in every}, n=1)
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
             raise UnknownJobError(
-                f"no job {job_id!r} is registered in this database: start a worker with "
+                f"no job {job_id!r} is registered in this database{guess}: start a worker with "
                 "`engine run APP` once, or pass `--app APP` so its jobs are registered"
             )
         if pinned is None:
@@ -151,6 +164,7 @@ class Engine:
             served = versions.live_versions(job_id, workers)
             registered = sorted((r["version"] for r in by_job[job_id]), key=versions.version_key)
             when = {r["version"]: r["registered_at"] for r in by_job[job_id]}
+            schemas = {r["version"]: r["payload_schema"] for r in by_job[job_id]}
             listed.append(
                 {
                     "job_id": job_id,
@@ -159,6 +173,7 @@ class Engine:
                         {
                             "version": v,
                             "registered_at": views.iso(when[v]),
+                            "payload_schema": schemas[v],
                             "live_workers": len(served.get(v, [])),
                             "worker_ids": sorted(served.get(v, [])),
                         }
@@ -168,18 +183,45 @@ class Engine:
             )
         return listed
 
+    async def workers(self) -> list[dict[str, Any]]:
+        """The live workers (`engine workers list --json`): id, host, pid, the `job@version`s
+        they serve, when they started, their last heartbeat and when they stop counting as
+        live without another one."""
+        _, workers = await self.store.job_versions()
+        return [
+            {
+                "worker_id": w["worker_id"],
+                "host": w["host"],
+                "pid": w["pid"],
+                "jobs": list(w["jobs"] or []),
+                "started_at": views.iso(w["started_at"]),
+                "last_seen_at": views.iso(w["last_seen_at"]),
+                "expires_at": views.iso(w["expires_at"]),
+            }
+            for w in workers
+        ]
+
     async def get_run(self, run_id: str) -> dict[str, Any]:
         return await self.store.get_run(run_id)
 
     async def list_runs(
-        self, job_id: str | None = None, status: str | None = None, limit: int = 100
+        self,
+        job_id: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        *,
+        version: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Runs, newest first, each shaped like `show_run` without `tasks`."""
+        """Runs (of one job version, with `version`), newest first, each shaped like `show_run`
+        without `tasks`."""
+        # The dialects disagree on LIMIT -1 (SQLite: no limit; PostgreSQL: an error).
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise EngineError(f"limit {limit!r}: give a whole number of runs, 1 or more")
         if status is not None and status.upper() not in RUN_STATUSES:
             raise EngineError(
                 f"status {status!r} is not a run status: use one of {', '.join(RUN_STATUSES)}"
             )
-        rows = await self.store.list_runs(job_id, status and status.upper(), limit)
+        rows = await self.store.list_runs(job_id, status and status.upper(), limit, version)
         return await self._with_waits(rows)
 
     async def _with_waits(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

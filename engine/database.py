@@ -150,8 +150,24 @@ def _database_error(store: Database, exc: BaseException) -> DatabaseError:
     return DatabaseError(f"database {safe_url}: {reason}", transient=transient)
 
 
+# Exactly the schemes the engine accepts (each with the async driver it runs on), and how the
+# refusal of any other one lists them.
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+SUPPORTED_URLS = (
+    "sqlite:///PATH or sqlite+aiosqlite:///PATH (SQLite), or postgresql://, postgres:// or "
+    "postgresql+asyncpg://USER@HOST/DB (PostgreSQL)"
+)
+
+
 def parse_url(url: str) -> URL:
-    """The URL, checked, with the engine's async driver for plain `sqlite://`/`postgresql://`."""
+    """The URL, checked, with the engine's async driver (plain `sqlite://`, `postgresql://` and
+    `postgres://` URLs included)."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -164,13 +180,11 @@ def parse_url(url: str) -> URL:
             f"database URL {_hide_password(url)!r}: the port is not a number: "
             "use postgresql+asyncpg://user@host:5432/db"
         ) from exc
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+    driver = _DRIVERS.get(parsed.drivername)
+    if driver is None:
         raise DatabaseError(
-            f"database URL {parsed.render_as_string(hide_password=True)!r}: only "
-            "sqlite+aiosqlite:// and postgresql+asyncpg:// are supported"
+            f"database URL {parsed.render_as_string(hide_password=True)!r} is not supported: "
+            f"use {SUPPORTED_URLS}"
         )
-    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
-        parsed = parsed.set(drivername="sqlite+aiosqlite")
-    elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
-        parsed = parsed.set(drivername="postgresql+asyncpg")
+    parsed = parsed.set(drivername=driver)
     return parsed

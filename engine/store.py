@@ -528,14 +528,11 @@ class Store(Database):
         return dict(row._mapping)
 
     async def list_runs(
-        self, job_id: str | None, status: str | None, limit: int
+        self, job_id: str | None, status: str | None, limit: int, version: str | None = None
     ) -> list[dict[str, Any]]:
+        params = {"job_id": job_id, "status": status, "limit": limit, "version": version}
         async with self.begin() as conn:
-            rows = (
-                await conn.execute(
-                    self._sql.list_runs, {"job_id": job_id, "status": status, "limit": limit}
-                )
-            ).all()
+            rows = (await conn.execute(self._sql.list_runs, params)).all()
         return [dict(r._mapping) for r in rows]
 
     async def get_tasks(self, run_id: str) -> list[dict[str, Any]]:

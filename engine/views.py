@@ -9,6 +9,7 @@ from typing import Any
 RUN_FIELDS = (
     "id",
     "job_id",
+    "version",
     "status",
     "payload",
     "output",
@@ -36,6 +37,7 @@ def iso(value: datetime | None) -> str | None:
 
 def run_view(run: dict[str, Any]) -> dict[str, Any]:
     view = {name: run.get(name) for name in RUN_FIELDS}
+    view["version"] = run.get("job_version")
     for name in ("created_at", "started_at", "completed_at"):
         view[name] = iso(view[name])
     return view

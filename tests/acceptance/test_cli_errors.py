@@ -126,7 +126,7 @@ def test_database_url_that_is_not_a_url(procs: Any) -> None:
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("mysql://u:hunter2-secret@h/db", "only sqlite+aiosqlite:// and postgresql+asyncpg://"),
+        ("mysql://u:hunter2-secret@h/db", "use sqlite:///PATH or sqlite+aiosqlite:///PATH"),
         ("postgresql+asyncpg://u:hunter2-secret@h:abc/db", "the port is not a number"),
         ("postgresql+asyncpg://u@h:abc/db", "the port is not a number"),
         ("postgresql+asyncpg//u:hunter2-secret@h/db", "is not a URL"),
