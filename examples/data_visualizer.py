@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -92,12 +93,26 @@ async def main() -> int:
             worker_task.result()
         run = waiting.result()
         print_run(await engine.show_run(run_id), await engine.run_logs(run_id))
-        print(f"\ninspect it again with: engine runs show {run_id}")
+        print(f"\ninspect it again with: {_engine_command()} runs show {run_id}")
     worker.stop()
     await worker_task
     if fake is not None:
         fake.stop()
     return 0 if run["status"] == "COMPLETED" else 1
+
+
+def _engine_command() -> str:
+    """The `engine` command as it can be typed here: after the README's one-liner the venv's
+    bin/ is not on PATH, so a bare `engine` would not be found."""
+    script = Path(sys.executable).parent / "engine"
+    if not script.exists():
+        return f"{sys.executable} -m engine"
+    if shutil.which("engine") == str(script):
+        return "engine"
+    try:
+        return str(script.relative_to(Path.cwd()))  # e.g. .venv/bin/engine
+    except ValueError:
+        return str(script)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 RUN_KEYS = {
     "id",
     "job_id",
+    "version",
     "status",
     "payload",
     "output",

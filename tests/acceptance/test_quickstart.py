@@ -37,3 +37,17 @@ def test_the_data_visualizer_runs_end_to_end_offline(tmp_path: Path) -> None:
         assert key in out
     assert "Traceback" not in proc.stderr
     assert (tmp_path / "engine.db").exists()
+
+    # The command it suggests works as printed, without the venv's bin/ on PATH (the README's
+    # one-liner never activates the venv).
+    hint = out.strip().splitlines()[-1]
+    assert hint.startswith("inspect it again with: "), out
+    command = hint.removeprefix("inspect it again with: ")
+    run_id = command.split()[-1]
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != bin_dir)
+    shown = subprocess.run(
+        command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, f"$ {command}\n{shown.stdout}{shown.stderr}"
+    assert run_id in shown.stdout and "COMPLETED" in shown.stdout

@@ -31,8 +31,8 @@ def test_run_view_has_exactly_the_contract_fields():
     view = run_view({"id": "r", "job_id": "j", "status": "QUEUED", "payload": {}, "output": None,
                      "error": None, "created_at": datetime(2026, 1, 1, tzinfo=UTC),
                      "started_at": None, "completed_at": None, "lease_epoch": 3})
-    assert set(view) == {"id", "job_id", "status", "payload", "output", "error", "created_at",
-                         "started_at", "completed_at"}
+    assert set(view) == {"id", "job_id", "version", "status", "payload", "output", "error",
+                         "created_at", "started_at", "completed_at"}
 
 
 def test_job_must_be_async():
