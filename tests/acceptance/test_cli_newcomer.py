@@ -289,3 +289,20 @@ def test_runs_list_shows_and_filters_by_version(procs: Any, tmp_path: Path) -> N
     table = procs.ok("runs", "list", "--database-url", url).splitlines()
     assert "VERSION" in table[0]
     assert any(new in line and "1.10" in line for line in table)
+
+
+def test_python_dash_m_engine_is_the_engine_command(tmp_path: Path) -> None:
+    for args, code in ((["--version"], 0), (["runs", "list"], 1)):
+        result = subprocess.run(
+            [sys.executable, "-m", "engine", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == code, result.stderr
+    assert result.stderr.startswith("error: no engine database at engine.db")
+    help_text = subprocess.run(
+        [sys.executable, "-m", "engine", "-h"], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert help_text.startswith("Usage: engine ")
