@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+# The commands below keep the short private names these helpers had before they moved to
+# engine/cli_support.py (shared with engine/cli_workers.py).
 from .cli_support import DB_HELP as _DB_HELP
 from .cli_support import EngineGroup
 from .cli_support import console as _console
@@ -111,7 +113,7 @@ def run(
 @click.option(
     "--payload",
     default=None,
-    help="The payload: JSON, @FILE (a JSON file) or - (JSON on stdin). Default: {}.",
+    help="The payload: JSON, @FILE (a JSON file) or - (JSON on stdin).",
 )
 @click.option(
     "--idempotency-key", default=None, help="Triggering twice with one key gives one run."
