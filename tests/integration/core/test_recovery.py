@@ -82,8 +82,8 @@ async def test_a_reclaim_records_the_lost_execution_and_past_the_bound_fails_the
     view = await engine.show_run(run_id)
     assert view["tasks"] == []
     assert set(view) == {
-        "id", "job_id", "status", "payload", "output", "error", "created_at", "started_at",
-        "completed_at", "waiting_for", "tasks",
+        "id", "job_id", "version", "status", "payload", "output", "error", "created_at",
+        "started_at", "completed_at", "waiting_for", "tasks",
     }  # fmt: skip
 
     await engine.retry(run_id)
