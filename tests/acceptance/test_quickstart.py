@@ -21,6 +21,10 @@ def test_the_data_visualizer_runs_end_to_end_offline(tmp_path: Path) -> None:
         for k, v in os.environ.items()
         if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ENGINE_DATABASE_URL")
     }
+    # As after the README's one-liner, which never activates the venv: its bin/ is not on PATH
+    # (also when the suite itself runs in an activated venv).
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != bin_dir)
     proc = subprocess.run(
         [sys.executable, str(EXAMPLE)],
         cwd=tmp_path,
@@ -44,8 +48,6 @@ def test_the_data_visualizer_runs_end_to_end_offline(tmp_path: Path) -> None:
     assert hint.startswith("inspect it again with: "), out
     command = hint.removeprefix("inspect it again with: ")
     run_id = command.split()[-1]
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != bin_dir)
     shown = subprocess.run(
         command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
