@@ -8,7 +8,6 @@ them; the executor unloads the run once every branch is parked or finished.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import typing
 from collections.abc import Awaitable, Callable, Mapping
@@ -16,17 +15,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from . import clock, codec, limits, pollers, secrets, serialization
-from .exceptions import (
-    DivergenceError,
-    EngineError,
-    LeaseLost,
-    NotSerializableError,
-    TaskTimeoutError,
-)
+from .exceptions import DivergenceError, EngineError, LeaseLost, NotSerializableError
 from .integration import Integration
 from .records import TaskRow, TaskWrite
-from .replay import Replay, current_path, path_text, timed_out
+from .replay import Replay, current_path, path_text
 from .retry import NO_RETRY, RetryPolicy, is_retryable
+from .timeouts import with_timeout
 
 T = TypeVar("T")
 
@@ -341,7 +335,7 @@ class IO:
         record_start: bool = False,
         usage: Callable[[Any], dict[str, Any] | None] | None = None,
     ) -> Any:
-        """The durable step every other call is built on.
+        """The durable step every other call is built on: look up, else attempt and record.
 
         `record_start` commits a RUNNING row before `fn` runs, so attempts are counted even
         when the worker dies during a slow call (used for paid API calls). `usage` reads the
@@ -357,86 +351,124 @@ class IO:
         parent, key, path = replay.claim_key(key)
         where = f"{name}({key!r})"
         params = serialization.check_params(params, f"{where} params")
-        if encode is None:
-            encode = _EngineEncoder(name, key)
-        elif not isinstance(encode, _EngineEncoder):
-            encode = _checked(encode, f"{where} output")
         decode = decode or serialization.decode
-        policy = retry or NO_RETRY
         replay.enter()
         try:
-            row = replay.recorded.get((parent, key))
-            self._check_kind(row, key, kind, name)
-            attempts = 0
-            if row is not None:
-                if row.status == "COMPLETED":
-                    try:
-                        return decode(row.output, row.output_type)
-                    except DivergenceError as exc:
-                        # A recorded value that cannot be rebuilt ends the run, like a divergence.
-                        self._replay.fatal = exc
-                        raise
-                if row.status == "ERRORED":
-                    raise serialization.decode_error(row.error or {})
-                if row.status == "CANCELED":
-                    raise LeaseLost()
-                attempts = row.attempts
-                if row.status == "WAITING" and row.due_at and row.due_at.timestamp() > clock.now():
-                    await replay.park(row.due_at.timestamp())
-            seq = replay.take_seq((parent, key))
+            row = self._look_up(parent, key, kind, name)
+            if row is not None and row.status in _SETTLED:
+                return self._replay_outcome(row, decode)
+            attempts = await self._resume(row)
+            step = _Step(
+                parent=parent,
+                key=key,
+                path=path,
+                kind=kind,
+                name=name,
+                where=where,
+                params=params,
+                fn=fn,
+                timeout=timeout,
+                encode=_encoder(encode, name, key, where),
+                policy=retry or NO_RETRY,
+                record_start=record_start,
+                usage=usage,
+                seq=replay.take_seq((parent, key)),
+            )
             while True:
-                attempt = attempts + 1
-                started = clock.now()
-
-                attempt_row = _rows_for(parent, key, kind, name, attempt, seq, params, started)
-                start: asyncio.Future[None] | None = None
-                if record_start:
-                    # The RUNNING row is bookkeeping (attempts survive a crash), not a result:
-                    # it commits while the call is on the wire, and before the outcome is written.
-                    start = asyncio.ensure_future(replay.write(attempt_row("RUNNING")))
-                token = current_path.set(path)
-                try:
-                    try:
-                        value = await _with_timeout(
-                            fn(Task(self.run_id, key, name, path, attempt, params)), timeout, where
-                        )
-                    finally:
-                        if start is not None:
-                            await start
-                    stored, type_name = encode(value)
-                except Exception as exc:
-                    final = (
-                        isinstance(exc, NotSerializableError)
-                        or attempt >= policy.attempts_for(exc)
-                        or not is_retryable(exc)
-                    )
-                    error = serialization.encode_error(exc)
-                    if final:
-                        await replay.write(
-                            attempt_row("ERRORED", error=error, completed_at=clock.now())
-                        )
-                        raise
-                    due = clock.now() + policy.delay(attempt, exc)
-                    await replay.write(attempt_row("WAITING", error=error, due_at=due))
-                    attempts = attempt
-                    if due > clock.now():
-                        await replay.park(due)
-                    replay.forget_children(path)
-                    continue
-                finally:
-                    current_path.reset(token)
-                await replay.write(
-                    attempt_row(
-                        "COMPLETED",
-                        output=stored,
-                        output_type=type_name,
-                        completed_at=clock.now(),
-                        usage=usage(value) if usage is not None else None,
-                    )
-                )
-                return decode(stored, type_name)
+                attempts += 1
+                attempt = await self._attempt(step, attempts)
+                if attempt.error is None:
+                    await self._record_success(step, attempt)
+                    return decode(attempt.stored, attempt.type_name)
+                await self._record_failure(step, attempt, attempt.error)
         finally:
             replay.leave()
+
+    # -- a step's three parts: look up, attempt, record ----------------------------------------
+
+    def _look_up(self, parent: str, key: str, kind: str, name: str) -> TaskRow | None:
+        """The task this run recorded here, if any; a different call recorded here diverges."""
+        row = self._replay.recorded.get((parent, key))
+        self._check_kind(row, key, kind, name)
+        return row
+
+    def _replay_outcome(self, row: TaskRow, decode: Decoder) -> Any:
+        """What a settled task recorded: its output, rebuilt, or its error, raised again."""
+        if row.status == "ERRORED":
+            raise serialization.decode_error(row.error or {})
+        if row.status == "CANCELED":
+            raise LeaseLost()
+        try:
+            return decode(row.output, row.output_type)
+        except DivergenceError as exc:
+            # A recorded value that cannot be rebuilt ends the run, like a divergence.
+            self._replay.fatal = exc
+            raise
+
+    async def _resume(self, row: TaskRow | None) -> int:
+        """The attempts made so far by an unsettled task, once a pending retry delay is due."""
+        if row is None:
+            return 0
+        if row.status == "WAITING" and row.due_at and row.due_at.timestamp() > clock.now():
+            await self._replay.park(row.due_at.timestamp())
+        return row.attempts
+
+    async def _attempt(self, step: _Step, number: int) -> _Attempt:
+        """Runs the step's function once, under its timeout, and encodes what it returned.
+
+        An exception is the attempt's outcome, returned; control-flow signals pass through.
+        """
+        attempt = _Attempt(number, clock.now())
+        start: asyncio.Future[None] | None = None
+        if step.record_start:
+            # The RUNNING row is bookkeeping (attempts survive a crash), not a result: it
+            # commits while the call is on the wire, and before the outcome is written.
+            start = asyncio.ensure_future(self._replay.write(step.row(attempt, "RUNNING")))
+        task = Task(self.run_id, step.key, step.name, step.path, number, step.params)
+        token = current_path.set(step.path)
+        try:
+            try:
+                value = await with_timeout(step.fn(task), step.timeout, step.where)
+            finally:
+                if start is not None:
+                    await start
+            attempt.value = value
+            attempt.stored, attempt.type_name = step.encode(value)
+        except Exception as exc:
+            attempt.error = exc
+        finally:
+            current_path.reset(token)
+        return attempt
+
+    async def _record_success(self, step: _Step, attempt: _Attempt) -> None:
+        row = step.row(
+            attempt,
+            "COMPLETED",
+            output=attempt.stored,
+            output_type=attempt.type_name,
+            completed_at=clock.now(),
+            usage=step.usage(attempt.value) if step.usage is not None else None,
+        )
+        await self._replay.write(row)
+
+    async def _record_failure(self, step: _Step, attempt: _Attempt, exc: Exception) -> None:
+        """Records a failed attempt: ERRORED and raised when it is final, else a persisted
+        retry delay, waited for (the run may be unloaded meanwhile) before the next attempt."""
+        replay = self._replay
+        final = (
+            isinstance(exc, NotSerializableError)
+            or attempt.number >= step.policy.attempts_for(exc)
+            or not is_retryable(exc)
+        )
+        error = serialization.encode_error(exc)
+        if final:
+            await replay.write(step.row(attempt, "ERRORED", error=error, completed_at=clock.now()))
+            raise exc
+        due = clock.now() + step.policy.delay(attempt.number, exc)
+        await replay.write(step.row(attempt, "WAITING", error=error, due_at=due))
+        if due > clock.now():
+            await replay.park(due)
+        replay.forget_children(step.path)
 
     def _check_kind(self, row: TaskRow | None, key: str, kind: str, name: str) -> None:
         if row is None or (row.kind == kind and row.name == name):
@@ -450,11 +482,6 @@ class IO:
         )
         self._replay.fatal = error
         raise error
-
-
-# How long a timed-out attempt gets to unwind after it is cancelled (its `finally` blocks, an
-# HTTP client closing) before the timeout is recorded anyway.
-TIMEOUT_GRACE = 1.0
 
 
 class _EngineEncoder:
@@ -479,77 +506,61 @@ def _checked(encode: Encoder, where: str) -> Encoder:
     return checked
 
 
-async def _with_timeout(awaitable: Awaitable[T], timeout: float | None, where: str) -> T:
-    """Awaits the attempt for at most `timeout` seconds, else raises TaskTimeoutError.
-
-    The attempt runs as its own asyncio task (in a copy of the caller's context), so the
-    timeout holds even when it swallows its cancellation: it returns, raises something else, or
-    keeps going, the outcome is the timeout. An attempt still running after TIMEOUT_GRACE is
-    left behind, and any `io` call it makes raises the timeout error.
-    """
-    if timeout is None:
-        return await awaitable
-    expired: list[BaseException] = []
-    context = contextvars.copy_context()
-    context.run(timed_out.set, (*timed_out.get(), expired))
-    inner: asyncio.Task[T] = asyncio.get_running_loop().create_task(
-        _as_coroutine(awaitable), context=context
-    )
-    try:
-        done, _ = await asyncio.wait({inner}, timeout=timeout)
-        if done:
-            return inner.result()
-        error = TaskTimeoutError(f"{where} ran longer than its timeout of {timeout}s")
-        expired.append(error)
-        inner.cancel()
-        await asyncio.wait({inner}, timeout=TIMEOUT_GRACE)
-    except asyncio.CancelledError:
-        # The run was canceled (or the worker stops): the attempt stops with it.
-        expired.append(LeaseLost())
-        inner.cancel()
-        raise
-    finally:
-        inner.add_done_callback(_discard_outcome)
-    if not inner.done():
-        _log.warning("%s ignored its cancellation after its timeout; left running", where)
-    raise error
+# The recorded outcomes a replay returns (or raises) without running the step again.
+_SETTLED = frozenset({"COMPLETED", "ERRORED", "CANCELED"})
 
 
-async def _as_coroutine(awaitable: Awaitable[T]) -> T:
-    return await awaitable
+@dataclass(slots=True)
+class _Step:
+    """A step about to run: who it is, what it runs, and how its outcome is kept."""
 
+    parent: str
+    key: str
+    path: tuple[str, ...]
+    kind: str
+    name: str
+    where: str
+    params: Any
+    fn: Callable[[Task], Awaitable[Any]]
+    timeout: float | None
+    encode: Encoder
+    policy: RetryPolicy
+    record_start: bool
+    # Reads the tokens a paid call spent off its value (engine_task_usage).
+    usage: Callable[[Any], dict[str, Any] | None] | None
+    seq: int
 
-def _discard_outcome(task: asyncio.Task[Any]) -> None:
-    # A timed-out attempt's own result or error is not its outcome: retrieve it so asyncio
-    # does not report it as never retrieved.
-    if not task.cancelled():
-        task.exception()
-
-
-def _rows_for(
-    parent: str,
-    key: str,
-    kind: str,
-    name: str,
-    attempt: int,
-    seq: int,
-    params: Any,
-    started: float,
-) -> Callable[..., TaskWrite]:
-    """Builds the rows one attempt of a step writes, which differ only in status and fields."""
-
-    def row(status: str, **fields: Any) -> TaskWrite:
+    def row(self, attempt: _Attempt, status: str, **fields: Any) -> TaskWrite:
+        """The task row an attempt writes; its rows differ only in status and `fields`."""
         return TaskWrite(
-            parent,
-            key,
-            kind,
-            name,
+            self.parent,
+            self.key,
+            self.kind,
+            self.name,
             status,
-            attempt,
-            seq,
-            params=params,
-            started_at=started,
+            attempt.number,
+            self.seq,
+            params=self.params,
+            started_at=attempt.started,
             **fields,
         )
 
-    return row
+
+@dataclass(slots=True)
+class _Attempt:
+    """One execution of a step's function, and its outcome: a stored value or an error."""
+
+    number: int
+    started: float
+    value: Any = None
+    stored: Any = None
+    type_name: str | None = None
+    error: Exception | None = None
+
+
+def _encoder(encode: Encoder | None, name: str, key: str, where: str) -> Encoder:
+    if encode is None:
+        return _EngineEncoder(name, key)
+    if isinstance(encode, _EngineEncoder):
+        return encode
+    return _checked(encode, f"{where} output")
