@@ -277,7 +277,7 @@ class IO:
         The first poll happens `interval` seconds after the call; each next one `backoff` times
         later, capped at `max_interval`; after `timeout` the task fails with PollTimeoutError.
         """
-        pollers.validate_schedule(interval, max_interval, timeout, backoff)
+        schedule = pollers.PollSchedule(interval, max_interval, backoff, timeout)
         pollers.get(poller)
         replay = self._replay
         parent, key, _ = replay.claim_key(key)
@@ -292,13 +292,6 @@ class IO:
                 raise serialization.decode_error(row.error or {})
             if row is None:
                 now = clock.now()
-                state = {
-                    "interval": interval,
-                    "max_interval": max_interval,
-                    "backoff": backoff,
-                    "timeout": timeout,
-                    "polls": 0,
-                }
                 seq = replay.take_seq((parent, key))
                 await replay.write(
                     TaskWrite(
@@ -311,8 +304,8 @@ class IO:
                         seq,
                         params=params,
                         poller=poller,
-                        poll_state=state,
-                        next_poll_at=now + interval,
+                        poll_state=schedule.state(),
+                        next_poll_at=now + schedule.interval,
                         started_at=now,
                     )
                 )

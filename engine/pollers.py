@@ -24,6 +24,7 @@ DEFAULT_TIMEOUT = 3600.0
 MIN_INTERVAL = 0.01
 MAX_INTERVAL_CAP = 3600.0
 MAX_TIMEOUT = 7 * 24 * 3600.0
+MAX_BACKOFF = 10.0
 
 
 @dataclass(frozen=True)
@@ -62,22 +63,60 @@ def registered() -> frozenset[str]:
     return frozenset(_registry)
 
 
-MAX_BACKOFF = 10.0
+@dataclass(frozen=True)
+class PollSchedule:
+    """When a poll task polls: first `interval` seconds after the call, each next poll `backoff`
+    times later, capped at `max_interval`; `timeout` seconds after it began it gives up.
 
+    Refused at construction when out of bounds. Recorded in the task's `poll_state` (with the
+    count of polls so far), where the scheduler reads it back.
+    """
 
-def validate_schedule(
-    interval: float, max_interval: float, timeout: float, backoff: float = 1.0
-) -> None:
-    # Written so that NaN fails every comparison and is refused; infinities exceed the caps.
-    if not MIN_INTERVAL <= interval <= max_interval <= MAX_INTERVAL_CAP:
-        raise EngineError(
-            f"poll interval={interval}, max_interval={max_interval}: need "
-            f"{MIN_INTERVAL} <= interval <= max_interval <= {MAX_INTERVAL_CAP:.0f} seconds"
+    interval: float = DEFAULT_INTERVAL
+    max_interval: float = DEFAULT_MAX_INTERVAL
+    backoff: float = 1.5
+    timeout: float = DEFAULT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        interval, max_interval, timeout = self.interval, self.max_interval, self.timeout
+        # Written so that NaN fails every comparison and is refused; infinities exceed the caps.
+        if not MIN_INTERVAL <= interval <= max_interval <= MAX_INTERVAL_CAP:
+            raise EngineError(
+                f"poll interval={interval}, max_interval={max_interval}: need "
+                f"{MIN_INTERVAL} <= interval <= max_interval <= {MAX_INTERVAL_CAP:.0f} seconds"
+            )
+        if not 0 < timeout <= MAX_TIMEOUT:
+            raise EngineError(
+                f"poll timeout={timeout}: use more than 0 and at most {MAX_TIMEOUT:.0f}s"
+            )
+        if not 1.0 <= self.backoff <= MAX_BACKOFF:
+            raise EngineError(
+                f"poll backoff={self.backoff}: use a factor from 1 to {MAX_BACKOFF:.0f}"
+            )
+
+    def delay(self, polls: int) -> float:
+        """Seconds from poll number `polls` (1 = the first) to the next one."""
+        return min(self.interval * self.backoff**polls, self.max_interval)
+
+    def state(self, polls: int = 0) -> dict[str, Any]:
+        """The task's `poll_state`: this schedule and the polls made so far."""
+        return {
+            "interval": self.interval,
+            "max_interval": self.max_interval,
+            "backoff": self.backoff,
+            "timeout": self.timeout,
+            "polls": polls,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> PollSchedule:
+        interval = float(state.get("interval", 1.0))
+        return cls(
+            interval,
+            float(state.get("max_interval", interval)),
+            float(state.get("backoff", 1.0)),
+            float(state.get("timeout", DEFAULT_TIMEOUT)),
         )
-    if not 0 < timeout <= MAX_TIMEOUT:
-        raise EngineError(f"poll timeout={timeout}: use more than 0 and at most {MAX_TIMEOUT:.0f}s")
-    if not 1.0 <= backoff <= MAX_BACKOFF:
-        raise EngineError(f"poll backoff={backoff}: use a factor from 1 to {MAX_BACKOFF:.0f}")
 
 
 _SECRET_HEADERS = ("authorization", "cookie", "key", "token", "secret")

@@ -272,16 +272,17 @@ class Scheduler:
         self.wake.set()
 
     async def _poll(self, poll: DuePoll) -> None:
-        state = dict(poll.poll_state)
-        now = clock.now()
-        deadline = poll.started_at + float(state.get("timeout", pollers.DEFAULT_TIMEOUT))
+        schedule = pollers.PollSchedule.from_state(poll.poll_state)
+        polls = int(poll.poll_state.get("polls", 0))
+        deadline = poll.started_at + schedule.timeout
         try:
             result = await pollers.get(poll.poller)(poll.params)
         except Exception as exc:  # a failing poll is retried on schedule, until the deadline
             log.warning("poll %s (%s) failed: %s", poll.task_id, poll.poller, exc)
             result = pollers.PollResult(done=False)
         try:
-            state["polls"] = int(state.get("polls", 0)) + 1
+            polls += 1
+            state = schedule.state(polls)
             if result.done:
                 output, error = _poll_outcome(poll, result)
                 await self.store.finish_poll(
@@ -291,19 +292,14 @@ class Scheduler:
             now = clock.now()
             if now >= deadline:
                 timeout = PollTimeoutError(
-                    f"{poll.poller} poll gave up after {state.get('timeout')}s "
-                    f"({state['polls']} polls)"
+                    f"{poll.poller} poll gave up after {schedule.timeout:g}s ({polls} polls)"
                 )
                 await self.store.finish_poll(
                     poll, error=serialization.encode_error(timeout), poll_state=state
                 )
                 return
-            interval = (
-                float(state.get("interval", 1.0))
-                * float(state.get("backoff", 1.0)) ** (state["polls"])
-            )
-            interval = min(interval, float(state.get("max_interval", interval)))
-            await self.store.reschedule_poll(poll.task_id, min(now + interval, deadline), state)
+            next_poll = min(now + schedule.delay(polls), deadline)
+            await self.store.reschedule_poll(poll.task_id, next_poll, state)
         except EngineError as exc:
             log.warning("poll %s could not be recorded: %s", poll.task_id, exc)
 

@@ -169,6 +169,7 @@ class Caller:
         `current` is the object as its create returned it: when that is already in a `done`
         status, the wait is recorded as finished at once, without a poll interval's delay."""
         integration = self.integration
+        schedule = integration.poll_schedule
         if current is not None and getattr(current, "status", None) in done:
             return await self._finished(key, operation, ids, current)
         value = await self.io.poll(
@@ -177,11 +178,10 @@ class Caller:
             ids,
             name=operation,
             kind="openai",
-            interval=poll_interval or integration.poll_interval,
-            max_interval=max_poll_interval
-            or max(integration.max_poll_interval, poll_interval or 0.0),
-            backoff=poll_backoff or integration.poll_backoff,
-            timeout=timeout or integration.poll_timeout,
+            interval=poll_interval or schedule.interval,
+            max_interval=max_poll_interval or max(schedule.max_interval, poll_interval or 0.0),
+            backoff=poll_backoff or schedule.backoff,
+            timeout=timeout or schedule.timeout,
         )
         return codec.build(value, cls)
 

@@ -71,16 +71,14 @@ class OpenAI:
             raise EngineError(f"OpenAI(id={id!r}): give a non-empty id without ':'")
         if not isinstance(retry, RetryPolicy):
             raise EngineError(f"OpenAI(retry={retry!r}): pass an engine.RetryPolicy")
-        engine_pollers.validate_schedule(poll_interval, max_poll_interval, poll_timeout)
+        self.poll_schedule = engine_pollers.PollSchedule(
+            poll_interval, max_poll_interval, POLL_BACKOFF, poll_timeout
+        )
         _check_rate_limit_options(max_rate_limit_wait, max_rate_limit_retries)
         self.id = id
         self.retry = retry
         self.max_rate_limit_wait = float(max_rate_limit_wait)
         self.max_rate_limit_retries = max_rate_limit_retries
-        self.poll_interval = float(poll_interval)
-        self.max_poll_interval = float(max_poll_interval)
-        self.poll_timeout = float(poll_timeout)
-        self.poll_backoff = POLL_BACKOFF
         self._api_key = api_key
         self._options: dict[str, Any] = {
             k: v

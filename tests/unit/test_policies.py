@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from engine import EngineError, RetryPolicy
-from engine.pollers import check_http_params, validate_schedule
+from engine.pollers import PollSchedule, check_http_params
 
 
 def test_backoff_grows_by_factor_and_stops_at_max_delay():
@@ -32,11 +32,21 @@ def test_retry_policy_bounds(kwargs):
 
 
 def test_poll_schedule_bounds():
-    validate_schedule(0.5, 10, 60)
+    PollSchedule(0.5, 10, timeout=60)
     with pytest.raises(EngineError, match="interval"):
-        validate_schedule(0.001, 10, 60)
+        PollSchedule(0.001, 10, timeout=60)
     with pytest.raises(EngineError, match="timeout"):
-        validate_schedule(1, 10, 0)
+        PollSchedule(1, 10, timeout=0)
+
+
+def test_poll_schedule_backs_off_to_its_cap_and_round_trips_through_poll_state() -> None:
+    schedule = PollSchedule(interval=1, max_interval=5, backoff=2, timeout=60)
+    assert [schedule.delay(polls) for polls in range(1, 5)] == [2, 4, 5, 5]
+    state = schedule.state(polls=3)
+    assert state == {"interval": 1, "max_interval": 5, "backoff": 2, "timeout": 60, "polls": 3}
+    assert PollSchedule.from_state(state) == schedule
+    # The defaults the scheduler reads from a poll_state that lacks a field.
+    assert PollSchedule.from_state({"interval": 2}) == PollSchedule(2, 2, 1.0, 3600)
 
 
 def test_http_poll_params():

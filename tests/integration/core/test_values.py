@@ -233,11 +233,16 @@ def test_retry_policies_and_poll_schedules_must_be_finite():
             RetryPolicy(**{field: math.nan})
     with pytest.raises(EngineError, match="factor"):
         RetryPolicy(factor=math.inf)
-    for args in [(math.nan, 10, 60), (1, math.inf, 60), (1, 10, math.nan), (1, 10, math.inf)]:
+    for interval, max_interval, timeout in [
+        (math.nan, 10, 60),
+        (1, math.inf, 60),
+        (1, 10, math.nan),
+        (1, 10, math.inf),
+    ]:
         with pytest.raises(EngineError):
-            pollers.validate_schedule(*args)
+            pollers.PollSchedule(interval, max_interval, timeout=timeout)
     with pytest.raises(EngineError, match="backoff"):
-        pollers.validate_schedule(1, 10, 60, math.nan)
+        pollers.PollSchedule(1, 10, backoff=math.nan, timeout=60)
 
 
 async def test_an_infinite_wait_costs_other_runs_nothing(sqlite_harness):
