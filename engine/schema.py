@@ -41,7 +41,6 @@ from sqlalchemy.dialects.postgresql import JSONB
 metadata = MetaData()
 
 RUN_STATUSES = ("QUEUED", "RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELED")
-TASK_STATUSES = ("RUNNING", "WAITING", "COMPLETED", "ERRORED", "CANCELED")
 FINAL_RUN_STATUSES = ("COMPLETED", "FAILED", "CANCELED")
 
 
@@ -138,6 +137,7 @@ tasks = Table(
     # What made the task: "task" (run_task), "wait", "poll", or an integration's method.
     Column("kind", String(40), nullable=False),
     Column("name", String(300), nullable=False),
+    # RUNNING, WAITING, COMPLETED, ERRORED or CANCELED.
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("params", Json, nullable=True),

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, String, Text, bindparam, column, text
+from sqlalchemy import Integer, String, bindparam, column, text
 from sqlalchemy.sql.elements import TextClause
 
 from .schema import Json, UTCDateTime
@@ -22,29 +22,6 @@ def _t(sql: str, **types: Any) -> TextClause:
     if types:
         clause = clause.bindparams(*(bindparam(name, type_=t) for name, t in types.items()))
     return clause
-
-
-_TASK_TYPES = dict(
-    run_id=String(),
-    parent_path=Text(),
-    key=String(),
-    kind=String(),
-    name=String(),
-    status=String(),
-    attempts=Integer(),
-    output_type=String(),
-    poller=String(),
-    seq=Integer(),
-    epoch=Integer(),
-    params=Json,
-    output=Json,
-    error=Json,
-    poll_state=Json,
-    due_at=UTCDateTime,
-    next_poll_at=UTCDateTime,
-    started_at=UTCDateTime,
-    completed_at=UTCDateTime,
-)
 
 
 # --------------------------------------------------------------------------------

@@ -477,7 +477,7 @@ class Store(Database):
         *,
         output: Any = None,
         error: dict[str, Any] | None = None,
-        poll_state: dict[str, Any] | None = None,
+        poll_state: dict[str, Any],
         usage: dict[str, Any] | None = None,
     ) -> None:
         """Completes (or errors) a poll task and wakes its run (with its usage, if any)."""
@@ -490,7 +490,7 @@ class Store(Database):
         poll: DuePoll,
         output: Any,
         error: dict[str, Any] | None,
-        poll_state: dict[str, Any] | None,
+        poll_state: dict[str, Any],
         usage: dict[str, Any] | None = None,
     ) -> None:
         now = clock.now()
@@ -503,7 +503,7 @@ class Store(Database):
                     "output": output,
                     "error": error,
                     "now": now,
-                    "poll_state": poll_state if poll_state is not None else poll.poll_state,
+                    "poll_state": poll_state,
                 },
             )
             woke = result.rowcount == 1
