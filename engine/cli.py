@@ -398,6 +398,8 @@ def _print_recoveries(row: dict[str, Any], console: Console | None = None) -> No
 def _add_tasks(tree: Tree, tasks: list[dict[str, Any]]) -> None:
     from rich.markup import escape as _escape
 
+    from . import views
+
     for task in tasks:
         label = (
             f"{task['key']} [dim]{task['name']}[/dim] {_status(task['status'])} "
@@ -413,6 +415,8 @@ def _add_tasks(tree: Tree, tasks: list[dict[str, Any]]) -> None:
             from .usage import summary_text
 
             label += f" [magenta]{_escape(summary_text(task['usage']))}[/magenta]"
+        for line in views.attempt_lines(task):
+            label += f"\n  [dim]{_escape(_short(line, 160))}[/dim]"
         _add_tasks(tree.add(label), task["children"])
 
 

@@ -256,7 +256,8 @@ class Engine:
     async def show_run(self, run_id: str) -> dict[str, Any]:
         """The run and its task tree, as `engine runs show --json` prints it."""
         (view,) = await self._with_waits([await self.store.get_run(run_id)])
-        view["tasks"] = views.task_tree(await self.store.get_tasks(run_id))
+        tasks, attempts = await self.store.get_tasks(run_id), await self.store.get_attempts(run_id)
+        view["tasks"] = views.task_tree(tasks, attempts)
         # Tokens and cost per task (subtasks included) and per run: engine.usage.
         usage.attach(view, await self.store.get_usage(run_id), PriceTable.load())
         return view

@@ -48,7 +48,7 @@ async def execute(
     replays: dict[str, Replay] | None = None,
 ) -> Outcome:
     """Replays `claimed` to its next persisted end; `replays` lets the worker watch it."""
-    replay = await Replay.load(store, claimed.id, claimed.epoch)
+    replay = await Replay.load(store, claimed.id, claimed.epoch, worker_id)
     if replays is not None:
         replays[claimed.id] = replay
     io = IO(replay, claimed.id)

@@ -363,6 +363,7 @@ class IO:
                 timeout=timeout,
                 encode=_encoder(encode, name, key, where),
                 policy=retry or NO_RETRY,
+                retry_base=row.retry_base if row is not None else 0,
                 record_start=record_start,
                 usage=usage,
                 seq=replay.take_seq((parent, key)),
@@ -399,10 +400,16 @@ class IO:
             raise
 
     async def _resume(self, row: TaskRow | None) -> int:
-        """The attempts made so far by an unsettled task, once a pending retry delay is due."""
+        """The attempts made so far by an unsettled task, once a pending retry delay is due.
+
+        A RUNNING task is an attempt whose execution was lost: it is kept as such in the
+        attempt history, and the step runs again as the next attempt.
+        """
         if row is None:
             return 0
-        if row.status == "WAITING" and row.due_at and row.due_at.timestamp() > clock.now():
+        if row.status == "RUNNING":
+            await self._replay.keep_lost_attempt(row)
+        elif row.status == "WAITING" and row.due_at and row.due_at.timestamp() > clock.now():
             await self._replay.park(row.due_at.timestamp())
         return row.attempts
 
@@ -412,19 +419,14 @@ class IO:
         An exception is the attempt's outcome, returned; control-flow signals pass through.
         """
         attempt = _Attempt(number, clock.now())
-        start: asyncio.Future[None] | None = None
-        if step.record_start:
-            # The RUNNING row is bookkeeping (attempts survive a crash), not a result: it
-            # commits while the call is on the wire, and before the outcome is written.
-            start = asyncio.ensure_future(self._replay.write(step.row(attempt, "RUNNING")))
+        mark = _RunningMark(self._replay, step, attempt)
         task = Task(self.run_id, step.key, step.name, step.path, number, step.params)
         token = current_path.set(step.path)
         try:
             try:
                 value = await with_timeout(step.fn(task), step.timeout, step.where)
             finally:
-                if start is not None:
-                    await start
+                await mark.settle()
             attempt.value = value
             attempt.stored, attempt.type_name = step.encode(value)
         except Exception as exc:
@@ -448,17 +450,19 @@ class IO:
         """Records a failed attempt: ERRORED and raised when it is final, else a persisted
         retry delay, waited for (the run may be unloaded meanwhile) before the next attempt."""
         replay = self._replay
+        # The retry policy counts the attempts since the last `engine runs retry`.
+        used = attempt.number - step.retry_base
         final = (
             isinstance(exc, NotSerializableError)
-            or attempt.number >= step.policy.attempts_for(exc)
+            or used >= step.policy.attempts_for(exc)
             or not is_retryable(exc)
         )
         error = serialization.encode_error(exc)
         if final:
             await replay.write(step.row(attempt, "ERRORED", error=error, completed_at=clock.now()))
             raise exc
-        due = clock.now() + step.policy.delay(attempt.number, exc)
-        await replay.write(step.row(attempt, "WAITING", error=error, due_at=due))
+        due = clock.now() + step.policy.delay(used, exc)
+        await replay.write(step.row(attempt, "WAITING", error=error, due_at=due, retried=True))
         if due > clock.now():
             await replay.park(due)
         replay.forget_children(step.path)
@@ -518,6 +522,7 @@ class _Step:
     timeout: float | None
     encode: Encoder
     policy: RetryPolicy
+    retry_base: int
     record_start: bool
     # Reads the tokens a paid call spent off its value (engine_task_usage).
     usage: Callable[[Any], dict[str, Any] | None] | None
@@ -549,6 +554,39 @@ class _Attempt:
     stored: Any = None
     type_name: str | None = None
     error: Exception | None = None
+
+
+# A step still running after this long is marked RUNNING in the log: a crash during it then
+# counts the attempt (the next execution keeps it as LOST, with its worker), and `engine runs
+# show` shows the step running. A quicker step writes nothing before its outcome.
+MARK_RUNNING_AFTER = 1.0
+
+
+class _RunningMark:
+    """An attempt's RUNNING row: written at once (`record_start`), or once the attempt has run
+    MARK_RUNNING_AFTER seconds; bookkeeping, not a result, committed before the outcome."""
+
+    __slots__ = ("_attempt", "_replay", "_step", "_timer", "_write")
+
+    def __init__(self, replay: Replay, step: _Step, attempt: _Attempt) -> None:
+        self._replay, self._step, self._attempt = replay, step, attempt
+        self._write: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        if step.record_start:
+            self._start()
+        else:
+            self._timer = asyncio.get_running_loop().call_later(MARK_RUNNING_AFTER, self._start)
+
+    def _start(self) -> None:
+        row = self._step.row(self._attempt, "RUNNING")
+        self._write = asyncio.ensure_future(self._replay.write(row))
+
+    async def settle(self) -> None:
+        """The attempt is over: no mark if none was started, else the mark committed."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._write is not None:
+            await self._write
 
 
 def _encoder(encode: Encoder | None, name: str, key: str, where: str) -> Encoder:

@@ -32,6 +32,8 @@ class TaskRow:
     error: dict[str, Any] | None
     due_at: datetime | None
     seq: int
+    # Attempts made before the last `engine runs retry`: the retry policy counts from here.
+    retry_base: int = 0
 
 
 @dataclass
@@ -58,6 +60,9 @@ class TaskWrite:
     # A paid call's tokens ({"provider", "model", "prompt_tokens", ...}: engine_task_usage),
     # written with the outcome; None for every other task.
     usage: dict[str, Any] | None = None
+    # The attempt this write records failed and another follows: keep it in the attempt
+    # history too (engine_task_attempts), in the same transaction.
+    retried: bool = False
 
 
 @dataclass

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +28,8 @@ from .exceptions import (
 )
 from .records import LogWrite, TaskRow, TaskWrite
 from .store import Store
+
+log = logging.getLogger("engine.executor")
 
 # The keys of the tasks enclosing the code that is running now: () at the job's top level.
 current_path: ContextVar[tuple[str, ...]] = ContextVar("engine_current_path", default=())
@@ -71,13 +74,15 @@ class Replay:
     fatal: BaseException | None = None
     background: list[asyncio.Future[None]] = field(default_factory=list)
     job_task: asyncio.Future[Any] | None = None
+    # The worker executing the run: recorded with each task as who ran its latest attempt.
+    worker: str | None = None
 
     @classmethod
-    async def load(cls, store: Store, run_id: str, epoch: int) -> Replay:
+    async def load(cls, store: Store, run_id: str, epoch: int, worker: str | None = None) -> Replay:
         rows, logged = await store.load_replay(run_id)
         recorded = {(r.parent_path, r.key): r for r in rows}
         next_seq = max((r.seq for r in rows), default=0) + 1
-        return cls(store, run_id, epoch, recorded, logged, next_seq)
+        return cls(store, run_id, epoch, recorded, logged, next_seq, worker=worker)
 
     # -- identity --------------------------------------------------------------------------------
 
@@ -116,7 +121,7 @@ class Replay:
             raise self.fatal
         logs, self.pending_logs = self.pending_logs, []
         try:
-            written = await self.store.write_task(self.run_id, self.epoch, task, logs)
+            written = await self.store.write_task(self.run_id, self.epoch, task, logs, self.worker)
         except DatabaseError as exc:
             if exc.transient:
                 # Outlasted the store's patience. The job must not go on as if the step were
@@ -128,7 +133,26 @@ class Replay:
             self.lost = True
             raise LeaseLost()
         # Later calls in this same execution (a parent retried in place) find it recorded.
-        self.recorded[(task.parent_path, task.key)] = _row(task)
+        self._remember(task)
+
+    def _remember(self, task: TaskWrite) -> None:
+        ident = (task.parent_path, task.key)
+        before = self.recorded.get(ident)
+        self.recorded[ident] = _row(task, before.retry_base if before is not None else 0)
+
+    async def keep_lost_attempt(self, row: TaskRow) -> None:
+        """The attempt a lost execution left RUNNING goes to the attempt history, before the
+        step runs again and its row is overwritten."""
+        self.check_alive()
+        try:
+            await self.store.keep_lost_attempt(self.run_id, self.epoch, row.parent_path, row.key)
+        except DatabaseError as exc:
+            if exc.transient:
+                self.lost = True
+                raise WriteFailed(exc.message) from exc
+            # Bookkeeping only: the step itself can still run and be recorded.
+            log.warning("run %s: keeping the lost attempt of %r failed: %s", self.run_id,
+                        row.key, exc)  # fmt: skip
 
     async def _record_refusal(self, task: TaskWrite, exc: DatabaseError) -> NoReturn:
         """The database refused this outcome for good: record the task ERRORED with the
@@ -149,9 +173,10 @@ class Replay:
             next_poll_at=None,
             completed_at=clock.now(),
             usage=None,
+            retried=False,
         )
         try:
-            written = await self.store.write_task(self.run_id, self.epoch, minimal)
+            written = await self.store.write_task(self.run_id, self.epoch, minimal, (), self.worker)
         except DatabaseError as again:
             if again.transient:
                 self.lost = True
@@ -163,7 +188,7 @@ class Replay:
             self.lost = True
             raise LeaseLost()
         self.fatal = refusal
-        self.recorded[(task.parent_path, task.key)] = _row(minimal)
+        self._remember(minimal)
         raise refusal from exc
 
     def forget_children(self, path: tuple[str, ...]) -> None:
@@ -269,9 +294,9 @@ class Replay:
                 future.set_exception(Suspend())
 
 
-def _row(task: TaskWrite) -> TaskRow:
+def _row(task: TaskWrite, retry_base: int) -> TaskRow:
     due = datetime.fromtimestamp(task.due_at, UTC) if task.due_at is not None else None
     return TaskRow(
         task.parent_path, task.key, task.kind, task.name, task.status, task.attempts,
-        task.output, task.output_type, task.error, due, task.seq,
+        task.output, task.output_type, task.error, due, task.seq, retry_base,
     )  # fmt: skip

@@ -5,7 +5,10 @@ The model in ten lines:
 - A run is executed by replaying the job function from the top; every `io` call is a *task*
   (`engine_tasks`), identified by (run, parent path, key). The unique constraint on that identity
   is what makes a recorded step impossible to record twice.
-- A task's *attempts* count its executions; a failed attempt with retries left becomes a *wait*.
+- A task's *attempts* count its executions, across retries, crashes and `runs retry`; a failed
+  attempt with retries left becomes a *wait*. The task row holds its latest attempt; the earlier
+  ones (failed, lost with their worker, or ended before a `runs retry`) are kept in
+  `engine_task_attempts`.
 - A *wait* is a task in status WAITING with a `due_at` (a sleep, a retry delay) or a `poller`
   (a background poll the scheduler performs). A waiting run holds no worker memory: its row's
   `wake_at` says when the scheduler should claim it again.
@@ -151,11 +154,40 @@ tasks = Table(
     Column("next_poll_at", UTCDateTime, nullable=True),
     # Order in which the run first reached each task.
     Column("seq", Integer, nullable=False),
+    # When the first attempt started, and when the task ended.
     Column("started_at", UTCDateTime, nullable=True),
     Column("completed_at", UTCDateTime, nullable=True),
+    # The latest attempt: when it started, and the worker that ran it.
+    Column("attempt_started_at", UTCDateTime, nullable=True),
+    Column("worker", String(200), nullable=True),
+    # Attempts made before the last `engine runs retry`: the retry policy counts from here.
+    Column("retry_base", Integer, nullable=False, default=0, server_default="0"),
     UniqueConstraint("run_id", "parent_path", "key", name="uq_engine_tasks_identity"),
 )
 Index("ix_engine_tasks_polls", tasks.c.status, tasks.c.next_poll_at)
+
+# A task's earlier attempts (its row holds the latest), written only when an attempt is
+# superseded: failed with a retry to follow, lost with its worker (found RUNNING by the next
+# execution), or ended before `engine runs retry`. A first-time success writes nothing here.
+task_attempts = Table(
+    "engine_task_attempts",
+    metadata,
+    Column(
+        "task_id",
+        Integer,
+        ForeignKey("engine_tasks.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("attempt", Integer, primary_key=True, autoincrement=False),
+    # ERRORED, LOST (its execution ended without an outcome) or CANCELED.
+    Column("status", String(16), nullable=False),
+    Column("worker", String(200), nullable=True),
+    Column("error", Json, nullable=True),
+    Column("started_at", UTCDateTime, nullable=True),
+    # Null for a lost attempt: when its worker died is not known.
+    Column("ended_at", UTCDateTime, nullable=True),
+)
 
 logs = Table(
     "engine_logs",

@@ -218,7 +218,7 @@ class Statements:
         # Replay loads a whole run at once: through the driver, like the hot-path writes.
         self.raw_load_tasks = _driver_sql(
             "SELECT parent_path, key, kind, name, status, attempts, output, output_type, error, "
-            "due_at, seq FROM engine_tasks WHERE run_id = :run_id",
+            "due_at, seq, retry_base FROM engine_tasks WHERE run_id = :run_id",
             postgres,
         )
         self.raw_load_log_keys = _driver_sql(
@@ -227,9 +227,13 @@ class Statements:
         cols = (
             "run_id, parent_path, key, kind, name, status, attempts, params, output, "
             "output_type, error, due_at, poller, poll_state, next_poll_at, seq, started_at, "
-            "completed_at"
+            "completed_at, attempt_started_at, worker"
         )
-        values = ", ".join(":" + c.strip() for c in cols.split(","))
+        # `started_at` keeps the first attempt's start; `attempt_started_at`, the latest's.
+        values = ", ".join(
+            ":started_at" if c.strip() == "attempt_started_at" else ":" + c.strip()
+            for c in cols.split(",")
+        )
         updates = ", ".join(
             f"{c} = excluded.{c}"
             for c in (
@@ -246,6 +250,7 @@ class Statements:
                 "poll_state",
                 "next_poll_at",
                 "completed_at",
+                "worker",
             )
         )
         # The hot path (engine.writes) runs these two through the driver itself: named
@@ -253,9 +258,50 @@ class Statements:
         self.raw_write_task = _driver_sql(
             f"INSERT INTO engine_tasks ({cols}) SELECT {values} WHERE {fence} "
             f"ON CONFLICT (run_id, parent_path, key) DO UPDATE SET {updates}, "
-            "started_at = COALESCE(engine_tasks.started_at, excluded.started_at)",
+            "started_at = COALESCE(engine_tasks.started_at, excluded.started_at), "
+            "attempt_started_at = COALESCE(excluded.attempt_started_at, "
+            "engine_tasks.attempt_started_at)",
             postgres,
         )
+        # The attempt history (engine_task_attempts): a task's row holds its latest attempt;
+        # these keep an attempt there once another supersedes it. Idempotent: an attempt
+        # already kept stays as it was first kept.
+        keep = (
+            "INSERT INTO engine_task_attempts (task_id, attempt, status, worker, error, "
+            "started_at, ended_at) SELECT id, attempts, {status}, worker, {error}, "
+            "attempt_started_at, {ended} FROM engine_tasks WHERE {where} "
+            "ON CONFLICT (task_id, attempt) DO NOTHING"
+        )
+        this_task = "run_id = :run_id AND parent_path = :parent_path AND key = :key"
+        # Typed NULLs: PostgreSQL would take a bare NULL in a SELECT list for text.
+        no_json, no_time = "CAST(NULL AS jsonb)", "CAST(NULL AS timestamptz)"
+        # In the transaction of the write that records a failed attempt with a retry to follow.
+        self.raw_keep_failed_attempt = _driver_sql(
+            keep.format(status="'ERRORED'", error="error", ended=":ended_at", where=this_task),
+            postgres,
+        )
+        # The attempt a lost execution left RUNNING (its worker died, or its lease lapsed):
+        # kept by the next execution before it runs the step again, or by the claim that
+        # fails the run past its recovery bound.
+        self.keep_lost_attempt = _t(
+            keep.format(
+                status="'LOST'", error=no_json, ended=no_time,
+                where=f"{this_task} AND status = 'RUNNING' AND {fence}",
+            )
+        )
+        self.keep_lost_attempts_of_run = _t(
+            keep.format(
+                status="'LOST'", error=no_json, ended=no_time,
+                where="run_id = :run_id AND status = 'RUNNING'",
+            )
+        )  # fmt: skip
+        # `engine runs retry`: the attempts that ended the failed run, before they are reopened.
+        self.keep_ended_attempts = _t(
+            keep.format(
+                status="status", error="error", ended="completed_at",
+                where="run_id = :run_id AND status IN ('ERRORED', 'CANCELED') AND attempts > 0",
+            )
+        )  # fmt: skip
         log_insert = (
             "INSERT INTO engine_logs (run_id, parent_path, line, level, message, fields, "
             "created_at) VALUES (:run_id, :parent_path, :line, :level, :message, :fields, "
@@ -361,7 +407,8 @@ class Statements:
         ).columns(**_RUN_TYPES)
         self.get_tasks = _t(
             "SELECT id, parent_path, key, kind, name, status, attempts, params, output, "
-            "output_type, error, due_at, poller, next_poll_at, seq, started_at, completed_at "
+            "output_type, error, due_at, poller, next_poll_at, seq, started_at, completed_at, "
+            "attempt_started_at, worker "
             "FROM engine_tasks WHERE run_id = :run_id ORDER BY seq, id"
         ).columns(
             params=Json,
@@ -371,7 +418,13 @@ class Statements:
             next_poll_at=UTCDateTime,
             started_at=UTCDateTime,
             completed_at=UTCDateTime,
+            attempt_started_at=UTCDateTime,
         )
+        self.get_attempts = _t(
+            "SELECT a.task_id, a.attempt, a.status, a.worker, a.error, a.started_at, a.ended_at "
+            "FROM engine_task_attempts a JOIN engine_tasks t ON t.id = a.task_id "
+            "WHERE t.run_id = :run_id ORDER BY a.task_id, a.attempt"
+        ).columns(error=Json, started_at=UTCDateTime, ended_at=UTCDateTime)
         # Why runs wait (engine.waiting): their open waits, and the live RUNNING count of
         # each concurrency group.
         self.waiting_tasks = (
@@ -410,12 +463,16 @@ class Statements:
             "wake_at = NULL, recoveries = 0 WHERE id = :id AND status = 'FAILED'"
         )
         self.reopen_failed_tasks = _t(
-            # A reopened poll starts afresh: its timeout counts from now (`started_at`); a
-            # sleep that was cut off by the failure keeps its own due time.
-            "UPDATE engine_tasks SET status = 'WAITING', attempts = 0, "
+            # A reopened poll starts afresh, as its next attempt: its timeout counts from now
+            # (`started_at`). A task keeps counting its attempts; its retry policy counts from
+            # here (`retry_base`). A sleep that was cut off by the failure keeps its due time.
+            "UPDATE engine_tasks SET status = 'WAITING', "
+            "attempts = CASE WHEN poller IS NULL THEN attempts ELSE attempts + 1 END, "
+            "retry_base = attempts, worker = NULL, "
             "due_at = CASE WHEN kind = 'wait' THEN due_at ELSE :now END, "
             "completed_at = NULL, next_poll_at = CASE WHEN poller IS NULL THEN NULL ELSE :now "
-            "END, started_at = CASE WHEN poller IS NULL THEN started_at ELSE :now END "
+            "END, started_at = CASE WHEN poller IS NULL THEN started_at ELSE :now END, "
+            "attempt_started_at = CASE WHEN poller IS NULL THEN NULL ELSE :now END "
             "WHERE run_id = :run_id AND status IN ('ERRORED', 'CANCELED')",
             **now,
         )
@@ -437,6 +494,7 @@ _PG_TYPES = {
     "started_at": "timestamptz",
     "completed_at": "timestamptz",
     "created_at": "timestamptz",
+    "ended_at": "timestamptz",
     # engine_task_usage (engine.sql_usage)
     "prompt_tokens": "integer",
     "completion_tokens": "integer",

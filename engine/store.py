@@ -240,6 +240,7 @@ class Store(Database):
                 await conn.execute(
                     self._sql.fail_exhausted, {"id": r.id, "epoch": r.lease_epoch, "error": error}
                 )
+                await conn.execute(self._sql.keep_lost_attempts_of_run, {"run_id": r.id})
                 await conn.execute(self._sql.cancel_open_tasks, {"run_id": r.id, "now": now})
         if failed:
             # The failed runs took claim slots: look again at once.
@@ -312,9 +313,15 @@ class Store(Database):
         return [self._task_row(tuple(r)) for r in tasks], {(r[0], r[1]) for r in logs}
 
     async def write_task(
-        self, run_id: str, epoch: int, task: TaskWrite, logs: Sequence[LogWrite] = ()
+        self,
+        run_id: str,
+        epoch: int,
+        task: TaskWrite,
+        logs: Sequence[LogWrite] = (),
+        worker: str | None = None,
     ) -> bool:
-        """Records a task (fenced). False when the execution no longer holds the lease.
+        """Records a task (fenced), run by `worker`. False when the execution no longer holds
+        the lease.
 
         Concurrent writes share a transaction (see engine.groupcommit); each returns only once
         its own row is committed.
@@ -323,8 +330,14 @@ class Store(Database):
         then = [(log_sql, {"run_id": run_id, **log.__dict__}) for log in logs]
         if task.usage is not None:
             then.append((self._usage_sql.raw_write, _usage_values(run_id, task)))
+        if task.retried:
+            ident = {"run_id": run_id, "parent_path": task.parent_path, "key": task.key}
+            then.append((self._sql.raw_keep_failed_attempt, {**ident, "ended_at": clock.now()}))
         write = Write(
-            (self._sql.raw_write_task, {"run_id": run_id, "epoch": epoch, **task.__dict__}),
+            (
+                self._sql.raw_write_task,
+                {"run_id": run_id, "epoch": epoch, "worker": worker, **task.__dict__},
+            ),
             then,
         )
         try:
@@ -333,6 +346,17 @@ class Store(Database):
             if not exc.transient:
                 raise
         return await self._patiently("recording a task", lambda: self._hot(write))
+
+    async def keep_lost_attempt(self, run_id: str, epoch: int, parent_path: str, key: str) -> None:
+        """Keeps in the attempt history the attempt a lost execution left RUNNING (fenced),
+        before the step runs again."""
+        values = {"run_id": run_id, "epoch": epoch, "parent_path": parent_path, "key": key}
+
+        async def keep() -> None:
+            async with self.begin() as conn:
+                await conn.execute(self._sql.keep_lost_attempt, values)
+
+        await self._patiently("keeping a lost attempt", keep)
 
     async def suspend_run(
         self, run_id: str, epoch: int, wake_at: float | None, logs: Sequence[LogWrite] = ()
@@ -540,6 +564,12 @@ class Store(Database):
             rows = (await conn.execute(self._sql.get_tasks, {"run_id": run_id})).all()
         return [dict(r._mapping) for r in rows]
 
+    async def get_attempts(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's kept earlier attempts (engine_task_attempts), by task id and attempt."""
+        async with self.begin() as conn:
+            rows = (await conn.execute(self._sql.get_attempts, {"run_id": run_id})).all()
+        return [dict(r._mapping) for r in rows]
+
     async def get_usage(self, run_id: str) -> list[dict[str, Any]]:
         """The run's usage rows, each with its task's `parent_path` and `key`."""
         async with self.begin() as conn:
@@ -635,6 +665,7 @@ class Store(Database):
                 raise InvalidRunStateError(
                     f"run {run_id} is {status}: only a FAILED run can be retried"
                 )
+            await conn.execute(self._sql.keep_ended_attempts, {"run_id": run_id})
             await conn.execute(self._sql.reopen_failed_tasks, {"run_id": run_id, "now": now})
             await self._notify(conn)
         self._wake_local()

@@ -70,9 +70,11 @@ class PostgresStore(Store):
         return tasks, logs
 
     def _task_row(self, row: tuple[Any, ...]) -> TaskRow:
-        parent, key, kind, name, status, attempts, output, output_type, error, due_at, seq = row
+        parent, key, kind, name, status, attempts, output, output_type, error, due_at, seq, base = (
+            row
+        )
         return TaskRow(parent, key, kind, name, status, attempts, output, output_type, error,
-                       due_at, seq)  # fmt: skip
+                       due_at, seq, base)  # fmt: skip
 
     async def _notify(self, conn: AsyncConnection) -> None:
         await conn.execute(text(f"NOTIFY {WAKE_CHANNEL}"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -43,11 +44,17 @@ def run_view(run: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def task_tree(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Nests tasks under their parents, each level in the order the run first reached them.
+def task_tree(
+    tasks: list[dict[str, Any]], attempts: Iterable[dict[str, Any]] = ()
+) -> list[dict[str, Any]]:
+    """Nests tasks under their parents, each level in the order the run first reached them;
+    each task lists its attempts (`attempts`: the kept earlier ones, engine_task_attempts).
 
     Sorting by depth first means a parent is always placed before its children.
     """
+    kept: dict[Any, list[dict[str, Any]]] = {}
+    for attempt in attempts:
+        kept.setdefault(attempt["task_id"], []).append(attempt)
     by_path: dict[tuple[str, ...], dict[str, Any]] = {}
     roots: list[dict[str, Any]] = []
     for task in sorted(tasks, key=lambda t: (len(json.loads(t["parent_path"])), t["seq"])):
@@ -55,8 +62,58 @@ def task_tree(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         node = {name: task.get(name) for name in TASK_FIELDS}
         node["started_at"] = iso(node["started_at"])
         node["completed_at"] = iso(node["completed_at"])
+        node["attempt_history"] = attempt_history(task, kept.get(task.get("id"), []))
         node["children"] = []
         by_path[(*parent, task["key"])] = node
         siblings = by_path[parent]["children"] if parent in by_path else roots
         siblings.append(node)
     return roots
+
+
+def attempt_history(task: dict[str, Any], kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every attempt of a task, oldest first: those kept in engine_task_attempts, then the
+    latest one (the task row itself) unless it is kept already (a failure awaiting its retry).
+    """
+    history = [
+        {
+            "attempt": a["attempt"],
+            "started_at": iso(a["started_at"]),
+            "ended_at": iso(a["ended_at"]),
+            "worker": a["worker"],
+            "status": a["status"],
+            "error": a["error"],
+        }
+        for a in kept
+    ]
+    latest = task.get("attempts") or 0
+    if latest > 0 and all(a["attempt"] != latest for a in kept):
+        # Rows from before attempts were kept have no attempt start: the first's is the task's.
+        started = task.get("attempt_started_at") or (task["started_at"] if latest == 1 else None)
+        history.append(
+            {
+                "attempt": latest,
+                "started_at": iso(started),
+                "ended_at": iso(task.get("completed_at")),
+                "worker": task.get("worker"),
+                "status": task["status"],
+                "error": task.get("error"),
+            }
+        )
+    return history
+
+
+def attempt_lines(task: dict[str, Any]) -> list[str]:
+    """`engine runs show`'s lines under a task that took more than one attempt, e.g.
+    "attempt 1 ERRORED on worker W: ConnectionError: reset"."""
+    history = task.get("attempt_history") or []
+    if len(history) < 2:
+        return []
+    lines = []
+    for a in history:
+        line = f"attempt {a['attempt']} {a['status']}"
+        if a["worker"]:
+            line += f" on worker {a['worker']}"
+        if a["error"]:
+            line += f": {a['error'].get('type')}: {a['error'].get('message')}"
+        lines.append(line)
+    return lines

@@ -17,7 +17,15 @@ from .sql import DriverSQL
 
 _JSON_FIELDS = frozenset({"params", "output", "error", "poll_state", "fields", "rate_limits"})
 _TIME_FIELDS = frozenset(
-    {"due_at", "next_poll_at", "started_at", "completed_at", "created_at", "recorded_at"}
+    {
+        "due_at",
+        "next_poll_at",
+        "started_at",
+        "completed_at",
+        "created_at",
+        "recorded_at",
+        "ended_at",
+    }
 )
 
 

@@ -36,6 +36,7 @@ TASK_KEYS = {
     "error",
     "started_at",
     "completed_at",
+    "attempt_history",
     "children",
 }
 ISO_MICROS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(\+00:00|Z)$")

@@ -61,6 +61,50 @@ def test_kill9_mid_run_then_a_new_worker_finishes(procs: Any, db_url: str, tmp_p
     assert second.wait(20) == 0, second.output
 
 
+def _tasks(url: str, run_id: str) -> list[dict[str, Any]]:
+    async def read() -> list[dict[str, Any]]:
+        async with Engine(url) as engine:
+            tasks: list[dict[str, Any]] = (await engine.show_run(run_id))["tasks"]
+            return tasks
+
+    return asyncio.run(read())
+
+
+def test_kill9_mid_step_keeps_the_lost_attempt_with_its_worker(
+    procs: Any, db_url: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "hang.log"
+    run_id = procs.trigger(db_url, "hangs-once", {"log": str(log)}, app="crash.py")
+    first = procs.worker("crash.py", db_url)
+    # A step running for more than a second is marked RUNNING in the log: kill only then.
+    procs.wait_until(
+        lambda: [t["status"] for t in _tasks(db_url, run_id)] == ["RUNNING"],
+        30,
+        "the hanging step to be marked RUNNING",
+    )
+    first.kill9()
+
+    second = procs.worker("crash.py", db_url)
+    procs.wait_status(db_url, run_id, "COMPLETED", timeout=40)
+    view = procs.show(db_url, run_id)
+    assert view["output"] == {"attempt": 2}
+    assert procs.lines(log) == ["attempt 1", "attempt 2"]
+    (task,) = view["tasks"]
+    assert (task["status"], task["attempts"]) == ("COMPLETED", 2)
+    lost, done = task["attempt_history"]
+    assert (lost["attempt"], lost["status"], lost["worker"], lost["error"]) == (
+        1,
+        "LOST",
+        first.id,
+        None,
+    )
+    assert lost["started_at"] is not None and lost["ended_at"] is None
+    assert (done["attempt"], done["status"], done["worker"]) == (2, "COMPLETED", second.id)
+    shown = procs.ok("runs", "show", run_id, "--database-url", db_url)
+    assert f"attempt 1 LOST on worker {first.id}" in shown, shown
+    assert f"attempt 2 COMPLETED on worker {second.id}" in shown, shown
+
+
 def test_kill9_while_waiting(procs: Any, db_url: str, tmp_path: Path) -> None:
     log = tmp_path / "nap.log"
     # An hour-long sleep holds the run WAITING for as long as the test needs; the test then

@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from engine import EngineError, PayloadValidationError, job
 from engine.jobs import check_against_schema
-from engine.views import run_view, task_tree
+from engine.views import attempt_lines, run_view, task_tree
 
 
 def _task(parent, key, seq):
@@ -53,3 +53,31 @@ def test_payload_model_validation_message_names_the_field():
         j.check_payload({"n": "x"})
     with pytest.raises(PayloadValidationError, match="n: 'x' is not of type 'integer'"):
         check_against_schema("unit-payload", {"n": "x"}, j.payload_schema())
+
+
+def test_attempt_history_lists_the_kept_attempts_then_the_latest() -> None:
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    task = {**_task("[]", "a", 1), "id": 7, "attempts": 3, "worker": "w2",
+            "attempt_started_at": started, "completed_at": started}  # fmt: skip
+    kept = [
+        {"task_id": 7, "attempt": 1, "status": "ERRORED", "worker": "w1", "started_at": started,
+         "ended_at": started, "error": {"type": "ConnectionError", "message": "reset"}},
+        {"task_id": 7, "attempt": 2, "status": "LOST", "worker": "w1", "started_at": started,
+         "ended_at": None, "error": None},
+        {"task_id": 8, "attempt": 1, "status": "ERRORED", "worker": "w1", "started_at": None,
+         "ended_at": None, "error": None},
+    ]  # fmt: skip
+    (node,) = task_tree([task], kept)
+    assert [(a["attempt"], a["status"], a["worker"]) for a in node["attempt_history"]] == [
+        (1, "ERRORED", "w1"),
+        (2, "LOST", "w1"),
+        (3, "COMPLETED", "w2"),
+    ]
+    assert attempt_lines(node) == [
+        "attempt 1 ERRORED on worker w1: ConnectionError: reset",
+        "attempt 2 LOST on worker w1",
+        "attempt 3 COMPLETED on worker w2",
+    ]
+    # One attempt: nothing more to show than the task's own line.
+    (single,) = task_tree([_task("[]", "b", 1)])
+    assert len(single["attempt_history"]) == 1 and attempt_lines(single) == []

@@ -65,3 +65,16 @@ async def long(payload: dict[str, Any], io: Any, ctx: Any) -> str:
     await io.run_task("long", slow)
     await io.run_task("after", step(log, "after"))
     return "finished"
+
+
+@job(id="hangs-once", version="1")
+async def hangs_once(payload: dict[str, Any], io: Any, ctx: Any) -> dict[str, Any]:
+    """Its step hangs on its first attempt (until the test kills the worker); the next returns."""
+
+    async def hang(task: Any) -> int:
+        append(payload["log"], f"attempt {task.attempt}")
+        if task.attempt == 1:
+            await asyncio.sleep(3600)
+        return int(task.attempt)
+
+    return {"attempt": await io.run_task("hang", hang)}
