@@ -109,7 +109,7 @@ class OpenAI:
         """
         if self._given is not None:
             given = self._given.api_key
-            key = given if isinstance(given, str) else None
+            key: str | None = given if isinstance(given, str) else None
         else:
             key = self._api_key or os.environ.get("OPENAI_API_KEY") or None
         engine_secrets.register(key)

@@ -8,6 +8,7 @@ returned); `wait_for_completion` only waits, under `key`.
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from openai.pagination import AsyncCursorPage, AsyncPage
@@ -135,7 +136,7 @@ class Messages(_Namespace):
         ids = P.check_ids("beta.threads.messages.list", thread_id=thread_id)
         return await self._c.request(key, "beta.threads.messages.list", ids, params, post=False)
 
-    async def list_all(self, key: str, thread_id: str, **params: Any) -> list[Message]:
+    async def list_all(self, key: str, thread_id: str, **params: Any) -> builtins.list[Message]:
         """Every message of the thread (all pages, in one task) as one list."""
         ids = P.check_ids("beta.threads.messages.list_all", thread_id=thread_id)
         found = await self._c.request(

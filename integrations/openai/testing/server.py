@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlsplit
 from . import routes, routes_extra  # noqa: F401  (routes_extra registers its routes)
 from .faults import FakeError, Fault, RecordedRequest
 from .limits import Usage
-from .state import FakeState
+from .state import FakeState, check_hold_kind
 
 ADMIN_PREFIX = "/_fake/"
 
@@ -46,7 +46,8 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
         name = part.get_param("name", header="content-disposition")
         if not name:
             continue
-        payload = part.get_payload(decode=True) or b""
+        raw = part.get_payload(decode=True)
+        payload = raw if isinstance(raw, bytes) else b""
         filename = part.get_filename()
         if filename is not None:
             form[str(name)] = (filename, payload)
@@ -227,7 +228,7 @@ class Handler(BaseHTTPRequestHandler):
             kind = body.get("kind")
             try:
                 if path == "/_fake/hold":
-                    fake.hold(kind)
+                    fake.hold(check_hold_kind(kind))
                 else:
                     fake.release(kind)
             except FakeError as err:
