@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from engine import EngineError, RetryPolicy
 from engine.pollers import PollSchedule, check_http_params
 
 
-def test_backoff_grows_by_factor_and_stops_at_max_delay():
+def test_backoff_grows_by_factor_and_stops_at_max_delay() -> None:
     policy = RetryPolicy(max_attempts=10, min_delay=1, max_delay=5, factor=2)
     assert [policy.delay(n) for n in range(1, 6)] == [1, 2, 4, 5, 5]
 
 
-def test_a_failure_can_ask_for_its_own_delay_within_the_cap():
+def test_a_failure_can_ask_for_its_own_delay_within_the_cap() -> None:
     class Limited(Exception):
         retry_after = 2.5
 
@@ -26,12 +28,12 @@ def test_a_failure_can_ask_for_its_own_delay_within_the_cap():
 @pytest.mark.parametrize(
     "kwargs", [{"max_attempts": 101}, {"factor": 0.5}, {"max_delay": 10**9}]
 )
-def test_retry_policy_bounds(kwargs):
+def test_retry_policy_bounds(kwargs: dict[str, Any]) -> None:
     with pytest.raises(EngineError):
         RetryPolicy(**kwargs)
 
 
-def test_poll_schedule_bounds():
+def test_poll_schedule_bounds() -> None:
     PollSchedule(0.5, 10, timeout=60)
     with pytest.raises(EngineError, match="interval"):
         PollSchedule(0.001, 10, timeout=60)
@@ -49,7 +51,7 @@ def test_poll_schedule_backs_off_to_its_cap_and_round_trips_through_poll_state()
     assert PollSchedule.from_state({"interval": 2}) == PollSchedule(2, 2, 1.0, 3600)
 
 
-def test_http_poll_params():
+def test_http_poll_params() -> None:
     check_http_params("https://example.com/x", {"Accept": "application/json"})
     with pytest.raises(EngineError, match="http"):
         check_http_params("ftp://x", None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import uuid
 
+import pytest
+
 from engine import secrets
 from engine.secrets import REDACTED
 
@@ -22,7 +24,9 @@ def test_scrub_replaces_every_registered_secret_in_nested_data() -> None:
     assert secrets.scrub(3) == 3
 
 
-def test_engine_log_records_are_scrubbed_message_and_traceback(caplog) -> None:
+def test_engine_log_records_are_scrubbed_message_and_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     key = f"sk-{uuid.uuid4().hex}"
     secrets.register(key)
     secrets.install_log_filter()

@@ -1,22 +1,23 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from engine import EngineError, PayloadValidationError, job
+from engine import IO, Context, EngineError, PayloadValidationError, job
 from engine.jobs import check_against_schema
 from engine.views import attempt_lines, run_view, task_tree
 
 
-def _task(parent, key, seq):
+def _task(parent: str, key: str, seq: int) -> dict[str, Any]:
     return {"parent_path": parent, "key": key, "seq": seq, "name": key, "status": "COMPLETED",
             "attempts": 1, "params": None, "output": None, "error": None,
             "started_at": datetime(2026, 1, 1, tzinfo=UTC), "completed_at": None}
 
 
-def test_task_tree_nests_children_in_first_run_order():
+def test_task_tree_nests_children_in_first_run_order() -> None:
     tree = task_tree([
         _task('["b"]', "b2", 5), _task("[]", "b", 2), _task("[]", "a", 1),
         _task('["b"]', "b1", 3), _task('["b","b1"]', "deep", 4),
@@ -27,7 +28,7 @@ def test_task_tree_nests_children_in_first_run_order():
     assert tree[0]["started_at"] == "2026-01-01T00:00:00.000000+00:00"
 
 
-def test_run_view_has_exactly_the_contract_fields():
+def test_run_view_has_exactly_the_contract_fields() -> None:
     view = run_view({"id": "r", "job_id": "j", "status": "QUEUED", "payload": {}, "output": None,
                      "error": None, "created_at": datetime(2026, 1, 1, tzinfo=UTC),
                      "started_at": None, "completed_at": None, "lease_epoch": 3})
@@ -35,17 +36,17 @@ def test_run_view_has_exactly_the_contract_fields():
                          "created_at", "started_at", "completed_at"}
 
 
-def test_job_must_be_async():
+def test_job_must_be_async() -> None:
     with pytest.raises(EngineError, match="must be an `async def`"):
-        job(id="sync-job")(lambda payload, io, ctx: None)  # type: ignore[arg-type]
+        job(id="sync-job")(lambda payload, io, ctx: None)  # type: ignore[arg-type, return-value]  # not async: the point
 
 
-def test_payload_model_validation_message_names_the_field():
+def test_payload_model_validation_message_names_the_field() -> None:
     class P(BaseModel):
         n: int
 
     @job(id="unit-payload", payload=P)
-    async def j(payload, io, ctx):
+    async def j(payload: Any, io: IO, ctx: Context) -> None:
         return None
 
     assert j.check_payload({"n": "3"}) == {"n": 3}
