@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from pgdatabases import PgDatabases
 from support import Harness
 
 from engine import clock
@@ -32,19 +32,6 @@ def _pg_reachable() -> str | None:
     return None
 
 
-def _admin(sql: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
 @pytest.fixture(scope="session")
 def pg_server() -> str:
     reason = _pg_reachable()
@@ -53,16 +40,35 @@ def pg_server() -> str:
     return PG_ADMIN_DSN
 
 
+@pytest.fixture(scope="session")
+def pg_databases(pg_server: str) -> Iterator[PgDatabases]:
+    """This session's throwaway databases (one template at head, copied per test)."""
+    databases = PgDatabases(pg_server)
+    yield databases
+    leaked = databases.close()
+    assert not leaked, f"test databases left behind: {leaked}"
+
+
 @pytest.fixture
-def pg_url(pg_server: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    name = f"engine_test_{uuid.uuid4().hex[:12]}"
-    _admin(f'CREATE DATABASE "{name}"')
-    base = pg_server.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+def pg_url(pg_databases: PgDatabases) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, with the engine's schema at head (copied from
+    the session's template, so no migration runs); dropped afterwards."""
+    name = pg_databases.at_head()
     try:
-        yield f"{base}/{name}"
+        yield pg_databases.url(name)
     finally:
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        pg_databases.drop(name)
+
+
+@pytest.fixture
+def pg_empty_url(pg_databases: PgDatabases) -> Iterator[str]:
+    """A fresh PostgreSQL database without any table (for migrations, and for commands that
+    must not create the schema); dropped afterwards."""
+    name = pg_databases.empty()
+    try:
+        yield pg_databases.url(name)
+    finally:
+        pg_databases.drop(name)
 
 
 @pytest.fixture
@@ -72,10 +78,20 @@ def sqlite_url(tmp_path: Any) -> str:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """Each test using it runs once on SQLite and once on PostgreSQL."""
+    """Each test using it runs once on SQLite and once on PostgreSQL. The PostgreSQL database
+    has the schema already, the SQLite file does not exist yet (creating it is as fast as
+    copying it): a test that needs the tables calls `upgrade()`, which is cheap at head."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """`db_url` without any table on either database (tests of the migrations themselves)."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
+    return str(request.getfixturevalue("pg_empty_url"))
 
 
 @pytest.fixture(autouse=True)
