@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 from support import Harness, unique_id
 
-from engine import InvalidRunStateError, job
+from engine import IO, Context, InvalidRunStateError, Task, job
 
 RUNS = 800
 
 
-async def test_cancel_never_overwrites_a_run_that_completed_first(pg_url):
+async def test_cancel_never_overwrites_a_run_that_completed_first(pg_url: str) -> None:
     @job(id=unique_id("storm"))
-    async def storm(payload, io, ctx):
-        async def step(task):
+    async def storm(payload: Any, io: IO, ctx: Context) -> Any:
+        async def step(task: Task) -> Any:
             await asyncio.sleep(random.random() * 0.004)
             return payload["n"]
 
@@ -82,12 +83,12 @@ async def test_cancel_never_overwrites_a_run_that_completed_first(pg_url):
         await reopen.close()
 
 
-async def test_concurrent_retries_of_one_failed_run_queue_it_once(pg_url):
+async def test_concurrent_retries_of_one_failed_run_queue_it_once(pg_url: str) -> None:
     calls: list[int] = []
 
     @job(id=unique_id("retryrace"))
-    async def flaky(payload, io, ctx):
-        async def step(task):
+    async def flaky(payload: Any, io: IO, ctx: Context) -> None:
+        async def step(task: Task) -> None:
             calls.append(1)
             raise RuntimeError("down")
 
@@ -104,8 +105,11 @@ async def test_concurrent_retries_of_one_failed_run_queue_it_once(pg_url):
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         assert len(errors) == 7, results
-        assert all(isinstance(e, InvalidRunStateError) for e in errors), errors
-        assert all("is QUEUED: only a FAILED run can be retried" in e.message for e in errors)
+        assert all(
+            isinstance(e, InvalidRunStateError)
+            and "is QUEUED: only a FAILED run can be retried" in e.message
+            for e in errors
+        ), errors
         assert (await harness.engine.get_run(view["id"]))["status"] == "QUEUED"
     finally:
         await harness.close()

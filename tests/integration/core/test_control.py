@@ -8,22 +8,29 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from support import unique_id
+from support import Harness, unique_id
 
 from engine import (
+    IO,
+    Context,
+    Engine,
     EngineError,
     InvalidRunStateError,
     PayloadValidationError,
     PollTimeoutError,
+    Task,
     UnknownJobError,
     job,
 )
 
 
-async def _until(engine, run_id, status, timeout=10.0):
+async def _until(
+    engine: Engine, run_id: str, status: str, timeout: float = 10.0
+) -> dict[str, Any]:
     for _ in range(int(timeout / 0.01)):
         run = await engine.get_run(run_id)
         if run["status"] == status:
@@ -32,9 +39,9 @@ async def _until(engine, run_id, status, timeout=10.0):
     raise AssertionError(f"run {run_id} never reached {status}: {run['status']}")
 
 
-async def test_one_idempotency_key_gives_one_run_even_when_racing(harness):
+async def test_one_idempotency_key_gives_one_run_even_when_racing(harness: Harness) -> None:
     @job(id=unique_id("idem"))
-    async def idem(payload, io, ctx):
+    async def idem(payload: Any, io: IO, ctx: Context) -> Any:
         return payload
 
     await harness.engine.upgrade()
@@ -48,13 +55,13 @@ async def test_one_idempotency_key_gives_one_run_even_when_racing(harness):
     assert other != ids[0]
 
 
-async def test_payload_model_validates_and_reaches_the_job_as_a_model(harness):
+async def test_payload_model_validates_and_reaches_the_job_as_a_model(harness: Harness) -> None:
     class Order(BaseModel):
         id: int
         item: str
 
     @job(id=unique_id("typed"), payload=Order)
-    async def typed(payload: Order, io, ctx):
+    async def typed(payload: Order, io: IO, ctx: Context) -> Any:
         return {"type": type(payload).__name__, "item": payload.item}
 
     await harness.start(typed)
@@ -65,15 +72,15 @@ async def test_payload_model_validates_and_reaches_the_job_as_a_model(harness):
     assert view["output"] == {"type": "Order", "item": "pen"}
 
 
-async def test_unknown_job_is_refused(harness):
+async def test_unknown_job_is_refused(harness: Harness) -> None:
     await harness.engine.upgrade()
     with pytest.raises(UnknownJobError, match="no job 'nope' is registered"):
         await harness.engine.trigger("nope")
 
 
-async def test_cancel_a_waiting_run(harness):
+async def test_cancel_a_waiting_run(harness: Harness) -> None:
     @job(id=unique_id("cancelwait"))
-    async def sleeper(payload, io, ctx):
+    async def sleeper(payload: Any, io: IO, ctx: Context) -> None:
         await io.wait("long", 3600)
 
     await harness.start(sleeper)
@@ -87,9 +94,9 @@ async def test_cancel_a_waiting_run(harness):
         await harness.engine.cancel(run_id)
 
 
-async def test_cancel_a_queued_run(harness):
+async def test_cancel_a_queued_run(harness: Harness) -> None:
     @job(id=unique_id("cancelq"))
-    async def never(payload, io, ctx):
+    async def never(payload: Any, io: IO, ctx: Context) -> int:
         return 1
 
     await harness.engine.upgrade()
@@ -100,13 +107,13 @@ async def test_cancel_a_queued_run(harness):
     assert (await harness.engine.get_run(run_id))["status"] == "CANCELED"
 
 
-async def test_cancel_a_running_run_interrupts_the_step_in_flight(harness):
+async def test_cancel_a_running_run_interrupts_the_step_in_flight(harness: Harness) -> None:
     reached: list[str] = []
     interrupted: list[str] = []
 
     @job(id=unique_id("cancelrun"))
-    async def busy(payload, io, ctx):
-        async def slow(task):
+    async def busy(payload: Any, io: IO, ctx: Context) -> None:
+        async def slow(task: Task) -> Any:
             reached.append(task.key)
             try:
                 await asyncio.sleep(30)
@@ -115,7 +122,7 @@ async def test_cancel_a_running_run_interrupts_the_step_in_flight(harness):
                 raise
             return 1
 
-        async def later(task):
+        async def later(task: Task) -> None:
             reached.append(task.key)
 
         await io.run_task("slow", slow)
@@ -141,17 +148,17 @@ async def test_cancel_a_running_run_interrupts_the_step_in_flight(harness):
     assert view["tasks"] == []  # nothing was recorded after the cancel
 
 
-async def test_retry_a_failed_run_reruns_only_what_failed(harness):
+async def test_retry_a_failed_run_reruns_only_what_failed(harness: Harness) -> None:
     calls: list[str] = []
     broken = {"yes": True}
 
     @job(id=unique_id("retryrun"))
-    async def fragile(payload, io, ctx):
-        async def good(task):
+    async def fragile(payload: Any, io: IO, ctx: Context) -> Any:
+        async def good(task: Task) -> Any:
             calls.append(task.key)
             return 1
 
-        async def bad(task):
+        async def bad(task: Task) -> Any:
             calls.append(task.key)
             if broken["yes"]:
                 raise RuntimeError("downstream is down")
@@ -173,16 +180,16 @@ async def test_retry_a_failed_run_reruns_only_what_failed(harness):
     assert calls.count("good") == 2
 
 
-async def test_retry_does_not_repeat_completed_tasks(harness):
+async def test_retry_does_not_repeat_completed_tasks(harness: Harness) -> None:
     calls: list[str] = []
     broken = {"yes": True}
 
     @job(id=unique_id("retry2"))
-    async def fragile(payload, io, ctx):
-        async def good(task):
+    async def fragile(payload: Any, io: IO, ctx: Context) -> str:
+        async def good(task: Task) -> None:
             calls.append("good")
 
-        async def bad(task):
+        async def bad(task: Task) -> None:
             calls.append("bad")
             if broken["yes"]:
                 raise RuntimeError("down")
@@ -241,9 +248,11 @@ def flag() -> Iterator[_Flag]:
         server.server_close()
 
 
-async def test_background_poll_returns_the_body_once_the_url_answers(harness, flag):
+async def test_background_poll_returns_the_body_once_the_url_answers(
+    harness: Harness, flag: _Flag
+) -> None:
     @job(id=unique_id("poll"))
-    async def polling(payload, io, ctx):
+    async def polling(payload: Any, io: IO, ctx: Context) -> Any:
         return await io.background_poll("status", flag.url, interval=0.05, timeout=30)
 
     await harness.start(polling)
@@ -265,13 +274,14 @@ async def test_background_poll_returns_the_body_once_the_url_answers(harness, fl
     assert polls_while_waiting <= waited / 0.05 + 2
 
 
-async def test_background_poll_times_out_with_a_clear_error(harness, flag):
+async def test_background_poll_times_out_with_a_clear_error(harness: Harness, flag: _Flag) -> None:
     @job(id=unique_id("polltimeout"))
-    async def polling(payload, io, ctx):
+    async def polling(payload: Any, io: IO, ctx: Context) -> str | None:
         try:
             await io.background_poll("never", flag.url, interval=0.05, timeout=0.3)
         except PollTimeoutError as exc:
             return f"gave up: {exc}"
+        return None
 
     await harness.start(polling)
     view = await harness.run(polling)
@@ -279,9 +289,9 @@ async def test_background_poll_times_out_with_a_clear_error(harness, flag):
     assert view["tasks"][0]["status"] == "ERRORED"
 
 
-async def test_background_poll_refuses_secret_headers(harness):
+async def test_background_poll_refuses_secret_headers(harness: Harness) -> None:
     @job(id=unique_id("pollsecret"))
-    async def polling(payload, io, ctx):
+    async def polling(payload: Any, io: IO, ctx: Context) -> None:
         await io.background_poll(
             "p", "http://127.0.0.1:9/x", headers={"Authorization": "Bearer sk-123"}
         )
@@ -293,7 +303,7 @@ async def test_background_poll_refuses_secret_headers(harness):
     assert "sk-123" not in json.dumps(view)
 
 
-def test_bad_retry_policy_is_refused_with_the_bounds():
+def test_bad_retry_policy_is_refused_with_the_bounds() -> None:
     from engine import RetryPolicy
 
     with pytest.raises(EngineError, match="use 1 to 100"):
@@ -302,9 +312,11 @@ def test_bad_retry_policy_is_refused_with_the_bounds():
         RetryPolicy(min_delay=10, max_delay=1)
 
 
-async def test_retrying_a_run_whose_poll_timed_out_polls_again_afresh(harness, flag):
+async def test_retrying_a_run_whose_poll_timed_out_polls_again_afresh(
+    harness: Harness, flag: _Flag
+) -> None:
     @job(id=unique_id("pollretry"))
-    async def polling(payload, io, ctx):
+    async def polling(payload: Any, io: IO, ctx: Context) -> Any:
         return await io.background_poll("later", flag.url, interval=0.05, timeout=0.3)
 
     await harness.start(polling)
@@ -317,12 +329,14 @@ async def test_retrying_a_run_whose_poll_timed_out_polls_again_afresh(harness, f
     assert run["status"] == "COMPLETED", run["error"]
     assert run["output"]["state"] == "done"
 
-async def test_a_retried_run_keeps_the_due_time_of_a_wait_the_failure_cut_off(harness):
+async def test_a_retried_run_keeps_the_due_time_of_a_wait_the_failure_cut_off(
+    harness: Harness
+) -> None:
     broken = {"yes": True}
 
     @job(id=unique_id("retrywait"))
-    async def waits_and_fails(payload, io, ctx):
-        async def fragile(task):
+    async def waits_and_fails(payload: Any, io: IO, ctx: Context) -> str:
+        async def fragile(task: Task) -> None:
             if broken["yes"]:
                 raise RuntimeError("down")
 

@@ -22,7 +22,7 @@ from faults import SQLiteLock
 from sqlalchemy import text
 from support import Harness, unique_id
 
-from engine import job
+from engine import IO, Context, Task, job
 from engine.exceptions import DatabaseError
 
 # Refuse any stored value holding the word "poison": the engine's own checks accept it.
@@ -60,8 +60,8 @@ async def test_a_refused_step_outcome_fails_the_run_once(harness: Harness) -> No
     calls: list[int] = []
 
     @job(id=unique_id("poison-step"))
-    async def poisoned(payload, io, ctx):
-        async def step(task):
+    async def poisoned(payload: Any, io: IO, ctx: Context) -> Any:
+        async def step(task: Task) -> Any:
             calls.append(task.attempt)
             return "poison"
 
@@ -99,7 +99,7 @@ async def test_a_refused_return_value_fails_the_run_once(harness: Harness) -> No
     executions: list[int] = []
 
     @job(id=unique_id("poison-return"))
-    async def poisoned(payload, io, ctx):
+    async def poisoned(payload: Any, io: IO, ctx: Context) -> Any:
         executions.append(1)
         return {"value": "poison"}
 
@@ -123,8 +123,8 @@ async def test_one_refused_write_costs_no_other_run_its_commit(sqlite_harness: H
     everyone = asyncio.Event()
 
     @job(id=unique_id("batch"))
-    async def batch(payload, io, ctx):
-        async def first(task):
+    async def batch(payload: Any, io: IO, ctx: Context) -> Any:
+        async def first(task: Task) -> Any:
             counts[(task.run_id, task.key)] += 1
             started.add(task.run_id)
             if len(started) >= n:
@@ -132,7 +132,7 @@ async def test_one_refused_write_costs_no_other_run_its_commit(sqlite_harness: H
             await everyone.wait()  # all outcomes arrive together: they share commits
             return "poison" if payload["poison"] else payload["i"]
 
-        async def second(task):
+        async def second(task: Task) -> Any:
             counts[(task.run_id, task.key)] += 1
             return payload["i"] * 2
 
@@ -183,13 +183,13 @@ async def test_a_write_that_cannot_be_prepared_fails_alone(sqlite_harness: Harne
 
 def _held_job(gate: asyncio.Event, counts: collections.Counter[str], size: int = 10) -> Any:
     @job(id=unique_id("held"))
-    async def held(payload, io, ctx):
-        async def first(task):
+    async def held(payload: Any, io: IO, ctx: Context) -> Any:
+        async def first(task: Task) -> Any:
             counts[task.key] += 1
             await gate.wait()
             return "x" * size
 
-        async def second(task):
+        async def second(task: Task) -> Any:
             counts[task.key] += 1
             return "done"
 

@@ -4,13 +4,15 @@ that catches it cannot run or record anything more."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
-from support import unique_id
+from support import Harness, unique_id
 
-from engine import DivergenceError, job
+from engine import IO, Context, DivergenceError, Task, job
 
 
-async def _until(condition, timeout=30.0):
+async def _until(condition: Callable[[], object], timeout: float = 30.0) -> None:
     for _ in range(int(timeout / 0.01)):
         if condition():
             return
@@ -18,19 +20,19 @@ async def _until(condition, timeout=30.0):
     raise AssertionError("condition not reached in time")
 
 
-async def test_a_job_that_catches_a_divergence_cannot_go_on(harness):
+async def test_a_job_that_catches_a_divergence_cannot_go_on(harness: Harness) -> None:
     executions: list[int] = []
     side_effects: list[str] = []
     caught: list[str] = []
 
     @job(id=unique_id("diverge"))
-    async def diverging(payload, io, ctx):
+    async def diverging(payload: Any, io: IO, ctx: Context) -> str:
         executions.append(1)
 
-        async def step(task):
+        async def step(task: Task) -> Any:
             return 1
 
-        async def effect(task):
+        async def effect(task: Task) -> Any:
             side_effects.append(task.key)
             return 2
 
@@ -61,14 +63,14 @@ async def test_a_job_that_catches_a_divergence_cannot_go_on(harness):
     assert await harness.engine.run_logs(view["id"]) == []
 
 
-async def test_a_job_or_task_that_swallows_a_cancel_cannot_go_on(harness):
+async def test_a_job_or_task_that_swallows_a_cancel_cannot_go_on(harness: Harness) -> None:
     reached: list[str] = []
     side_effects: list[str] = []
     outcomes: list[str] = []
 
     @job(id=unique_id("swallow"))
-    async def swallowing(payload, io, ctx):
-        async def stubborn(task):
+    async def swallowing(payload: Any, io: IO, ctx: Context) -> None:
+        async def stubborn(task: Task) -> Any:
             reached.append(task.key)
             try:
                 await asyncio.sleep(60)
@@ -80,7 +82,7 @@ async def test_a_job_or_task_that_swallows_a_cancel_cannot_go_on(harness):
                 outcomes.append(f"inner: {type(exc).__name__}")
             return 1
 
-        async def effect(task):
+        async def effect(task: Task) -> Any:
             side_effects.append(task.key)
             return 2
 

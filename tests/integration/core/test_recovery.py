@@ -7,11 +7,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from typing import Any
 
 import pytest
-from support import unique_id
+from support import Harness, unique_id
 
-from engine import clock, job
+from engine import IO, Context, Task, clock, job
 from engine.client import Engine
 from engine.records import TaskWrite
 from engine.store import Store
@@ -61,7 +62,7 @@ async def test_a_reclaim_records_the_lost_execution_and_past_the_bound_fails_the
         )
     finally:
         await other.close()
-    assert claims == [[], []]
+    assert list(claims) == [[], []]
     row = await engine.get_run(run_id)
     assert row["status"] == "FAILED"
     assert row["completed_at"] is not None and row["lease_owner"] is None
@@ -93,13 +94,15 @@ async def test_a_reclaim_records_the_lost_execution_and_past_the_bound_fails_the
     assert again.id == run_id
 
 
-async def test_a_run_that_keeps_losing_its_execution_fails_and_retry_finishes_it(harness) -> None:
+async def test_a_run_that_keeps_losing_its_execution_fails_and_retry_finishes_it(
+    harness: Harness
+) -> None:
     attempts: list[int] = []
     healthy = asyncio.Event()
 
     @job(id=unique_id("fragile"))
-    async def fragile(payload, io, ctx):
-        async def hang(task):
+    async def fragile(payload: Any, io: IO, ctx: Context) -> Any:
+        async def hang(task: Task) -> Any:
             attempts.append(ctx.attempt)
             await healthy.wait()
             return "done"
@@ -109,9 +112,11 @@ async def test_a_run_that_keeps_losing_its_execution_fails_and_retry_finishes_it
     scheduler = await harness.start(fragile, lease_seconds=1, max_recoveries=2)
     run_id = await harness.engine.trigger(fragile.id)
     for n in (1, 2, 3):
-        await _until(
-            lambda n=n: len(attempts) == n and run_id in scheduler.active, f"execution {n}"
-        )
+
+        def started(n: int = n) -> bool:
+            return len(attempts) == n and run_id in scheduler.active
+
+        await _until(started, f"execution {n}")
         # The execution stops without concluding (as if its worker died): nothing is recorded
         # and its lease is no longer renewed.
         scheduler.active[run_id].cancel()

@@ -9,20 +9,22 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
+import pytest
 from support import Harness, unique_id
 
-from engine import job
+from engine import IO, Context, Integration, Job, Task, job
 from engine.secrets import REDACTED
 from integrations.openai import OpenAI
 
 ENGINE = str(Path(sys.executable).parent / "engine")
 
 
-def _leaky_job(secret: str, integrations: dict) -> object:
+def _leaky_job(secret: str, integrations: dict[str, Integration]) -> Job:
     @job(id=unique_id("leaky"), integrations=integrations)
-    async def leaky(payload, io, ctx):
-        async def call(task):
+    async def leaky(payload: Any, io: IO, ctx: Context) -> None:
+        async def call(task: Task) -> None:
             raise RuntimeError(f"bad key {secret}")
 
         io.logger.warn(f"calling with {secret}", key=secret, nested={"k": [secret]})
@@ -42,7 +44,9 @@ def _runs_show_json(url: str, run_id: str) -> str:
     return result.stdout
 
 
-async def _run_and_check(url: str, leaky, secret: str, caplog) -> None:
+async def _run_and_check(
+    url: str, leaky: Job, secret: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG, logger="engine")
     harness = Harness(url)
     try:
@@ -65,14 +69,18 @@ async def _run_and_check(url: str, leaky, secret: str, caplog) -> None:
     assert secret not in worker_log  # ...scrubbed
 
 
-async def test_an_api_key_leaked_by_user_code_is_scrubbed(sqlite_url, caplog):
+async def test_an_api_key_leaked_by_user_code_is_scrubbed(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     api_key = f"sk-user-code-leak-{uuid.uuid4().hex}"
     # The integration is attached but never called: the engine knows its key all the same.
     integration = OpenAI(api_key=api_key, base_url="http://127.0.0.1:9/v1")
     await _run_and_check(sqlite_url, _leaky_job(api_key, {"openai": integration}), api_key, caplog)
 
 
-async def test_the_database_password_leaked_by_user_code_is_scrubbed(pg_url, caplog):
+async def test_the_database_password_leaked_by_user_code_is_scrubbed(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     # The test server trusts every local connection: any password is accepted.
     password = f"pw-{uuid.uuid4().hex}"
     url = pg_url.replace("postgres@", f"postgres:{password}@", 1)

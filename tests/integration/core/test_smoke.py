@@ -1,16 +1,17 @@
 import asyncio
+from typing import Any
 
-from support import unique_id
+from support import Harness, unique_id
 
-from engine import job
+from engine import IO, Context, Task, job
 
 
-async def test_a_job_with_tasks_and_waits_completes(harness):
+async def test_a_job_with_tasks_and_waits_completes(harness: Harness) -> None:
     calls = []
 
     @job(id=unique_id("smoke"))
-    async def smoke(payload, io, ctx):
-        async def step(task):
+    async def smoke(payload: Any, io: IO, ctx: Context) -> Any:
+        async def step(task: Task) -> Any:
             calls.append(task.key)
             return payload["n"] * 2
 

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from pydantic import BaseModel
-from support import unique_id
+from support import Harness, unique_id
 
-from engine import DuplicateKeyError, NotSerializableError, RetryPolicy, TaskTimeoutError, job
+from engine import (
+    IO,
+    Context,
+    DuplicateKeyError,
+    NotSerializableError,
+    RetryPolicy,
+    Task,
+    TaskTimeoutError,
+    job,
+)
 
 
 class Point(BaseModel):
@@ -15,15 +25,15 @@ class Point(BaseModel):
     y: int
 
 
-async def test_completed_tasks_replay_without_running_again(harness):
+async def test_completed_tasks_replay_without_running_again(harness: Harness) -> None:
     calls: list[str] = []
     executions: list[int] = []
 
     @job(id=unique_id("replay"))
-    async def replay_job(payload, io, ctx):
+    async def replay_job(payload: Any, io: IO, ctx: Context) -> Any:
         executions.append(1)
 
-        async def step(task):
+        async def step(task: Task) -> Any:
             calls.append(task.key)
             return {"key": task.key, "attempt": task.attempt}
 
@@ -41,13 +51,13 @@ async def test_completed_tasks_replay_without_running_again(harness):
     assert first["params"] == {"n": 1} and first["output"] == {"key": "first", "attempt": 1}
 
 
-async def test_subtasks_nest_under_their_parent(harness):
+async def test_subtasks_nest_under_their_parent(harness: Harness) -> None:
     @job(id=unique_id("nested"))
-    async def nested(payload, io, ctx):
-        async def child(task):
+    async def nested(payload: Any, io: IO, ctx: Context) -> Any:
+        async def child(task: Task) -> Any:
             return task.path
 
-        async def parent(task):
+        async def parent(task: Task) -> Any:
             a = await io.run_task("child", child)
             b = await io.run_task("other", child)
             return [a, b]
@@ -62,10 +72,10 @@ async def test_subtasks_nest_under_their_parent(harness):
     assert all(c["status"] == "COMPLETED" for c in parent["children"])
 
 
-async def test_a_key_used_twice_among_siblings_is_a_clear_error(harness):
+async def test_a_key_used_twice_among_siblings_is_a_clear_error(harness: Harness) -> None:
     @job(id=unique_id("dup"))
-    async def dup(payload, io, ctx):
-        async def step(task):
+    async def dup(payload: Any, io: IO, ctx: Context) -> Any:
+        async def step(task: Task) -> Any:
             return 1
 
         await io.run_task("same", step)
@@ -81,13 +91,13 @@ async def test_a_key_used_twice_among_siblings_is_a_clear_error(harness):
     assert len(view["tasks"]) == 1
 
 
-async def test_same_key_under_different_parents_is_fine(harness):
+async def test_same_key_under_different_parents_is_fine(harness: Harness) -> None:
     @job(id=unique_id("scoped"))
-    async def scoped(payload, io, ctx):
-        async def leaf(task):
+    async def scoped(payload: Any, io: IO, ctx: Context) -> Any:
+        async def leaf(task: Task) -> Any:
             return 1
 
-        async def branch(task):
+        async def branch(task: Task) -> Any:
             return await io.run_task("leaf", leaf)
 
         return [await io.run_task("a", branch), await io.run_task("b", branch)]
@@ -96,10 +106,10 @@ async def test_same_key_under_different_parents_is_fine(harness):
     assert (await harness.run(scoped))["output"] == [1, 1]
 
 
-async def test_unstorable_output_raises_at_the_call_site(harness):
+async def test_unstorable_output_raises_at_the_call_site(harness: Harness) -> None:
     @job(id=unique_id("unstorable"))
-    async def unstorable(payload, io, ctx):
-        async def step(task):
+    async def unstorable(payload: Any, io: IO, ctx: Context) -> Any:
+        async def step(task: Task) -> Any:
             return object()
 
         try:
@@ -114,12 +124,12 @@ async def test_unstorable_output_raises_at_the_call_site(harness):
     assert "object cannot be stored" in view["output"]
 
 
-async def test_unstorable_params_are_refused_before_anything_runs(harness):
+async def test_unstorable_params_are_refused_before_anything_runs(harness: Harness) -> None:
     ran: list[int] = []
 
     @job(id=unique_id("badparams"))
-    async def bad_params(payload, io, ctx):
-        async def step(task):
+    async def bad_params(payload: Any, io: IO, ctx: Context) -> None:
+        async def step(task: Task) -> None:
             ran.append(1)
 
         await io.run_task("p", step, params={"when": object()})
@@ -131,15 +141,15 @@ async def test_unstorable_params_are_refused_before_anything_runs(harness):
     assert ran == [] and view["tasks"] == []
 
 
-async def test_pydantic_models_come_back_as_the_same_type(harness):
+async def test_pydantic_models_come_back_as_the_same_type(harness: Harness) -> None:
     seen: list[tuple[str, bool]] = []
 
     @job(id=unique_id("models"))
-    async def models(payload, io, ctx):
-        async def untyped(task):
+    async def models(payload: Any, io: IO, ctx: Context) -> Any:
+        async def untyped(task: Task) -> Any:
             return Point(x=1, y=2)
 
-        async def typed(task) -> list[Point]:
+        async def typed(task: Task) -> list[Point]:
             return [Point(x=3, y=4)]
 
         a = await io.run_task("untyped", untyped)
@@ -156,15 +166,15 @@ async def test_pydantic_models_come_back_as_the_same_type(harness):
     assert seen == [("untyped", True), ("typed", True)] * 2
 
 
-async def test_retries_are_persisted_waits_and_recorded(harness):
+async def test_retries_are_persisted_waits_and_recorded(harness: Harness) -> None:
     failures = {"left": 2}
     executions: list[int] = []
 
     @job(id=unique_id("retry"))
-    async def retrying(payload, io, ctx):
+    async def retrying(payload: Any, io: IO, ctx: Context) -> Any:
         executions.append(1)
 
-        async def flaky(task):
+        async def flaky(task: Task) -> Any:
             if failures["left"]:
                 failures["left"] -= 1
                 raise ConnectionError(f"flaky attempt {task.attempt}")
@@ -182,16 +192,17 @@ async def test_retries_are_persisted_waits_and_recorded(harness):
     assert len(executions) == 3
 
 
-async def test_exhausted_retries_reach_the_job_with_the_original_error(harness):
+async def test_exhausted_retries_reach_the_job_with_the_original_error(harness: Harness) -> None:
     @job(id=unique_id("exhaust"))
-    async def exhaust(payload, io, ctx):
-        async def always(task):
+    async def exhaust(payload: Any, io: IO, ctx: Context) -> str | None:
+        async def always(task: Task) -> None:
             raise ValueError(f"nope {task.attempt}")
 
         try:
             await io.run_task("always", always, retry=RetryPolicy(max_attempts=2, min_delay=0.01))
         except ValueError as exc:
             return f"caught {exc}"
+        return None
 
     await harness.start(exhaust)
     view = await harness.run(exhaust)
@@ -201,12 +212,12 @@ async def test_exhausted_retries_reach_the_job_with_the_original_error(harness):
     assert task["error"]["type"] == "ValueError" and task["error"]["message"] == "nope 2"
 
 
-async def test_a_recorded_failure_replays_as_the_same_exception(harness):
+async def test_a_recorded_failure_replays_as_the_same_exception(harness: Harness) -> None:
     caught: list[str] = []
 
     @job(id=unique_id("replayerr"))
-    async def replay_error(payload, io, ctx):
-        async def boom(task):
+    async def replay_error(payload: Any, io: IO, ctx: Context) -> Any:
+        async def boom(task: Task) -> None:
             raise KeyError("missing")
 
         try:
@@ -222,9 +233,9 @@ async def test_a_recorded_failure_replays_as_the_same_exception(harness):
     assert caught == ["KeyError", "KeyError"]
 
 
-async def test_a_failing_job_records_its_error(harness):
+async def test_a_failing_job_records_its_error(harness: Harness) -> None:
     @job(id=unique_id("fails"))
-    async def fails(payload, io, ctx):
+    async def fails(payload: Any, io: IO, ctx: Context) -> None:
         raise RuntimeError("the job broke")
 
     await harness.start(fails)
@@ -236,10 +247,10 @@ async def test_a_failing_job_records_its_error(harness):
     assert view["completed_at"] is not None
 
 
-async def test_attempt_timeout(harness):
+async def test_attempt_timeout(harness: Harness) -> None:
     @job(id=unique_id("timeout"))
-    async def slow(payload, io, ctx):
-        async def sleepy(task):
+    async def slow(payload: Any, io: IO, ctx: Context) -> Any:
+        async def sleepy(task: Task) -> None:
             await asyncio.sleep(5)
 
         try:
@@ -253,9 +264,9 @@ async def test_attempt_timeout(harness):
     assert view["tasks"][0]["status"] == "ERRORED"
 
 
-async def test_logger_lines_are_recorded_once(harness):
+async def test_logger_lines_are_recorded_once(harness: Harness) -> None:
     @job(id=unique_id("logs"))
-    async def logs(payload, io, ctx):
+    async def logs(payload: Any, io: IO, ctx: Context) -> None:
         io.logger.info("starting", n=1)
         await io.wait("w", 0.02)
         io.logger.warn("after the wait")
@@ -269,9 +280,9 @@ async def test_logger_lines_are_recorded_once(harness):
     assert lines[0]["fields"] == {"n": 1}
 
 
-async def test_job_return_value_must_be_storable(harness):
+async def test_job_return_value_must_be_storable(harness: Harness) -> None:
     @job(id=unique_id("badreturn"))
-    async def bad_return(payload, io, ctx):
+    async def bad_return(payload: Any, io: IO, ctx: Context) -> Any:
         return {1, 2}
 
     await harness.start(bad_return)
@@ -280,17 +291,17 @@ async def test_job_return_value_must_be_storable(harness):
     assert view["error"]["type"] == "NotSerializableError"
 
 
-async def test_a_result_is_committed_before_the_next_step_starts(harness):
+async def test_a_result_is_committed_before_the_next_step_starts(harness: Harness) -> None:
     from engine.store import Store
 
     seen: list[tuple[str, str]] = []
 
     @job(id=unique_id("commitorder"))
-    async def ordered(payload, io, ctx):
-        async def first(task):
+    async def ordered(payload: Any, io: IO, ctx: Context) -> Any:
+        async def first(task: Task) -> Any:
             return "paid"
 
-        async def second(task):
+        async def second(task: Task) -> Any:
             # Another connection (as a crash-recovering worker would) already sees `first`.
             observer = Store(harness.url)
             try:
@@ -309,15 +320,15 @@ async def test_a_result_is_committed_before_the_next_step_starts(harness):
     assert seen == [("first", "COMPLETED")]
 
 
-async def test_json_scalars_replay_exactly(harness):
+async def test_json_scalars_replay_exactly(harness: Harness) -> None:
     values = [1, 1.5, "1", "true", True, None, "", [1, "2"], {"a": None}]
     seen: list[list[object]] = []
 
     @job(id=unique_id("scalars"))
-    async def scalars(payload, io, ctx):
-        out = []
+    async def scalars(payload: Any, io: IO, ctx: Context) -> None:
+        out: list[object] = []
         for i, value in enumerate(values):
-            async def give(task, value=value):
+            async def give(task: Task, value: object = value) -> Any:
                 return value
 
             out.append(await io.run_task(f"v{i}", give))
@@ -332,16 +343,16 @@ async def test_json_scalars_replay_exactly(harness):
     assert [type(v) for v in seen[1]] == [type(v) for v in values]
 
 
-async def test_a_parent_retried_in_place_replays_its_completed_subtasks(harness):
+async def test_a_parent_retried_in_place_replays_its_completed_subtasks(harness: Harness) -> None:
     calls: list[str] = []
 
     @job(id=unique_id("inplace"))
-    async def inplace(payload, io, ctx):
-        async def child(task):
+    async def inplace(payload: Any, io: IO, ctx: Context) -> Any:
+        async def child(task: Task) -> Any:
             calls.append("child")
             return "paid"
 
-        async def parent(task):
+        async def parent(task: Task) -> Any:
             calls.append(f"parent-{task.attempt}")
             got = await io.run_task("charge", child)
             if task.attempt == 1:
@@ -359,19 +370,21 @@ async def test_a_parent_retried_in_place_replays_its_completed_subtasks(harness)
     assert calls == ["parent-1", "child", "parent-2"]
 
 
-async def test_log_lines_of_parallel_branches_are_recorded_once_whatever_their_order(harness):
+async def test_log_lines_of_parallel_branches_are_recorded_once_whatever_their_order(
+    harness: Harness
+) -> None:
     executions: list[int] = []
 
     @job(id=unique_id("branchlogs"))
-    async def branch_logs(payload, io, ctx):
+    async def branch_logs(payload: Any, io: IO, ctx: Context) -> None:
         executions.append(1)
 
-        async def a():
+        async def a() -> None:
             if len(executions) > 1:
                 await asyncio.sleep(0.02)  # on replay, "A" comes after "B"
             io.logger.info("A")
 
-        async def b():
+        async def b() -> None:
             await io.wait("w", 0.05)
             io.logger.info("B")
 

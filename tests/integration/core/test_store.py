@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
 from engine import clock
 from engine.client import Engine
+from engine.records import TaskWrite
 from engine.schema import metadata
-from engine.store import Store, TaskWrite
+from engine.store import Store
 
 
 async def _claimed(engine: Engine, job_key: str = "j@1") -> tuple[str, int]:
@@ -41,16 +43,19 @@ def _task(key: str, status: str = "COMPLETED") -> TaskWrite:
     return TaskWrite("[]", key, "task", key, status, 1, 1, output={"k": key})
 
 
-async def test_schema_at_head_has_no_drift_from_the_tables(engine):
-    await engine.upgrade()
-    await engine.upgrade()  # idempotent
+async def test_schema_at_head_has_no_drift_from_the_tables(empty_db_url: str) -> None:
+    """The migrations, run on an empty database, make exactly the tables engine.schema models."""
+    async with Engine(empty_db_url) as engine:
+        await engine.upgrade()
+    async with Engine(empty_db_url) as engine:
+        await engine.upgrade()  # idempotent: a second run at head changes nothing
 
-    def diff(conn):
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-        return compare_metadata(ctx, metadata)
+        def diff(conn: Connection) -> list[Any]:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            return list(compare_metadata(ctx, metadata))
 
-    async with engine.store.engine.connect() as conn:
-        changes = await conn.run_sync(diff)
+        async with engine.store.engine.connect() as conn:
+            changes = await conn.run_sync(diff)
     # The engine's own version table is Alembic's, not part of the model.
     changes = [
         c for c in changes if not (c[0] == "remove_table" and c[1].name == "engine_alembic_version")
@@ -58,7 +63,7 @@ async def test_schema_at_head_has_no_drift_from_the_tables(engine):
     assert changes == []
 
 
-async def test_the_database_refuses_a_second_task_with_one_identity(engine):
+async def test_the_database_refuses_a_second_task_with_one_identity(engine: Engine) -> None:
     run_id, _ = await _claimed(engine)
     insert = text(
         "INSERT INTO engine_tasks (run_id, parent_path, key, kind, name, status, attempts, "
@@ -71,7 +76,7 @@ async def test_the_database_refuses_a_second_task_with_one_identity(engine):
             await conn.execute(insert, {"r": run_id})
 
 
-async def test_a_worker_that_lost_its_lease_cannot_record_anything(engine):
+async def test_a_worker_that_lost_its_lease_cannot_record_anything(engine: Engine) -> None:
     run_id, old_epoch = await _claimed(engine)
     assert await engine.store.write_task(run_id, old_epoch, _task("before"))
     # The lease expires and another worker claims the run.
@@ -90,7 +95,7 @@ async def test_a_worker_that_lost_its_lease_cannot_record_anything(engine):
     assert await engine.store.write_task(run_id, reclaim.epoch, _task("after"))
 
 
-async def test_a_run_is_claimed_by_one_worker_at_a_time(engine, db_url):
+async def test_a_run_is_claimed_by_one_worker_at_a_time(engine: Engine, db_url: str) -> None:
     await engine.upgrade()
     await engine.store.register_jobs([("j", "1", None)])
     for _ in range(20):
@@ -107,14 +112,14 @@ async def test_a_run_is_claimed_by_one_worker_at_a_time(engine, db_url):
     assert len(ids) == 20 and len(set(ids)) == 20
 
 
-async def test_cancel_fences_out_the_running_execution(engine):
+async def test_cancel_fences_out_the_running_execution(engine: Engine) -> None:
     run_id, epoch = await _claimed(engine)
     await engine.cancel(run_id)
     assert not await engine.store.write_task(run_id, epoch, _task("after-cancel"))
     assert (await engine.get_run(run_id))["status"] == "CANCELED"
 
 
-async def test_unreachable_database_is_one_clear_error():
+async def test_unreachable_database_is_one_clear_error() -> None:
     from engine import DatabaseError
 
     engine = Engine("postgresql+asyncpg://postgres@127.0.0.1:1/nothing")
@@ -125,14 +130,14 @@ async def test_unreachable_database_is_one_clear_error():
         await engine.close()
 
 
-async def test_missing_tables_say_how_to_fix_it(sqlite_engine):
+async def test_missing_tables_say_how_to_fix_it(sqlite_engine: Engine) -> None:
     from engine import DatabaseError
 
     with pytest.raises(DatabaseError, match="engine db upgrade"):
         await sqlite_engine.list_runs()
 
 
-async def test_concurrent_writes_share_commits_but_are_fenced_one_by_one(engine):
+async def test_concurrent_writes_share_commits_but_are_fenced_one_by_one(engine: Engine) -> None:
     await engine.upgrade()
     await engine.store.register_jobs([("j", "1", None)])
     live, _ = await engine.store.create_run("j", "1", {}, None)

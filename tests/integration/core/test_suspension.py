@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
-from support import unique_id
+from support import Harness, unique_id
 
-from engine import DivergenceError, job
+from engine import IO, Context, DivergenceError, Task, job
 
 
-async def test_parallel_steps_replay_by_key(harness):
+async def test_parallel_steps_replay_by_key(harness: Harness) -> None:
     calls: list[str] = []
 
     @job(id=unique_id("gather"))
-    async def gathered(payload, io, ctx):
-        async def step(task):
+    async def gathered(payload: Any, io: IO, ctx: Context) -> Any:
+        async def step(task: Task) -> Any:
             calls.append(task.key)
             await asyncio.sleep(0.01)
             return task.key.upper()
@@ -32,17 +33,17 @@ async def test_parallel_steps_replay_by_key(harness):
     assert sorted(calls) == ["a", "b", "d"]
 
 
-async def test_unloads_only_after_every_branch_finished_or_parked(harness):
+async def test_unloads_only_after_every_branch_finished_or_parked(harness: Harness) -> None:
     calls: list[str] = []
 
     @job(id=unique_id("branches"))
-    async def branches(payload, io, ctx):
-        async def slow(task):
+    async def branches(payload: Any, io: IO, ctx: Context) -> Any:
+        async def slow(task: Task) -> Any:
             await asyncio.sleep(0.2)  # still running when the other branch parks
             calls.append(task.key)
             return 1
 
-        async def then_more():
+        async def then_more() -> Any:
             await io.run_task("slow", slow)
             return await io.run_task("after-slow", slow)
 
@@ -56,9 +57,11 @@ async def test_unloads_only_after_every_branch_finished_or_parked(harness):
     assert calls == ["slow", "after-slow"]
 
 
-async def test_a_run_waiting_on_several_waits_resumes_when_the_last_is_due(harness):
+async def test_a_run_waiting_on_several_waits_resumes_when_the_last_is_due(
+    harness: Harness
+) -> None:
     @job(id=unique_id("multiwait"))
-    async def multi(payload, io, ctx):
+    async def multi(payload: Any, io: IO, ctx: Context) -> Any:
         start = time.monotonic()
         await asyncio.gather(io.wait("short", 0.05), io.wait("long", 0.3), io.wait("mid", 0.1))
         return time.monotonic() - start
@@ -72,11 +75,11 @@ async def test_a_run_waiting_on_several_waits_resumes_when_the_last_is_due(harne
         "short": "COMPLETED", "long": "COMPLETED", "mid": "COMPLETED"}
 
 
-async def test_suspension_passes_through_except_exception(harness):
+async def test_suspension_passes_through_except_exception(harness: Harness) -> None:
     swallowed: list[str] = []
 
     @job(id=unique_id("tryexcept"))
-    async def careless(payload, io, ctx):
+    async def careless(payload: Any, io: IO, ctx: Context) -> str:
         try:
             await io.wait("nap", 0.05)
         except Exception as exc:
@@ -88,9 +91,9 @@ async def test_suspension_passes_through_except_exception(harness):
     assert view["status"] == "COMPLETED" and swallowed == []
 
 
-async def test_a_waiting_run_holds_no_coroutine(harness):
+async def test_a_waiting_run_holds_no_coroutine(harness: Harness) -> None:
     @job(id=unique_id("holds"))
-    async def sleeper(payload, io, ctx):
+    async def sleeper(payload: Any, io: IO, ctx: Context) -> None:
         await io.wait("long", 3600)
 
     scheduler = await harness.start(sleeper)
@@ -110,12 +113,12 @@ async def test_a_waiting_run_holds_no_coroutine(harness):
     assert not any(run_id in name for name in names)
 
 
-async def test_divergence_fails_the_run_and_names_the_key(harness):
+async def test_divergence_fails_the_run_and_names_the_key(harness: Harness) -> None:
     version = {"code": "old"}
 
     @job(id=unique_id("diverge"))
-    async def diverging(payload, io, ctx):
-        async def fetch(task):
+    async def diverging(payload: Any, io: IO, ctx: Context) -> str:
+        async def fetch(task: Task) -> Any:
             return 1
 
         if version["code"] == "old":
@@ -142,18 +145,18 @@ async def test_divergence_fails_the_run_and_names_the_key(harness):
     assert "'step'" in message and "task 'fetch'" in message and "wait 'wait'" in message
 
 
-async def test_a_worker_leaves_runs_of_versions_it_does_not_have(harness):
+async def test_a_worker_leaves_runs_of_versions_it_does_not_have(harness: Harness) -> None:
     job_id = unique_id("versioned")
 
     @job(id=job_id, version="1")
-    async def v1(payload, io, ctx):
+    async def v1(payload: Any, io: IO, ctx: Context) -> str:
         return "v1"
 
     await harness.engine.upgrade()
     old_run = await harness.engine.trigger(job_id)
 
     @job(id=job_id, version="2")
-    async def v2(payload, io, ctx):
+    async def v2(payload: Any, io: IO, ctx: Context) -> str:
         return "v2"
 
     await harness.start(v2)

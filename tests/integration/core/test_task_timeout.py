@@ -4,50 +4,53 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from typing import Any
 
-from support import unique_id
+from support import Harness, unique_id
 
-from engine import TaskTimeoutError, job
+from engine import IO, Context, Task, TaskTimeoutError, job
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
-async def test_a_task_that_swallows_its_cancellation_still_times_out(harness):
+async def test_a_task_that_swallows_its_cancellation_still_times_out(harness: Harness) -> None:
     stop = asyncio.Event()
     seen: list[str] = []
     side_effects: list[str] = []
 
-    async def swallow_and_return(task):
+    async def swallow_and_return(task: Task) -> Any:
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
             return "escaped"
+        return None
 
-    async def swallow_and_raise(task):
+    async def swallow_and_raise(task: Task) -> None:
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
             raise ValueError("not a timeout") from None
 
-    async def swallow_and_keep_going(task):
+    async def swallow_and_keep_going(task: Task) -> Any:
         seen.append(request_id.get())
         while not stop.is_set():
             try:
                 await asyncio.sleep(0.01)
             except asyncio.CancelledError:
                 try:
+                    assert task_io is not None  # set by the job before this task runs
                     await task_io.run_task("after", effect)  # must not record anything
                 except TaskTimeoutError:
                     seen.append("io refused")
         return "escaped"
 
-    async def effect(task):
+    async def effect(task: Task) -> None:
         side_effects.append(task.key)
 
-    task_io = None
+    task_io: IO | None = None
 
     @job(id=unique_id("timeout"))
-    async def timed(payload, io, ctx):
+    async def timed(payload: Any, io: IO, ctx: Context) -> Any:
         nonlocal task_io
         task_io = io
         request_id.set("r-1")
@@ -85,13 +88,13 @@ async def test_a_task_that_swallows_its_cancellation_still_times_out(harness):
     assert side_effects == []
 
 
-async def test_canceling_the_run_interrupts_an_attempt_under_a_timeout(harness):
+async def test_canceling_the_run_interrupts_an_attempt_under_a_timeout(harness: Harness) -> None:
     reached: list[str] = []
     interrupted: list[str] = []
 
     @job(id=unique_id("timeoutcancel"))
-    async def slow_job(payload, io, ctx):
-        async def slow(task):
+    async def slow_job(payload: Any, io: IO, ctx: Context) -> None:
+        async def slow(task: Task) -> None:
             reached.append(task.key)
             try:
                 await asyncio.sleep(60)

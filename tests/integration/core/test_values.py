@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 from sqlalchemy import text
-from support import unique_id
+from support import Harness, unique_id
 
-from engine import EngineError, NotSerializableError, RetryPolicy, job, pollers
+from engine import IO, Context, EngineError, NotSerializableError, RetryPolicy, Task, job, pollers
 from engine.pollers import PollResult
 
 CALLS: Counter[str] = Counter()
@@ -71,13 +71,15 @@ EXACT = {
 
 
 @pytest.mark.parametrize("name", list(EXACT))
-async def test_values_round_trip_exactly_through_outputs_replay_and_return(harness, name):
+async def test_values_round_trip_exactly_through_outputs_replay_and_return(
+    harness: Harness, name: str
+) -> None:
     value = EXACT[name]
     tag = unique_id("exact")
 
     @job(id=tag)
-    async def exact(payload, io, ctx):
-        async def produce(task):
+    async def exact(payload: Any, io: IO, ctx: Context) -> Any:
+        async def produce(task: Task) -> Any:
             CALLS[tag] += 1
             return value
 
@@ -121,13 +123,13 @@ REFUSED = {
 
 
 @pytest.mark.parametrize("name", list(REFUSED))
-async def test_a_refused_output_errors_the_task_once(harness, name):
+async def test_a_refused_output_errors_the_task_once(harness: Harness, name: str) -> None:
     value, expected = REFUSED[name]
     tag = unique_id("refused")
 
     @job(id=tag)
-    async def refused(payload, io, ctx):
-        async def produce(task):
+    async def refused(payload: Any, io: IO, ctx: Context) -> Any:
+        async def produce(task: Task) -> Any:
             CALLS[tag] += 1
             return _local_model() if name == "local class" else value
 
@@ -146,12 +148,12 @@ async def test_a_refused_output_errors_the_task_once(harness, name):
 
 
 @pytest.mark.parametrize("name", ["nan", "nul", "surrogate", "deep"])
-async def test_a_refused_job_return_value_fails_the_run_once(harness, name):
+async def test_a_refused_job_return_value_fails_the_run_once(harness: Harness, name: str) -> None:
     value, expected = REFUSED[name]
     tag = unique_id("ret")
 
     @job(id=tag)
-    async def returns(payload, io, ctx):
+    async def returns(payload: Any, io: IO, ctx: Context) -> Any:
         CALLS[tag] += 1
         return value
 
@@ -164,13 +166,13 @@ async def test_a_refused_job_return_value_fails_the_run_once(harness, name):
 
 
 @pytest.mark.parametrize("name", ["nan", "nul", "surrogate", "deep"])
-async def test_a_refused_param_fails_before_the_function_runs(harness, name):
+async def test_a_refused_param_fails_before_the_function_runs(harness: Harness, name: str) -> None:
     value, expected = REFUSED[name]
     tag = unique_id("params")
 
     @job(id=tag)
-    async def with_params(payload, io, ctx):
-        async def step(task):
+    async def with_params(payload: Any, io: IO, ctx: Context) -> None:
+        async def step(task: Task) -> None:
             CALLS[tag] += 1
 
         await io.run_task("v", step, params=value)
@@ -184,7 +186,7 @@ async def test_a_refused_param_fails_before_the_function_runs(harness, name):
 
 # -- keys, names, durations: checked at the call -------------------------------------------------
 
-BAD_CALLS = {
+BAD_CALLS: dict[str, tuple[str, Any, str]] = {
     "600-char key": ("key", "k" * 600, "use at most 500"),
     "NUL key": ("key", "a\x00b", "control characters"),
     "newline key": ("key", "a\nb", "control characters"),
@@ -201,13 +203,15 @@ BAD_CALLS = {
 
 
 @pytest.mark.parametrize("name", list(BAD_CALLS))
-async def test_a_bad_key_name_or_duration_is_refused_before_anything_is_written(harness, name):
+async def test_a_bad_key_name_or_duration_is_refused_before_anything_is_written(
+    harness: Harness, name: str
+) -> None:
     what, bad, expected = BAD_CALLS[name]
     tag = unique_id("input")
 
     @job(id=tag)
-    async def bad_input(payload, io, ctx):
-        async def step(task):
+    async def bad_input(payload: Any, io: IO, ctx: Context) -> None:
+        async def step(task: Task) -> None:
             CALLS[tag] += 1
 
         if what == "wait":
@@ -227,10 +231,11 @@ async def test_a_bad_key_name_or_duration_is_refused_before_anything_is_written(
     assert CALLS[tag] == 0 and view["tasks"] == []
 
 
-def test_retry_policies_and_poll_schedules_must_be_finite():
+def test_retry_policies_and_poll_schedules_must_be_finite() -> None:
     for field in ("min_delay", "max_delay", "factor"):
         with pytest.raises(EngineError, match=field):
-            RetryPolicy(**{field: math.nan})
+            nan: dict[str, Any] = {field: math.nan}
+            RetryPolicy(**nan)
     with pytest.raises(EngineError, match="factor"):
         RetryPolicy(factor=math.inf)
     for interval, max_interval, timeout in [
@@ -245,14 +250,14 @@ def test_retry_policies_and_poll_schedules_must_be_finite():
         pollers.PollSchedule(1, 10, backoff=math.nan, timeout=60)
 
 
-async def test_an_infinite_wait_costs_other_runs_nothing(sqlite_harness):
+async def test_an_infinite_wait_costs_other_runs_nothing(sqlite_harness: Harness) -> None:
     """One run's bad wait is refused at the call: it never reaches the SQLite group commit
     that it would share with the other runs' writes."""
     tag = unique_id("crowd")
 
     @job(id=tag)
-    async def crowd(payload, io, ctx):
-        async def step(task):
+    async def crowd(payload: Any, io: IO, ctx: Context) -> Any:
+        async def step(task: Task) -> Any:
             CALLS[f"{tag}:{payload['n']}:{task.key}"] += 1
             return task.key
 
@@ -282,11 +287,11 @@ async def test_an_infinite_wait_costs_other_runs_nothing(sqlite_harness):
 # -- diagnostic text: escaped, never refused -----------------------------------------------------
 
 
-async def test_log_lines_with_nul_or_surrogates_are_recorded_escaped(harness):
+async def test_log_lines_with_nul_or_surrogates_are_recorded_escaped(harness: Harness) -> None:
     tag = unique_id("logs")
 
     @job(id=tag)
-    async def logs(payload, io, ctx):
+    async def logs(payload: Any, io: IO, ctx: Context) -> str:
         io.logger.info("nul\x00here", field="v\x00", other=1)
         io.logger.warn("lone \ud800 surrogate", bad=math.nan)
         io.logger.info("deep", value=nested(250))
@@ -302,12 +307,12 @@ async def test_log_lines_with_nul_or_surrogates_are_recorded_escaped(harness):
     assert lines[1]["fields"] == {"bad": "nan"}
 
 
-async def test_an_exception_message_with_nul_is_recorded_escaped_once(harness):
+async def test_an_exception_message_with_nul_is_recorded_escaped_once(harness: Harness) -> None:
     tag = unique_id("raises")
 
     @job(id=tag)
-    async def raises(payload, io, ctx):
-        async def boom(task):
+    async def raises(payload: Any, io: IO, ctx: Context) -> None:
+        async def boom(task: Task) -> None:
             CALLS[tag] += 1
             raise ValueError("bad\x00news \ud800 here")
 
@@ -326,9 +331,9 @@ async def test_an_exception_message_with_nul_is_recorded_escaped_once(harness):
 # -- payloads ------------------------------------------------------------------------------------
 
 
-async def test_a_payload_the_codec_refuses_creates_no_run(harness):
+async def test_a_payload_the_codec_refuses_creates_no_run(harness: Harness) -> None:
     @job(id=unique_id("payload"))
-    async def echo(payload, io, ctx):
+    async def echo(payload: Any, io: IO, ctx: Context) -> Any:
         return payload
 
     await harness.start(echo)
@@ -351,9 +356,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_cli_payloads_round_trip_or_fail_in_one_line(harness):
+async def test_cli_payloads_round_trip_or_fail_in_one_line(harness: Harness) -> None:
     @job(id=unique_id("cli"))
-    async def echo(payload, io, ctx):
+    async def echo(payload: Any, io: IO, ctx: Context) -> Any:
         return payload
 
     await harness.start(echo)
@@ -386,12 +391,12 @@ async def test_cli_payloads_round_trip_or_fail_in_one_line(harness):
     assert same(json.loads(shown.stdout)["output"], payload)
 
 
-async def test_runs_show_prints_what_older_versions_recorded(sqlite_harness):
+async def test_runs_show_prints_what_older_versions_recorded(sqlite_harness: Harness) -> None:
     """Rows written before values were checked (a lone surrogate in an error, NaN in an output,
     as SQLite stored them) print as text and as valid JSON, not as a traceback."""
 
     @job(id=unique_id("old"))
-    async def old(payload, io, ctx):
+    async def old(payload: Any, io: IO, ctx: Context) -> int:
         return 1
 
     await sqlite_harness.start(old)
@@ -419,7 +424,7 @@ async def test_runs_show_prints_what_older_versions_recorded(sqlite_harness):
 # -- polls and types that cannot be rebuilt ------------------------------------------------------
 
 
-async def test_a_poll_value_the_codec_refuses_errors_the_poll_once(harness):
+async def test_a_poll_value_the_codec_refuses_errors_the_poll_once(harness: Harness) -> None:
     tag = unique_id("poll")
 
     async def poisoned(params: dict[str, Any]) -> PollResult:
@@ -429,7 +434,7 @@ async def test_a_poll_value_the_codec_refuses_errors_the_poll_once(harness):
     pollers.register(tag, poisoned)
 
     @job(id=tag)
-    async def polls(payload, io, ctx):
+    async def polls(payload: Any, io: IO, ctx: Context) -> Any:
         return await io.poll("p", tag, {}, name="poisoned", interval=0.05)
 
     await harness.start(polls)
@@ -441,13 +446,15 @@ async def test_a_poll_value_the_codec_refuses_errors_the_poll_once(harness):
     assert 'value["x"][0] is nan' in task["error"]["message"]
 
 
-async def test_a_recorded_type_that_no_longer_imports_fails_the_run_clearly(harness):
+async def test_a_recorded_type_that_no_longer_imports_fails_the_run_clearly(
+    harness: Harness
+) -> None:
     tag = unique_id("gone")
     fail_first = {"on": True}
 
     @job(id=tag)
-    async def gone(payload, io, ctx):
-        async def make(task):
+    async def gone(payload: Any, io: IO, ctx: Context) -> Any:
+        async def make(task: Task) -> Any:
             CALLS[tag] += 1
             return Recorded(n=1)
 
@@ -473,14 +480,14 @@ async def test_a_recorded_type_that_no_longer_imports_fails_the_run_clearly(harn
     assert CALLS[tag] == 1
 
 
-async def test_an_integrations_encoded_output_is_held_to_the_same_rules(harness):
+async def test_an_integrations_encoded_output_is_held_to_the_same_rules(harness: Harness) -> None:
     """`io.call` with an integration's own encoder (as the OpenAI integration records responses):
     what the encoder produces is checked too, so an API reply holding a NUL fails the step once."""
     tag = unique_id("custom")
 
     @job(id=tag)
-    async def custom(payload, io, ctx):
-        async def fetch(task):
+    async def custom(payload: Any, io: IO, ctx: Context) -> Any:
+        async def fetch(task: Task) -> Any:
             CALLS[tag] += 1
             return "reply"
 

@@ -4,11 +4,12 @@ the highest version a live worker serves, else the highest registered."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from support import unique_id
 
-from engine import Engine, UnknownJobError, clock, job
+from engine import IO, Context, Engine, UnknownJobError, clock, job
 from engine.exceptions import UnknownVersionError
 
 
@@ -65,7 +66,7 @@ async def test_a_pinned_version_must_be_registered(engine: Engine) -> None:
 
 async def test_the_triggering_process_uses_its_own_code_unless_pinned(engine: Engine) -> None:
     @job(id=unique_id("local"), version="1")
-    async def local(payload, io, ctx):
+    async def local(payload: Any, io: IO, ctx: Context) -> None:
         return None
 
     await engine.store.register_jobs([(local.id, "2", None)])
