@@ -18,8 +18,8 @@ from typing import Any
 import openai
 import pytest
 from openai.types import CreateEmbeddingResponse, FileObject, ImagesResponse, Model
-from openai.types.beta import Assistant, AssistantDeleted, Thread, ThreadDeleted
-from openai.types.beta.threads import Message, Run
+from openai.types.beta import Assistant, AssistantDeleted, FunctionToolParam, Thread, ThreadDeleted
+from openai.types.beta.threads import Message, Run, TextContentBlock
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
@@ -31,8 +31,22 @@ pytest_plugins = ["integrations.openai.testing.pytest_plugin"]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-FUNCTION_TOOL = {"type": "function",
-                 "function": {"name": "lookup_weather", "parameters": {"type": "object"}}}
+FUNCTION_TOOL: FunctionToolParam = {
+    "type": "function",
+    "function": {"name": "lookup_weather", "parameters": {"type": "object"}},
+}
+
+
+def text_of(message: Message) -> str:
+    """The text of a message whose first content block is text (all the fake writes)."""
+    block = message.content[0]
+    assert isinstance(block, TextContentBlock), block
+    return block.text.value
+
+
+def body_of(error: openai.APIStatusError) -> dict[str, Any]:
+    assert isinstance(error.body, dict), error.body
+    return error.body
 
 
 @pytest.fixture
@@ -86,7 +100,9 @@ def test_assistant_crud_and_cursor_pagination(fake_openai: FakeOpenAI,
         tool_resources={"code_interpreter": {"file_ids": ["file_1"]}}) for i in range(5)]
     Assistant.model_validate(raw_json(client, "get", f"/assistants/{created[0].id}"))
     assert created[0].tools[0].type == "function"
-    assert created[0].tool_resources.code_interpreter.file_ids == ["file_1"]
+    resources = created[0].tool_resources
+    assert resources and resources.code_interpreter
+    assert resources.code_interpreter.file_ids == ["file_1"]
 
     page = client.beta.assistants.list(limit=2, order="asc")
     assert [a.name for a in page.data] == ["a0", "a1"] and page.has_more
@@ -104,7 +120,7 @@ def test_assistant_crud_and_cursor_pagination(fake_openai: FakeOpenAI,
     assert AssistantDeleted.model_validate(deleted).deleted is True
     with pytest.raises(openai.NotFoundError) as err:
         client.beta.assistants.retrieve(created[0].id)
-    assert err.value.body["type"] == "invalid_request_error"
+    assert body_of(err.value)["type"] == "invalid_request_error"
     assert fake_openai.count("POST /v1/assistants") == 5
     assert fake_openai.count("GET /v1/assistants", method="GET") == 6  # 3 + 3 auto-paged
 
@@ -119,9 +135,8 @@ def test_thread_with_messages(client: openai.OpenAI) -> None:
         thread.id, role="user", content="third",
         attachments=[{"file_id": "file_1", "tools": [{"type": "file_search"}]}])
     Message.model_validate(raw_json(client, "get", f"/threads/{thread.id}/messages/{msg.id}"))
-    assert msg.attachments[0].file_id == "file_1"
-    texts = [m.content[0].text.value for m in client.beta.threads.messages.list(thread.id,
-                                                                                order="asc")]
+    assert msg.attachments and msg.attachments[0].file_id == "file_1"
+    texts = [text_of(m) for m in client.beta.threads.messages.list(thread.id, order="asc")]
     assert texts == ["first", "second", "third"]
     updated = client.beta.threads.messages.update(msg.id, thread_id=thread.id,
                                                   metadata={"seen": "yes"})
@@ -155,7 +170,7 @@ def _check_run_lifecycle(client: openai.OpenAI) -> None:
     replies = [m for m in messages if m.role == "assistant"]
     assert len(replies) == 1
     assert (replies[0].run_id, replies[0].assistant_id) == (run.id, assistant.id)
-    assert replies[0].content[0].text.value == "echo: ping"
+    assert text_of(replies[0]) == "echo: ping"
     assert [r.id for r in client.beta.threads.runs.list(thread.id)] == [run.id]
 
 
@@ -181,7 +196,7 @@ def test_a_held_object_stays_in_progress_until_released(
         resp = client.responses.create(model="gpt-4o", background=True, input="later")
 
         def read() -> str:
-            return client.responses.retrieve(resp.id).status
+            return str(client.responses.retrieve(resp.id).status)  # None would fail the test
         pending, done = "in_progress", "completed"
     # Well past its time (0.2 s at most): still in progress, for as long as the hold lasts.
     deadline = time.monotonic() + 0.5
@@ -271,7 +286,7 @@ def test_chat_embeddings_images_models(fake_openai: FakeOpenAI, client: openai.O
 
     image = client.images.generate(prompt="a cat", n=2)
     ImagesResponse.model_validate(image.model_dump())
-    assert image.data[0].url == f"{fake_openai.base_url[:-3]}/_fake/images/1.png"
+    assert image.data and image.data[0].url == f"{fake_openai.base_url[:-3]}/_fake/images/1.png"
     with urllib.request.urlopen(image.data[0].url, timeout=5) as png:
         assert png.read().startswith(b"\x89PNG")
 
@@ -307,7 +322,7 @@ def test_fault_injection(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None
         client.beta.assistants.create(model="gpt-4o")
     assert rate.value.response.headers["retry-after"] == "0.05"
     assert rate.value.response.headers["x-ratelimit-reset-requests"] == "0.05s"
-    assert rate.value.body["code"] == "rate_limit_exceeded"
+    assert body_of(rate.value)["code"] == "rate_limit_exceeded"
     assert client.beta.assistants.create(model="gpt-4o").model == "gpt-4o"  # only once
 
     fake_openai.fail_next("GET /v1/models", status=500, times=2)
@@ -319,8 +334,8 @@ def test_fault_injection(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None
     fake_openai.fail_next("POST /v1/chat/completions", status=400, message="bad prompt")
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
-    assert "bad prompt" in str(bad.value) and bad.value.body["message"] == "bad prompt"
-    assert set(bad.value.body) == {"message", "type", "param", "code"}
+    assert "bad prompt" in str(bad.value) and body_of(bad.value)["message"] == "bad prompt"
+    assert set(body_of(bad.value)) == {"message", "type", "param", "code"}
     assert fake_openai.count("POST /v1/assistants") == 2  # faulted requests are recorded too
     assert fake_openai.count("GET /v1/models") == 3
 
@@ -379,7 +394,7 @@ async def test_async_client_run_to_completion() -> None:
                 run = await client.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id)
             messages = await client.beta.threads.messages.list(run.thread_id)
             assert run.status == "completed"
-            assert messages.data[0].content[0].text.value == "echo: async"
+            assert text_of(messages.data[0]) == "echo: async"
         assert fake.count("POST /v1/threads/runs") == 1
 
 
