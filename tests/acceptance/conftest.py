@@ -9,6 +9,7 @@ loop; what a test asserts about a run it reads with the CLI (`engine runs show -
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 import os
@@ -197,10 +198,16 @@ class Procs:
         return out
 
     def show(self, url: str, run_id: str) -> dict[str, Any]:
-        return json.loads(self.ok("runs", "show", run_id, "--json", "--database-url", url))
+        shown: dict[str, Any] = json.loads(
+            self.ok("runs", "show", run_id, "--json", "--database-url", url)
+        )
+        return shown
 
-    def list(self, url: str, *filters: str) -> list[dict[str, Any]]:
-        return json.loads(self.ok("runs", "list", "--json", "--database-url", url, *filters))
+    def list(self, url: str, *filters: str) -> builtins.list[dict[str, Any]]:
+        listed: builtins.list[dict[str, Any]] = json.loads(
+            self.ok("runs", "list", "--json", "--database-url", url, *filters)
+        )
+        return listed
 
     # -- helpers, reachable from tests through the fixture (conftest is not importable) ---------
 
@@ -221,7 +228,7 @@ class Procs:
             raise AssertionError(f"{exc}\n{logs}") from None
 
     @staticmethod
-    def lines(path: Path) -> list[str]:
+    def lines(path: Path) -> builtins.list[str]:
         return lines(path)
 
     @staticmethod
@@ -229,7 +236,7 @@ class Procs:
         return counts(path)
 
     @staticmethod
-    def completed_keys(tasks: list[dict[str, Any]]) -> set[str]:
+    def completed_keys(tasks: builtins.list[dict[str, Any]]) -> set[str]:
         return completed_keys(tasks)
 
 

@@ -37,7 +37,7 @@ def one_line_error(result: Any) -> str:
     """The command failed the way a user's mistake should; returns the line it printed."""
     assert result.returncode != 0, str(result)
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, str(result)
-    err = result.stderr.strip().splitlines()
+    err: list[str] = result.stderr.strip().splitlines()
     assert len(err) == 1, f"expected one line on stderr:\n{result}"
     assert result.stdout.strip() == "", f"nothing on stdout expected:\n{result}"
     return err[0]

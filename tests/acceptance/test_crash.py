@@ -200,7 +200,7 @@ def test_kill9_while_a_background_poll_is_pending(
 
 def sigterm_during_the_long_task(procs: Any, url: str, log: Path) -> str:
     """Starts a worker, SIGTERMs it while the 2 s task runs; returns the run id."""
-    run_id = procs.trigger(url, "long", {"log": str(log), "seconds": 2}, app="crash.py")
+    run_id: str = procs.trigger(url, "long", {"log": str(log), "seconds": 2}, app="crash.py")
     first = procs.worker("crash.py", url)
     procs.wait_until(lambda: "long-start" in procs.lines(log), 20, "the long task to start")
     sent = time.monotonic()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai as openai_sdk
@@ -45,8 +46,13 @@ CASES = {
 
 @pytest.mark.parametrize("job_id", sorted(CASES))
 def test_kill_during_an_openai_wait_resumes_without_repeating_the_create(
-    job_id, procs, fake_server, sqlite_url, tmp_path, monkeypatch
-):
+    job_id: str,
+    procs: Any,
+    fake_server: FakeOpenAIProcess,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     wait_key, create_route, final_status, held = CASES[job_id]
     monkeypatch.setenv("OPENAI_BASE_URL", fake_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-acceptance-secret-key")
@@ -89,8 +95,8 @@ def test_kill_during_an_openai_wait_resumes_without_repeating_the_create(
 
 
 def test_a_400_fails_the_run_with_openais_message_in_runs_show(
-    procs, fake_server, sqlite_url, monkeypatch
-):
+    procs: Any, fake_server: FakeOpenAIProcess, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", fake_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-acceptance-secret-key")
     fake_server.fail_next(

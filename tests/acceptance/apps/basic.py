@@ -77,4 +77,5 @@ async def flaky(payload: dict[str, Any], io: Any, ctx: Any) -> str:
         return "second done"
 
     await io.run_task("first", first)
-    return await io.run_task("second", second)
+    done: str = await io.run_task("second", second)
+    return done

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from engine import job
+from engine import Context, job
 from integrations.openai import OpenAI
 
 openai = OpenAI(id="openai", poll_interval=0.2, max_poll_interval=0.5)
@@ -12,7 +13,7 @@ WITH = {"openai": openai}
 
 
 @job(id="oa-file", integrations=WITH)
-async def file_job(payload, io, ctx):
+async def file_job(payload: dict[str, Any], io: Any, ctx: Context) -> dict[str, Any]:
     file = await io.openai.files.create_and_wait_for_processing(
         "upload", purpose="assistants", file=Path(payload["path"])
     )
@@ -20,7 +21,7 @@ async def file_job(payload, io, ctx):
 
 
 @job(id="oa-thread-run", integrations=WITH)
-async def thread_run_job(payload, io, ctx):
+async def thread_run_job(payload: dict[str, Any], io: Any, ctx: Context) -> dict[str, Any]:
     run = await io.openai.beta.threads.create_and_run_until_completion(
         "thread-run",
         assistant_id=payload["assistant_id"],
@@ -30,7 +31,7 @@ async def thread_run_job(payload, io, ctx):
 
 
 @job(id="oa-run", integrations=WITH)
-async def run_job(payload, io, ctx):
+async def run_job(payload: dict[str, Any], io: Any, ctx: Context) -> dict[str, Any]:
     run = await io.openai.beta.threads.runs.create_and_wait_for_completion(
         "run", payload["thread_id"], assistant_id=payload["assistant_id"]
     )
@@ -38,7 +39,7 @@ async def run_job(payload, io, ctx):
 
 
 @job(id="oa-wait-run", integrations=WITH)
-async def wait_run_job(payload, io, ctx):
+async def wait_run_job(payload: dict[str, Any], io: Any, ctx: Context) -> dict[str, Any]:
     run = await io.openai.beta.threads.runs.create(
         "create-run", payload["thread_id"], assistant_id=payload["assistant_id"]
     )
@@ -49,7 +50,7 @@ async def wait_run_job(payload, io, ctx):
 
 
 @job(id="oa-response", integrations=WITH)
-async def response_job(payload, io, ctx):
+async def response_job(payload: dict[str, Any], io: Any, ctx: Context) -> dict[str, Any]:
     response = await io.openai.responses.create_and_wait_for_completion(
         "respond", model="gpt-4o-mini", input="hello", background=True
     )
