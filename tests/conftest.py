@@ -51,9 +51,8 @@ def pg_databases(pg_server: str) -> Iterator[PgDatabases]:
 
 @pytest.fixture
 def pg_url(pg_databases: PgDatabases) -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, with the engine's schema at head (copied from
-    the session's template, so no migration runs); dropped afterwards."""
-    name = pg_databases.at_head()
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = pg_databases.empty()
     try:
         yield pg_databases.url(name)
     finally:
@@ -61,10 +60,11 @@ def pg_url(pg_databases: PgDatabases) -> Iterator[str]:
 
 
 @pytest.fixture
-def pg_empty_url(pg_databases: PgDatabases) -> Iterator[str]:
-    """A fresh PostgreSQL database without any table (for migrations, and for commands that
-    must not create the schema); dropped afterwards."""
-    name = pg_databases.empty()
+def pg_head_url(pg_databases: PgDatabases) -> Iterator[str]:
+    """A fresh PostgreSQL database with the engine's schema at head, copied from the session's
+    template (no migration runs), dropped afterwards. Prefer it to `pg_url` unless the test
+    is about an empty database: it is the cheaper one."""
+    name = pg_databases.at_head()
     try:
         yield pg_databases.url(name)
     finally:
@@ -79,19 +79,20 @@ def sqlite_url(tmp_path: Any) -> str:
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """Each test using it runs once on SQLite and once on PostgreSQL. The PostgreSQL database
-    has the schema already, the SQLite file does not exist yet (creating it is as fast as
-    copying it): a test that needs the tables calls `upgrade()`, which is cheap at head."""
+    has the schema already (`pg_head_url`), the SQLite file does not exist yet (creating it is
+    as fast as copying it): a test that needs the tables calls `upgrade()`, cheap at head."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
-    return str(request.getfixturevalue("pg_url"))
+    return str(request.getfixturevalue("pg_head_url"))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def empty_db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """`db_url` without any table on either database (tests of the migrations themselves)."""
+    """`db_url` without any table on either database (tests of the migrations themselves, and
+    of commands that must not create the schema)."""
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
-    return str(request.getfixturevalue("pg_empty_url"))
+    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture(autouse=True)
@@ -116,4 +117,3 @@ async def sqlite_harness(sqlite_url: str) -> AsyncIterator[Harness]:
         yield h
     finally:
         await h.close()
-

@@ -23,20 +23,29 @@ import asyncpg
 from engine import Engine
 
 
-def _run(dsn: str, *statements: str) -> None:
-    async def go() -> None:
-        conn = await asyncpg.connect(dsn, timeout=10)
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
+async def _execute(dsn: str, statement: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
 
-    asyncio.run(go())
+
+def _run(dsn: str, statement: str) -> None:
+    asyncio.run(_execute(dsn, statement))
 
 
 class _Dropper:
-    """Drops databases in a thread of its own; `join()` waits until every drop is done."""
+    """Drops databases in a thread of its own, several at once; `join()` waits for them all.
+
+    On PostgreSQL 15 every DROP DATABASE waits for a checkpoint of the whole cluster (seconds
+    on a busy machine), but concurrent drops share one: 16 drops one by one took 29 s here,
+    together 0.8 s. So the thread drops whatever has queued up since its last batch, at once.
+    """
+
+    # Connections are shared with every other session on the server (max_connections).
+    BATCH = 8
+    ATTEMPTS = 5
 
     def __init__(self, admin_dsn: str) -> None:
         self._admin_dsn = admin_dsn
@@ -49,11 +58,39 @@ class _Dropper:
         self._names.put(name)
 
     def _loop(self) -> None:
-        while (name := self._names.get()) is not None:
-            try:
-                _run(self._admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            except Exception as exc:  # reported by join(): a leak must not go unnoticed
-                self._failures.append(f"{name}: {type(exc).__name__}: {exc}")
+        stopping = False
+        while not stopping:
+            batch: list[str] = []
+            first = self._names.get()
+            while True:
+                if first is None:
+                    stopping = True
+                else:
+                    batch.append(first)
+                if stopping or len(batch) >= self.BATCH:
+                    break
+                try:
+                    first = self._names.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                asyncio.run(self._drop_all(batch))
+
+    async def _drop_all(self, names: list[str]) -> None:
+        async def drop(name: str) -> None:
+            for attempt in range(1, self.ATTEMPTS + 1):
+                try:
+                    await _execute(
+                        self._admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+                    )
+                    return
+                except Exception as exc:  # e.g. no free connection slot: try again
+                    if attempt == self.ATTEMPTS:  # reported by join(): a leak must be noticed
+                        self._failures.append(f"{name}: {type(exc).__name__}: {exc}")
+                    else:
+                        await asyncio.sleep(attempt)
+
+        await asyncio.gather(*(drop(name) for name in names))
 
     def join(self) -> list[str]:
         """Stops the thread after the queued drops; returns the drops that failed."""

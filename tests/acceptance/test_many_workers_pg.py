@@ -87,15 +87,15 @@ def start_three_workers(procs: Any, url: str) -> list[Any]:
 
 
 def test_three_workers_share_200_runs_and_run_each_task_once(
-    procs: Any, pg_url: str, tmp_path: Path
+    procs: Any, pg_head_url: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "effects.log"
-    workers = start_three_workers(procs, pg_url)
-    run_ids = trigger_many(pg_url, 200, {"log": str(log), "sleep": 0.02})
+    workers = start_three_workers(procs, pg_head_url)
+    run_ids = trigger_many(pg_head_url, 200, {"log": str(log), "sleep": 0.02})
     assert len(set(run_ids)) == 200
-    wait_all_completed(procs, pg_url, 200, timeout=45)
+    wait_all_completed(procs, pg_head_url, 200, timeout=45)
 
-    done = procs.list(pg_url, "--job", "five", "--status", "COMPLETED", "--limit", "500")
+    done = procs.list(pg_head_url, "--job", "five", "--status", "COMPLETED", "--limit", "500")
     assert sorted(r["id"] for r in done) == sorted(run_ids)
     rows = executions(log)
     per_task = Counter((run_id, key) for run_id, key, _ in rows)
@@ -116,11 +116,11 @@ def test_three_workers_share_200_runs_and_run_each_task_once(
 
 
 def test_kill9_one_of_three_workers_the_others_finish_its_runs(
-    procs: Any, pg_url: str, tmp_path: Path
+    procs: Any, pg_head_url: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "effects.log"
-    workers = start_three_workers(procs, pg_url)
-    run_ids = trigger_many(pg_url, 100, {"log": str(log), "sleep": 0.03})
+    workers = start_three_workers(procs, pg_head_url)
+    run_ids = trigger_many(pg_head_url, 100, {"log": str(log), "sleep": 0.03})
     victim, others = workers[0], workers[1:]
 
     def victim_is_busy() -> bool:
@@ -134,7 +134,7 @@ def test_kill9_one_of_three_workers_the_others_finish_its_runs(
         os.kill(worker.pid, signal.SIGSTOP)
     try:
         victim.kill9()
-        before_kill = completed_pairs(pg_url, run_ids)
+        before_kill = completed_pairs(pg_head_url, run_ids)
         executed_at_kill = Counter((r, k) for r, k, _ in executions(log))
     finally:
         for worker in others:
@@ -143,7 +143,7 @@ def test_kill9_one_of_three_workers_the_others_finish_its_runs(
     assert 0 < len(before_kill) < 100 * TASKS
     assert before_kill <= set(executed_at_kill)
 
-    wait_all_completed(procs, pg_url, 100, timeout=45)
+    wait_all_completed(procs, pg_head_url, 100, timeout=45)
     rows = executions(log)
     per_task = Counter((run_id, key) for run_id, key, _ in rows)
     assert set(per_task) == {(r, k) for r in run_ids for k in KEYS}

@@ -103,11 +103,11 @@ def proxy() -> Iterator[TcpProxy]:
 
 @pytest.mark.postgres
 def test_connections_cut_and_refused(
-    procs: Any, pg_url: str, proxy: TcpProxy, tmp_path: Path
+    procs: Any, pg_head_url: str, proxy: TcpProxy, tmp_path: Path
 ) -> None:
-    url = with_port(pg_url, proxy.port)
+    url = with_port(pg_head_url, proxy.port)
     # Leases outlast the outages: the runs in flight keep going where they were.
-    runs = start_runs(procs, pg_url, tmp_path, 5, sleep=0.1)
+    runs = start_runs(procs, pg_head_url, tmp_path, 5, sleep=0.1)
     worker = procs.worker("crash.py", url, lease=30, concurrency=10)
     wait_more(procs, runs, 10, "steps before the first outage")
 
@@ -124,7 +124,7 @@ def test_connections_cut_and_refused(
         procs.wait_until(has(worker, REACHABLE, outage), 30, f"end of outage {outage} reported")
         wait_more(procs, runs, 10, f"steps after outage {outage}")
 
-    wait_completed(procs, pg_url, runs)
+    wait_completed(procs, pg_head_url, runs)
     assert_alive(worker)
     assert outage_lines(worker.output) == (2, 2), worker.output
     no_tracebacks(worker)
@@ -181,9 +181,9 @@ def _stalled(runs: dict[str, Path], seconds: float = 1.0) -> bool:
 
 
 @pytest.mark.postgres
-def test_backends_terminated(procs: Any, pg_url: str, tmp_path: Path) -> None:
-    dbname = pg_url.rsplit("/", 1)[1]
-    admin = pg_url.rsplit("/", 1)[0] + "/postgres"
+def test_backends_terminated(procs: Any, pg_head_url: str, tmp_path: Path) -> None:
+    dbname = pg_head_url.rsplit("/", 1)[1]
+    admin = pg_head_url.rsplit("/", 1)[0] + "/postgres"
 
     def terminate() -> None:
         killed = pg_execute(
@@ -194,20 +194,20 @@ def test_backends_terminated(procs: Any, pg_url: str, tmp_path: Path) -> None:
         )
         assert killed, "the worker had no connection to terminate"
 
-    runs = start_runs(procs, pg_url, tmp_path, 5, sleep=0.1)
-    worker = procs.worker("crash.py", pg_url, lease=30, concurrency=10)
+    runs = start_runs(procs, pg_head_url, tmp_path, 5, sleep=0.1)
+    worker = procs.worker("crash.py", pg_head_url, lease=30, concurrency=10)
     wait_more(procs, runs, 10, "steps before the first termination")
     # While runs are in flight.
     for round_ in range(2):
         terminate()
         wait_more(procs, runs, 10, f"steps after termination {round_ + 1}")
         assert_alive(worker)
-    wait_completed(procs, pg_url, runs)
+    wait_completed(procs, pg_head_url, runs)
 
     # While the worker is idle: every pooled connection is dead when new work arrives.
     terminate()
-    more = start_runs(procs, pg_url, tmp_path / "more", 2, sleep=0.01)
-    wait_completed(procs, pg_url, more)
+    more = start_runs(procs, pg_head_url, tmp_path / "more", 2, sleep=0.01)
+    wait_completed(procs, pg_head_url, more)
     assert_alive(worker)
     procs.wait_until(lambda: settled(worker), 30, "every outage reported over")
     no_tracebacks(worker)

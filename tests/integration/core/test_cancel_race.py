@@ -14,7 +14,7 @@ from engine import IO, Context, InvalidRunStateError, Task, job
 RUNS = 800
 
 
-async def test_cancel_never_overwrites_a_run_that_completed_first(pg_url: str) -> None:
+async def test_cancel_never_overwrites_a_run_that_completed_first(pg_head_url: str) -> None:
     @job(id=unique_id("storm"))
     async def storm(payload: Any, io: IO, ctx: Context) -> Any:
         async def step(task: Task) -> Any:
@@ -24,7 +24,7 @@ async def test_cancel_never_overwrites_a_run_that_completed_first(pg_url: str) -
         value = await io.run_task("step", step)
         return {"n": value}
 
-    harness = Harness(pg_url)
+    harness = Harness(pg_head_url)
     try:
         await harness.start(storm, concurrency=20)
         await harness.start(storm, concurrency=20)
@@ -58,7 +58,7 @@ async def test_cancel_never_overwrites_a_run_that_completed_first(pg_url: str) -
         await harness.close()
 
     assert acknowledged and refused, (len(acknowledged), len(refused))
-    reopen = Harness(pg_url)
+    reopen = Harness(pg_head_url)
     try:
         for run_id, before in acknowledged.items():
             run = finals[run_id]
@@ -83,7 +83,7 @@ async def test_cancel_never_overwrites_a_run_that_completed_first(pg_url: str) -
         await reopen.close()
 
 
-async def test_concurrent_retries_of_one_failed_run_queue_it_once(pg_url: str) -> None:
+async def test_concurrent_retries_of_one_failed_run_queue_it_once(pg_head_url: str) -> None:
     calls: list[int] = []
 
     @job(id=unique_id("retryrace"))
@@ -94,7 +94,7 @@ async def test_concurrent_retries_of_one_failed_run_queue_it_once(pg_url: str) -
 
         await io.run_task("step", step)
 
-    harness = Harness(pg_url)
+    harness = Harness(pg_head_url)
     try:
         await harness.start(flaky)
         view = await harness.run(flaky)

@@ -45,7 +45,7 @@ async def wait_for(check: Any, timeout: float, what: str) -> None:
 
 
 async def test_scheduler_survives_cut_and_refused_connections(
-    pg_url: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+    pg_head_url: str, proxy: TcpProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="engine")
     calls: list[str] = []
@@ -64,7 +64,7 @@ async def test_scheduler_survives_cut_and_refused_connections(
 
         return [await io.run_task("first", first), await io.run_task("held", held)]
 
-    h = Harness(with_port(pg_url, proxy.port))
+    h = Harness(with_port(pg_head_url, proxy.port))
     try:
         scheduler = await h.start(outage_job, lease_seconds=30)
         task = h.schedulers[0][1]

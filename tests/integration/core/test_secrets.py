@@ -79,10 +79,10 @@ async def test_an_api_key_leaked_by_user_code_is_scrubbed(
 
 
 async def test_the_database_password_leaked_by_user_code_is_scrubbed(
-    pg_url: str, caplog: pytest.LogCaptureFixture
+    pg_head_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The test server trusts every local connection: any password is accepted.
     password = f"pw-{uuid.uuid4().hex}"
-    url = pg_url.replace("postgres@", f"postgres:{password}@", 1)
+    url = pg_head_url.replace("postgres@", f"postgres:{password}@", 1)
     assert password in url
     await _run_and_check(url, _leaky_job(password, {}), password, caplog)
