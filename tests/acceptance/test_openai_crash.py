@@ -17,12 +17,20 @@ from integrations.openai.testing import FakeOpenAIProcess
 # The bare client below uses the Assistants API, which openai-python marks deprecated.
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
-@pytest.fixture
-def fake_server() -> Iterator[FakeOpenAIProcess]:
+@pytest.fixture(scope="module")
+def fake_process() -> Iterator[FakeOpenAIProcess]:
     """The fake OpenAI in a separate process, so that it outlives the workers it counts. Objects
-    finish fast unless a test holds them: nothing here depends on the machine's speed."""
+    finish fast unless a test holds them: nothing here depends on the machine's speed. One for
+    the module: starting it takes seconds on a busy machine."""
     with FakeOpenAIProcess() as fake:
         yield fake
+
+
+@pytest.fixture
+def fake_server(fake_process: FakeOpenAIProcess) -> FakeOpenAIProcess:
+    """The module's fake, emptied: no object, request, fault or hold of an earlier test."""
+    fake_process.reset()
+    return fake_process
 
 
 def _polls(fake: FakeOpenAIProcess) -> int:

@@ -22,8 +22,9 @@ from faults import SQLiteLock
 from sqlalchemy import text
 from support import Harness, unique_id
 
-from engine import IO, Context, Task, job
+from engine import IO, Context, Task, clock, job
 from engine.exceptions import DatabaseError
+from engine.scheduler import Scheduler
 
 # Refuse any stored value holding the word "poison": the engine's own checks accept it.
 _REFUSE_SQLITE = """
@@ -47,6 +48,15 @@ async def _refuse_poison(h: Harness, table: str) -> str:
     return "poison refused"
 
 
+async def _past_every_lease(scheduler: Scheduler) -> None:
+    """Every lease taken so far expires, then the scheduler makes one claim round and whatever
+    it claimed runs to its end: a run that could be executed again would be, right here (no
+    real waiting through lease periods)."""
+    clock.advance(60)
+    await scheduler.tick()
+    await asyncio.gather(*scheduler.active.values(), return_exceptions=True)
+
+
 async def _until(condition: Callable[[], Any], timeout: float = 60.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -68,13 +78,13 @@ async def test_a_refused_step_outcome_fails_the_run_once(harness: Harness) -> No
         await io.run_task("ok", lambda task: asyncio.sleep(0, "fine"))
         return await io.run_task("bad", step)
 
-    await harness.start(poisoned, lease_seconds=1)
+    scheduler = await harness.start(poisoned, lease_seconds=1)
     run_id = await harness.engine.trigger(poisoned.id, None)
     view = await harness.engine.wait_for(run_id, 60)
     assert view["status"] == "FAILED"
     assert refused in view["error"]["message"]
-    # More than two lease periods: nothing re-executes the step.
-    await asyncio.sleep(2.5)
+    # Past every lease: nothing re-executes the step.
+    await _past_every_lease(scheduler)
     view = await harness.engine.show_run(run_id)
     assert view["status"] == "FAILED" and calls == [1]
     tasks = {t["key"]: t for t in view["tasks"]}
@@ -88,7 +98,7 @@ async def test_a_refused_step_outcome_fails_the_run_once(harness: Harness) -> No
     await _until(lambda: len(calls) == 2, what="the retried step")
     view = await harness.engine.wait_for(run_id, 60)
     assert view["status"] == "FAILED" and refused in view["error"]["message"]
-    await asyncio.sleep(2.5)
+    await _past_every_lease(scheduler)
     # The retried step is its second attempt: a retry keeps counting (the first is kept).
     assert calls == [1, 2]
     assert (await harness.engine.show_run(run_id))["status"] == "FAILED"
@@ -103,13 +113,13 @@ async def test_a_refused_return_value_fails_the_run_once(harness: Harness) -> No
         executions.append(1)
         return {"value": "poison"}
 
-    await harness.start(poisoned, lease_seconds=1)
+    scheduler = await harness.start(poisoned, lease_seconds=1)
     run_id = await harness.engine.trigger(poisoned.id, None)
     view = await harness.engine.wait_for(run_id, 60)
     assert view["status"] == "FAILED" and view["output"] is None
     assert view["error"]["type"] == "WriteRefusedError"
     assert "return value" in view["error"]["message"] and refused in view["error"]["message"]
-    await asyncio.sleep(2.5)
+    await _past_every_lease(scheduler)
     assert executions == [1]
     assert (await harness.engine.show_run(run_id))["status"] == "FAILED"
 
@@ -139,7 +149,7 @@ async def test_one_refused_write_costs_no_other_run_its_commit(sqlite_harness: H
         a = await io.run_task("a", first)
         return [a, await io.run_task("b", second)]
 
-    await h.start(batch, concurrency=n, lease_seconds=2)
+    scheduler = await h.start(batch, concurrency=n, lease_seconds=2)
     ids = [await h.engine.trigger(batch.id, {"i": i, "poison": i == 7}) for i in range(n)]
     for i, run_id in enumerate(ids):
         if i != 7:
@@ -150,8 +160,8 @@ async def test_one_refused_write_costs_no_other_run_its_commit(sqlite_harness: H
     view = await h.engine.wait_for(ids[7], 60)
     assert view["status"] == "FAILED" and refused in view["error"]["message"]
     assert counts[(ids[7], "a")] == 1 and counts[(ids[7], "b")] == 0
-    # Past a lease period, still no step ran twice.
-    await asyncio.sleep(2.5)
+    # Past every lease, still no step ran twice.
+    await _past_every_lease(scheduler)
     twice = {k: c for k, c in counts.items() if c != 1}
     assert twice == {}
     assert sum(counts.values()) == 2 * n - 1
