@@ -2,8 +2,9 @@
 
 Running the migrations and dropping a database cost more than copying one: a session runs the
 migrations once, into a template database, and each test gets `CREATE DATABASE ... TEMPLATE`
-(a file-level copy, tens of milliseconds). Dropping is left to a background thread, so a test
-does not wait for the server to unlink the files of the one before it.
+(tens of milliseconds). Dropping is left to a background thread that drops several databases
+at once (each DROP waits for a checkpoint; concurrent ones share it), so a test does not wait
+for the database of the one before it.
 
 Several pytest sessions share the server (other branches' suites run at the same time): every
 name starts with a prefix unique to this session, and the session drops what it made.
