@@ -21,7 +21,7 @@ from integrations.openai import OpenAI
 ENGINE = str(Path(sys.executable).parent / "engine")
 
 
-def _leaky_job(secret: str, integrations: dict[str, Integration]) -> Job:
+def _leaky_job(secret: str, integrations: dict[str, Integration[Any]]) -> Job:
     @job(id=unique_id("leaky"), integrations=integrations)
     async def leaky(payload: Any, io: IO, ctx: Context) -> None:
         async def call(task: Task) -> None:
