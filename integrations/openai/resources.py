@@ -178,7 +178,7 @@ class Runs(_Namespace):
             key, "beta.threads.runs.list", ids, params, post=False, paginate="page"
         )
 
-    async def list_all(self, key: str, thread_id: str, **params: Any) -> list[Run]:
+    async def list_all(self, key: str, thread_id: str, **params: Any) -> builtins.list[Run]:
         """Every run of the thread (all pages, in one task) as one list."""
         ids = P.check_ids("beta.threads.runs.list_all", thread_id=thread_id)
         found = await self._c.request(

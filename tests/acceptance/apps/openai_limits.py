@@ -12,7 +12,7 @@ openai = OpenAI(id="openai")
 
 @job(id="oa-chat", integrations={"openai": openai})
 async def chat(payload: dict[str, Any], io: IO, ctx: Context) -> Any:
-    done = await io.openai.chat.completions.create(  # type: ignore[attr-defined]
+    done = await io.openai.chat.completions.create(
         "chat", model="gpt-4o-mini", messages=[{"role": "user", "content": "hello there"}]
     )
     return done.choices[0].message.content

@@ -20,8 +20,8 @@ async def engine(db_url: str) -> AsyncIterator[Engine]:
         yield opened
 
 
-async def _version(engine: Engine, job_id: str, **options: str) -> str:
-    run_id = await engine.trigger(job_id, {}, **options)
+async def _version(engine: Engine, job_id: str, version: str | None = None) -> str:
+    run_id = await engine.trigger(job_id, {}, version=version)
     return str((await engine.get_run(run_id))["job_version"])
 
 
