@@ -25,7 +25,15 @@ from engine import Engine
 
 
 async def _execute(dsn: str, statement: str) -> None:
-    conn = await asyncpg.connect(dsn, timeout=10)
+    for attempt in range(1, 11):
+        try:
+            conn = await asyncpg.connect(dsn, timeout=10)
+            break
+        except asyncpg.TooManyConnectionsError:
+            # Every session on this server shares max_connections: wait for a free slot.
+            if attempt == 10:
+                raise
+            await asyncio.sleep(attempt * 0.5)
     try:
         await conn.execute(statement)
     finally:
