@@ -161,7 +161,11 @@ async def test_attempts_lost_with_their_executions_are_kept_as_lost(harness: Har
     scheduler = await harness.start(losing, lease_seconds=1, max_recoveries=2)
     run_id = await harness.engine.trigger(losing.id)
     for n in (1, 2, 3):
-        await _until(lambda n=n: len(seen) == n and run_id in scheduler.active, f"attempt {n}")
+
+        def started(n: int = n) -> bool:
+            return len(seen) == n and run_id in scheduler.active
+
+        await _until(started, f"attempt {n}")
         # The execution stops without concluding, as if its worker died.
         scheduler.active[run_id].cancel()
         await _until(lambda: run_id not in scheduler.active, "the execution to stop")
