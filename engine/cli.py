@@ -332,6 +332,24 @@ def usage_command(
     )
 
 
+@main.command()
+@click.option("--database-url", help=_DB_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8008, show_default=True, help="Port to listen on.")
+@click.option("--read-only", is_flag=True, help="Hide every action; refuse state changes.")
+def ui(database_url: str | None, host: str, port: int, read_only: bool) -> None:
+    """Serve the web dashboard (any host but loopback needs $ENGINE_UI_TOKEN)."""
+    # Imported here: Starlette and uvicorn cost every other command nothing.
+    from . import ui as dashboard
+
+    try:
+        dashboard.serve(database_url, host, port, read_only)
+    except EngineError as exc:
+        _fail(exc.message)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
 @main.group()
 def db() -> None:
     """Manage the engine's database schema."""

@@ -1,0 +1,292 @@
+"""The dashboard as an ASGI app (Starlette): `create_app(database_url, ...)`.
+
+Pages are rendered on the server (engine.ui.pages); app.js adds live updates (server-sent
+events), confirmations, collapsible JSON and the trigger form's CLI preview.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shlex
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .. import codec
+from ..client import Engine, resolve_database_url
+from ..exceptions import DatabaseError, EngineError, InvalidRunStateError, RunNotFoundError
+from ..store import DEFAULT_DATABASE_URL
+from . import assets, security
+from .pages import Page, json_text, run_row
+from .queries import PAGE_SIZE, Queries, RunFilter, fingerprint
+
+log = logging.getLogger("engine.ui")
+
+RUN_FIELDS = ("payload", "output", "error")
+TASK_FIELDS = ("params", "output", "error")
+
+
+@dataclass
+class Settings:
+    database_url: str
+    read_only: bool = False
+    token: str | None = None
+    # How often the live runs stream looks for changes, and how long one stream lasts before
+    # the browser reconnects (EventSource does so by itself).
+    poll_seconds: float = 1.0
+    stream_seconds: float = 300.0
+
+
+class UI:
+    """The state the routes share: the engine (one connection pool), the reads, the page kit."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = Engine(settings.database_url, pool_size=5)
+        self.queries = Queries(self.engine)
+        self.csrf = security.new_csrf_token()
+        url = self.engine.store.parsed_url
+        shown = url.render_as_string(hide_password=True)
+        database = (
+            ""
+            if settings.database_url == DEFAULT_DATABASE_URL
+            else f" --database-url {shlex.quote(shown)}"
+        )
+        self.page = Page(self.csrf, settings.read_only, database)
+
+
+def _ui(request: Request) -> UI:
+    ui: UI = request.app.state.ui
+    return ui
+
+
+def _html(text: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(text, status_code=status)
+
+
+# -- pages -----------------------------------------------------------------------------------------
+
+
+async def runs_page(request: Request) -> Response:
+    ui = _ui(request)
+    where = RunFilter.from_params(request.query_params)
+    after = request.query_params.get("after") or None
+    rows, next_after = await ui.queries.list_runs(where, after)
+    jobs = [j["job_id"] for j in await ui.queries.jobs()]
+    return _html(ui.page.runs(rows, where, next_after, after is None, jobs))
+
+
+async def run_page(request: Request) -> Response:
+    ui = _ui(request)
+    run_id = request.path_params["run_id"]
+    try:
+        run = await ui.queries.run(run_id)
+    except RunNotFoundError as exc:
+        return _html(ui.page.message("Not found", exc.message), 404)
+    tasks = await ui.queries.tasks(run_id)
+    logs = await ui.queries.logs(run_id)
+    return _html(ui.page.run(run, tasks, logs))
+
+
+async def run_value(request: Request) -> Response:
+    ui = _ui(request)
+    run_id, field = request.path_params["run_id"], request.path_params["field"]
+    if field not in RUN_FIELDS:
+        return Response(f"no field {field!r}: one of {', '.join(RUN_FIELDS)}", 404)
+    try:
+        run = await ui.queries.run(run_id)
+    except RunNotFoundError as exc:
+        return Response(exc.message, 404)
+    return _download(run.get(field), f"{run_id}-{field}.json")
+
+
+async def task_value(request: Request) -> Response:
+    ui = _ui(request)
+    run_id, field = request.path_params["run_id"], request.path_params["field"]
+    task_id: int = request.path_params["task_id"]
+    task = await ui.queries.task(run_id, task_id) if field in TASK_FIELDS else None
+    if task is None:
+        return Response(f"run {run_id} has no task {task_id} with a field {field!r}", 404)
+    return _download(task.get(field), f"{run_id}-task{task_id}-{field}.json")
+
+
+def _download(value: Any, filename: str) -> Response:
+    return Response(
+        json_text(value),
+        media_type="application/json",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+async def trigger_page(request: Request) -> Response:
+    ui = _ui(request)
+    if ui.settings.read_only:
+        return _html(ui.page.message("Read-only", "this dashboard is read-only"), 403)
+    form = {"job": request.query_params.get("job", "")}
+    return _html(ui.page.trigger(await ui.queries.jobs(), form))
+
+
+# -- live updates ----------------------------------------------------------------------------------
+
+
+async def runs_events(request: Request) -> Response:
+    """Server-sent events: the rows of the first runs page (same filters) as they change.
+
+    Each connection starts by sending every row of the page (the browser replaces the rows it
+    has, so nothing that changed between the page load and the connection is missed), then
+    polls the database every `poll_seconds` and sends the rows that changed or appeared.
+    """
+    ui = _ui(request)
+    where = RunFilter.from_params(request.query_params)
+
+    async def stream() -> AsyncIterator[str]:
+        seen: dict[str, tuple[Any, ...]] = {}
+        deadline = time.monotonic() + ui.settings.stream_seconds
+        yield "retry: 1000\n\n"
+        while time.monotonic() < deadline:
+            try:
+                rows, _ = await ui.queries.list_runs(where, None, PAGE_SIZE)
+            except DatabaseError as exc:
+                log.warning("dashboard: reading runs failed: %s", exc)
+                rows = []
+            changed = [r for r in reversed(rows) if seen.get(r["id"]) != fingerprint(r)]
+            for row in changed:
+                seen[row["id"]] = fingerprint(row)
+                data = json.dumps({"id": row["id"], "status": row["status"], "html": run_row(row)})
+                yield f"event: run\ndata: {data}\n\n"
+            if not changed:
+                yield ": idle\n\n"
+            await asyncio.sleep(ui.settings.poll_seconds)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+    )
+
+
+# -- actions ---------------------------------------------------------------------------------------
+
+
+async def _checked_form(request: Request) -> dict[str, str] | Response:
+    """The POSTed form, or the response refusing it (read-only, cross-site, no CSRF token)."""
+    ui = _ui(request)
+    if ui.settings.read_only:
+        return Response("refused: this dashboard is read-only", 403)
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+    if security.cross_origin(headers, headers.get("host")):
+        return Response("refused: cross-origin request", 403)
+    body = (await request.body()).decode("utf-8", errors="replace")
+    form = {k: v[-1] for k, v in parse_qs(body, keep_blank_values=True).items()}
+    given = form.get(security.CSRF_FIELD) or headers.get(security.CSRF_HEADER)
+    if not security.same(given, ui.csrf):
+        return Response("refused: missing or wrong CSRF token; reload the page", 403)
+    return form
+
+
+async def cancel_action(request: Request) -> Response:
+    return await _run_action(request, "cancel")
+
+
+async def retry_action(request: Request) -> Response:
+    return await _run_action(request, "retry")
+
+
+async def _run_action(request: Request, action: str) -> Response:
+    form = await _checked_form(request)
+    if isinstance(form, Response):
+        return form
+    ui = _ui(request)
+    run_id = request.path_params["run_id"]
+    try:
+        if action == "cancel":
+            await ui.engine.cancel(run_id)
+        else:
+            await ui.engine.retry(run_id)
+    except RunNotFoundError as exc:
+        return _html(ui.page.message("Not found", exc.message), 404)
+    except InvalidRunStateError as exc:
+        return _html(ui.page.message(f"Cannot {action}", exc.message), 409)
+    return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
+
+async def trigger_action(request: Request) -> Response:
+    form = await _checked_form(request)
+    if isinstance(form, Response):
+        return form
+    ui = _ui(request)
+    job_id = form.get("job", "").strip()
+    text = form.get("payload", "").strip()
+    try:
+        if not job_id:
+            raise EngineError("choose a job to trigger")
+        try:
+            payload = codec.parse_input(text, "payload") if text else None
+        except json.JSONDecodeError as exc:
+            raise EngineError(
+                f"the payload is not valid JSON ({exc.msg} at line {exc.lineno} column "
+                f'{exc.colno}): write e.g. {{"n": 1}}'
+            ) from None
+        run_id = await ui.engine.trigger(
+            job_id,
+            payload,
+            idempotency_key=form.get("idempotency_key", "").strip() or None,
+            version=form.get("version", "").strip() or None,
+        )
+    except EngineError as exc:
+        page = ui.page.trigger(await ui.queries.jobs(), form, error=exc.message)
+        return _html(page, 400)
+    return RedirectResponse(f"/runs/{run_id}", status_code=303)
+
+
+# -- the app ---------------------------------------------------------------------------------------
+
+
+def create_app(
+    database_url: str | None = None,
+    *,
+    read_only: bool = False,
+    token: str | None = None,
+    poll_seconds: float = 1.0,
+) -> Starlette:
+    """The dashboard on `database_url` (default: $ENGINE_DATABASE_URL, else ./engine.db).
+
+    With `token`, every request must carry it (engine.ui.security).
+    """
+    settings = Settings(resolve_database_url(database_url), read_only, token, poll_seconds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        ui = UI(settings)
+        app.state.ui = ui
+        try:
+            yield
+        finally:
+            await ui.engine.close()
+
+    routes = [
+        Route("/", runs_page),
+        Route("/events/runs", runs_events),
+        Route("/runs/{run_id}", run_page),
+        Route("/runs/{run_id}/values/{field}", run_value),
+        Route("/runs/{run_id}/tasks/{task_id:int}/values/{field}", task_value),
+        Route("/runs/{run_id}/cancel", cancel_action, methods=["POST"]),
+        Route("/runs/{run_id}/retry", retry_action, methods=["POST"]),
+        Route("/trigger", trigger_page),
+        Route("/trigger", trigger_action, methods=["POST"]),
+        Route("/static/app.css", assets.css),
+        Route("/static/app.js", assets.js),
+    ]
+    middleware = [Middleware(security.TokenMiddleware, token=token)] if token else []
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -1,0 +1,151 @@
+"""The dashboard's stylesheet and script: small enough to live here, so there is no build step
+and nothing to package besides Python modules."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #1d2330; background: #f7f8fa; }
+header { background: #1d2330; color: #fff; padding: 8px 16px; display: flex; gap: 16px; }
+header a { color: #cfe0ff; margin-right: 12px; }
+main { padding: 12px 16px; }
+code, pre { font: 12px ui-monospace, monospace; }
+table { border-collapse: collapse; width: 100%; background: #fff; }
+th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #e3e6ea; }
+tr.flash { animation: flash 1.5s; }
+@keyframes flash { from { background: #fff3b0; } to { background: #fff; } }
+.status { padding: 1px 6px; border-radius: 3px; font-size: 12px; font-weight: 600;
+  background: #e3e6ea; }
+.s-COMPLETED { background: #c8f0d0; } .s-FAILED, .s-ERRORED { background: #f8c9c9; }
+.s-CANCELED { background: #f5e3b3; } .s-RUNNING { background: #cbdcff; }
+.s-WAITING { background: #cdeff5; } .s-QUEUED { background: #e3e6ea; }
+.filters { display: flex; gap: 6px; margin: 8px 0; flex-wrap: wrap; }
+.badge { background: #f5e3b3; color: #1d2330; padding: 0 6px; border-radius: 3px; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; }
+dt { color: #667; }
+details.json { margin: 6px 0; background: #fff; border: 1px solid #e3e6ea; padding: 4px 8px; }
+details.json pre { max-height: 480px; overflow: auto; margin: 4px 0; }
+.truncated { color: #a33; }
+details.task { margin: 2px 0 2px 0; border-left: 2px solid #e3e6ea; padding-left: 8px; }
+details.task summary { cursor: pointer; }
+.task-body { padding: 4px 0 4px 12px; }
+.name { color: #667; } .dur { color: #667; font-size: 12px; }
+.timeline { background: #fff; border: 1px solid #e3e6ea; padding: 6px; }
+.scale { display: flex; justify-content: space-between; color: #667; font-size: 12px;
+  margin-left: 220px; }
+.lane { display: flex; align-items: center; height: 18px; }
+.lane-label { width: 220px; overflow: hidden; white-space: nowrap; text-overflow: ellipsis;
+  font: 12px ui-monospace, monospace; }
+.track { position: relative; flex: 1; height: 12px; background: #f2f3f5; }
+.bar { position: absolute; top: 0; bottom: 0; border-radius: 2px; }
+.bar.queued { background: #d7dae0; }
+.bar.suspended { background: repeating-linear-gradient(45deg, #9fd3df, #9fd3df 4px,
+  #e6f6f9 4px, #e6f6f9 8px); }
+.actions form { margin: 6px 0; }
+button { cursor: pointer; } button.danger { color: #a11; }
+code.cli { background: #eef0f3; padding: 2px 4px; }
+.error { background: #fde2e2; border: 1px solid #e9a3a3; padding: 8px; margin: 8px 0; }
+form.trigger label { display: block; margin: 6px 0; }
+.jtree { margin-left: 14px; } .jtree summary { cursor: pointer; }
+"""
+
+JS = r"""
+"use strict";
+
+// Every action form asks first.
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) event.preventDefault();
+});
+
+// Live runs table: rows arrive over server-sent events; a row we have is replaced in place.
+const table = document.getElementById("runs");
+if (table && table.dataset.live) {
+  const body = table.tBodies[0];
+  const source = new EventSource(table.dataset.live);
+  source.addEventListener("run", (event) => {
+    const data = JSON.parse(event.data);
+    const holder = document.createElement("tbody");
+    holder.innerHTML = data.html;
+    const row = holder.firstElementChild;
+    const old = body.querySelector(`tr[data-id="${CSS.escape(data.id)}"]`);
+    if (old) {
+      if (old.dataset.status !== data.status) row.classList.add("flash");
+      old.replaceWith(row);
+    } else {
+      row.classList.add("flash");
+      body.prepend(row);
+      const empty = document.querySelector(".empty");
+      if (empty) empty.remove();
+    }
+  });
+  window.addEventListener("beforeunload", () => source.close());
+}
+
+// A JSON value shown whole becomes a collapsible tree the first time it is opened.
+function tree(value, name) {
+  if (value === null || typeof value !== "object") {
+    const line = document.createElement("div");
+    line.textContent = (name === undefined ? "" : name + ": ") + JSON.stringify(value);
+    return line;
+  }
+  const node = document.createElement("details");
+  node.className = "jtree";
+  node.open = true;
+  const keys = Object.keys(value);
+  const summary = document.createElement("summary");
+  const shape = Array.isArray(value) ? `[${keys.length}]` : `{${keys.length}}`;
+  summary.textContent = (name === undefined ? "" : name + ": ") + shape;
+  node.appendChild(summary);
+  for (const key of keys) node.appendChild(tree(value[key], key));
+  return node;
+}
+document.querySelectorAll("details.json").forEach((details) => {
+  const build = () => {
+    if (details.dataset.built || details.dataset.truncated === "1" || !details.open) return;
+    details.dataset.built = "1";
+    const pre = details.querySelector("pre");
+    try { pre.replaceWith(tree(JSON.parse(pre.textContent))); } catch (e) { /* keep text */ }
+  };
+  details.addEventListener("toggle", build);
+  build();
+});
+
+// The trigger form: the job's payload schema and the CLI command that does the same.
+const triggerForm = document.getElementById("trigger-form");
+if (triggerForm) {
+  const schemas = JSON.parse(document.getElementById("schemas").textContent);
+  const quote = (s) => /^[\w@%+=:,./-]+$/.test(s) ? s : "'" + s.replace(/'/g, "'\"'\"'") + "'";
+  const update = () => {
+    const job = triggerForm.job.value;
+    const version = triggerForm.version.value.trim();
+    const versions = schemas[job] || {};
+    const names = Object.keys(versions);
+    const shown = version in versions ? version : names[names.length - 1];
+    const schema = shown === undefined ? null : versions[shown];
+    document.getElementById("schema").textContent =
+      schema ? JSON.stringify(schema, null, 2) : "(no schema registered: any JSON is accepted)";
+    const args = ["engine", "trigger", quote(job)];
+    const payload = triggerForm.payload.value.trim();
+    if (payload) args.push("--payload", quote(payload));
+    if (version) args.push("--version", quote(version));
+    const key = triggerForm.idempotency_key.value.trim();
+    if (key) args.push("--idempotency-key", quote(key));
+    const cli = document.getElementById("trigger-cli");
+    cli.textContent = args.join(" ") + cli.dataset.database;
+  };
+  triggerForm.addEventListener("input", update);
+  triggerForm.addEventListener("change", update);
+  update();
+}
+"""
+
+
+async def css(request: Request) -> Response:
+    return Response(CSS, media_type="text/css", headers={"cache-control": "max-age=300"})
+
+
+async def js(request: Request) -> Response:
+    return Response(JS, media_type="text/javascript", headers={"cache-control": "max-age=300"})

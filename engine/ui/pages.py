@@ -1,0 +1,384 @@
+"""The dashboard's HTML, rendered on the server from plain Python strings.
+
+No template engine: the pages are few and small, and every value goes through `h` (HTML
+escaping) on its way in, which is what a template engine's autoescape would give us.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterable
+from datetime import datetime
+from html import escape
+from typing import Any
+from urllib.parse import urlencode
+
+from ..schema import RUN_STATUSES
+from .queries import RunFilter, duration
+
+# Values whose JSON is longer than this are cut on the page and offered whole for download:
+# a 50 MB output must not freeze the browser.
+SHOWN_LIMIT = 64 * 1024
+SUSPENDED_KINDS = ("wait", "poll")
+CANCELABLE = ("QUEUED", "WAITING", "RUNNING")
+
+
+def h(value: Any) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+class Page:
+    """What every page shares: the CSRF token for its forms, read-only mode, and how to spell
+    `--database-url` in the equivalent CLI commands."""
+
+    def __init__(self, csrf: str, read_only: bool, cli_database: str) -> None:
+        self.csrf = csrf
+        self.read_only = read_only
+        self.cli_database = cli_database
+
+    def layout(self, title: str, body: str) -> str:
+        nav = '<a href="/">Runs</a>'
+        if not self.read_only:
+            nav += ' <a href="/trigger">Trigger a run</a>'
+        mode = '<span class="badge">read-only</span>' if self.read_only else ""
+        return (
+            "<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f"<title>{h(title)} · engine</title>"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta name="csrf-token" content="{h(self.csrf)}">'
+            '<link rel="stylesheet" href="/static/app.css">'
+            '<script src="/static/app.js" defer></script></head><body>'
+            f"<header><strong>engine</strong> <nav>{nav}</nav> {mode}</header>"
+            f"<main>{body}</main></body></html>"
+        )
+
+    def cli(self, *args: str) -> str:
+        return shlex.join(["engine", *args]) + self.cli_database
+
+    def action(self, path: str, label: str, command: str, confirm: str, css: str = "") -> str:
+        """A button that POSTs to `path` after a confirmation, beside the CLI command that does
+        the same thing."""
+        if self.read_only:
+            return ""
+        return (
+            f'<form method="post" action="{h(path)}" class="action" '
+            f'data-confirm="{h(confirm)}">'
+            f'<input type="hidden" name="csrf" value="{h(self.csrf)}">'
+            f'<button type="submit" class="{h(css)}">{h(label)}</button> '
+            f'<code class="cli">{h(command)}</code></form>'
+        )
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def runs(
+        self,
+        rows: list[dict[str, Any]],
+        where: RunFilter,
+        next_after: str | None,
+        first_page: bool,
+        jobs: Iterable[str],
+    ) -> str:
+        job_options = "".join(f'<option value="{h(j)}">' for j in jobs)
+        status_options = '<option value="">any status</option>' + "".join(
+            f"<option{' selected' if s == where.status else ''}>{s}</option>" for s in RUN_STATUSES
+        )
+        form = (
+            '<form class="filters" method="get" action="/">'
+            f'<input name="q" placeholder="run id or idempotency key" value="{h(where.query)}">'
+            f'<input name="job" list="jobs" placeholder="job" value="{h(where.job)}">'
+            f'<datalist id="jobs">{job_options}</datalist>'
+            f'<select name="status">{status_options}</select>'
+            f'<input name="version" placeholder="version" value="{h(where.version)}" size=8>'
+            '<button type="submit">Filter</button> <a href="/">clear</a></form>'
+        )
+        body = "".join(run_row(r) for r in rows)
+        params = filter_params(where)
+        more = ""
+        if next_after:
+            more = f'<a class="next" href="/?{h(urlencode({**params, "after": next_after}))}">'
+            more += "Older runs →</a>"
+        if not first_page:
+            more = f'<a href="/?{h(urlencode(params))}">← Newest runs</a> ' + more
+        live = f' data-live="/events/runs?{h(urlencode(params))}"' if first_page else ""
+        empty = "" if rows else '<p class="empty">no runs</p>'
+        return self.layout(
+            "Runs",
+            f"<h1>Runs</h1>{form}"
+            f'<table class="runs" id="runs"{live}><thead><tr><th>Status</th><th>Run</th>'
+            "<th>Job</th><th>Version</th><th>Created (UTC)</th><th>Duration</th></tr></thead>"
+            f'<tbody>{body}</tbody></table>{empty}<p class="pager">{more}</p>',
+        )
+
+    # -- one run ---------------------------------------------------------------------------------
+
+    def run(
+        self, run: dict[str, Any], tasks: list[dict[str, Any]], logs: list[dict[str, Any]]
+    ) -> str:
+        run_id = run["id"]
+        actions = []
+        if run["status"] in CANCELABLE:
+            actions.append(
+                self.action(
+                    f"/runs/{run_id}/cancel",
+                    "Cancel",
+                    self.cli("runs", "cancel", run_id),
+                    f"Cancel run {run_id}?",
+                    "danger",
+                )
+            )
+        if run["status"] == "FAILED":
+            actions.append(
+                self.action(
+                    f"/runs/{run_id}/retry",
+                    "Retry",
+                    self.cli("runs", "retry", run_id),
+                    f"Retry run {run_id} from where it failed?",
+                )
+            )
+        facts = [
+            ("status", status_badge(run["status"])),
+            ("job", f'<a href="/?{h(urlencode({"job": run["job_id"]}))}">{h(run["job_id"])}</a>'),
+            ("version", h(run["job_version"])),
+            ("idempotency key", h(run.get("idempotency_key")) or "-"),
+            ("attempt", h(run.get("attempt"))),
+            ("created", h(short_time(run["created_at"]))),
+            ("started", h(short_time(run["started_at"]))),
+            ("completed", h(short_time(run["completed_at"]))),
+            ("duration", h(fmt_duration(duration(run)))),
+        ]
+        if run.get("recoveries"):
+            facts.append(("recoveries", h(run["recoveries"])))
+        dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
+        values = "".join(
+            json_block(name, run.get(name), f"/runs/{run_id}/values/{name}", open_=True)
+            for name in ("payload", "output", "error")
+            if run.get(name) is not None
+        )
+        flat = list(walk(tasks))
+        log_html = ""
+        if logs:
+            lines = "".join(
+                f"<tr><td>{h(short_time(line['created_at']))}</td><td>{h(line['level'])}</td>"
+                f"<td>{h(line['message'])}</td>"
+                f"<td>{h(json.dumps(line['fields'])) if line.get('fields') else ''}</td></tr>"
+                for line in logs
+            )
+            log_html = f'<h2>Logs</h2><table class="logs">{lines}</table>'
+        body = (
+            f'<h1>Run <code id="run-id">{h(run_id)}</code></h1>'
+            f'<div class="actions">{"".join(actions)}</div>'
+            f'<dl class="facts">{dl}</dl>{values}'
+            f"<h2>Timeline</h2>{timeline(run, flat)}"
+            f"<h2>Tasks <small>({len(flat)})</small></h2>"
+            f'<div class="tasks">{task_nodes(run_id, tasks) or "<p>no tasks</p>"}</div>'
+            f"{log_html}"
+        )
+        return self.layout(f"Run {run_id}", body)
+
+    # -- trigger ---------------------------------------------------------------------------------
+
+    def trigger(
+        self,
+        jobs: list[dict[str, Any]],
+        form: dict[str, str],
+        error: str | None = None,
+    ) -> str:
+        chosen = form.get("job") or (jobs[0]["job_id"] if jobs else "")
+        options = "".join(
+            f"<option{' selected' if j['job_id'] == chosen else ''}>{h(j['job_id'])}</option>"
+            for j in jobs
+        )
+        schemas = {j["job_id"]: {v["version"]: v["schema"] for v in j["versions"]} for j in jobs}
+        error_html = f'<div class="error" id="trigger-error">{h(error)}</div>' if error else ""
+        payload = form.get("payload", "")
+        body = (
+            "<h1>Trigger a run</h1>"
+            + (
+                "<p>No job is registered in this database: start a worker "
+                "(<code>engine run APP</code>) once.</p>"
+                if not jobs
+                else ""
+            )
+            + error_html
+            + '<form method="post" action="/trigger" id="trigger-form" class="trigger" '
+            'data-confirm="Trigger this run?">'
+            f'<input type="hidden" name="csrf" value="{h(self.csrf)}">'
+            f'<label>Job <select name="job" id="job">{options}</select></label>'
+            f'<label>Version <input name="version" id="version" value="{h(form.get("version"))}" '
+            'placeholder="default: where a trigger goes"></label>'
+            '<label>Idempotency key <input name="idempotency_key" id="key" '
+            f'value="{h(form.get("idempotency_key"))}"></label>'
+            '<label>Payload (JSON) <textarea name="payload" id="payload" rows=8 cols=60>'
+            f"{h(payload)}</textarea></label>"
+            '<p>CLI: <code class="cli" id="trigger-cli" '
+            f'data-database="{h(self.cli_database)}"></code></p>'
+            '<button type="submit">Trigger</button></form>'
+            "<h2>Payload schema</h2>"
+            f'<pre id="schema" class="schema"></pre>'
+            f'<script type="application/json" id="schemas">{script_json(schemas)}</script>'
+        )
+        return self.layout("Trigger", body)
+
+    def message(self, title: str, text: str) -> str:
+        return self.layout(title, f"<h1>{h(title)}</h1><p>{h(text)}</p>")
+
+
+def filter_params(where: RunFilter) -> dict[str, str]:
+    pairs = {"job": where.job, "status": where.status, "version": where.version, "q": where.query}
+    return {k: v for k, v in pairs.items() if v}
+
+
+def run_row(run: dict[str, Any]) -> str:
+    run_id = h(run["id"])
+    return (
+        f'<tr data-id="{run_id}" data-status="{h(run["status"])}">'
+        f"<td>{status_badge(run['status'])}</td>"
+        f'<td><a href="/runs/{run_id}"><code>{run_id}</code></a></td>'
+        f"<td>{h(run['job_id'])}</td><td>{h(run['job_version'])}</td>"
+        f"<td>{h(short_time(run['created_at']))}</td>"
+        f"<td>{h(fmt_duration(duration(run)))}</td></tr>"
+    )
+
+
+def status_badge(status: str) -> str:
+    return f'<span class="status s-{h(status)}">{h(status)}</span>'
+
+
+def json_text(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def json_block(label: str, value: Any, download: str, open_: bool = False) -> str:
+    """A collapsible view of a JSON value: cut at SHOWN_LIMIT, with the whole value offered as
+    a download. Untruncated values are turned into a collapsible tree by app.js."""
+    text = json_text(value)
+    size = len(text.encode())
+    cut = len(text) > SHOWN_LIMIT
+    shown = text[:SHOWN_LIMIT] if cut else text
+    note = (
+        f' <span class="truncated">truncated at {SHOWN_LIMIT // 1024} KB of {size:,} bytes: '
+        f'<a href="{h(download)}" download>download the whole value</a></span>'
+        if cut
+        else f' <a class="dl" href="{h(download)}" download>download</a>'
+    )
+    return (
+        f'<details class="json"{" open" if open_ else ""} data-truncated="{int(cut)}">'
+        f"<summary>{h(label)} <small>{size:,} bytes</small></summary>{note}"
+        f"<pre>{h(shown)}</pre></details>"
+    )
+
+
+def walk(tasks: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    for task in tasks:
+        yield task
+        yield from walk(task["children"])
+
+
+def task_nodes(run_id: str, tasks: list[dict[str, Any]]) -> str:
+    out = []
+    for task in tasks:
+        base = f"/runs/{run_id}/tasks/{task['id']}/values"
+        values = "".join(
+            json_block(name, task.get(name), f"{base}/{name}")
+            for name in ("params", "output", "error")
+            if task.get(name) is not None
+        )
+        facts = (
+            f"<small>kind {h(task['kind'])} · attempts {h(task['attempts'])} · "
+            f"started {h(short_time(task['started_at']))} · "
+            f"completed {h(short_time(task['completed_at']))}</small>"
+        )
+        children = task_nodes(run_id, task["children"])
+        out.append(
+            f'<details class="task" data-task-id="{h(task["id"])}" data-key="{h(task["key"])}">'
+            f"<summary>{status_badge(task['status'])} <code>{h(task['key'])}</code> "
+            f"<span class=name>{h(task['name'])}</span> "
+            f"<span class=dur>{h(fmt_duration(duration(task)))}</span>"
+            f"{' ×' + h(task['attempts']) if task['attempts'] and task['attempts'] > 1 else ''}"
+            f'</summary><div class="task-body">{facts}{values}'
+            f"{f'<div class=children>{children}</div>' if children else ''}</div></details>"
+        )
+    return "".join(out)
+
+
+def timeline(run: dict[str, Any], tasks: list[dict[str, Any]]) -> str:
+    """A waterfall of the run and each task against wall-clock time, from the run's creation.
+
+    Waits and polls are spans during which the run was suspended (no worker held it); they are
+    drawn hatched and labelled so.
+    """
+    t0 = run["created_at"].timestamp()
+    ends = [t0]
+    run_start = _ts(run["started_at"])
+    if run_start is not None:
+        ends.append(run_start + (duration(run) or 0))
+    for task in tasks:
+        start = _ts(task["started_at"])
+        if start is not None:
+            ends.append(start + (duration(task) or 0))
+    span = max(max(ends) - t0, 1e-3)
+
+    def bar(label: str, start: float | None, length: float | None, css: str, title: str) -> str:
+        if start is None:
+            return ""
+        left = 100 * (start - t0) / span
+        width = max(100 * (length or 0) / span, 0.4)
+        return (
+            f'<div class="lane"><span class="lane-label" title="{h(title)}">{h(label)}</span>'
+            f'<span class="track"><span class="bar {css}" style="left:{left:.3f}%;'
+            f'width:{min(width, 100 - left):.3f}%" title="{h(title)}"></span></span></div>'
+        )
+
+    queued = (_ts(run["started_at"]) or t0) - t0
+    lanes = [
+        bar("queued", t0, queued, "queued", f"queued {fmt_duration(queued)}"),
+        bar(
+            "run",
+            run_start,
+            duration(run),
+            f"s-{run['status']}",
+            f"run {run['status']} {fmt_duration(duration(run))}",
+        ),
+    ]
+    for task in tasks:
+        suspended = task["kind"] in SUSPENDED_KINDS or task["status"] == "WAITING"
+        css = "suspended" if suspended else f"s-{task['status']}"
+        what = "suspended" if suspended else task["status"]
+        indent = "· " * task["depth"]
+        lanes.append(
+            bar(
+                f"{indent}{task['key']}",
+                _ts(task["started_at"]),
+                duration(task),
+                css,
+                f"{task['key']} ({task['kind']}) {what} {fmt_duration(duration(task))}",
+            )
+        )
+    return (
+        f'<div class="timeline"><div class="scale">0 s <span>{h(fmt_duration(span))}</span></div>'
+        f"{''.join(lanes)}</div>"
+    )
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def short_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min"
+
+
+def script_json(value: Any) -> str:
+    """JSON safe inside a <script> element (no "</script>" can close it early)."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

@@ -1,0 +1,170 @@
+"""What the dashboard reads from the task log, through the engine's store and its tables.
+
+Every value handed to a page goes through `engine.secrets.scrub`: errors in the task log are
+scrubbed when recorded, and this catches what the engine knows of in this process (the database
+password) in payloads and outputs too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+
+from .. import clock, secrets
+from ..client import Engine
+from ..schema import RUN_STATUSES, runs
+from ..versions import version_key
+
+PAGE_SIZE = 50
+
+_LIST_COLUMNS = (
+    runs.c.id,
+    runs.c.job_id,
+    runs.c.job_version,
+    runs.c.status,
+    runs.c.idempotency_key,
+    runs.c.created_at,
+    runs.c.started_at,
+    runs.c.completed_at,
+)
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """The runs page's filters; every field optional. `query` is a run id (or a prefix of one
+    of at least 8 characters) or an idempotency key."""
+
+    job: str | None = None
+    status: str | None = None
+    version: str | None = None
+    query: str | None = None
+
+    @classmethod
+    def from_params(cls, params: Any) -> RunFilter:
+        def get(name: str) -> str | None:
+            value = str(params.get(name) or "").strip()
+            return value or None
+
+        status = get("status")
+        return cls(
+            job=get("job"),
+            status=status.upper() if status and status.upper() in RUN_STATUSES else None,
+            version=get("version"),
+            query=get("q"),
+        )
+
+    def where(self) -> list[Any]:
+        clauses: list[Any] = []
+        if self.job:
+            clauses.append(runs.c.job_id == self.job)
+        if self.status:
+            clauses.append(runs.c.status == self.status)
+        if self.version:
+            clauses.append(runs.c.job_version == self.version)
+        if self.query:
+            matches = [runs.c.id == self.query, runs.c.idempotency_key == self.query]
+            if len(self.query) >= 8:
+                # A prefix of the primary key: a range scan of its index, never a full scan.
+                matches.append(and_(runs.c.id >= self.query, runs.c.id < self.query + "\uffff"))
+            clauses.append(or_(*matches))
+        return clauses
+
+
+class Queries:
+    """Reads for the dashboard on one `Engine` (its store's connection pool)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.store = engine.store
+
+    async def list_runs(
+        self, where: RunFilter, after: str | None = None, limit: int = PAGE_SIZE
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of runs, newest first, and the id to pass as `after` for the next page.
+
+        Keyset pagination on (created_at, id): a page deep in 100,000 runs costs what the first
+        one does, where OFFSET would read every row before it.
+        """
+        clauses = where.where()
+        async with self.store.begin() as conn:
+            if after:
+                row = (
+                    await conn.execute(select(runs.c.created_at).where(runs.c.id == after))
+                ).first()
+                if row is not None:
+                    clauses.append(
+                        or_(
+                            runs.c.created_at < row.created_at,
+                            and_(runs.c.created_at == row.created_at, runs.c.id < after),
+                        )
+                    )
+            statement = (
+                select(*_LIST_COLUMNS)
+                .where(*clauses)
+                .order_by(runs.c.created_at.desc(), runs.c.id.desc())
+                .limit(limit + 1)
+            )
+            rows = [dict(r._mapping) for r in (await conn.execute(statement)).all()]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return secrets.scrub(rows), rows[-1]["id"] if more and rows else None
+
+    async def run(self, run_id: str) -> dict[str, Any]:
+        """The run's row (RunNotFoundError when there is none)."""
+        return secrets.scrub(await self.store.get_run(run_id))  # type: ignore[no-any-return]
+
+    async def tasks(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's tasks as a tree (`children`), each level in the order the run reached it."""
+        rows = secrets.scrub(await self.store.get_tasks(run_id))
+        by_path: dict[tuple[str, ...], dict[str, Any]] = {}
+        roots: list[dict[str, Any]] = []
+        for task in sorted(rows, key=lambda t: (len(json.loads(t["parent_path"])), t["seq"])):
+            parent = tuple(json.loads(task["parent_path"]))
+            node = {**task, "children": [], "depth": len(parent)}
+            by_path[(*parent, task["key"])] = node
+            (by_path[parent]["children"] if parent in by_path else roots).append(node)
+        return roots
+
+    async def task(self, run_id: str, task_id: int) -> dict[str, Any] | None:
+        for task in await self.store.get_tasks(run_id):
+            if task["id"] == task_id:
+                return secrets.scrub(task)  # type: ignore[no-any-return]
+        return None
+
+    async def logs(self, run_id: str) -> list[dict[str, Any]]:
+        return secrets.scrub(await self.store.get_logs(run_id))  # type: ignore[no-any-return]
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        """Each registered job with its versions (natural order) and their payload schemas."""
+        rows, _ = await self.store.job_versions()
+        by_job: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_job.setdefault(row["job_id"], []).append(row)
+        return [
+            {
+                "job_id": job_id,
+                "versions": sorted(
+                    ({"version": r["version"], "schema": r["payload_schema"]} for r in entries),
+                    key=lambda v: version_key(v["version"]),
+                ),
+            }
+            for job_id, entries in sorted(by_job.items())
+        ]
+
+
+def duration(run: dict[str, Any]) -> float | None:
+    """Seconds from start to end, or to now while the run is under way."""
+    start: datetime | None = run.get("started_at")
+    if start is None:
+        return None
+    end: datetime | None = run.get("completed_at")
+    return (end.timestamp() if end else clock.now()) - start.timestamp()
+
+
+def fingerprint(run: dict[str, Any]) -> tuple[Any, ...]:
+    """What, when it changes, changes a runs-table row."""
+    return (run["status"], run["started_at"], run["completed_at"])

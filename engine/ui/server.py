@@ -1,0 +1,42 @@
+"""`engine ui`: checks what it is asked to do, then serves the dashboard with uvicorn."""
+
+from __future__ import annotations
+
+import os
+
+import uvicorn
+
+from ..client import Engine, resolve_database_url
+from ..exceptions import EngineError
+from .app import create_app
+from .security import TOKEN_ENV, is_loopback
+
+
+def check(database_url: str | None, host: str) -> str | None:
+    """The access token to require, or EngineError when the dashboard must not start."""
+    token = os.environ.get(TOKEN_ENV) or None
+    if not is_loopback(host) and token is None:
+        raise EngineError(
+            f"--host {host} would let other machines reach the dashboard: set {TOKEN_ENV} to a "
+            "secret token first (e.g. `export ENGINE_UI_TOKEN=$(openssl rand -hex 16)`), or "
+            "bind to 127.0.0.1"
+        )
+    missing = Engine(resolve_database_url(database_url)).store.missing_file()
+    if missing:
+        raise EngineError(
+            f"no engine database at {missing}: start a worker (`engine run APP`) or run "
+            "`engine db upgrade` there first, or pass --database-url"
+        )
+    return token
+
+
+def serve(database_url: str | None, host: str, port: int, read_only: bool) -> None:
+    """Serves until interrupted; EngineError (before anything is served) for bad settings."""
+    token = check(database_url, host)
+    app = create_app(database_url, read_only=read_only, token=token)
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"engine ui on http://{shown}:{port}/" + (" (read-only)" if read_only else ""), flush=True
+    )
+    # No access log: a browser's first request may carry ?token=..., which must not be logged.
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

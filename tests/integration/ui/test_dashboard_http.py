@@ -1,0 +1,301 @@
+"""The dashboard over HTTP (engine.ui.create_app through httpx's ASGI transport), on a real
+database holding runs executed by a real in-process worker."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import BaseModel
+from support import Harness, unique_id
+
+from engine import Job, RetryPolicy, job
+from engine.ui import create_app
+from engine.ui.pages import SHOWN_LIMIT
+
+Client = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+class Order(BaseModel):
+    n: int
+
+
+def make_jobs() -> dict[str, Job]:
+    @job(id=unique_id("steps"))
+    async def steps(payload: Any, io: Any, ctx: Any) -> dict[str, Any]:
+        async def inner(task: Any) -> str:
+            return "in"
+
+        async def outer(task: Any) -> dict[str, Any]:
+            return {"inner": await io.run_task("inner", inner)}
+
+        async def big(task: Any) -> str:
+            return "x" * (SHOWN_LIMIT + 1000)
+
+        await io.run_task("outer", outer, params={"p": 1})
+        await io.run_task("big", big)
+        await io.wait("nap", 0.01)
+        return {"done": True}
+
+    @job(id=unique_id("fails"))
+    async def fails(payload: Any, io: Any, ctx: Any) -> None:
+        async def boom(task: Any) -> None:
+            raise ValueError("boom")
+
+        await io.run_task("boom", boom, retry=RetryPolicy(max_attempts=1))
+
+    @job(id=unique_id("sleeps"))
+    async def sleeps(payload: Any, io: Any, ctx: Any) -> str:
+        await io.wait("long", 3600)
+        return "woke"
+
+    @job(id=unique_id("typed"), payload=Order)
+    async def typed(payload: Order, io: Any, ctx: Any) -> int:
+        return payload.n
+
+    return {"steps": steps, "fails": fails, "sleeps": sleeps, "typed": typed}
+
+
+@pytest.fixture
+def client() -> Client:
+    @asynccontextmanager
+    async def make(url: str, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
+        app = create_app(url, **options)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://127.0.0.1:8008"
+            ) as http:
+                yield http
+
+    return make
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf-token" content="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+async def test_runs_page_lists_filters_searches_and_pages(harness: Harness, client: Client) -> None:
+    jobs = make_jobs()
+    await harness.start(*jobs.values())
+    done = await harness.run(jobs["steps"])
+    failed = await harness.run(jobs["fails"])
+    keyed = await harness.engine.trigger(jobs["typed"].id, {"n": 3}, idempotency_key="order-7")
+    await harness.engine.wait_for(keyed, 20)
+    async with client(harness.url) as http:
+        page = (await http.get("/")).text
+        for run in (done, failed):
+            assert f'data-id="{run["id"]}" data-status="{run["status"]}"' in page
+        assert jobs["steps"].id in page and "COMPLETED" in page and "FAILED" in page
+
+        only_failed = (await http.get("/", params={"status": "failed"})).text
+        assert failed["id"] in only_failed and done["id"] not in only_failed
+
+        by_job = (await http.get("/", params={"job": jobs["steps"].id, "version": "1"})).text
+        assert done["id"] in by_job and failed["id"] not in by_job
+        assert (await http.get("/", params={"version": "9"})).text.count("data-id=") == 0
+
+        by_key = (await http.get("/", params={"q": "order-7"})).text
+        assert by_key.count("data-id=") == 1 and keyed in by_key
+        by_prefix = (await http.get("/", params={"q": done["id"][:10]})).text
+        assert by_prefix.count("data-id=") == 1 and done["id"] in by_prefix
+
+        # Keyset pagination: 60 more runs make two pages with no run on both.
+        for i in range(60):
+            await harness.engine.trigger(jobs["typed"].id, {"n": i})
+        first = (await http.get("/")).text
+        after = re.search(r'href="/\?after=([0-9a-f]+)"', first)
+        assert after, "no link to the next page"
+        second = (await http.get("/", params={"after": after.group(1)})).text
+        ids_first = set(re.findall(r'data-id="([0-9a-f]+)"', first))
+        ids_second = set(re.findall(r'data-id="([0-9a-f]+)"', second))
+        assert len(ids_first) == 50 and not ids_first & ids_second
+        assert len(ids_first | ids_second) == 63
+        # The live stream is only for the first page.
+        assert "data-live=" in first and "data-live=" not in second
+
+
+async def test_run_page_shows_values_tree_timeline_and_downloads(
+    sqlite_harness: Harness, client: Client
+) -> None:
+    jobs = make_jobs()
+    await sqlite_harness.start(*jobs.values())
+    run = await sqlite_harness.run(jobs["steps"], {"order": 42})
+    assert run["status"] == "COMPLETED"
+    tasks = await sqlite_harness.store.get_tasks(run["id"])
+    ids = {t["key"]: t["id"] for t in tasks}
+    async with client(sqlite_harness.url) as http:
+        page = (await http.get(f"/runs/{run['id']}")).text
+        assert "&quot;order&quot;: 42" in page and "&quot;done&quot;: true" in page
+        for key in ("outer", "inner", "big", "nap"):
+            assert f'data-key="{key}"' in page
+        # inner is nested inside outer's node.
+        outer_at = page.index('data-key="outer"')
+        assert outer_at < page.index('data-key="inner"') < page.index('data-key="big"')
+        assert "bar suspended" in page and "nap (wait) suspended" in page
+        assert f"truncated at {SHOWN_LIMIT // 1024} KB" in page
+        assert "x" * (SHOWN_LIMIT + 1) not in page
+
+        big = await http.get(f"/runs/{run['id']}/tasks/{ids['big']}/values/output")
+        assert big.status_code == 200 and "attachment" in big.headers["content-disposition"]
+        assert big.json() == "x" * (SHOWN_LIMIT + 1000)
+        params = await http.get(f"/runs/{run['id']}/tasks/{ids['outer']}/values/params")
+        assert params.json() == {"p": 1}
+        payload = await http.get(f"/runs/{run['id']}/values/payload")
+        assert payload.json() == {"order": 42}
+
+        assert (await http.get(f"/runs/{run['id']}/values/secret")).status_code == 404
+        assert (await http.get(f"/runs/{run['id']}/tasks/999999/values/output")).status_code == 404
+        missing = await http.get("/runs/no-such-run")
+        assert missing.status_code == 404 and "no run has id" in missing.text
+        assert (await http.get("/static/app.js")).status_code == 200
+        assert (await http.get("/static/app.css")).status_code == 200
+
+
+async def test_cancel_retry_and_trigger_change_the_database(
+    harness: Harness, client: Client
+) -> None:
+    jobs = make_jobs()
+    await harness.start(*jobs.values())
+    sleeping = await harness.engine.trigger(jobs["sleeps"].id)
+    failed = await harness.run(jobs["fails"])
+    async with client(harness.url) as http:
+        for _ in range(400):
+            if (await harness.engine.get_run(sleeping))["status"] == "WAITING":
+                break
+            await harness.engine.wait_for(failed["id"], 1)
+        page = (await http.get(f"/runs/{sleeping}")).text
+        assert f"engine runs cancel {sleeping}" in page
+        token = csrf_of(page)
+
+        canceled = await http.post(f"/runs/{sleeping}/cancel", data={"csrf": token})
+        assert canceled.status_code == 303 and canceled.headers["location"] == f"/runs/{sleeping}"
+        assert (await harness.engine.get_run(sleeping))["status"] == "CANCELED"
+        again = await http.post(f"/runs/{sleeping}/cancel", data={"csrf": token})
+        assert again.status_code == 409 and "already CANCELED" in again.text
+
+        failed_page = (await http.get(f"/runs/{failed['id']}")).text
+        assert f"engine runs retry {failed['id']}" in failed_page
+        assert 'data-key="boom"' in failed_page and "ValueError" in failed_page
+        retried = await http.post(f"/runs/{failed['id']}/retry", data={"csrf": token})
+        assert retried.status_code == 303
+        assert (await harness.engine.get_run(failed["id"]))["status"] != "FAILED"
+
+        form = (await http.get("/trigger", params={"job": jobs["typed"].id})).text
+        assert f"<option selected>{jobs['typed'].id}</option>" in form
+        bad = await http.post(
+            "/trigger", data={"csrf": token, "job": jobs["typed"].id, "payload": '{"n": "x"}'}
+        )
+        assert bad.status_code == 400 and 'id="trigger-error"' in bad.text
+        assert "is invalid" in bad.text and "&quot;n&quot;: &quot;x&quot;" in bad.text
+        not_json = await http.post(
+            "/trigger", data={"csrf": token, "job": jobs["typed"].id, "payload": "{n: 1"}
+        )
+        assert not_json.status_code == 400 and "not valid JSON" in not_json.text
+        assert await harness.engine.list_runs(jobs["typed"].id) == []
+
+        good = await http.post(
+            "/trigger",
+            data={
+                "csrf": token,
+                "job": jobs["typed"].id,
+                "payload": '{"n": 5}',
+                "idempotency_key": "k-1",
+            },
+        )
+        assert good.status_code == 303
+        run_id = good.headers["location"].rsplit("/", 1)[1]
+        done = await harness.engine.wait_for(run_id, 20)
+        assert done["output"] == 5 and done["idempotency_key"] == "k-1"
+
+
+async def test_state_changes_need_the_csrf_token_and_same_origin(
+    sqlite_harness: Harness, client: Client
+) -> None:
+    jobs = make_jobs()
+    await sqlite_harness.start(*jobs.values())
+    sleeping = await sqlite_harness.engine.trigger(jobs["sleeps"].id)
+    async with client(sqlite_harness.url) as http:
+        token = csrf_of((await http.get("/")).text)
+        refused = [
+            await http.post(f"/runs/{sleeping}/cancel"),
+            await http.post(f"/runs/{sleeping}/cancel", data={"csrf": "forged"}),
+            await http.post(
+                f"/runs/{sleeping}/cancel",
+                data={"csrf": token},
+                headers={"origin": "https://evil.example"},
+            ),
+            await http.post("/trigger", data={"job": jobs["typed"].id, "payload": '{"n": 1}'}),
+        ]
+        assert [r.status_code for r in refused] == [403, 403, 403, 403]
+        assert "CSRF" in refused[0].text and "cross-origin" in refused[2].text
+        assert (await sqlite_harness.engine.get_run(sleeping))["status"] != "CANCELED"
+        assert await sqlite_harness.engine.list_runs(jobs["typed"].id) == []
+
+        same_origin = await http.post(
+            f"/runs/{sleeping}/cancel",
+            headers={"origin": "http://127.0.0.1:8008", "x-csrf-token": token},
+        )
+        assert same_origin.status_code == 303
+        assert (await sqlite_harness.engine.get_run(sleeping))["status"] == "CANCELED"
+
+
+async def test_read_only_hides_actions_and_refuses_them(
+    sqlite_harness: Harness, client: Client
+) -> None:
+    jobs = make_jobs()
+    await sqlite_harness.start(*jobs.values())
+    sleeping = await sqlite_harness.engine.trigger(jobs["sleeps"].id)
+    failed = await sqlite_harness.run(jobs["fails"])
+    async with client(sqlite_harness.url, read_only=True) as http:
+        home = (await http.get("/")).text
+        assert "read-only" in home and 'href="/trigger"' not in home
+        token = csrf_of(home)
+        for run_id in (sleeping, failed["id"]):
+            page = (await http.get(f"/runs/{run_id}")).text
+            assert "<form" not in page and "engine runs" not in page
+        assert (await http.get("/trigger")).status_code == 403
+        responses = [
+            await http.post(f"/runs/{sleeping}/cancel", data={"csrf": token}),
+            await http.post(f"/runs/{failed['id']}/retry", data={"csrf": token}),
+            await http.post("/trigger", data={"csrf": token, "job": jobs["typed"].id}),
+        ]
+        assert [r.status_code for r in responses] == [403, 403, 403]
+        assert all("read-only" in r.text for r in responses)
+    assert (await sqlite_harness.engine.get_run(sleeping))["status"] != "CANCELED"
+    assert (await sqlite_harness.engine.get_run(failed["id"]))["status"] == "FAILED"
+    assert await sqlite_harness.engine.list_runs(jobs["typed"].id) == []
+
+
+async def test_the_token_is_required_on_every_request(
+    sqlite_harness: Harness, client: Client
+) -> None:
+    jobs = make_jobs()
+    await sqlite_harness.start(*jobs.values())
+    done = await sqlite_harness.run(jobs["steps"])
+    async with client(sqlite_harness.url, token="s3cret-token-value") as http:
+        for path in ("/", f"/runs/{done['id']}", "/events/runs", "/static/app.js", "/trigger"):
+            refused = await http.get(path)
+            assert refused.status_code == 401, path
+            assert done["id"] not in refused.text
+        assert (await http.get("/", params={"token": "wrong"})).status_code == 401
+        assert (await http.get("/", headers={"authorization": "Bearer wrong"})).status_code == 401
+
+        login = await http.get(f"/runs/{done['id']}", params={"token": "s3cret-token-value"})
+        assert login.status_code == 303
+        # Redirected to the same page without the token in the URL, with the cookie set.
+        assert login.headers["location"] == f"/runs/{done['id']}"
+        assert "engine_ui_token=" in login.headers["set-cookie"]
+        assert "httponly" in login.headers["set-cookie"].lower()
+        assert (await http.get(f"/runs/{done['id']}")).status_code == 200  # the cookie
+
+        http.cookies.clear()
+        assert (await http.get("/")).status_code == 401
+        bearer = await http.get("/", headers={"authorization": "Bearer s3cret-token-value"})
+        assert bearer.status_code == 200 and done["id"] in bearer.text
