@@ -49,6 +49,7 @@ code.cli { background: #eef0f3; padding: 2px 4px; }
 .error { background: #fde2e2; border: 1px solid #e9a3a3; padding: 8px; margin: 8px 0; }
 form.trigger label { display: block; margin: 6px 0; }
 .jtree { margin-left: 14px; } .jtree summary { cursor: pointer; }
+.jtree > div { margin-left: 14px; }
 """
 
 JS = r"""

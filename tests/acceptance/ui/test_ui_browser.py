@@ -1,0 +1,104 @@
+"""The dashboard in a real browser (headless Chromium through Selenium), beside a real worker
+and a real `engine ui` process, driven as a person would: watch the runs list change without
+reloading, expand a task, cancel from the page, trigger with a bad payload.
+
+Screenshots of the runs and run pages are kept in docs/images/ for docs/dashboard.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dashboard import TOKEN, Dashboard
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
+
+pytestmark = pytest.mark.slow
+
+IMAGES = Path(__file__).resolve().parents[3] / "docs" / "images"
+WAIT = 60.0
+
+
+def row_status(driver: Any, run_id: str) -> str | None:
+    rows = driver.find_elements(By.CSS_SELECTOR, f'tr[data-id="{run_id}"]')
+    return rows[0].get_attribute("data-status") if rows else None
+
+
+def test_runs_list_run_page_cancel_and_trigger_in_a_browser(
+    procs: Any, dashboards: list[Dashboard], browser: Any, tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
+    procs.worker("basic.py", url)
+    done = procs.trigger(url, "steps")
+    procs.trigger(url, "typed", {"n": 2, "label": "first"})
+    sleeping = procs.trigger(url, "sleeper", {"seconds": 3600})
+    procs.wait_status(url, done, "COMPLETED")
+    procs.wait_status(url, sleeping, "WAITING")
+    ui = Dashboard(url, tmp_path, token=TOKEN)
+    dashboards.append(ui.wait_ready())
+    wait = WebDriverWait(browser, WAIT)
+
+    # The one-time login: the token leaves the address bar at once.
+    browser.get(f"{ui.base}/?token={TOKEN}")
+    wait.until(ec.presence_of_element_located((By.ID, "runs")))
+    assert "token" not in browser.current_url
+    assert row_status(browser, sleeping) == "WAITING"
+    browser.execute_script("window.notReloaded = true;")
+
+    # Runs appear and change status while the page stays loaded.
+    fresh = procs.trigger(url, "typed", {"n": 21, "label": "live"})
+    wait.until(lambda d: row_status(d, fresh) == "COMPLETED")
+    procs.ok("runs", "cancel", sleeping, "--database-url", url)
+    wait.until(lambda d: row_status(d, sleeping) == "CANCELED")
+    assert browser.execute_script("return window.notReloaded === true;")
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(IMAGES / "dashboard-runs.png"))
+
+    # A run: expand a task and see its params and its child task.
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{done}"] a').click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, 'details[data-key="outer"]')))
+    outer = browser.find_element(By.CSS_SELECTOR, 'details[data-key="outer"]')
+    inner = outer.find_element(By.CSS_SELECTOR, 'details[data-key="inner"]')
+    assert not inner.is_displayed()
+    outer.find_element(By.TAG_NAME, "summary").click()
+    wait.until(lambda d: inner.is_displayed())
+    assert outer.get_attribute("open") is not None
+    params = outer.find_element(By.CSS_SELECTOR, "details.json")
+    params.find_element(By.TAG_NAME, "summary").click()
+    wait.until(lambda d: '"p"' in params.text or "p: 1" in params.text)
+    assert browser.find_elements(By.CSS_SELECTOR, ".timeline .bar")
+    browser.set_window_size(1280, 1500)
+    browser.execute_script("window.scrollTo(0, 0);")
+    browser.save_screenshot(str(IMAGES / "dashboard-run.png"))
+    browser.set_window_size(1280, 900)
+
+    # Cancel from the page, confirming; the database says CANCELED.
+    waiting = procs.trigger(url, "sleeper", {"seconds": 3600})
+    procs.wait_status(url, waiting, "WAITING")
+    browser.get(f"{ui.base}/runs/{waiting}")
+    form = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "form.action")))
+    assert f"engine runs cancel {waiting}" in form.text
+    form.find_element(By.TAG_NAME, "button").click()
+    alert = wait.until(ec.alert_is_present())
+    assert waiting in alert.text
+    alert.accept()
+    procs.wait_status(url, waiting, "CANCELED")
+    wait.until(lambda d: "CANCELED" in d.find_element(By.CSS_SELECTOR, "dl.facts").text)
+
+    # Trigger with a payload that breaks the registered schema: an inline error, no run.
+    browser.get(f"{ui.base}/trigger?job=typed")
+    payload = wait.until(ec.presence_of_element_located((By.ID, "payload")))
+    payload.send_keys('{"n": "not a number"}')
+    cli = browser.find_element(By.ID, "trigger-cli").text
+    assert cli.startswith("engine trigger typed --payload")
+    assert '"n"' in browser.find_element(By.ID, "schema").text
+    browser.find_element(By.CSS_SELECTOR, "#trigger-form button").click()
+    wait.until(ec.alert_is_present()).accept()
+    error = wait.until(ec.presence_of_element_located((By.ID, "trigger-error")))
+    assert "is invalid" in error.text and "n" in error.text
+    assert [
+        r for r in procs.list(url, "--job", "typed") if r["payload"] == {"n": "not a number"}
+    ] == []

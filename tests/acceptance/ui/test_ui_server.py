@@ -1,0 +1,69 @@
+"""`engine ui` as a process: what it refuses to start with, the token over real HTTP, and the
+live runs stream (server-sent events) while a real worker executes runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from dashboard import TOKEN, Dashboard
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_public_host_without_a_token_refuses_to_start(
+    procs: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("ENGINE_UI_TOKEN", raising=False)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
+    procs.ok("db", "upgrade", "--database-url", url)
+    refused = procs.cli("ui", "--database-url", url, "--host", "0.0.0.0", timeout=30)
+    assert refused.returncode == 1, str(refused)
+    assert (
+        refused.stderr.startswith("error: --host 0.0.0.0") and "ENGINE_UI_TOKEN" in refused.stderr
+    )
+    assert "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) == 1
+
+    missing = procs.cli("ui", "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'none.db'}")
+    assert missing.returncode == 1 and missing.stderr.startswith("error: no engine database")
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_live_stream_sends_status_changes_and_the_token_guards_it(
+    procs: Any, dashboards: list[Dashboard], tmp_path: Path
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
+    procs.worker("basic.py", url)
+    ui = Dashboard(url, tmp_path, token=TOKEN)
+    dashboards.append(ui.wait_ready())
+
+    assert httpx.get(f"{ui.base}/", timeout=10).status_code == 401
+    assert httpx.get(f"{ui.base}/events/runs", timeout=10).status_code == 401
+
+    statuses: list[str] = []
+    run_id = ""
+    with httpx.stream(
+        "GET", f"{ui.base}/events/runs", headers=ui.headers(), timeout=httpx.Timeout(10, read=30)
+    ) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        run_id = procs.trigger(url, "typed", {"n": 4})
+        deadline = time.monotonic() + 60
+        for line in stream.iter_lines():
+            assert time.monotonic() < deadline, f"no COMPLETED event for {run_id}: {statuses}"
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            if event["id"] == run_id:
+                statuses.append(event["status"])
+                assert f'data-id="{run_id}"' in event["html"]
+                if event["status"] == "COMPLETED":
+                    break
+    assert statuses[-1] == "COMPLETED"
+    page = httpx.get(f"{ui.base}/runs/{run_id}", headers=ui.headers(), timeout=10)
+    assert page.status_code == 200 and "&quot;doubled&quot;: 8" in page.text
+    # The token never reaches the log (there is no access log at all).
+    assert TOKEN not in ui.output
