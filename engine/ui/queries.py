@@ -96,6 +96,8 @@ class Queries:
                     await conn.execute(select(runs.c.created_at).where(runs.c.id == after))
                 ).first()
                 if row is not None:
+                    # The first clause alone bounds the index range scan; the OR breaks ties.
+                    clauses.append(runs.c.created_at <= row.created_at)
                     clauses.append(
                         or_(
                             runs.c.created_at < row.created_at,
