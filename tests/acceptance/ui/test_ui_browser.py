@@ -1,6 +1,6 @@
 """The dashboard in a real browser (headless Chromium through Selenium), beside a real worker
 and a real `engine ui` process, driven as a person would: watch the runs list change without
-reloading, expand a task, cancel from the page, trigger with a bad payload.
+reloading, expand a task, cancel and retry from the page, trigger with a bad payload.
 
 Screenshots of the runs and run pages are kept in docs/images/ for docs/dashboard.md.
 """
@@ -27,7 +27,7 @@ def row_status(driver: Any, run_id: str) -> str | None:
     return rows[0].get_attribute("data-status") if rows else None
 
 
-def test_runs_list_run_page_cancel_and_trigger_in_a_browser(
+def test_runs_list_run_page_cancel_retry_and_trigger_in_a_browser(
     procs: Any, dashboards: list[Dashboard], browser: Any, tmp_path: Path
 ) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
@@ -87,6 +87,20 @@ def test_runs_list_run_page_cancel_and_trigger_in_a_browser(
     alert.accept()
     procs.wait_status(url, waiting, "CANCELED")
     wait.until(lambda d: "CANCELED" in d.find_element(By.CSS_SELECTOR, "dl.facts").text)
+
+    # Retry a failed run from the page once its cause is fixed; the database says COMPLETED.
+    marker = tmp_path / "flaky.marker"
+    flaky = procs.trigger(url, "flaky", {"log": str(tmp_path / "flaky.log"), "marker": str(marker)})
+    procs.wait_status(url, flaky, "FAILED")
+    browser.get(f"{ui.base}/runs/{flaky}")
+    form = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "form.action")))
+    assert f"engine runs retry {flaky}" in form.text
+    second = browser.find_element(By.CSS_SELECTOR, 'details[data-key="second"]')
+    assert "ERRORED" in second.text
+    marker.touch()
+    form.find_element(By.TAG_NAME, "button").click()
+    wait.until(ec.alert_is_present()).accept()
+    procs.wait_status(url, flaky, "COMPLETED")
 
     # Trigger with a payload that breaks the registered schema: an inline error, no run.
     browser.get(f"{ui.base}/trigger?job=typed")
