@@ -26,10 +26,11 @@ from starlette.routing import Route
 from .. import codec
 from ..client import Engine, resolve_database_url
 from ..exceptions import DatabaseError, EngineError, InvalidRunStateError, RunNotFoundError
+from ..schema import FINAL_RUN_STATUSES
 from ..store import DEFAULT_DATABASE_URL
 from . import assets, security
-from .pages import Page, json_text, run_row
-from .queries import PAGE_SIZE, Queries, RunFilter, fingerprint
+from .pages import Page, json_text, run_row, walk
+from .queries import PAGE_SIZE, Queries, RunFilter, fingerprint, state_digest
 
 log = logging.getLogger("engine.ui")
 
@@ -96,7 +97,10 @@ async def run_page(request: Request) -> Response:
         return _html(ui.page.message("Not found", exc.message), 404)
     tasks = await ui.queries.tasks(run_id)
     logs = await ui.queries.logs(run_id)
-    return _html(ui.page.run(run, tasks, logs))
+    live = None
+    if run["status"] not in FINAL_RUN_STATUSES:
+        live = f"/events/runs/{run_id}?since={state_digest(run, walk(tasks))}"
+    return _html(ui.page.run(run, tasks, logs, live))
 
 
 async def run_value(request: Request) -> Response:
@@ -166,6 +170,43 @@ async def runs_events(request: Request) -> Response:
                 data = json.dumps({"id": row["id"], "status": row["status"], "html": run_row(row)})
                 yield f"event: run\ndata: {data}\n\n"
             if not changed:
+                yield ": idle\n\n"
+            await asyncio.sleep(ui.settings.poll_seconds)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+    )
+
+
+async def run_events(request: Request) -> Response:
+    """Server-sent events for one run's page: `changed` whenever the run or any of its tasks
+    changes from the state the page was rendered with (`since`), then `final` once it ends."""
+    ui = _ui(request)
+    run_id = request.path_params["run_id"]
+    since = request.query_params.get("since", "")
+
+    async def stream() -> AsyncIterator[str]:
+        known = since
+        deadline = time.monotonic() + ui.settings.stream_seconds
+        yield "retry: 1000\n\n"
+        while time.monotonic() < deadline:
+            try:
+                state = await ui.queries.run_state(run_id)
+            except DatabaseError as exc:
+                log.warning("dashboard: reading run %s failed: %s", run_id, exc)
+                state = ("", known)
+            if state is None:
+                return
+            status, digest = state
+            if digest != known:
+                known = digest
+                yield "event: changed\ndata: {}\n\n"
+            elif status in FINAL_RUN_STATUSES:
+                yield "event: final\ndata: {}\n\n"
+                return
+            else:
                 yield ": idle\n\n"
             await asyncio.sleep(ui.settings.poll_seconds)
 
@@ -278,6 +319,7 @@ def create_app(
     routes = [
         Route("/", runs_page),
         Route("/events/runs", runs_events),
+        Route("/events/runs/{run_id}", run_events),
         Route("/runs/{run_id}", run_page),
         Route("/runs/{run_id}/values/{field}", run_value),
         Route("/runs/{run_id}/tasks/{task_id:int}/values/{field}", task_value),

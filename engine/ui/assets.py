@@ -103,16 +103,48 @@ function tree(value, name) {
   for (const key of keys) node.appendChild(tree(value[key], key));
   return node;
 }
-document.querySelectorAll("details.json").forEach((details) => {
-  const build = () => {
-    if (details.dataset.built || details.dataset.truncated === "1" || !details.open) return;
-    details.dataset.built = "1";
-    const pre = details.querySelector("pre");
-    try { pre.replaceWith(tree(JSON.parse(pre.textContent))); } catch (e) { /* keep text */ }
+function enhance(root) {
+  root.querySelectorAll("details.json").forEach((details) => {
+    const build = () => {
+      if (details.dataset.built || details.dataset.truncated === "1" || !details.open) return;
+      details.dataset.built = "1";
+      const pre = details.querySelector("pre");
+      try { pre.replaceWith(tree(JSON.parse(pre.textContent))); } catch (e) { /* keep text */ }
+    };
+    details.addEventListener("toggle", build);
+    build();
+  });
+}
+enhance(document);
+
+// A run still under way: when the server says it changed, the page's content is fetched again
+// and swapped in, keeping open what the reader opened.
+const runLive = document.getElementById("run-live");
+if (runLive) {
+  const source = new EventSource(runLive.dataset.live);
+  // A task by its id, a value by its task and label: neither changes as the run goes on.
+  const keyOf = (d) => {
+    const task = d.dataset.taskId ? d : d.parentElement.closest("details.task");
+    const label = d.dataset.taskId ? "" : d.querySelector("summary").firstChild.textContent;
+    return (task ? task.dataset.taskId : "-") + "/" + label;
   };
-  details.addEventListener("toggle", build);
-  build();
-});
+  const opened = () => new Set(
+    [...document.querySelectorAll("main details.task[open], main details.json[open]")].map(keyOf));
+  source.addEventListener("changed", async () => {
+    const keep = opened();
+    const response = await fetch(window.location.href, { cache: "no-store" });
+    if (!response.ok) return;
+    const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+    const main = fresh.querySelector("main");
+    main.querySelectorAll("details.task, details.json").forEach((d) => {
+      if (keep.has(keyOf(d))) d.open = true;
+    });
+    document.querySelector("main").replaceWith(main);
+    enhance(document);
+  });
+  source.addEventListener("final", () => source.close());
+  window.addEventListener("beforeunload", () => source.close());
+}
 
 // The trigger form: the job's payload schema and the CLI command that does the same.
 const triggerForm = document.getElementById("trigger-form");

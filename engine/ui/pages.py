@@ -113,7 +113,11 @@ class Page:
     # -- one run ---------------------------------------------------------------------------------
 
     def run(
-        self, run: dict[str, Any], tasks: list[dict[str, Any]], logs: list[dict[str, Any]]
+        self,
+        run: dict[str, Any],
+        tasks: list[dict[str, Any]],
+        logs: list[dict[str, Any]],
+        live: str | None = None,
     ) -> str:
         run_id = run["id"]
         actions = []
@@ -167,7 +171,8 @@ class Page:
             log_html = f'<h2>Logs</h2><table class="logs">{lines}</table>'
         body = (
             f'<h1>Run <code id="run-id">{h(run_id)}</code></h1>'
-            f'<div class="actions">{"".join(actions)}</div>'
+            + (f'<span id="run-live" data-live="{h(live)}"></span>' if live else "")
+            + f'<div class="actions">{"".join(actions)}</div>'
             f'<dl class="facts">{dl}</dl>{values}'
             f"<h2>Timeline</h2>{timeline(run, flat)}"
             f"<h2>Tasks <small>({len(flat)})</small></h2>"

@@ -7,7 +7,9 @@ password) in payloads and outputs too.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,7 +18,7 @@ from sqlalchemy import and_, or_, select
 
 from .. import clock, secrets
 from ..client import Engine
-from ..schema import RUN_STATUSES, runs
+from ..schema import RUN_STATUSES, runs, tasks
 from ..versions import version_key
 
 PAGE_SIZE = 50
@@ -131,6 +133,26 @@ class Queries:
             (by_path[parent]["children"] if parent in by_path else roots).append(node)
         return roots
 
+    async def run_state(self, run_id: str) -> tuple[str, str] | None:
+        """(the run's status, a digest of everything its page shows that can change), read
+        with two narrow queries; None when there is no such run."""
+        async with self.store.begin() as conn:
+            run = (
+                await conn.execute(
+                    select(runs.c.status, runs.c.started_at, runs.c.completed_at).where(
+                        runs.c.id == run_id
+                    )
+                )
+            ).first()
+            if run is None:
+                return None
+            rows = (
+                await conn.execute(
+                    select(*_STATE_COLUMNS).where(tasks.c.run_id == run_id).order_by(tasks.c.id)
+                )
+            ).all()
+        return run.status, state_digest(run._mapping, (r._mapping for r in rows))
+
     async def task(self, run_id: str, task_id: int) -> dict[str, Any] | None:
         for task in await self.store.get_tasks(run_id):
             if task["id"] == task_id:
@@ -156,6 +178,23 @@ class Queries:
             }
             for job_id, entries in sorted(by_job.items())
         ]
+
+
+_STATE_COLUMNS = (
+    tasks.c.id,
+    tasks.c.status,
+    tasks.c.attempts,
+    tasks.c.started_at,
+    tasks.c.completed_at,
+)
+
+
+def state_digest(run: Any, task_rows: Iterable[Any]) -> str:
+    """A digest of a run's state and its tasks' (what `run_state` reads)."""
+    parts = [repr((run["status"], run["started_at"], run["completed_at"]))]
+    ordered = sorted(task_rows, key=lambda t: t["id"])
+    parts += [repr(tuple(t[c.name] for c in _STATE_COLUMNS)) for t in ordered]
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def duration(run: dict[str, Any]) -> float | None:

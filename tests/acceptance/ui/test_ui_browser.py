@@ -75,6 +75,23 @@ def test_runs_list_run_page_cancel_retry_and_trigger_in_a_browser(
     browser.save_screenshot(str(IMAGES / "dashboard-run.png"))
     browser.set_window_size(1280, 900)
 
+    # The page of a run under way follows it without reloading, keeping open what was opened.
+    other = procs.trigger(url, "sleeper", {"seconds": 3600})
+    procs.wait_status(url, other, "WAITING")
+    browser.get(f"{ui.base}/runs/{other}")
+    before = wait.until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, 'details[data-key="before"] summary'))
+    )
+    before.click()
+    browser.execute_script("window.notReloaded = true;")
+    procs.ok("runs", "cancel", other, "--database-url", url)
+    wait.until(lambda d: "CANCELED" in d.find_element(By.CSS_SELECTOR, "dl.facts").text)
+    assert browser.execute_script("return window.notReloaded === true;")
+    nap = browser.find_element(By.CSS_SELECTOR, 'details[data-key="nap"]')
+    assert "CANCELED" in nap.text
+    kept = browser.find_element(By.CSS_SELECTOR, 'details[data-key="before"]')
+    assert kept.get_attribute("open") is not None
+
     # Cancel from the page, confirming; the database says CANCELED.
     waiting = procs.trigger(url, "sleeper", {"seconds": 3600})
     procs.wait_status(url, waiting, "WAITING")
@@ -100,7 +117,8 @@ def test_runs_list_run_page_cancel_retry_and_trigger_in_a_browser(
     marker.touch()
     form.find_element(By.TAG_NAME, "button").click()
     wait.until(ec.alert_is_present()).accept()
-    procs.wait_status(url, flaky, "COMPLETED")
+    # Still FAILED until the POST lands: wait for COMPLETED rather than for any final status.
+    procs.wait_until(lambda: procs.status(url, flaky) == "COMPLETED", WAIT, "the retried run")
 
     # Trigger with a payload that breaks the registered schema: an inline error, no run.
     browser.get(f"{ui.base}/trigger?job=typed")

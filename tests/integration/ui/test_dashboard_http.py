@@ -16,6 +16,7 @@ from support import Harness, unique_id
 from engine import Job, RetryPolicy, job
 from engine.ui import create_app
 from engine.ui.pages import SHOWN_LIMIT
+from engine.ui.queries import Queries
 
 Client = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
@@ -64,7 +65,7 @@ def make_jobs() -> dict[str, Job]:
 def client() -> Client:
     @asynccontextmanager
     async def make(url: str, **options: Any) -> AsyncIterator[httpx.AsyncClient]:
-        app = create_app(url, **options)
+        app = create_app(url, poll_seconds=0.05, **options)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(
@@ -154,6 +155,11 @@ async def test_run_page_shows_values_tree_timeline_and_downloads(
         assert (await http.get(f"/runs/{run['id']}/tasks/999999/values/output")).status_code == 404
         missing = await http.get("/runs/no-such-run")
         assert missing.status_code == 404 and "no run has id" in missing.text
+        # A finished run's page is not live; its event stream says so and ends.
+        assert 'id="run-live"' not in page
+        events = (await http.get(f"/events/runs/{run['id']}", params={"since": "x"})).text
+        assert events.index("event: changed") < events.index("event: final")
+        assert "event:" not in (await http.get("/events/runs/no-such-run")).text
         assert (await http.get("/static/app.js")).status_code == 200
         assert (await http.get("/static/app.css")).status_code == 200
 
@@ -172,6 +178,11 @@ async def test_cancel_retry_and_trigger_change_the_database(
             await harness.engine.wait_for(failed["id"], 1)
         page = (await http.get(f"/runs/{sleeping}")).text
         assert f"engine runs cancel {sleeping}" in page
+        # A run under way is live, from the state the page shows.
+        since = re.search(r'data-live="/events/runs/[0-9a-f]+\?since=([0-9a-f]+)"', page)
+        assert since, "the page of a WAITING run is not live"
+        state = await Queries(harness.engine).run_state(sleeping)
+        assert state == ("WAITING", since.group(1))
         token = csrf_of(page)
 
         canceled = await http.post(f"/runs/{sleeping}/cancel", data={"csrf": token})
