@@ -90,8 +90,13 @@ class Page:
             f'<datalist id="jobs">{job_options}</datalist>'
             f'<select name="status">{status_options}</select>'
             f'<input name="version" placeholder="version" value="{h(where.version)}" size=8>'
+            '<label>from (UTC) <input name="from" type="datetime-local" '
+            f'value="{h(where.since_text)}"></label>'
+            '<label>to <input name="to" type="datetime-local" '
+            f'value="{h(where.until_text)}"></label>'
             '<button type="submit">Filter</button> <a href="/">clear</a></form>'
         )
+        problems = "".join(f'<div class="error">{h(p)}</div>' for p in where.problems)
         body = "".join(run_row(r) for r in rows)
         params = filter_params(where)
         more = ""
@@ -104,7 +109,7 @@ class Page:
         empty = "" if rows else '<p class="empty">no runs</p>'
         return self.layout(
             "Runs",
-            f"<h1>Runs</h1>{form}"
+            f"<h1>Runs</h1>{form}{problems}"
             f'<table class="runs" id="runs"{live}><thead><tr><th>Status</th><th>Run</th>'
             "<th>Job</th><th>Version</th><th>Created (UTC)</th><th>Duration</th></tr></thead>"
             f'<tbody>{body}</tbody></table>{empty}<p class="pager">{more}</p>',
@@ -230,7 +235,14 @@ class Page:
 
 
 def filter_params(where: RunFilter) -> dict[str, str]:
-    pairs = {"job": where.job, "status": where.status, "version": where.version, "q": where.query}
+    pairs = {
+        "job": where.job,
+        "status": where.status,
+        "version": where.version,
+        "q": where.query,
+        "from": where.since_text if where.since else None,
+        "to": where.until_text if where.until else None,
+    }
     return {k: v for k, v in pairs.items() if v}
 
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, select
@@ -44,6 +44,12 @@ class RunFilter:
     status: str | None = None
     version: str | None = None
     query: str | None = None
+    # Created at or after `since`, before `until` (UTC); the texts as given, for the form.
+    since: datetime | None = None
+    until: datetime | None = None
+    since_text: str | None = None
+    until_text: str | None = None
+    problems: tuple[str, ...] = ()
 
     @classmethod
     def from_params(cls, params: Any) -> RunFilter:
@@ -52,11 +58,32 @@ class RunFilter:
             return value or None
 
         status = get("status")
+        problems = []
+        if status and status.upper() not in RUN_STATUSES:
+            problems.append(
+                f"status {status!r} is not a run status: one of {', '.join(RUN_STATUSES)}"
+            )
+        times: dict[str, datetime | None] = {}
+        for name in ("from", "to"):
+            text = get(name)
+            times[name] = None
+            if text:
+                try:
+                    stamp = datetime.fromisoformat(text)
+                except ValueError:
+                    problems.append(f"{name} {text!r} is not a date: write e.g. 2026-11-30T09:00")
+                    continue
+                times[name] = stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
         return cls(
             job=get("job"),
             status=status.upper() if status and status.upper() in RUN_STATUSES else None,
             version=get("version"),
             query=get("q"),
+            since=times["from"],
+            until=times["to"],
+            since_text=get("from"),
+            until_text=get("to"),
+            problems=tuple(problems),
         )
 
     def where(self) -> list[Any]:
@@ -67,6 +94,10 @@ class RunFilter:
             clauses.append(runs.c.status == self.status)
         if self.version:
             clauses.append(runs.c.job_version == self.version)
+        if self.since:
+            clauses.append(runs.c.created_at >= self.since)
+        if self.until:
+            clauses.append(runs.c.created_at < self.until)
         if self.query:
             matches = [runs.c.id == self.query, runs.c.idempotency_key == self.query]
             if len(self.query) >= 8:

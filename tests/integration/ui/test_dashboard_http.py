@@ -102,6 +102,16 @@ async def test_runs_page_lists_filters_searches_and_pages(harness: Harness, clie
         assert done["id"] in by_job and failed["id"] not in by_job
         assert (await http.get("/", params={"version": "9"})).text.count("data-id=") == 0
 
+        # A time range on created_at (UTC); a date that does not parse is said so.
+        assert (await http.get("/", params={"from": "2000-01-01T00:00"})).text.count(
+            "data-id="
+        ) == 3
+        assert (await http.get("/", params={"to": "2000-01-01T00:00"})).text.count("data-id=") == 0
+        assert (await http.get("/", params={"from": "2999-01-01"})).text.count("data-id=") == 0
+        bad_date = (await http.get("/", params={"from": "yesterday", "status": "nope"})).text
+        assert "from &#x27;yesterday&#x27; is not a date" in bad_date
+        assert "status &#x27;nope&#x27; is not a run status" in bad_date
+
         by_key = (await http.get("/", params={"q": "order-7"})).text
         assert by_key.count("data-id=") == 1 and keyed in by_key
         by_prefix = (await http.get("/", params={"q": done["id"][:10]})).text
