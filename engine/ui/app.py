@@ -133,6 +133,21 @@ def _download(value: Any, filename: str) -> Response:
     )
 
 
+async def jobs_page(request: Request) -> Response:
+    ui = _ui(request)
+    return _html(ui.page.overview(await ui.queries.overview()))
+
+
+async def job_schema(request: Request) -> Response:
+    ui = _ui(request)
+    job_id, version = request.path_params["job_id"], request.path_params["version"]
+    for job in await ui.queries.jobs():
+        for entry in job["versions"] if job["job_id"] == job_id else []:
+            if entry["version"] == version:
+                return _download(entry["schema"], "schema.json")
+    return Response(f"no job {job_id!r} version {version!r} is registered", 404)
+
+
 async def trigger_page(request: Request) -> Response:
     ui = _ui(request)
     if ui.settings.read_only:
@@ -325,6 +340,8 @@ def create_app(
         Route("/runs/{run_id}/tasks/{task_id:int}/values/{field}", task_value),
         Route("/runs/{run_id}/cancel", cancel_action, methods=["POST"]),
         Route("/runs/{run_id}/retry", retry_action, methods=["POST"]),
+        Route("/jobs", jobs_page),
+        Route("/jobs/{job_id}/versions/{version}/schema", job_schema),
         Route("/trigger", trigger_page),
         Route("/trigger", trigger_action, methods=["POST"]),
         Route("/static/app.css", assets.css),

@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from datetime import datetime
 from html import escape
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from ..schema import RUN_STATUSES
-from .queries import RunFilter, duration
+from .queries import Overview, RunFilter, duration
 
 # Values whose JSON is longer than this are cut on the page and offered whole for download:
 # a 50 MB output must not freeze the browser.
@@ -38,7 +38,7 @@ class Page:
         self.cli_database = cli_database
 
     def layout(self, title: str, body: str) -> str:
-        nav = '<a href="/">Runs</a>'
+        nav = '<a href="/">Runs</a> <a href="/jobs">Jobs &amp; workers</a>'
         if not self.read_only:
             nav += ' <a href="/trigger">Trigger a run</a>'
         mode = '<span class="badge">read-only</span>' if self.read_only else ""
@@ -229,6 +229,87 @@ class Page:
             f'<script type="application/json" id="schemas">{script_json(schemas)}</script>'
         )
         return self.layout("Trigger", body)
+
+    # -- jobs and workers ------------------------------------------------------------------------
+
+    def overview(self, ov: Overview) -> str:
+        jobs = []
+        for job in ov.jobs:
+            job_id = job["job_id"]
+            rows = "".join(
+                f"<tr><td>{h(v['version'])}</td><td>{h(short_time(v['registered_at']))}</td>"
+                f"<td>{len(v['workers'])} {h(', '.join(v['workers']))}</td><td>"
+                + (
+                    json_block(
+                        "payload schema",
+                        v["schema"],
+                        f"/jobs/{quote(job_id, safe='')}/versions/"
+                        f"{quote(v['version'], safe='')}/schema",
+                    )
+                    if v["schema"]
+                    else "any JSON"
+                )
+                + "</td></tr>"
+                for v in job["versions"]
+            )
+            recent = "".join(run_row(r) for r in job["recent"])
+            trigger = (
+                ""
+                if self.read_only
+                else f' <a href="/trigger?{h(urlencode({"job": job_id}))}">trigger</a>'
+            )
+            jobs.append(
+                f'<section class="job" data-job="{h(job_id)}"><h2>{h(job_id)}{trigger} '
+                f'<small><a href="/?{h(urlencode({"job": job_id}))}">all runs</a></small></h2>'
+                "<table><thead><tr><th>Version</th><th>Registered (UTC)</th>"
+                f"<th>Live workers</th><th>Payload</th></tr></thead><tbody>{rows}</tbody></table>"
+                f'<table class="runs"><tbody>{recent}</tbody></table></section>'
+            )
+        workers = "".join(
+            f'<tr data-worker="{h(w["worker_id"])}"><td><code>{h(w["worker_id"])}</code></td>'
+            f"<td>{h(w['host'])}</td><td>{h(w['pid'])}</td>"
+            f"<td>{h(', '.join(w.get('jobs') or []))}</td>"
+            f"<td>{h(short_time(w['started_at']))}</td>"
+            f"<td>{h(short_time(w['last_seen_at']))}</td>"
+            f"<td>{h(short_time(w['expires_at']))}</td><td>"
+            + " ".join(
+                f'<a href="/runs/{h(r)}"><code>{h(r[:12])}</code></a>'
+                for r in ov.running.get(w["worker_id"], [])
+            )
+            + "</td></tr>"
+            for w in ov.workers
+        )
+        waiting = "".join(
+            f'<tr><td><a href="/runs/{h(w["run_id"])}"><code>{h(w["run_id"])}</code></a></td>'
+            f"<td>{h(w['job_id'])}</td><td><code>{h(w['key'])}</code> ({h(w['kind'])})</td><td>"
+            + (
+                f"poll by {h(w['poller'])}, next {h(short_time(w['next_poll_at']))}"
+                if w["poller"]
+                else f"until {h(short_time(w['due_at']))}"
+            )
+            + "</td></tr>"
+            for w in ov.waiting
+        )
+        body = (
+            "<h1>Jobs</h1>"
+            + ("".join(jobs) or "<p>no job registered</p>")
+            + "<h1>Live workers</h1>"
+            + (
+                '<table class="workers"><thead><tr><th>Worker</th><th>Host</th><th>PID</th>'
+                "<th>Jobs</th><th>Started</th><th>Last heartbeat</th><th>Lease until</th>"
+                f"<th>Running</th></tr></thead><tbody>{workers}</tbody></table>"
+                if workers
+                else "<p>no live worker</p>"
+            )
+            + "<h1>Waiting runs</h1>"
+            + (
+                '<table class="waiting"><thead><tr><th>Run</th><th>Job</th><th>Waits on</th>'
+                f"<th>Until</th></tr></thead><tbody>{waiting}</tbody></table>"
+                if waiting
+                else "<p>no run is waiting</p>"
+            )
+        )
+        return self.layout("Jobs and workers", body)
 
     def message(self, title: str, text: str) -> str:
         return self.layout(title, f"<h1>{h(title)}</h1><p>{h(text)}</p>")

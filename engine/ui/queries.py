@@ -184,6 +184,59 @@ class Queries:
             ).all()
         return run.status, state_digest(run._mapping, (r._mapping for r in rows))
 
+    async def overview(self, limit: int = PAGE_SIZE) -> Overview:
+        """Registered jobs (versions, schemas, live workers, newest runs), live workers and
+        the runs each holds, and up to `limit` waiting runs with what each waits for."""
+        versions, workers = await self.store.job_versions()
+        async with self.store.begin() as conn:
+            held = (
+                await conn.execute(
+                    select(runs.c.id, runs.c.lease_owner).where(
+                        runs.c.status == "RUNNING", runs.c.lease_owner.is_not(None)
+                    )
+                )
+            ).all()
+            waits = (
+                await conn.execute(
+                    select(
+                        tasks.c.run_id,
+                        tasks.c.key,
+                        tasks.c.kind,
+                        tasks.c.due_at,
+                        tasks.c.poller,
+                        tasks.c.next_poll_at,
+                        runs.c.job_id,
+                        runs.c.wake_at,
+                    )
+                    .join(runs, runs.c.id == tasks.c.run_id)
+                    .where(tasks.c.status == "WAITING", runs.c.status == "WAITING")
+                    .order_by(tasks.c.due_at)
+                    .limit(limit)
+                )
+            ).all()
+        running: dict[str, list[str]] = {}
+        for row in held:
+            running.setdefault(row.lease_owner, []).append(row.id)
+        by_job: dict[str, list[dict[str, Any]]] = {}
+        for row in versions:
+            by_job.setdefault(row["job_id"], []).append(row)
+        live = live_versions_by_job(workers)
+        jobs = []
+        for job_id, entries in sorted(by_job.items()):
+            recent, _ = await self.list_runs(RunFilter(job=job_id), limit=5)
+            ordered = sorted(entries, key=lambda r: version_key(r["version"]))
+            listed: list[dict[str, Any]] = [
+                {
+                    "version": r["version"],
+                    "schema": r["payload_schema"],
+                    "registered_at": r["registered_at"],
+                    "workers": live.get((job_id, r["version"]), []),
+                }
+                for r in ordered
+            ]
+            jobs.append({"job_id": job_id, "versions": listed, "recent": recent})
+        return Overview(secrets.scrub(jobs), workers, running, [dict(w._mapping) for w in waits])
+
     async def task(self, run_id: str, task_id: int) -> dict[str, Any] | None:
         for task in await self.store.get_tasks(run_id):
             if task["id"] == task_id:
@@ -226,6 +279,32 @@ def state_digest(run: Any, task_rows: Iterable[Any]) -> str:
     ordered = sorted(task_rows, key=lambda t: t["id"])
     parts += [repr(tuple(t[c.name] for c in _STATE_COLUMNS)) for t in ordered]
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
+
+
+class Overview:
+    """The jobs and workers page's reads (engine.ui.queries.Queries.overview)."""
+
+    def __init__(
+        self,
+        jobs: list[dict[str, Any]],
+        workers: list[dict[str, Any]],
+        running: dict[str, list[str]],
+        waiting: list[dict[str, Any]],
+    ) -> None:
+        self.jobs = jobs
+        self.workers = workers
+        self.running = running  # worker id -> ids of the runs it holds
+        self.waiting = waiting  # WAITING tasks of WAITING runs: what each run waits for
+
+
+def live_versions_by_job(workers: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
+    """(job id, version) -> the ids of the live workers serving it (from their `job@version`)."""
+    served: dict[tuple[str, str], list[str]] = {}
+    for worker in workers:
+        for key in worker.get("jobs") or []:
+            job_id, _, version = str(key).rpartition("@")
+            served.setdefault((job_id, version), []).append(worker["worker_id"])
+    return served
 
 
 def duration(run: dict[str, Any]) -> float | None:

@@ -31,7 +31,7 @@ def test_runs_list_run_page_cancel_retry_and_trigger_in_a_browser(
     procs: Any, dashboards: list[Dashboard], browser: Any, tmp_path: Path
 ) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
-    procs.worker("basic.py", url)
+    worker = procs.worker("basic.py", url)
     done = procs.trigger(url, "steps")
     procs.trigger(url, "typed", {"n": 2, "label": "first"})
     sleeping = procs.trigger(url, "sleeper", {"seconds": 3600})
@@ -56,6 +56,14 @@ def test_runs_list_run_page_cancel_retry_and_trigger_in_a_browser(
     assert browser.execute_script("return window.notReloaded === true;")
     IMAGES.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(IMAGES / "dashboard-runs.png"))
+
+    # Jobs and live workers, with what each worker serves.
+    browser.get(f"{ui.base}/jobs")
+    workers = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "table.workers")))
+    assert worker.id and worker.id in workers.text and "typed@1" in workers.text
+    assert browser.find_elements(By.CSS_SELECTOR, 'section[data-job="typed"]')
+    browser.get(f"{ui.base}/")
+    wait.until(ec.presence_of_element_located((By.ID, "runs")))
 
     # A run: expand a task and see its params and its child task.
     browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{done}"] a').click()

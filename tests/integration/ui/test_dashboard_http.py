@@ -186,6 +186,15 @@ async def test_cancel_retry_and_trigger_change_the_database(
             if (await harness.engine.get_run(sleeping))["status"] == "WAITING":
                 break
             await harness.engine.wait_for(failed["id"], 1)
+        overview = (await http.get("/jobs")).text
+        for made in jobs.values():
+            assert f'data-job="{made.id}"' in overview
+        # The waiting run and what it waits for.
+        assert f'href="/runs/{sleeping}"' in overview and "<code>long</code> (wait)" in overview
+        schema = await http.get(f"/jobs/{jobs['typed'].id}/versions/1/schema")
+        assert schema.json()["properties"]["n"]["type"] == "integer"
+        assert (await http.get(f"/jobs/{jobs['typed'].id}/versions/7/schema")).status_code == 404
+
         page = (await http.get(f"/runs/{sleeping}")).text
         assert f"engine runs cancel {sleeping}" in page
         # A run under way is live, from the state the page shows.
