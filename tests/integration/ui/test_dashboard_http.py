@@ -4,6 +4,7 @@ database holding runs executed by a real in-process worker."""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -329,3 +330,38 @@ async def test_the_token_is_required_on_every_request(
         assert (await http.get("/")).status_code == 401
         bearer = await http.get("/", headers={"authorization": "Bearer s3cret-token-value"})
         assert bearer.status_code == 200 and done["id"] in bearer.text
+
+
+async def test_known_secrets_never_reach_a_page_or_a_download(
+    sqlite_harness: Harness, client: Client
+) -> None:
+    from engine import secrets
+
+    key = f"sk-ui-{uuid.uuid4().hex}"
+    secrets.register(key)
+
+    @job(id=unique_id("leaky"))
+    async def leaky(payload: Any, io: Any, ctx: Any) -> dict[str, Any]:
+        async def echo(task: Any) -> str:
+            return str(payload["key"])
+
+        return {"echo": await io.run_task("echo", echo, params={"key": payload["key"]})}
+
+    await sqlite_harness.start(leaky)
+    run = await sqlite_harness.run(leaky, {"key": key})
+    assert run["status"] == "COMPLETED"
+    tasks = await sqlite_harness.store.get_tasks(run["id"])
+    async with client(sqlite_harness.url) as http:
+        responses = [
+            await http.get(f"/runs/{run['id']}"),
+            await http.get("/", params={"q": run["id"]}),
+            await http.get(f"/runs/{run['id']}/values/payload"),
+            await http.get(f"/runs/{run['id']}/values/output"),
+            await http.get(f"/runs/{run['id']}/tasks/{tasks[0]['id']}/values/params"),
+            await http.get(f"/runs/{run['id']}/tasks/{tasks[0]['id']}/values/output"),
+        ]
+    for response in responses:
+        assert response.status_code == 200
+        assert key not in response.text
+    assert "[REDACTED]" in responses[0].text
+    assert responses[2].json() == {"key": "[REDACTED]"}
