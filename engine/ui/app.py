@@ -19,6 +19,7 @@ from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -315,10 +316,12 @@ def create_app(
     read_only: bool = False,
     token: str | None = None,
     poll_seconds: float = 1.0,
+    allowed_hosts: list[str] | None = security.LOOPBACK,
 ) -> Starlette:
     """The dashboard on `database_url` (default: $ENGINE_DATABASE_URL, else ./engine.db).
 
-    With `token`, every request must carry it (engine.ui.security).
+    With `token`, every request must carry it (engine.ui.security). With `allowed_hosts`,
+    requests must name one of them (None: any).
     """
     settings = Settings(resolve_database_url(database_url), read_only, token, poll_seconds)
 
@@ -348,4 +351,8 @@ def create_app(
         Route("/static/app.js", assets.js),
     ]
     middleware = [Middleware(security.TokenMiddleware, token=token)] if token else []
+    if allowed_hosts:
+        # Bound to loopback, a page of another site must not reach the dashboard by pointing
+        # its own host name at 127.0.0.1 (DNS rebinding): only loopback names are served.
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -25,6 +25,10 @@ CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
 
 
+# Host names a browser uses for this machine (the Host header, port aside).
+LOOPBACK = ["127.0.0.1", "localhost", "[::1]"]
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

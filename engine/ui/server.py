@@ -9,7 +9,7 @@ import uvicorn
 from ..client import Engine, resolve_database_url
 from ..exceptions import EngineError
 from .app import create_app
-from .security import TOKEN_ENV, is_loopback
+from .security import LOOPBACK, TOKEN_ENV, is_loopback
 
 
 def check(database_url: str | None, host: str) -> str | None:
@@ -33,10 +33,19 @@ def check(database_url: str | None, host: str) -> str | None:
 def serve(database_url: str | None, host: str, port: int, read_only: bool) -> None:
     """Serves until interrupted; EngineError (before anything is served) for bad settings."""
     token = check(database_url, host)
-    app = create_app(database_url, read_only=read_only, token=token)
+    hosts = [*LOOPBACK, f"[{host}]" if ":" in host else host] if is_loopback(host) else None
+    app = create_app(database_url, read_only=read_only, token=token, allowed_hosts=hosts)
     shown = f"[{host}]" if ":" in host else host
     print(
         f"engine ui on http://{shown}:{port}/" + (" (read-only)" if read_only else ""), flush=True
     )
     # No access log: a browser's first request may carry ?token=..., which must not be logged.
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # A short graceful shutdown: open event streams would otherwise hold Ctrl-C for minutes.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+    )

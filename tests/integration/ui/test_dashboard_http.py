@@ -254,6 +254,10 @@ async def test_state_changes_need_the_csrf_token_and_same_origin(
     sleeping = await sqlite_harness.engine.trigger(jobs["sleeps"].id)
     async with client(sqlite_harness.url) as http:
         token = csrf_of((await http.get("/")).text)
+        # DNS rebinding: another site's name pointed at 127.0.0.1 is not served.
+        rebound = await http.get("/", headers={"host": "evil.example:8008"})
+        assert rebound.status_code == 400 and "data-id" not in rebound.text
+        assert (await http.get("/", headers={"host": "localhost:8008"})).status_code == 200
         refused = [
             await http.post(f"/runs/{sleeping}/cancel"),
             await http.post(f"/runs/{sleeping}/cancel", data={"csrf": "forged"}),
