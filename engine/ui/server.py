@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import uvicorn
 
@@ -12,7 +13,7 @@ from .app import create_app
 from .security import LOOPBACK, TOKEN_ENV, is_loopback
 
 
-def check(database_url: str | None, host: str) -> str | None:
+def check(database_url: str | None, host: str, port: int) -> str | None:
     """The access token to require, or EngineError when the dashboard must not start."""
     token = os.environ.get(TOKEN_ENV) or None
     if not is_loopback(host) and token is None:
@@ -21,6 +22,18 @@ def check(database_url: str | None, host: str) -> str | None:
             "secret token first (e.g. `export ENGINE_UI_TOKEN=$(openssl rand -hex 16)`), or "
             "bind to 127.0.0.1"
         )
+    if not 0 < port < 65536:
+        raise EngineError(f"--port {port}: use a port from 1 to 65535, e.g. --port 8008")
+    try:
+        # Bound and released at once: uvicorn would only log the failure, with a traceback.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise EngineError(
+            f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port or --host"
+        ) from None
     missing = Engine(resolve_database_url(database_url)).store.missing_file()
     if missing:
         raise EngineError(
@@ -32,7 +45,7 @@ def check(database_url: str | None, host: str) -> str | None:
 
 def serve(database_url: str | None, host: str, port: int, read_only: bool) -> None:
     """Serves until interrupted; EngineError (before anything is served) for bad settings."""
-    token = check(database_url, host)
+    token = check(database_url, host, port)
     hosts = [*LOOPBACK, f"[{host}]" if ":" in host else host] if is_loopback(host) else None
     app = create_app(database_url, read_only=read_only, token=token, allowed_hosts=hosts)
     shown = f"[{host}]" if ":" in host else host

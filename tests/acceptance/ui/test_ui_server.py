@@ -4,6 +4,7 @@ live runs stream (server-sent events) while a real worker executes runs."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from dashboard import TOKEN, Dashboard
 pytestmark = pytest.mark.slow
 
 
-def test_a_public_host_without_a_token_refuses_to_start(
+def test_bad_settings_refuse_to_start_with_one_error_line(
     procs: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("ENGINE_UI_TOKEN", raising=False)
@@ -27,6 +28,18 @@ def test_a_public_host_without_a_token_refuses_to_start(
         refused.stderr.startswith("error: --host 0.0.0.0") and "ENGINE_UI_TOKEN" in refused.stderr
     )
     assert "Traceback" not in refused.stderr and len(refused.stderr.splitlines()) == 1
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        busy = procs.cli("ui", "--database-url", url, "--port", port)
+    assert busy.returncode == 1 and busy.stderr.startswith(
+        f"error: cannot listen on 127.0.0.1:{port}"
+    )
+    assert "Traceback" not in busy.stderr
+    bad_port = procs.cli("ui", "--database-url", url, "--port", "70000")
+    assert bad_port.returncode == 1 and bad_port.stderr.startswith("error: --port 70000")
 
     missing = procs.cli("ui", "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'none.db'}")
     assert missing.returncode == 1 and missing.stderr.startswith("error: no engine database")
