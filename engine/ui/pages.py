@@ -158,6 +158,9 @@ class Page:
         ]
         if run.get("recoveries"):
             facts.append(("recoveries", h(run["recoveries"])))
+        usage = run_usage(walk(tasks))
+        if usage:
+            facts.append(("OpenAI", f'<span id="run-usage">{h(usage)}</span>'))
         dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
         values = "".join(
             json_block(name, run.get(name), f"/runs/{run_id}/values/{name}", open_=True)
@@ -367,6 +370,54 @@ def json_block(label: str, value: Any, download: str, open_: bool = False) -> st
     )
 
 
+def openai_usage(task: dict[str, Any]) -> tuple[str | None, int | None, int | None]:
+    """(model, input tokens, output tokens) of an OpenAI call, as far as its recorded request
+    and response say (chat completions count prompt/completion tokens, Responses input/output).
+    """
+    if task.get("kind") != "openai":
+        return None, None, None
+    params = task.get("params") if isinstance(task.get("params"), dict) else {}
+    output = task.get("output") if isinstance(task.get("output"), dict) else {}
+    assert isinstance(params, dict) and isinstance(output, dict)
+    model = output.get("model") or params.get("model")
+    usage = output.get("usage") if isinstance(output.get("usage"), dict) else {}
+    assert isinstance(usage, dict)
+    tokens_in = usage.get("prompt_tokens", usage.get("input_tokens"))
+    tokens_out = usage.get("completion_tokens", usage.get("output_tokens"))
+    return (
+        str(model) if model else None,
+        tokens_in if isinstance(tokens_in, int) else None,
+        tokens_out if isinstance(tokens_out, int) else None,
+    )
+
+
+def usage_text(model: str | None, tokens_in: int | None, tokens_out: int | None) -> str:
+    parts = [model] if model else []
+    if tokens_in is not None or tokens_out is not None:
+        parts.append(f"{tokens_in or 0:,} in / {tokens_out or 0:,} out tokens")
+    return " · ".join(parts)
+
+
+def run_usage(tasks: Iterable[dict[str, Any]]) -> str:
+    """The run's OpenAI calls summed: how many, which models, tokens in and out."""
+    calls, tokens_in, tokens_out = 0, 0, 0
+    models: set[str] = set()
+    for task in tasks:
+        model, used_in, used_out = openai_usage(task)
+        if task.get("kind") != "openai":
+            continue
+        calls += 1
+        if model:
+            models.add(model)
+        tokens_in += used_in or 0
+        tokens_out += used_out or 0
+    if not calls:
+        return ""
+    return f"{calls} call{'s' if calls > 1 else ''} · " + usage_text(
+        ", ".join(sorted(models)) or None, tokens_in, tokens_out
+    )
+
+
 def walk(tasks: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
     for task in tasks:
         yield task
@@ -388,11 +439,15 @@ def task_nodes(run_id: str, tasks: list[dict[str, Any]]) -> str:
             f"completed {h(short_time(task['completed_at']))}</small>"
         )
         children = task_nodes(run_id, task["children"])
+        usage = ""
+        if task["kind"] == "openai":
+            usage = f" <span class=usage>{h(usage_text(*openai_usage(task)))}</span>"
         out.append(
             f'<details class="task" data-task-id="{h(task["id"])}" data-key="{h(task["key"])}">'
             f"<summary>{status_badge(task['status'])} <code>{h(task['key'])}</code> "
             f"<span class=name>{h(task['name'])}</span> "
             f"<span class=dur>{h(fmt_duration(duration(task)))}</span>"
+            f"{usage}"
             f"{' ×' + h(task['attempts']) if task['attempts'] and task['attempts'] > 1 else ''}"
             f'</summary><div class="task-body">{facts}{values}'
             f"{f'<div class=children>{children}</div>' if children else ''}</div></details>"

@@ -1,0 +1,80 @@
+"""The run page of a job that calls OpenAI (the bundled fake server, over HTTP): each call's
+model and tokens, the run's totals, and never the API key."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from support import Harness, unique_id
+
+from engine import RetryPolicy, job
+from engine.ui import create_app
+from integrations.openai import OpenAI
+from integrations.openai.testing import FakeOpenAI
+
+API_KEY = "sk-ui-test-DO-NOT-SHOW-0123456789abcdef"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI(response_seconds=0.1)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def openai_integration(fake: FakeOpenAI) -> AsyncIterator[OpenAI]:
+    created = OpenAI(
+        api_key=API_KEY,
+        base_url=fake.base_url,
+        poll_interval=0.02,
+        max_poll_interval=0.1,
+        retry=RetryPolicy(max_attempts=3, min_delay=0.05),
+    )
+    yield created
+    await created.aclose()
+
+
+async def test_run_page_shows_model_and_tokens_per_call_and_in_total(
+    sqlite_harness: Harness, openai_integration: OpenAI, fake: FakeOpenAI
+) -> None:
+    @job(id=unique_id("summarize"), integrations={"openai": openai_integration})
+    async def summarize(payload: Any, io: Any, ctx: Any) -> str:
+        chat = await io.openai.chat.completions.create(
+            "chat", model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+        await io.openai.responses.create("resp", model="gpt-4o", input="hello there")
+        return str(chat.choices[0].message.content)
+
+    await sqlite_harness.start(summarize)
+    run = await sqlite_harness.run(summarize)
+    assert run["status"] == "COMPLETED", run
+    tasks = {t["key"]: t for t in await sqlite_harness.store.get_tasks(run["id"])}
+    chat_usage = tasks["chat"]["output"]["usage"]
+    resp_usage = tasks["resp"]["output"]["usage"]
+    app = create_app(sqlite_harness.url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            page = (await http.get(f"/runs/{run['id']}")).text
+    assert API_KEY not in page
+    chat = re.search(r'data-key="chat">.*?<span class=usage>([^<]*)</span>', page)
+    assert chat, page
+    assert chat.group(1).startswith("gpt-4o-mini")
+    assert (
+        f"{chat_usage['prompt_tokens']:,} in / {chat_usage['completion_tokens']:,} out tokens"
+        in chat.group(1)
+    )
+    total_in = chat_usage["prompt_tokens"] + resp_usage["input_tokens"]
+    total_out = chat_usage["completion_tokens"] + resp_usage["output_tokens"]
+    total = re.search(r'<span id="run-usage">([^<]*)</span>', page)
+    assert total, page
+    assert total.group(1).startswith("2 calls · gpt-4o")
+    assert f"{total_in:,} in / {total_out:,} out tokens" in total.group(1)
