@@ -73,8 +73,14 @@ def _ui(request: Request) -> UI:
     return ui
 
 
+def _utf8(text: str) -> bytes:
+    # Text recorded before values were checked may hold a lone surrogate, which UTF-8 cannot
+    # encode: it is shown escaped (as `engine runs show` does) rather than failing the page.
+    return text.encode("utf-8", errors="backslashreplace")
+
+
 def _html(text: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(text, status_code=status)
+    return HTMLResponse(_utf8(text), status_code=status)
 
 
 # -- pages -----------------------------------------------------------------------------------------
@@ -128,7 +134,7 @@ async def task_value(request: Request) -> Response:
 
 def _download(value: Any, filename: str) -> Response:
     return Response(
-        json_text(value),
+        _utf8(json_text(value)),
         media_type="application/json",
         headers={"content-disposition": f'attachment; filename="{filename}"'},
     )

@@ -354,7 +354,7 @@ def json_block(label: str, value: Any, download: str, open_: bool = False) -> st
     """A collapsible view of a JSON value: cut at SHOWN_LIMIT, with the whole value offered as
     a download. Untruncated values are turned into a collapsible tree by app.js."""
     text = json_text(value)
-    size = len(text.encode())
+    size = len(text.encode("utf-8", errors="surrogatepass"))
     cut = len(text) > SHOWN_LIMIT
     shown = text[:SHOWN_LIMIT] if cut else text
     note = (

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from support import Harness, unique_id
 
 from engine import Job, RetryPolicy, job
+from engine.schema import runs
 from engine.ui import create_app
 from engine.ui.pages import SHOWN_LIMIT
 from engine.ui.queries import Queries
@@ -161,6 +162,16 @@ async def test_run_page_shows_values_tree_timeline_and_downloads(
         assert params.json() == {"p": 1}
         payload = await http.get(f"/runs/{run['id']}/values/payload")
         assert payload.json() == {"order": 42}
+
+        # A lone surrogate recorded before values were checked is shown escaped, not a 500.
+        async with sqlite_harness.store.begin() as conn:
+            await conn.execute(
+                runs.update().where(runs.c.id == run["id"]).values(output={"odd": "a\udc80b"})
+            )
+        odd = await http.get(f"/runs/{run['id']}")
+        assert odd.status_code == 200 and "a\\udc80b" in odd.text
+        odd_download = await http.get(f"/runs/{run['id']}/values/output")
+        assert odd_download.status_code == 200 and "a\\udc80b" in odd_download.text
 
         assert (await http.get(f"/runs/{run['id']}/values/secret")).status_code == 404
         assert (await http.get(f"/runs/{run['id']}/tasks/999999/values/output")).status_code == 404
