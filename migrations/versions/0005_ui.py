@@ -1,7 +1,7 @@
 """ui: indexes for the dashboard's runs page (filters and search stay fast at 100,000 runs)
 
-Revision ID: 0003_ui
-Revises: 0002
+Revision ID: 0005_ui
+Revises: 0004_usage
 Create Date: 2026-11-30
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0003_ui"
-down_revision = "0002"
+revision = "0005_ui"
+down_revision = "0004_usage"
 branch_labels = None
 depends_on = None
 
