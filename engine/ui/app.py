@@ -24,9 +24,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .. import codec
+from .. import codec, usage
 from ..client import Engine, resolve_database_url
 from ..exceptions import DatabaseError, EngineError, InvalidRunStateError, RunNotFoundError
+from ..prices import PriceTable
 from ..schema import FINAL_RUN_STATUSES
 from ..store import DEFAULT_DATABASE_URL
 from . import assets, security
@@ -66,6 +67,8 @@ class UI:
             else f" --database-url {shlex.quote(shown)}"
         )
         self.page = Page(self.csrf, settings.read_only, database)
+        # Loaded once; `engine ui` refuses to start on a price table that does not load.
+        self.prices = PriceTable.load()
 
 
 def _ui(request: Request) -> UI:
@@ -104,6 +107,10 @@ async def run_page(request: Request) -> Response:
         return _html(ui.page.message("Not found", exc.message), 404)
     tasks = await ui.queries.tasks(run_id)
     logs = await ui.queries.logs(run_id)
+    # Tokens and cost per task (subtasks included) and per run, as `engine runs show` has them.
+    holder: dict[str, Any] = {"tasks": tasks}
+    usage.attach(holder, await ui.queries.usage(run_id), ui.prices)
+    run = {**run, "usage": holder.get("usage")}
     live = None
     if run["status"] not in FINAL_RUN_STATUSES:
         live = f"/events/runs/{run_id}?since={state_digest(run, walk(tasks))}"

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from ..schema import RUN_STATUSES
+from ..usage import summary_text
 from .queries import Overview, RunFilter, duration
 
 # Values whose JSON is longer than this are cut on the page and offered whole for download:
@@ -158,9 +159,9 @@ class Page:
         ]
         if run.get("recoveries"):
             facts.append(("recoveries", h(run["recoveries"])))
-        usage = run_usage(walk(tasks))
+        usage = usage_line(run.get("usage"))
         if usage:
-            facts.append(("OpenAI", f'<span id="run-usage">{h(usage)}</span>'))
+            facts.append(("usage", f'<span id="run-usage">{h(usage)}</span>'))
         dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
         values = "".join(
             json_block(name, run.get(name), f"/runs/{run_id}/values/{name}", open_=True)
@@ -370,52 +371,14 @@ def json_block(label: str, value: Any, download: str, open_: bool = False) -> st
     )
 
 
-def openai_usage(task: dict[str, Any]) -> tuple[str | None, int | None, int | None]:
-    """(model, input tokens, output tokens) of an OpenAI call, as far as its recorded request
-    and response say (chat completions count prompt/completion tokens, Responses input/output).
-    """
-    if task.get("kind") != "openai":
-        return None, None, None
-    params = task.get("params") if isinstance(task.get("params"), dict) else {}
-    output = task.get("output") if isinstance(task.get("output"), dict) else {}
-    assert isinstance(params, dict) and isinstance(output, dict)
-    model = output.get("model") or params.get("model")
-    usage = output.get("usage") if isinstance(output.get("usage"), dict) else {}
-    assert isinstance(usage, dict)
-    tokens_in = usage.get("prompt_tokens", usage.get("input_tokens"))
-    tokens_out = usage.get("completion_tokens", usage.get("output_tokens"))
-    return (
-        str(model) if model else None,
-        tokens_in if isinstance(tokens_in, int) else None,
-        tokens_out if isinstance(tokens_out, int) else None,
-    )
-
-
-def usage_text(model: str | None, tokens_in: int | None, tokens_out: int | None) -> str:
-    parts = [model] if model else []
-    if tokens_in is not None or tokens_out is not None:
-        parts.append(f"{tokens_in or 0:,} in / {tokens_out or 0:,} out tokens")
-    return " · ".join(parts)
-
-
-def run_usage(tasks: Iterable[dict[str, Any]]) -> str:
-    """The run's OpenAI calls summed: how many, which models, tokens in and out."""
-    calls, tokens_in, tokens_out = 0, 0, 0
-    models: set[str] = set()
-    for task in tasks:
-        model, used_in, used_out = openai_usage(task)
-        if task.get("kind") != "openai":
-            continue
-        calls += 1
-        if model:
-            models.add(model)
-        tokens_in += used_in or 0
-        tokens_out += used_out or 0
-    if not calls:
+def usage_line(found: dict[str, Any] | None, currency: str = "USD") -> str:
+    """Models, tokens and cost of a task (its subtasks included) or a run (engine.usage)."""
+    if not found or not found.get("calls"):
         return ""
-    return f"{calls} call{'s' if calls > 1 else ''} · " + usage_text(
-        ", ".join(sorted(models)) or None, tokens_in, tokens_out
-    )
+    models = ", ".join(found.get("models") or [])
+    calls = f"{found['calls']} call{'s' if found['calls'] > 1 else ''}"
+    text = summary_text(found, found.get("currency", currency))
+    return " · ".join(part for part in (calls, models, text) if part)
 
 
 def walk(tasks: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
@@ -439,9 +402,9 @@ def task_nodes(run_id: str, tasks: list[dict[str, Any]]) -> str:
             f"completed {h(short_time(task['completed_at']))}</small>"
         )
         children = task_nodes(run_id, task["children"])
-        usage = ""
-        if task["kind"] == "openai":
-            usage = f" <span class=usage>{h(usage_text(*openai_usage(task)))}</span>"
+        usage = usage_line(task.get("usage"))
+        if usage:
+            usage = f" <span class=usage>{h(usage)}</span>"
         out.append(
             f'<details class="task" data-task-id="{h(task["id"])}" data-key="{h(task["key"])}">'
             f"<summary>{status_badge(task['status'])} <code>{h(task['key'])}</code> "

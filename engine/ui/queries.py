@@ -243,6 +243,10 @@ class Queries:
                 return secrets.scrub(task)  # type: ignore[no-any-return]
         return None
 
+    async def usage(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's usage rows (tokens, model, rate-limit headers of paid calls)."""
+        return await self.store.get_usage(run_id)
+
     async def logs(self, run_id: str) -> list[dict[str, Any]]:
         return secrets.scrub(await self.store.get_logs(run_id))  # type: ignore[no-any-return]
 

@@ -9,6 +9,7 @@ import uvicorn
 
 from ..client import Engine, resolve_database_url
 from ..exceptions import EngineError
+from ..prices import PriceTable
 from .app import create_app
 from .security import LOOPBACK, TOKEN_ENV, is_loopback
 
@@ -34,6 +35,7 @@ def check(database_url: str | None, host: str, port: int) -> str | None:
         raise EngineError(
             f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port or --host"
         ) from None
+    PriceTable.load()  # a broken $ENGINE_PRICES is one error line here, not a failed start
     missing = Engine(resolve_database_url(database_url)).store.missing_file()
     if missing:
         raise EngineError(

@@ -1,8 +1,10 @@
 """The run page of a job that calls OpenAI (the bundled fake server, over HTTP): each call's
-model and tokens, the run's totals, and never the API key."""
+model, tokens and cost and the run's totals, as `engine runs show` has them, and never the API
+key."""
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -13,6 +15,7 @@ from support import Harness, unique_id
 
 from engine import RetryPolicy, job
 from engine.ui import create_app
+from engine.usage import summary_text
 from integrations.openai import OpenAI
 from integrations.openai.testing import FakeOpenAI
 
@@ -42,7 +45,7 @@ async def openai_integration(fake: FakeOpenAI) -> AsyncIterator[OpenAI]:
     await created.aclose()
 
 
-async def test_run_page_shows_model_and_tokens_per_call_and_in_total(
+async def test_run_page_shows_model_tokens_and_cost_per_call_and_in_total(
     sqlite_harness: Harness, openai_integration: OpenAI, fake: FakeOpenAI
 ) -> None:
     @job(id=unique_id("summarize"), integrations={"openai": openai_integration})
@@ -56,9 +59,9 @@ async def test_run_page_shows_model_and_tokens_per_call_and_in_total(
     await sqlite_harness.start(summarize)
     run = await sqlite_harness.run(summarize)
     assert run["status"] == "COMPLETED", run
-    tasks = {t["key"]: t for t in await sqlite_harness.store.get_tasks(run["id"])}
-    chat_usage = tasks["chat"]["output"]["usage"]
-    resp_usage = tasks["resp"]["output"]["usage"]
+    # What `engine runs show --json` says of the calls: the page must say the same.
+    shown = await sqlite_harness.engine.show_run(run["id"])
+    by_key = {t["key"]: t for t in shown["tasks"]}
     app = create_app(sqlite_harness.url)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -67,14 +70,16 @@ async def test_run_page_shows_model_and_tokens_per_call_and_in_total(
     assert API_KEY not in page
     chat = re.search(r'data-key="chat">.*?<span class=usage>([^<]*)</span>', page)
     assert chat, page
-    assert chat.group(1).startswith("gpt-4o-mini")
-    assert (
-        f"{chat_usage['prompt_tokens']:,} in / {chat_usage['completion_tokens']:,} out tokens"
-        in chat.group(1)
-    )
-    total_in = chat_usage["prompt_tokens"] + resp_usage["input_tokens"]
-    total_out = chat_usage["completion_tokens"] + resp_usage["output_tokens"]
+    chat_usage = by_key["chat"]["usage"]
+    assert chat.group(1).startswith("1 call · gpt-4o-mini · ")
+    assert chat.group(1).endswith(html.escape(summary_text(chat_usage, shown["usage"]["currency"])))
+    assert f"{chat_usage['prompt_tokens']:,} in" in chat.group(1)
     total = re.search(r'<span id="run-usage">([^<]*)</span>', page)
     assert total, page
-    assert total.group(1).startswith("2 calls · gpt-4o")
-    assert f"{total_in:,} in / {total_out:,} out tokens" in total.group(1)
+    run_usage = shown["usage"]
+    assert run_usage["calls"] == 2 and run_usage["cost"] is not None  # both models are priced
+    assert "$" in total.group(1)
+    assert total.group(1) == html.escape(
+        f"2 calls · {', '.join(run_usage['models'])} · "
+        + summary_text(run_usage, run_usage["currency"])
+    )
