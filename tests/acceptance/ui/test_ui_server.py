@@ -41,6 +41,12 @@ def test_bad_settings_refuse_to_start_with_one_error_line(
     bad_port = procs.cli("ui", "--database-url", url, "--port", "70000")
     assert bad_port.returncode == 1 and bad_port.stderr.startswith("error: --port 70000")
 
+    monkeypatch.setenv("ENGINE_PRICES", str(tmp_path / "no-prices.json"))
+    prices = procs.cli("ui", "--database-url", url)
+    assert prices.returncode == 1 and "cannot read the price table" in prices.stderr
+    assert prices.stderr.startswith("error: ") and "Traceback" not in prices.stderr
+    monkeypatch.delenv("ENGINE_PRICES")
+
     missing = procs.cli("ui", "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'none.db'}")
     assert missing.returncode == 1 and missing.stderr.startswith("error: no engine database")
     assert not (tmp_path / "none.db").exists()
