@@ -105,6 +105,7 @@ async def run_page(request: Request) -> Response:
         run = await ui.queries.run(run_id)
     except RunNotFoundError as exc:
         return _html(ui.page.message("Not found", exc.message), 404)
+    await ui.queries.add_waiting_for([run])
     tasks = await ui.queries.tasks(run_id)
     logs = await ui.queries.logs(run_id)
     # Tokens and cost per task (subtasks included) and per run, as `engine runs show` has them.

@@ -33,6 +33,7 @@ details.task summary { cursor: pointer; }
 .task-body { padding: 4px 0 4px 12px; }
 .name { color: #667; } .dur { color: #667; font-size: 12px; }
 .usage { color: #2a5d9f; font-size: 12px; }
+.waits { color: #667; }
 .timeline { background: #fff; border: 1px solid #e3e6ea; padding: 6px; }
 .scale { display: flex; justify-content: space-between; color: #667; font-size: 12px;
   margin-left: 220px; }

@@ -148,6 +148,7 @@ class Page:
             )
         facts = [
             ("status", status_badge(run["status"])),
+            *([("waiting for", h(run["waiting_for"]))] if run.get("waiting_for") else []),
             ("job", f'<a href="/?{h(urlencode({"job": run["job_id"]}))}">{h(run["job_id"])}</a>'),
             ("version", h(run["job_version"])),
             ("idempotency key", h(run.get("idempotency_key")) or "-"),
@@ -333,9 +334,12 @@ def filter_params(where: RunFilter) -> dict[str, str]:
 
 def run_row(run: dict[str, Any]) -> str:
     run_id = h(run["id"])
+    waits = (
+        f' <small class="waits">{h(run["waiting_for"])}</small>' if run.get("waiting_for") else ""
+    )
     return (
         f'<tr data-id="{run_id}" data-status="{h(run["status"])}">'
-        f"<td>{status_badge(run['status'])}</td>"
+        f"<td>{status_badge(run['status'])}{waits}</td>"
         f'<td><a href="/runs/{run_id}"><code>{run_id}</code></a></td>'
         f"<td>{h(run['job_id'])}</td><td>{h(run['job_version'])}</td>"
         f"<td>{h(short_time(run['created_at']))}</td>"

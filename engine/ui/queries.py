@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select
 
-from .. import clock, secrets
+from .. import clock, secrets, waiting
 from ..client import Engine
 from ..schema import RUN_STATUSES, runs, tasks
 from ..versions import version_key
@@ -32,6 +32,10 @@ _LIST_COLUMNS = (
     runs.c.created_at,
     runs.c.started_at,
     runs.c.completed_at,
+    # For "waiting for" (engine.waiting).
+    runs.c.wake_at,
+    runs.c.concurrency_key,
+    runs.c.concurrency_limit,
 )
 
 
@@ -146,7 +150,18 @@ class Queries:
             rows = [dict(r._mapping) for r in (await conn.execute(statement)).all()]
         more = len(rows) > limit
         rows = rows[:limit]
+        await self.add_waiting_for(rows)
         return secrets.scrub(rows), rows[-1]["id"] if more and rows else None
+
+    async def add_waiting_for(self, rows: list[dict[str, Any]]) -> None:
+        """Sets `waiting_for` (engine.waiting's summary, or None) on each run row: one more
+        query, and only when some run is QUEUED or WAITING."""
+        pending = [r["id"] for r in rows if r["status"] in ("QUEUED", "WAITING")]
+        tasks, running = await self.store.waits(pending) if pending else ({}, {})
+        now = clock.utcnow()
+        for row in rows:
+            found = waiting.waiting_for(row, tasks.get(row["id"], []), running, now)
+            row["waiting_for"] = found["summary"] if found else None
 
     async def run(self, run_id: str) -> dict[str, Any]:
         """The run's row (RunNotFoundError when there is none)."""
@@ -322,4 +337,4 @@ def duration(run: dict[str, Any]) -> float | None:
 
 def fingerprint(run: dict[str, Any]) -> tuple[Any, ...]:
     """What, when it changes, changes a runs-table row."""
-    return (run["status"], run["started_at"], run["completed_at"])
+    return (run["status"], run["started_at"], run["completed_at"], run.get("waiting_for"))

@@ -207,7 +207,12 @@ async def test_cancel_retry_and_trigger_change_the_database(
         assert schema.json()["properties"]["n"]["type"] == "integer"
         assert (await http.get(f"/jobs/{jobs['typed'].id}/versions/7/schema")).status_code == 404
 
+        # What it waits for, as `engine runs list/show` say it (engine.waiting).
+        row = re.search(rf'<tr data-id="{sleeping}".*?</tr>', (await http.get("/")).text)
+        assert row and "wait &#x27;long&#x27; until" in row.group(0)
+
         page = (await http.get(f"/runs/{sleeping}")).text
+        assert "<dt>waiting for</dt><dd>wait &#x27;long&#x27; until" in page
         assert f"engine runs cancel {sleeping}" in page
         # A run under way is live, from the state the page shows.
         since = re.search(r'data-live="/events/runs/[0-9a-f]+\?since=([0-9a-f]+)"', page)
