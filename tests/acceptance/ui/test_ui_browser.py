@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from dashboard import TOKEN, Dashboard
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
@@ -23,8 +24,14 @@ WAIT = 60.0
 
 
 def row_status(driver: Any, run_id: str) -> str | None:
-    rows = driver.find_elements(By.CSS_SELECTOR, f'tr[data-id="{run_id}"]')
-    return rows[0].get_attribute("data-status") if rows else None
+    # Read in one script: a row found by one call may be replaced by a live update before
+    # the next call reads it.
+    status = driver.execute_script(
+        'const row = document.querySelector(`tr[data-id="${arguments[0]}"]`);'
+        "return row ? row.dataset.status : null;",
+        run_id,
+    )
+    return str(status) if status is not None else None
 
 
 def test_runs_list_run_page_cancel_retry_and_trigger_in_a_browser(
@@ -39,7 +46,8 @@ def test_runs_list_run_page_cancel_retry_and_trigger_in_a_browser(
     procs.wait_status(url, sleeping, "WAITING")
     ui = Dashboard(url, tmp_path, token=TOKEN)
     dashboards.append(ui.wait_ready())
-    wait = WebDriverWait(browser, WAIT)
+    # Live updates replace elements: a stale one is looked up again rather than failing.
+    wait = WebDriverWait(browser, WAIT, ignored_exceptions=(StaleElementReferenceException,))
 
     # The one-time login: the token leaves the address bar at once.
     browser.get(f"{ui.base}/?token={TOKEN}")
@@ -66,7 +74,7 @@ def test_runs_list_run_page_cancel_retry_and_trigger_in_a_browser(
     wait.until(ec.presence_of_element_located((By.ID, "runs")))
 
     # A run: expand a task and see its params and its child task.
-    browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{done}"] a').click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-id="{done}"] a').click() or 1)
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, 'details[data-key="outer"]')))
     outer = browser.find_element(By.CSS_SELECTOR, 'details[data-key="outer"]')
     inner = outer.find_element(By.CSS_SELECTOR, 'details[data-key="inner"]')
