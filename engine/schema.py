@@ -128,7 +128,7 @@ Index("ix_engine_runs_status_wake", runs.c.status, runs.c.wake_at)
 Index("ix_engine_runs_rank", runs.c.rank_at)
 Index("ix_engine_runs_concurrency", runs.c.job_id, runs.c.concurrency_key, runs.c.status)
 Index("ix_engine_runs_created", runs.c.created_at)
-# The dashboard's runs page: filters by job or status, and search by idempotency key (0005_ui).
+# The dashboard's runs page: filters by job or status, and search by idempotency key (0006_ui).
 Index("ix_engine_runs_job_created", runs.c.job_id, runs.c.created_at)
 Index("ix_engine_runs_status_created", runs.c.status, runs.c.created_at)
 Index("ix_engine_runs_idempotency_key", runs.c.idempotency_key)

@@ -1,7 +1,7 @@
 """ui: indexes for the dashboard's runs page (filters and search stay fast at 100,000 runs)
 
-Revision ID: 0005_ui
-Revises: 0004_usage
+Revision ID: 0006_ui
+Revises: 0005_attempts
 Create Date: 2026-11-30
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0005_ui"
-down_revision = "0004_usage"
+revision = "0006_ui"
+down_revision = "0005_attempts"
 branch_labels = None
 depends_on = None
 
