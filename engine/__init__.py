@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .io import IO, Task
     from .jobs import Job, job
     from .pollers import PollResult
+    from .ratelimit import RateLimit, rate_limits
     from .retry import RetryPolicy
     from .worker import Worker
 
@@ -48,6 +49,8 @@ _LAZY = {
     "Job": ".jobs",
     "job": ".jobs",
     "PollResult": ".pollers",
+    "RateLimit": ".ratelimit",
+    "rate_limits": ".ratelimit",
     "RetryPolicy": ".retry",
     "Worker": ".worker",
 }
@@ -83,6 +86,7 @@ __all__ = [
     "PayloadValidationError",
     "PollResult",
     "PollTimeoutError",
+    "RateLimit",
     "RetryPolicy",
     "RunNotFoundError",
     "Task",
@@ -91,4 +95,5 @@ __all__ = [
     "UnknownJobError",
     "Worker",
     "job",
+    "rate_limits",
 ]

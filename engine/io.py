@@ -12,9 +12,10 @@ import logging
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar, cast
 
-from . import clock, codec, limits, pollers, secrets, serialization
+from . import clock, codec, limits, pollers, ratelimit, secrets, serialization
 from .exceptions import DivergenceError, EngineError, LeaseLost, NotSerializableError
 from .integration import Integration
 from .records import TaskRow, TaskWrite
@@ -165,8 +166,16 @@ class IO:
         params: Any = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
+        rate_limit: str | None = None,
     ) -> T:
-        """Runs `fn` once for this run; every later execution returns its recorded output."""
+        """Runs `fn` once for this run; every later execution returns its recorded output.
+
+        `rate_limit` names a limit the app declared (engine.rate_limits): each attempt waits,
+        suspended if need be, until the limit has room for it (docs/flow-control.md)."""
+        charge = None
+        if rate_limit is not None:
+            where = f"io.run_task({key!r}, rate_limit=...)"
+            charge = ratelimit.Charge(rate_limit, ratelimit.declared(rate_limit, where))
         annotation = _return_annotation(fn)
 
         encode = _EngineEncoder("io.run_task", key, annotation)
@@ -184,6 +193,7 @@ class IO:
             timeout=timeout,
             encode=encode,
             decode=decode,
+            rate_limit=charge,
         )
         return result
 
@@ -327,12 +337,15 @@ class IO:
         decode: Decoder | None = None,
         record_start: bool = False,
         usage: Callable[[Any], dict[str, Any] | None] | None = None,
+        rate_limit: ratelimit.Charge | None = None,
     ) -> Any:
         """The durable step every other call is built on: look up, else attempt and record.
 
         `record_start` commits a RUNNING row before `fn` runs, so attempts are counted even
         when the worker dies during a slow call (used for paid API calls). `usage` reads the
         tokens a paid call spent off its value, recorded with the outcome (engine_task_usage).
+        `rate_limit`: what each attempt takes of a shared limit (engine.ratelimit), reserved
+        before it starts.
         """
         replay = self._replay
         if not limits.is_plain(name, limits.MAX_NAME_LENGTH):
@@ -368,7 +381,11 @@ class IO:
                 usage=usage,
                 seq=replay.take_seq((parent, key)),
             )
+            held = row
             while True:
+                if rate_limit is not None:
+                    await self._admit(step, rate_limit, held, attempts)
+                    held = None  # a place held across a suspension serves one attempt
                 attempts += 1
                 attempt = await self._attempt(step, attempts)
                 if attempt.error is None:
@@ -412,6 +429,14 @@ class IO:
         elif row.status == "WAITING" and row.due_at and row.due_at.timestamp() > clock.now():
             await self._replay.park(row.due_at.timestamp())
         return row.attempts
+
+    async def _admit(
+        self, step: _Step, charge: ratelimit.Charge, held: TaskRow | None, attempts: int
+    ) -> None:
+        """Waits for the attempt's place under its rate limit (engine.ratelimit), suspended
+        when it is far. The wait is not an attempt: its row keeps the count made so far."""
+        waiting = partial(step.row, _Attempt(attempts, clock.now()), "WAITING")
+        await ratelimit.admit(self._replay, charge, held, waiting)
 
     async def _attempt(self, step: _Step, number: int) -> _Attempt:
         """Runs the step's function once, under its timeout, and encodes what it returned.

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -253,3 +254,16 @@ task_usage = Table(
 )
 Index("ix_engine_task_usage_run", task_usage.c.run_id)
 Index("ix_engine_task_usage_recorded", task_usage.c.recorded_at)
+
+# The shared rate limiters (engine.ratelimit): one row per limit key, holding its GCRA state as
+# epoch seconds. `requests_tat`/`tokens_tat` are the "theoretical arrival times": the moment the
+# next request (the next token) may be sent. Every worker reserves capacity with one atomic
+# upsert on this row, so the row, not any process, is the limiter.
+rate_limits = Table(
+    "engine_rate_limits",
+    metadata,
+    Column("name", String(300), primary_key=True),
+    Column("requests_tat", Float, nullable=False),
+    Column("tokens_tat", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)

@@ -71,6 +71,16 @@ def _task_wait(task: Mapping[str, Any]) -> dict[str, Any]:
             "summary": f"poll {key!r} ({task['poller']}), next at {_t(when)}",
         }
     due = task.get("due_at")
+    if error and error.get("type") == "RateLimitWait":
+        # Suspended by the shared limiter (engine.ratelimit) until its reserved place.
+        name = error.get("rate_limit")
+        return {
+            "reason": "rate_limit",
+            "rate_limit": name,
+            "task": key,
+            "until": iso(due),
+            "summary": f"rate limit {name} until {_t(due)} (task {key!r})",
+        }
     if error:
         # A retry wait. A 429 is a rate limit: its wait comes from the provider's headers.
         if error.get("status_code") == 429:

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from engine import EngineError, RetryPolicy, Task
 
 from . import codec, usage
+from . import limits as rate_limits
 from . import params as P
 from .errors import MissingAPIKeyError, OpenAIAPIError, translate
 from .secrets import scrub
@@ -96,6 +97,7 @@ class Caller:
         where = f"io.openai.{operation}({key!r})"
 
         seen: dict[str, str] = {}
+        charge = rate_limits.charge_for(integration.id, integration.limits, payload)
 
         async def fn(task: Task) -> Any:
             client = integration.client()
@@ -120,8 +122,12 @@ class Caller:
                         found = await quietly(method_of(client, path), **kwargs)
                     seen.clear()
                     seen.update(headers)
-                    return found
+                if charge is not None:
+                    await rate_limits.settle(charge, found, headers)
+                return found
             except openai.OpenAIError as exc:
+                if charge is not None:
+                    await rate_limits.settle(charge, None, headers)
                 error = translate(exc, operation, secret)
                 if error.status_code == 429 and error.retryable:
                     error.max_retry_after = integration.max_rate_limit_wait
@@ -147,6 +153,7 @@ class Caller:
             decode=codec.decode,
             record_start=True,
             usage=lambda value: usage.of_call(operation, value, seen),
+            rate_limit=charge,
         )
 
     async def wait(

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import openai
 
-from engine import IO, EngineError, RetryPolicy
+from engine import IO, EngineError, RateLimit, RetryPolicy
 from engine import pollers as engine_pollers
 from engine import secrets as engine_secrets
 
+from . import limits as rate_limits
 from .calls import Caller
 from .errors import MissingAPIKeyError
 from .pollers import make_pollers
@@ -48,6 +50,11 @@ class OpenAI:
     `max_rate_limit_wait` seconds per wait) and may be retried `max_rate_limit_retries` times
     beyond `retry.max_attempts`; errors no retry can fix (`insufficient_quota`, a refused key,
     400/401/403/404) fail the task at once.
+
+    `limits=RateLimit(requests=500, tokens=200_000, per="minute")` holds every call under a
+    limit shared by every worker (or one per model: `limits={"gpt-4o": RateLimit(...), "*":
+    RateLimit(...)}`); a call over it waits, suspended, until there is room (integrations.
+    openai.limits).
     """
 
     def __init__(
@@ -66,6 +73,7 @@ class OpenAI:
         retry: RetryPolicy = DEFAULT_RETRY,
         max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
         max_rate_limit_retries: int = DEFAULT_MAX_RATE_LIMIT_RETRIES,
+        limits: RateLimit | Mapping[str, RateLimit] | None = None,
     ) -> None:
         if not id or not isinstance(id, str) or ":" in id:
             raise EngineError(f"OpenAI(id={id!r}): give a non-empty id without ':'")
@@ -76,6 +84,7 @@ class OpenAI:
         )
         _check_rate_limit_options(max_rate_limit_wait, max_rate_limit_retries)
         self.id = id
+        self.limits = rate_limits.check(limits)
         self.retry = retry
         self.max_rate_limit_wait = float(max_rate_limit_wait)
         self.max_rate_limit_retries = max_rate_limit_retries

@@ -1,0 +1,236 @@
+"""Rate limits shared by every worker: `RateLimit`, `rate_limits({...})` and the limiter itself.
+
+The state of a limit lives in one row of `engine_rate_limits` (GCRA: the time the next request
+and the next token may go, as epoch seconds). Before a rate-limited task attempt, the worker
+*reserves* its place with one atomic upsert on that row: the row says when the request may be
+sent, and moves on by the request's cost. A place due now (or within IN_MEMORY_WAIT) is taken
+at once; a later one turns the task into a persisted wait until that time (the run is unloaded,
+as for a retry delay), and the attempt goes on when it is resumed, without reserving again.
+
+Reservations are paced (one request every `per / requests` seconds, tokens likewise): in any
+window of length `per`, at most `requests` requests are sent, and a fleet never bursts into a
+provider's limit. See docs/flow-control.md, "Rate limits".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import clock, limits
+from .exceptions import DatabaseError, EngineError
+from .records import TaskRow, TaskWrite
+
+PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+# A reservation due this soon is waited for in memory: suspending and resuming the run would
+# take longer than the wait itself.
+IN_MEMORY_WAIT = 0.2
+# What the WAITING row of a task suspended by the limiter has as `error.type`: engine.waiting
+# reads it as the reason, and IO.call, on resuming, knows its reservation is held.
+WAIT_TYPE = "RateLimitWait"
+MAX_NAME_LENGTH = 300
+
+_log = logging.getLogger("engine.ratelimit")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `requests` requests and `tokens` tokens `per` second, minute, hour or day,
+    across every worker. Either may be omitted (not both)."""
+
+    requests: int | None = None
+    tokens: int | None = None
+    per: str = "second"
+
+    def __post_init__(self) -> None:
+        if self.per not in PERIODS:
+            raise EngineError(
+                f"RateLimit(per={self.per!r}): give one of {', '.join(map(repr, PERIODS))}"
+            )
+        for name in ("requests", "tokens"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise EngineError(f"RateLimit({name}={value!r}): give a whole number, 1 or more")
+        if self.requests is None and self.tokens is None:
+            raise EngineError(
+                "RateLimit(): give requests=, tokens= or both, e.g. "
+                "RateLimit(requests=10, per='second')"
+            )
+
+    @property
+    def request_interval(self) -> float:
+        """Seconds one request takes of the limit (0 without a request limit)."""
+        return PERIODS[self.per] / self.requests if self.requests else 0.0
+
+    @property
+    def token_interval(self) -> float:
+        """Seconds one token takes of the limit (0 without a token limit)."""
+        return PERIODS[self.per] / self.tokens if self.tokens else 0.0
+
+
+_declared: dict[str, RateLimit] = {}
+
+
+def rate_limits(declared: Mapping[str, RateLimit]) -> None:
+    """Declares the app's named limits, `io.run_task(..., rate_limit=name)` uses them:
+    `engine.rate_limits({"crm-api": RateLimit(requests=10, per="second")})` in the app module.
+    Every worker loading the app shares them, through the database."""
+    for name, limit in declared.items():
+        check_name(name, "rate_limits")
+        if not isinstance(limit, RateLimit):
+            raise EngineError(f"rate_limits({{{name!r}: {limit!r}}}): give an engine.RateLimit")
+    _declared.update(declared)
+
+
+def check_name(name: object, where: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise EngineError(f"{where}: a rate limit name must be a non-empty string, not {name!r}")
+    return limits.check_text(name, f"{where} rate limit name", MAX_NAME_LENGTH, control=True)
+
+
+def declared(name: str, where: str) -> RateLimit:
+    check_name(name, where)
+    found = _declared.get(name)
+    if found is None:
+        known = ", ".join(map(repr, sorted(_declared))) or "none declared"
+        raise EngineError(
+            f"{where}: no rate limit named {name!r} ({known}); declare it in the app, "
+            f"engine.rate_limits({{{name!r}: RateLimit(requests=10, per='second')}})"
+        )
+    return found
+
+
+_GRANT = "{greatest}(:now, engine_rate_limits.requests_tat, engine_rate_limits.tokens_tat)"
+# Without a request limit (`ri` = 0), requests_tat holds no place: a token refund must be able
+# to bring the next place forward.
+_RESERVE = (
+    "INSERT INTO engine_rate_limits (name, requests_tat, tokens_tat, updated_at) "
+    "VALUES (:name, :now + :ri, :now + :ti, :now) "
+    "ON CONFLICT (name) DO UPDATE SET "
+    f"requests_tat = CASE WHEN :ri > 0 THEN {_GRANT} + :ri ELSE 0 END, "
+    f"tokens_tat = {_GRANT} + :ti, "
+    "updated_at = :now "
+    "RETURNING requests_tat, tokens_tat"
+)
+_ADJUST = (
+    "UPDATE engine_rate_limits SET "
+    "requests_tat = {greatest}(requests_tat, :requests_after), "
+    "tokens_tat = {greatest}(tokens_tat + :token_delta, :tokens_after), updated_at = :now "
+    "WHERE name = :name"
+)
+
+
+def _sql(template: str, postgres: bool) -> Any:
+    from sqlalchemy import text  # here: `import engine` stays free of SQLAlchemy
+
+    # Typed parameters: PostgreSQL cannot infer the type of `:now + :ri` on its own.
+    sql = re.sub(r":(?!name\b)(\w+)", r"CAST(:\1 AS DOUBLE PRECISION)", template)
+    return text(sql.format(greatest="GREATEST" if postgres else "MAX"))
+
+
+_statements: dict[tuple[str, bool], Any] = {}
+
+
+def _statement(template: str, postgres: bool) -> Any:
+    key = (template, postgres)
+    if key not in _statements:
+        _statements[key] = _sql(template, postgres)
+    return _statements[key]
+
+
+async def reserve(store: Any, name: str, limit: RateLimit, tokens: int) -> float:
+    """Reserves one request of `tokens` tokens under `name`; returns when it may be sent.
+
+    One statement: on PostgreSQL the upsert locks the row, on SQLite writes are serialized, so
+    concurrent workers queue up one after another and never take the same place."""
+    now = clock.now()
+    ti = tokens * limit.token_interval
+    params = {"name": name, "now": now, "ri": limit.request_interval, "ti": ti}
+    async with store.begin() as conn:
+        row = (await conn.execute(_statement(_RESERVE, store.is_postgres), params)).one()
+    if limit.request_interval:
+        return float(row[0]) - limit.request_interval
+    return float(row[1]) - ti
+
+
+async def adjust(
+    store: Any,
+    name: str,
+    limit: RateLimit,
+    *,
+    token_delta: int = 0,
+    requests_after: float = 0.0,
+    tokens_after: float = 0.0,
+) -> None:
+    """Corrects a limit after a call: `token_delta` tokens more (or fewer) than reserved, and
+    nothing sent before `requests_after` / `tokens_after` (epoch seconds; what a provider's
+    headers say of its own limit)."""
+    params = {
+        "name": name,
+        "now": clock.now(),
+        "token_delta": token_delta * limit.token_interval,
+        "requests_after": requests_after,
+        "tokens_after": tokens_after,
+    }
+    async with store.begin() as conn:
+        await conn.execute(_statement(_ADJUST, store.is_postgres), params)
+
+
+@dataclass
+class Charge:
+    """What one task attempt takes of a limit: one request and `tokens` (an estimate)."""
+
+    name: str
+    limit: RateLimit
+    tokens: int = 0
+    store: Any = None
+
+    async def settle(self, tokens: int | None = None, *, requests_after: float = 0.0,
+                     tokens_after: float = 0.0) -> None:
+        """After the call: the tokens it really spent and what the provider says of its limit.
+        Writes nothing when there is nothing to correct."""
+        delta = (tokens - self.tokens) if tokens is not None and self.limit.tokens else 0
+        now = clock.now()
+        if self.store is None or (not delta and requests_after <= now and tokens_after <= now):
+            return
+        try:
+            await adjust(self.store, self.name, self.limit, token_delta=delta,
+                         requests_after=requests_after, tokens_after=tokens_after)
+        except DatabaseError as exc:
+            # A correction is advice to the next reservations: the call it follows succeeded
+            # (or failed) whatever becomes of it.
+            _log.warning("rate limit %r: correction not written: %s", self.name, exc)
+
+
+def holds_reservation(row: TaskRow | None) -> bool:
+    """Whether `row` is a wait the limiter set: its reservation is taken, the attempt may go."""
+    return bool(row and row.status == "WAITING" and (row.error or {}).get("type") == WAIT_TYPE)
+
+
+async def admit(
+    replay: Any, charge: Charge, recorded: TaskRow | None, waiting: Callable[..., TaskWrite]
+) -> None:
+    """Before a task attempt: returns once `charge` may be sent. A place further off than
+    IN_MEMORY_WAIT suspends the run (a WAITING row written by `waiting(due_at=, error=)`)."""
+    charge.store = replay.store
+    if holds_reservation(recorded):
+        return
+    at = await reserve(replay.store, charge.name, charge.limit, charge.tokens)
+    wait = at - clock.now()
+    if wait <= IN_MEMORY_WAIT:
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return
+    reason = {
+        "type": WAIT_TYPE,
+        "rate_limit": charge.name,
+        "message": f"rate limit {charge.name!r}: the next place is at {at:.3f}",
+    }
+    await replay.write(waiting(due_at=at, error=reason))
+    await replay.park(at)
