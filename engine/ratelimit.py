@@ -27,8 +27,10 @@ from .records import TaskRow, TaskWrite
 
 PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 # A reservation due this soon is waited for in memory: suspending and resuming the run would
-# take longer than the wait itself.
-IN_MEMORY_WAIT = 0.2
+# take longer than the wait itself. A suspended run is also woken this much before its place
+# and waits the rest in memory, so that the scheduler's latency in resuming it does not make
+# late requests bunch up.
+IN_MEMORY_WAIT = 0.5
 # What the WAITING row of a task suspended by the limiter has as `error.type`: engine.waiting
 # reads it as the reason, and IO.call, on resuming, knows its reservation is held.
 WAIT_TYPE = "RateLimitWait"
@@ -191,8 +193,9 @@ class Charge:
     tokens: int = 0
     store: Any = None
 
-    async def settle(self, tokens: int | None = None, *, requests_after: float = 0.0,
-                     tokens_after: float = 0.0) -> None:
+    async def settle(
+        self, tokens: int | None = None, *, requests_after: float = 0.0, tokens_after: float = 0.0
+    ) -> None:
         """After the call: the tokens it really spent and what the provider says of its limit.
         Writes nothing when there is nothing to correct."""
         delta = (tokens - self.tokens) if tokens is not None and self.limit.tokens else 0
@@ -200,8 +203,14 @@ class Charge:
         if self.store is None or (not delta and requests_after <= now and tokens_after <= now):
             return
         try:
-            await adjust(self.store, self.name, self.limit, token_delta=delta,
-                         requests_after=requests_after, tokens_after=tokens_after)
+            await adjust(
+                self.store,
+                self.name,
+                self.limit,
+                token_delta=delta,
+                requests_after=requests_after,
+                tokens_after=tokens_after,
+            )
         except DatabaseError as exc:
             # A correction is advice to the next reservations: the call it follows succeeded
             # (or failed) whatever becomes of it.
@@ -220,17 +229,24 @@ async def admit(
     IN_MEMORY_WAIT suspends the run (a WAITING row written by `waiting(due_at=, error=)`)."""
     charge.store = replay.store
     if holds_reservation(recorded):
+        assert recorded is not None and recorded.error is not None
+        await _until(float(recorded.error.get("at") or 0.0))
         return
     at = await reserve(replay.store, charge.name, charge.limit, charge.tokens)
-    wait = at - clock.now()
-    if wait <= IN_MEMORY_WAIT:
-        if wait > 0:
-            await asyncio.sleep(wait)
-        return
-    reason = {
-        "type": WAIT_TYPE,
-        "rate_limit": charge.name,
-        "message": f"rate limit {charge.name!r}: the next place is at {at:.3f}",
-    }
-    await replay.write(waiting(due_at=at, error=reason))
-    await replay.park(at)
+    if at - clock.now() > IN_MEMORY_WAIT:
+        reason = {
+            "type": WAIT_TYPE,
+            "rate_limit": charge.name,
+            "at": at,
+            "message": f"waiting for a place under rate limit {charge.name!r}",
+        }
+        await replay.write(waiting(due_at=at - IN_MEMORY_WAIT, error=reason))
+        await replay.park(at - IN_MEMORY_WAIT)
+    await _until(at)
+
+
+async def _until(at: float) -> None:
+    """Sleeps until `at`, IN_MEMORY_WAIT at most (a due time moved earlier is taken as is)."""
+    wait = min(at - clock.now(), IN_MEMORY_WAIT)
+    if wait > 0:
+        await asyncio.sleep(wait)

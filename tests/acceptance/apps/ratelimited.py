@@ -50,7 +50,7 @@ async def crm(payload: dict[str, Any], io: IO, ctx: Context) -> int:
 @job(id="oa-limited", version="1", integrations={"openai": openai})
 async def oa_limited(payload: dict[str, Any], io: IO, ctx: Context) -> int:
     for i in range(int(payload.get("calls", 1))):
-        await io.openai.chat.completions.create(  # type: ignore[attr-defined]
+        await io.openai.chat.completions.create(
             f"chat-{i}", model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
         )
     return int(payload.get("calls", 1))

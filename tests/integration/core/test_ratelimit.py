@@ -36,9 +36,7 @@ async def test_concurrent_reservations_take_distinct_paced_places(db_url: str) -
     name = unique_id("api")
     try:
         before = time.time()
-        places = await asyncio.gather(
-            *(reserve(stores[i % 3], name, limit, 0) for i in range(30))
-        )
+        places = await asyncio.gather(*(reserve(stores[i % 3], name, limit, 0) for i in range(30)))
         ordered = sorted(places)
         # Thirty workers' calls at once: thirty different places, exactly 0.1 s apart.
         gaps = [b - a for a, b in itertools.pairwise(ordered)]

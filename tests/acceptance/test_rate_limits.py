@@ -1,0 +1,162 @@
+"""Shared rate limits with real `engine run` processes (3 on PostgreSQL, 1 on SQLite).
+
+The generic steps record the time they ran (apps/ratelimited.py): from those times the test
+checks that the fleet kept to the limit. The OpenAI runs go to the fake server with its
+requests-per-minute limit on: what it refused (its counter) and the x-ratelimit-remaining
+header of every answer (recorded per task) show whether the fleet ever ran its bucket dry.
+Conditions are waited for with generous deadlines; nothing sleeps and then asserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from sqlalchemy import text
+
+from engine import Engine
+from integrations.openai.testing import FakeOpenAIProcess
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture(params=["postgres-3-workers", "sqlite-1-worker"])
+def fleet(request: pytest.FixtureRequest) -> tuple[str, int]:
+    """(database URL, number of workers): 3 workers on PostgreSQL, 1 on SQLite."""
+    if request.param.startswith("postgres"):
+        return str(request.getfixturevalue("pg_url")), 3
+    return str(request.getfixturevalue("sqlite_url")), 1
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeOpenAIProcess]:
+    with FakeOpenAIProcess(requests_per_minute=60) as fake:
+        yield fake
+
+
+def trigger_all(url: str, job_id: str, payloads: list[dict[str, Any]]) -> list[str]:
+    async def go() -> list[str]:
+        async with Engine(url) as engine:
+            return [await engine.trigger(job_id, p) for p in payloads]
+
+    return asyncio.run(go())
+
+
+def query(url: str, sql: str) -> list[Any]:
+    async def go() -> list[Any]:
+        async with Engine(url) as engine, engine.store.begin() as conn:
+            return list((await conn.execute(text(sql))).all())
+
+    return asyncio.run(go())
+
+
+def start_fleet(procs: Any, url: str, workers: int) -> None:
+    for _ in range(workers):
+        procs.worker("ratelimited.py", url, concurrency=10, ready=False)
+    for w in procs.workers:
+        w.wait_ready(60)
+
+
+def test_a_generic_limit_holds_across_the_fleet(
+    procs: Any, fleet: tuple[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, workers = fleet
+    monkeypatch.setenv("RL_CRM_PER_SECOND", "4")
+    start_fleet(procs, url, workers)
+    log = tmp_path / "calls.log"
+    run_ids = trigger_all(url, "crm", [{"calls": 4, "log": str(log)}] * 6)
+    for run_id in run_ids:
+        procs.wait_status(url, run_id, "COMPLETED", timeout=180)
+
+    lines = [line.split() for line in procs.lines(log)]
+    # Every call ran once, on its first attempt.
+    assert Counter((run, i) for _, run, i, _ in lines) == Counter(
+        {(run, str(i)): 1 for run in run_ids for i in range(4)}
+    )
+    assert {attempt for *_, attempt in lines} == {"1"}
+    times = sorted(float(t) for t, *_ in lines)
+    # 24 calls at 4 a second: paced, not sent in a burst ...
+    assert times[-1] - times[0] >= 23 * 0.25 - 0.05, times
+    # ... and no second of the run holds more than the limit (one more for a late resume).
+    busiest = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
+    assert busiest <= 4 + 1, times
+
+
+def test_openai_runs_finish_under_the_limit_with_no_429(
+    procs: Any,
+    fleet: tuple[str, int],
+    fake_server: FakeOpenAIProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, workers = fleet
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-acceptance-secret-key")
+    monkeypatch.setenv("RL_OPENAI_RPM", "60")
+    # Someone else spent 55 of the account's 60 requests a minute: 5 are left, and one more
+    # comes each second. A fleet sending faster than that is refused.
+    direct = openai.OpenAI(base_url=fake_server.base_url, api_key="sk-other", max_retries=0)
+    for _ in range(55):
+        direct.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert fake_server.rate_limited() == 0
+    start_fleet(procs, url, workers)
+    run_ids = trigger_all(url, "oa-limited", [{"calls": 3}] * 10)
+    for run_id in run_ids:
+        procs.wait_status(url, run_id, "COMPLETED", timeout=300)
+
+    # Zero 429s caused by the fleet: every call answered the first time.
+    assert fake_server.rate_limited() == 0
+    assert fake_server.count("POST /v1/chat/completions") == 55 + 30
+    attempts = query(url, "SELECT attempts FROM engine_tasks WHERE kind = 'openai'")
+    assert sorted(a for (a,) in attempts) == [1] * 30
+    # The account's bucket never ran dry: the answers say how much was left.
+    remaining = [_remaining(r) for (r,) in query(url, "SELECT rate_limits FROM engine_task_usage")]
+    assert len(remaining) == 30 and min(remaining) >= 1, remaining
+
+
+def _remaining(headers: Any) -> int:
+    found = json.loads(headers) if isinstance(headers, str) else headers
+    return int(found["x-ratelimit-remaining-requests"])
+
+
+def test_kill_9_during_a_rate_limit_wait_loses_nothing(
+    procs: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    worker = procs.worker("ratelimited.py", sqlite_url)
+    log = tmp_path / "calls.log"
+    payload = {"calls": 1, "log": str(log), "limit": "slow-api"}
+    (first,) = trigger_all(sqlite_url, "crm", [payload])
+    procs.wait_status(sqlite_url, first, "COMPLETED", timeout=60)
+    # One call an hour: the second run waits, suspended, for the limit.
+    (second,) = trigger_all(sqlite_url, "crm", [payload])
+    procs.wait_status(sqlite_url, second, "WAITING", timeout=60)
+    view = procs.show(sqlite_url, second)
+    assert view["waiting_for"]["reason"] == "rate_limit", view
+    assert view["waiting_for"]["rate_limit"] == "slow-api"
+    (task,) = view["tasks"]
+    assert (task["status"], task["attempts"]) == ("WAITING", 0), task
+    human = procs.ok("runs", "list", "--status", "WAITING", "--database-url", sqlite_url)
+    assert "rate limit slow-api until " in human, human
+    worker.kill9()
+
+    # Nothing was held by the killed worker: the wait is a row, and the hour passes (moved,
+    # not slept) for a new worker to go on with the place the run reserved.
+    now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
+    with sqlite3.connect(tmp_path / "engine.db") as conn:
+        conn.execute("UPDATE engine_tasks SET due_at = ? WHERE run_id = ?", (now, second))
+        conn.execute("UPDATE engine_runs SET wake_at = ? WHERE id = ?", (now, second))
+    procs.worker("ratelimited.py", sqlite_url)
+    procs.wait_status(sqlite_url, second, "COMPLETED", timeout=120)
+    lines = [line.split() for line in procs.lines(log)]
+    assert [(run, attempt) for _, run, _, attempt in lines] == [(first, "1"), (second, "1")]
+    (task,) = procs.show(sqlite_url, second)["tasks"]
+    assert (task["status"], task["attempts"]) == ("COMPLETED", 1), task
