@@ -13,10 +13,11 @@ import time
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from support import Harness, unique_id
 
 from engine import EngineError, RateLimit, job, rate_limits
-from engine.ratelimit import WAIT_TYPE, Charge, reserve
+from engine.ratelimit import WAIT_TYPE, Charge, reserve, take_place
 from engine.store import Store
 from integrations.openai.limits import charge_for, estimate_tokens, settle
 
@@ -47,6 +48,31 @@ async def test_concurrent_reservations_take_distinct_paced_places(db_url: str) -
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_a_high_limit_is_reserved_in_batches_and_still_paced(db_url: str) -> None:
+    store = await _upgraded(db_url)
+    other = Store(db_url)
+    limit = RateLimit(requests=1000, per="second")  # batches of 50 places, 1 ms apart
+    name = unique_id("batched")
+    try:
+        mine = [await take_place(store, name, limit, 0) for _ in range(60)]
+        theirs = await take_place(other, name, limit, 0)
+        # One reservation for the first 50, one for the next 50 (10 of them still unused);
+        # the other worker's place comes after both batches.
+        assert all(abs(b - a - 0.001) < 1e-6 for a, b in itertools.pairwise(mine)), mine
+        assert theirs >= mine[0] + 0.1 - 1e-6
+        async with store.begin() as conn:
+            (tat,) = (
+                await conn.execute(
+                    text("SELECT requests_tat FROM engine_rate_limits WHERE name = :n"),
+                    {"n": name},
+                )
+            ).one()
+        assert abs(float(tat) - (mine[0] + 0.15)) < 1e-6
+    finally:
+        await other.close()
+        await store.close()
 
 
 async def test_tokens_take_their_share_and_a_correction_moves_the_next_place(
