@@ -163,7 +163,7 @@ def _statement(template: str, postgres: bool) -> Any:
 # late, together. Limits of fewer than 2 requests per BATCH_SECONDS reserve one place per call.
 BATCH_SECONDS = 0.05
 MAX_BATCH = 100
-_batches: dict[tuple[int, str, RateLimit], deque[float]] = {}
+_batches: dict[tuple[str, str, RateLimit], deque[float]] = {}
 
 
 def batch_size(limit: RateLimit) -> int:
@@ -177,7 +177,7 @@ async def take_place(store: Any, name: str, limit: RateLimit, tokens: int) -> fl
     size = batch_size(limit)
     if size == 1:
         return await reserve(store, name, limit, tokens)
-    key = (id(store), name, limit)
+    key = (str(store.url), name, limit)
     batch = _batches.get(key)
     if batch:
         return batch.popleft()

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine import EngineError, RateLimit, clock
-from engine.ratelimit import Charge
+from engine.ratelimit import MAX_NAME_LENGTH, Charge
 
 from . import usage
 from .errors import parse_duration
@@ -53,7 +53,8 @@ def charge_for(integration_id: str, limits: Limits, params: Mapping[str, Any]) -
         if found is None:
             return None
         limit, name = found, f"openai:{integration_id}:{model}"
-    return Charge(name, limit, estimate_tokens(params) if limit.tokens else 0)
+    # The row's key holds 300 characters; model names are far shorter.
+    return Charge(name[:MAX_NAME_LENGTH], limit, estimate_tokens(params) if limit.tokens else 0)
 
 
 def estimate_tokens(params: Mapping[str, Any]) -> int:
