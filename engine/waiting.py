@@ -72,8 +72,11 @@ def _task_wait(task: Mapping[str, Any]) -> dict[str, Any]:
         }
     due = task.get("due_at")
     if error and error.get("type") == "RateLimitWait":
-        # Suspended by the shared limiter (engine.ratelimit) until its reserved place.
+        # Suspended by the shared limiter (engine.ratelimit) until its reserved place (the
+        # row is due a little before it).
         name = error.get("rate_limit")
+        if isinstance(error.get("at"), int | float):
+            due = datetime.fromtimestamp(error["at"], UTC)
         return {
             "reason": "rate_limit",
             "rate_limit": name,

@@ -228,3 +228,7 @@ def test_wait_type_is_what_waiting_for_reads() -> None:
     found = waiting_for({"status": "WAITING", "wake_at": due}, [task], {}, datetime.now(UTC))
     assert found is not None
     assert found["summary"] == "rate limit crm-api until 2099-11-30 14:06:00 (task 'call')"
+    # The place itself, when the row says it (the row is due a little before).
+    task["error"] = {**task["error"], "at": due.timestamp() + 2}
+    found = waiting_for({"status": "WAITING", "wake_at": due}, [task], {}, datetime.now(UTC))
+    assert found is not None and found["until"].startswith("2099-11-30T14:06:02"), found
