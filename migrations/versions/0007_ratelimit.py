@@ -1,7 +1,7 @@
 """ratelimit: one row per shared rate-limit key, its GCRA state
 
-Revision ID: 0006_ratelimit
-Revises: 0005_attempts
+Revision ID: 0007_ratelimit
+Revises: 0006_ui
 Create Date: 2026-11-30
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_ratelimit"
-down_revision = "0005_attempts"
+revision = "0007_ratelimit"
+down_revision = "0006_ui"
 branch_labels = None
 depends_on = None
 
