@@ -223,7 +223,7 @@ def test_wait_type_is_what_waiting_for_reads() -> None:
     from engine.waiting import waiting_for
 
     due = datetime(2099, 11, 30, 14, 6, tzinfo=UTC)
-    task = {"key": "call", "due_at": due, "attempts": 0,
+    task: dict[str, Any] = {"key": "call", "due_at": due, "attempts": 0,
             "error": {"type": WAIT_TYPE, "rate_limit": "crm-api"}}  # fmt: skip
     found = waiting_for({"status": "WAITING", "wake_at": due}, [task], {}, datetime.now(UTC))
     assert found is not None
