@@ -12,9 +12,7 @@ from typing import Any
 from engine import RateLimit, job
 from integrations.openai import OpenAI
 
-openai = OpenAI(
-    id="openai", limits=RateLimit(requests=int(os.environ["BENCH_RPM"]), per="minute")
-)
+openai = OpenAI(id="openai", limits=RateLimit(requests=int(os.environ["BENCH_RPM"]), per="minute"))
 
 
 @job(id="bench-rate-limited", version="1", integrations={"openai": openai})

@@ -95,8 +95,10 @@ class Worker:
         self.killed = False
 
     def ready(self) -> bool:
-        return any(line.startswith("engine worker ") and " on " in line
-                   for line in self.output().splitlines())
+        return any(
+            line.startswith("engine worker ") and " on " in line
+            for line in self.output().splitlines()
+        )
 
     def output(self) -> str:
         try:
@@ -130,8 +132,9 @@ class TrialResult:
 
 
 class Trial:
-    def __init__(self, n: int, cluster: PrivatePostgres, args: Any, seed: int,
-                 workdir: Path) -> None:
+    def __init__(
+        self, n: int, cluster: PrivatePostgres, args: Any, seed: int, workdir: Path
+    ) -> None:
         self.n = n
         self.cluster = cluster
         self.args = args
@@ -151,9 +154,12 @@ class Trial:
         self.triggered: dict[str, dict[str, Any]] = {}  # run id -> payload
         self.last_fault_end = time.monotonic()
         self.env = {k: v for k, v in os.environ.items() if k != "ENGINE_DATABASE_URL"}
-        self.env.update(PYTHONUNBUFFERED="1", SOAK_EXEC_LOG=str(self.exec_log),
-                        SOAK_CHECK_DSN=self.direct_dsn,
-                        PYTHONPATH=os.pathsep.join([str(ROOT), self.env.get("PYTHONPATH", "")]))
+        self.env.update(
+            PYTHONUNBUFFERED="1",
+            SOAK_EXEC_LOG=str(self.exec_log),
+            SOAK_CHECK_DSN=self.direct_dsn,
+            PYTHONPATH=os.pathsep.join([str(ROOT), self.env.get("PYTHONPATH", "")]),
+        )
 
     # -- setup and teardown -----------------------------------------------------------------------
 
@@ -217,7 +223,8 @@ class Trial:
                         if engine is None:
                             engine = Engine(self.direct_url, pool_size=1)
                         run_id = await asyncio.wait_for(
-                            engine.trigger("soak", payload, idempotency_key=key), 15)
+                            engine.trigger("soak", payload, idempotency_key=key), 15
+                        )
                         break
                     except Exception as exc:  # the database is down: the same key again
                         if engine is not None:
@@ -260,9 +267,12 @@ class Trial:
 
     async def fault_terminate(self) -> None:
         everyone = self.faults_rng.random() < 0.5
-        sql = ("SELECT pg_terminate_backend(pid) FROM (SELECT pid FROM pg_stat_activity "
-               "WHERE datname = $1 AND pid <> pg_backend_pid()"
-               + ("" if everyone else " ORDER BY random() LIMIT 1") + ") AS chosen")
+        sql = (
+            "SELECT pg_terminate_backend(pid) FROM (SELECT pid FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()"
+            + ("" if everyone else " ORDER BY random() LIMIT 1")
+            + ") AS chosen"
+        )
         await asyncio.to_thread(self.cluster.execute, sql, self.dbname)
 
     async def fault_cut(self) -> None:
@@ -293,7 +303,8 @@ class Trial:
                     self.result.counts["exits"] += 1
                     tail = " | ".join(w.output().strip().splitlines()[-2:])
                     self.result.notes.append(
-                        f"worker {w.proc.pid} exited {w.proc.returncode}: {tail[:300]}")
+                        f"worker {w.proc.pid} exited {w.proc.returncode}: {tail[:300]}"
+                    )
                     self.start_worker()
             await asyncio.sleep(0.2)
 
@@ -316,8 +327,9 @@ class Trial:
                 await asyncio.sleep(0.5)
 
     async def statuses(self) -> dict[str, str]:
-        rows = await self.fetch("SELECT id, status FROM engine_runs WHERE id = ANY($1)",
-                                list(self.triggered))
+        rows = await self.fetch(
+            "SELECT id, status FROM engine_runs WHERE id = ANY($1)", list(self.triggered)
+        )
         return {r["id"]: r["status"] for r in rows}
 
     async def settle(self) -> None:
@@ -338,7 +350,8 @@ class Trial:
                 for run_id in pending[:3]:
                     self.result.notes.append(
                         f"stuck: {run_id} {statuses.get(run_id, 'MISSING')} "
-                        f"{json.dumps(self.triggered[run_id])[:120]}")
+                        f"{json.dumps(self.triggered[run_id])[:120]}"
+                    )
             if now > lost_at:
                 return
             await asyncio.sleep(0.5)
@@ -357,12 +370,21 @@ class Trial:
     async def evaluate(self) -> None:
         res = self.result
         res.runs = len(self.triggered)
-        runs = {r["id"]: r for r in await self.fetch(
-            "SELECT id, status, output::text AS output, error::text AS error FROM engine_runs "
-            "WHERE id = ANY($1)", list(self.triggered))}
-        tasks = {(r["run_id"], r["key"]): r for r in await self.fetch(
-            "SELECT run_id, key, status, completed_at FROM engine_tasks WHERE run_id = ANY($1)",
-            list(self.triggered))}
+        runs = {
+            r["id"]: r
+            for r in await self.fetch(
+                "SELECT id, status, output::text AS output, error::text AS error FROM engine_runs "
+                "WHERE id = ANY($1)",
+                list(self.triggered),
+            )
+        }
+        tasks = {
+            (r["run_id"], r["key"]): r
+            for r in await self.fetch(
+                "SELECT run_id, key, status, completed_at FROM engine_tasks WHERE run_id = ANY($1)",
+                list(self.triggered),
+            )
+        }
         lost = [r for r in self.triggered if runs.get(r, {}).get("status") not in FINAL]
         res.counts["lost"] = len(lost)
         for run_id in lost[:3]:
@@ -384,8 +406,10 @@ class Trial:
             if ex["seen"] == "COMPLETED" or after:
                 res.counts["repeated"] += 1
                 if res.counts["repeated"] <= 3:
-                    res.notes.append(f"repeated: {ident} seen={ex['seen']} t={ex['t']:.3f} "
-                                     f"completed_at={recorded_at}")
+                    res.notes.append(
+                        f"repeated: {ident} seen={ex['seen']} t={ex['t']:.3f} "
+                        f"completed_at={recorded_at}"
+                    )
 
         for run_id, payload in self.triggered.items():
             row = runs.get(run_id)
@@ -401,8 +425,9 @@ class Trial:
                 expected = {"total": sum(range(1, len(payload["delays"]) + 1))}
                 if row["status"] != "COMPLETED" or output != expected:
                     res.counts["wrong"] += 1
-                    res.notes.append(f"wrong: {run_id} {row['status']} {output} "
-                                     f"{(row['error'] or '')[:200]}")
+                    res.notes.append(
+                        f"wrong: {run_id} {row['status']} {output} {(row['error'] or '')[:200]}"
+                    )
                 continue
             key = f"step-{payload['poison_at']}"
             task = tasks.get((run_id, key))
@@ -421,8 +446,9 @@ class Trial:
                 res.poisoned["stored"] += 1  # and the job checked it came back exactly
             else:
                 res.counts["poison"] += 1
-                res.notes.append(f"poison {poison}: {run_id} {row['status']} step ran {ran}x "
-                                 f"{message[:150]}")
+                res.notes.append(
+                    f"poison {poison}: {run_id} {row['status']} step ran {ran}x {message[:150]}"
+                )
 
     # -- the whole trial --------------------------------------------------------------------------
 
@@ -431,8 +457,10 @@ class Trial:
         watcher = asyncio.create_task(self.watch_workers())
         try:
             self.last_fault_end = time.monotonic()
-            await asyncio.gather(self.trigger_stream(self.args.fault_seconds * 0.8),
-                                 self.inject_faults(self.args.fault_seconds))
+            await asyncio.gather(
+                self.trigger_stream(self.args.fault_seconds * 0.8),
+                self.inject_faults(self.args.fault_seconds),
+            )
             await self.settle()
         finally:
             watcher.cancel()
@@ -440,8 +468,9 @@ class Trial:
                 await watcher
 
 
-async def run_trial(n: int, cluster: PrivatePostgres, args: Any, seed: int,
-                    workdir: Path) -> TrialResult:
+async def run_trial(
+    n: int, cluster: PrivatePostgres, args: Any, seed: int, workdir: Path
+) -> TrialResult:
     trial = Trial(n, cluster, args, seed, workdir)
     started = time.monotonic()
     hard = args.fault_seconds + args.stuck_after + args.grace + 120
@@ -496,17 +525,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=10)
     p.add_argument("--lease-seconds", type=float, default=3.0)
-    p.add_argument("--fault-seconds", type=float, default=15.0,
-                   help="how long each trial injects faults (runs are triggered meanwhile)")
+    p.add_argument(
+        "--fault-seconds",
+        type=float,
+        default=15.0,
+        help="how long each trial injects faults (runs are triggered meanwhile)",
+    )
     p.add_argument("--fault-every", type=float, default=2.5, help="mean seconds between faults")
-    p.add_argument("--faults", default=",".join(FAULTS),
-                   help=f"comma-separated subset of {','.join(FAULTS)}")
-    p.add_argument("--poison-rate", type=float, default=0.2,
-                   help="share of runs with a poisoned step")
-    p.add_argument("--stuck-after", type=float, default=30.0,
-                   help="a run not final this long after the last fault is stuck")
-    p.add_argument("--grace", type=float, default=10.0,
-                   help="further seconds before a run that is still not final counts as lost")
+    p.add_argument(
+        "--faults", default=",".join(FAULTS), help=f"comma-separated subset of {','.join(FAULTS)}"
+    )
+    p.add_argument(
+        "--poison-rate", type=float, default=0.2, help="share of runs with a poisoned step"
+    )
+    p.add_argument(
+        "--stuck-after",
+        type=float,
+        default=30.0,
+        help="a run not final this long after the last fault is stuck",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="further seconds before a run that is still not final counts as lost",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--keep", action="store_true", help="keep every trial's logs")
     args = p.parse_args(argv)
@@ -525,9 +568,12 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     workdir = Path(tempfile.mkdtemp(prefix="engine-soak-"))
-    print(f"soak: {args.trials} trials x {args.runs} runs, {args.workers} workers, lease "
-          f"{args.lease_seconds:g}s, faults {','.join(args.faults)} every ~{args.fault_every:g}s "
-          f"for {args.fault_seconds:g}s, seed {seed}, logs in {workdir}", flush=True)
+    print(
+        f"soak: {args.trials} trials x {args.runs} runs, {args.workers} workers, lease "
+        f"{args.lease_seconds:g}s, faults {','.join(args.faults)} every ~{args.fault_every:g}s "
+        f"for {args.fault_seconds:g}s, seed {seed}, logs in {workdir}",
+        flush=True,
+    )
     header = ["trial", "runs", f"{'faults':<14}"] + [f"{c:>5}" for c in COLUMNS] + ["  time"]
     print(" ".join(header), flush=True)
     results: list[TrialResult] = []
@@ -553,18 +599,26 @@ def main(argv: list[str] | None = None) -> int:
         poisoned.update(res.poisoned)
         errors.update(res.errors)
     runs = sum(r.runs for r in results)
-    print(" ".join([f"{'total':>5}", f"{runs:>4}", f"{fault_text(faults):<14}"]
-                   + [f"{totals[c]:>{max(5, len(c))}}" for c in COLUMNS]
-                   + [f"{time.monotonic() - started:>5.0f}s"]))
-    print(f"poisoned runs: {poisoned['failed']} failed with one error, {poisoned['stored']} "
-          f"stored exactly, {totals['poison']} neither")
+    print(
+        " ".join(
+            [f"{'total':>5}", f"{runs:>4}", f"{fault_text(faults):<14}"]
+            + [f"{totals[c]:>{max(5, len(c))}}" for c in COLUMNS]
+            + [f"{time.monotonic() - started:>5.0f}s"]
+        )
+    )
+    print(
+        f"poisoned runs: {poisoned['failed']} failed with one error, {poisoned['stored']} "
+        f"stored exactly, {totals['poison']} neither"
+    )
     for text, count in errors.most_common(8):
         print(f"  {count:>4}x {text}")
     bad = any(totals[c] for c in COLUMNS) or any(r.timed_out for r in results)
-    print(f"soak: {len(results)} trials, {runs} runs, {sum(faults.values())} faults: "
-          f"{totals['lost']} lost, {totals['stuck']} stuck, {totals['repeated']} completed steps "
-          f"repeated, {totals['exits']} worker exits, {totals['poison']} poisoned runs not "
-          f"failed cleanly, {totals['wrong']} wrong outputs (seed {seed})")
+    print(
+        f"soak: {len(results)} trials, {runs} runs, {sum(faults.values())} faults: "
+        f"{totals['lost']} lost, {totals['stuck']} stuck, {totals['repeated']} completed steps "
+        f"repeated, {totals['exits']} worker exits, {totals['poison']} poisoned runs not "
+        f"failed cleanly, {totals['wrong']} wrong outputs (seed {seed})"
+    )
     if bad or args.keep:
         print(f"logs kept in {workdir}")
     else:

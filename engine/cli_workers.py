@@ -13,13 +13,12 @@ from .cli_support import DB_HELP, console, run, short_time, with_engine
 if TYPE_CHECKING:
     from .client import Engine
 
+
 async def unserved(engine: Engine, job_id: str, run_id: str) -> str | None:
     """Why the run may wait for a worker, or None when a live worker serves its version."""
     version = (await engine.get_run(run_id))["job_version"]
     listed = {job["job_id"]: job for job in await engine.jobs()}
-    served = [
-        v["version"] for v in listed.get(job_id, {}).get("versions", []) if v["live_workers"]
-    ]
+    served = [v["version"] for v in listed.get(job_id, {}).get("versions", []) if v["live_workers"]]
     if version in served:
         return None
     others = f" (live workers serve version {', '.join(served)})" if served else ""
@@ -28,9 +27,11 @@ async def unserved(engine: Engine, job_id: str, run_id: str) -> str | None:
         "until one starts (`engine run APP`; `engine workers list` shows the live ones)"
     )
 
+
 @click.group()
 def jobs() -> None:
     """Registered jobs, their versions, and the live workers serving them."""
+
 
 @jobs.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
@@ -59,9 +60,11 @@ def list_jobs(as_json: bool, database_url: str | None) -> None:
             )
     console().print(table if listed else "no jobs registered")
 
+
 @click.group()
 def workers() -> None:
     """The live workers: `engine run` processes whose heartbeat has not lapsed."""
+
 
 @workers.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")

@@ -18,6 +18,7 @@ from .payloads import PayloadType, declared
 
 JobFunction = Callable[[Any, Any, Any], Awaitable[Any]]
 
+
 @dataclass(frozen=True)
 class Job:
     id: str

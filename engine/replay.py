@@ -36,9 +36,7 @@ current_path: ContextVar[tuple[str, ...]] = ContextVar("engine_current_path", de
 # Inside task attempts run under `timeout=` (one list per enclosing attempt): a list holds the
 # timeout's error once its attempt was given up on, so code that swallowed the cancellation and
 # kept going records nothing more.
-timed_out: ContextVar[tuple[list[BaseException], ...]] = ContextVar(
-    "engine_timed_out", default=()
-)
+timed_out: ContextVar[tuple[list[BaseException], ...]] = ContextVar("engine_timed_out", default=())
 
 
 def path_text(path: tuple[str, ...]) -> str:

@@ -234,9 +234,7 @@ workers = Table(
 task_usage = Table(
     "engine_task_usage",
     metadata,
-    Column(
-        "task_id", Integer, ForeignKey("engine_tasks.id", ondelete="CASCADE"), primary_key=True
-    ),
+    Column("task_id", Integer, ForeignKey("engine_tasks.id", ondelete="CASCADE"), primary_key=True),
     Column("run_id", String(40), ForeignKey("engine_runs.id", ondelete="CASCADE"), nullable=False),
     # Who billed it ("openai") and the model the response names ("gpt-4o-mini-2024-07-18").
     Column("provider", String(40), nullable=False),

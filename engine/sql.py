@@ -148,18 +148,18 @@ class Statements:
             + " ELSE lost_executions END"
         )
         claim_set = (
-                f"status = CASE WHEN {exhausted} THEN 'FAILED' ELSE 'RUNNING' END, "
-                f"lease_owner = CASE WHEN {exhausted} THEN NULL ELSE :worker END, "
-                f"lease_epoch = lease_epoch + 1, "
-                f"lease_expires_at = CASE WHEN {exhausted} THEN NULL ELSE {stamp(':expires')} END, "
-                "wake_at = NULL, "
-                f"attempt = attempt + CASE WHEN status = 'WAITING' OR {exhausted} THEN 0 "
-                "ELSE 1 END, "
-                f"started_at = COALESCE(started_at, {later(stamp(':now'), 'created_at')}), "
-                f"completed_at = CASE WHEN {exhausted} THEN {ended} ELSE completed_at END, "
-                f"recoveries = recoveries + CASE WHEN status = 'RUNNING' AND NOT {exhausted} "
-                "THEN 1 ELSE 0 END, "
-                f"lost_executions = {lost} "
+            f"status = CASE WHEN {exhausted} THEN 'FAILED' ELSE 'RUNNING' END, "
+            f"lease_owner = CASE WHEN {exhausted} THEN NULL ELSE :worker END, "
+            f"lease_epoch = lease_epoch + 1, "
+            f"lease_expires_at = CASE WHEN {exhausted} THEN NULL ELSE {stamp(':expires')} END, "
+            "wake_at = NULL, "
+            f"attempt = attempt + CASE WHEN status = 'WAITING' OR {exhausted} THEN 0 "
+            "ELSE 1 END, "
+            f"started_at = COALESCE(started_at, {later(stamp(':now'), 'created_at')}), "
+            f"completed_at = CASE WHEN {exhausted} THEN {ended} ELSE completed_at END, "
+            f"recoveries = recoveries + CASE WHEN status = 'RUNNING' AND NOT {exhausted} "
+            "THEN 1 ELSE 0 END, "
+            f"lost_executions = {lost} "
         )
         claimed = (
             "RETURNING id, job_id, job_version, payload, lease_epoch, attempt, status, "
@@ -285,7 +285,9 @@ class Statements:
         # fails the run past its recovery bound.
         self.keep_lost_attempt = _t(
             keep.format(
-                status="'LOST'", error=no_json, ended=no_time,
+                status="'LOST'",
+                error=no_json,
+                ended=no_time,
                 where=f"{this_task} AND status = 'RUNNING' AND {fence}",
             )
         )

@@ -73,8 +73,10 @@ async def main() -> int:
         fake.start()
         os.environ["OPENAI_API_KEY"] = "sk-offline-fake-key"
         os.environ["OPENAI_BASE_URL"] = fake.base_url
-        print(f"OPENAI_API_KEY is not set: running OFFLINE against the local fake OpenAI "
-              f"server at {fake.base_url} (set OPENAI_API_KEY to call OpenAI for real).")
+        print(
+            f"OPENAI_API_KEY is not set: running OFFLINE against the local fake OpenAI "
+            f"server at {fake.base_url} (set OPENAI_API_KEY to call OpenAI for real)."
+        )
     else:
         print("OPENAI_API_KEY is set: calling OpenAI for real (this costs money).")
 

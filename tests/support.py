@@ -52,5 +52,3 @@ class Harness:
     async def close(self) -> None:
         await self.stop()
         await self.engine.close()
-
-

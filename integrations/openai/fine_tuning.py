@@ -48,8 +48,11 @@ class Jobs:
         """Creates the job under `key:create`, then waits under `key` until it `succeeded`,
         `failed` or was `cancelled` (`poll_interval=`, `max_poll_interval=`, `poll_backoff=`
         set this wait's schedule)."""
-        schedule = {k: params.pop(k) for k in ("poll_interval", "max_poll_interval",
-                                               "poll_backoff") if k in params}
+        schedule = {
+            k: params.pop(k)
+            for k in ("poll_interval", "max_poll_interval", "poll_backoff")
+            if k in params
+        }
         created = await self.create(f"{key}:create", **params)
         return await self._c.wait(
             key,

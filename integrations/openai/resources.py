@@ -339,8 +339,9 @@ class Images(_Namespace):
     async def create_variation(
         self, key: str, *, image: P.FileInput, **params: Any
     ) -> ImagesResponse:
-        return await self._upload(key, "images.create_variation", {"image": P.Upload(image)},
-                                  params)
+        return await self._upload(
+            key, "images.create_variation", {"image": P.Upload(image)}, params
+        )
 
     async def _upload(
         self, key: str, operation: str, uploads: dict[str, P.Upload], params: dict[str, Any]

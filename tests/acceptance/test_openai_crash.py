@@ -17,6 +17,7 @@ from integrations.openai.testing import FakeOpenAIProcess
 # The bare client below uses the Assistants API, which openai-python marks deprecated.
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
+
 @pytest.fixture(scope="module")
 def fake_process() -> Iterator[FakeOpenAIProcess]:
     """The fake OpenAI in a separate process, so that it outlives the workers it counts. Objects

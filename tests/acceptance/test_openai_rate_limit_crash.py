@@ -32,13 +32,17 @@ def _due_at(db: Path, run_id: str) -> datetime:
 
 
 def test_kill_during_a_rate_limit_wait_loses_nothing(
-    procs: Any, fake_server: FakeOpenAIProcess, sqlite_url: str, tmp_path: Path,
+    procs: Any,
+    fake_server: FakeOpenAIProcess,
+    sqlite_url: str,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", fake_server.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-acceptance-secret-key")
-    fake_server.fail_next(ROUTE, status=429, reset_requests="10m0s",
-                          message="Rate limit reached for requests")
+    fake_server.fail_next(
+        ROUTE, status=429, reset_requests="10m0s", message="Rate limit reached for requests"
+    )
     first = procs.worker("openai_limits.py", sqlite_url)
     run_id = procs.trigger(sqlite_url, "oa-chat")
     procs.wait_status(sqlite_url, run_id, "WAITING", timeout=60)

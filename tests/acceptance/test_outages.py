@@ -215,6 +215,7 @@ def test_backends_terminated(procs: Any, pg_head_url: str, tmp_path: Path) -> No
 
 # -- SQLite locked by another process past the busy timeout -------------------------------------
 
+
 def test_sqlite_locked_past_the_busy_timeout(procs: Any, tmp_path: Path) -> None:
     path = tmp_path / "engine.db"
     # A short busy timeout (`?timeout=` seconds) keeps the test short; the outage is the same.

@@ -233,7 +233,7 @@ def test_a_job_body_fragment_becomes_a_job_with_its_surroundings() -> None:
     # Imports, definitions and registrations are the app module's; the rest is the job's.
     assert "from engine import RetryPolicy" in before_job
     assert "register(helper)" in before_job
-    assert "retrieve('get', _given[\"ids\"][\"thread_abc123\"]" in job_part
+    assert 'retrieve(\'get\', _given["ids"]["thread_abc123"]' in job_part
     # Only the OpenAI objects the body uses are made (`run` is its own, `file` is not).
     assert "('file', 'ids')" in job_part
     assert "file = _given['file']" in job_part

@@ -25,9 +25,7 @@ def test_a_failure_can_ask_for_its_own_delay_within_the_cap() -> None:
     assert policy.delay(1, Greedy()) == 30
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"max_attempts": 101}, {"factor": 0.5}, {"max_delay": 10**9}]
-)
+@pytest.mark.parametrize("kwargs", [{"max_attempts": 101}, {"factor": 0.5}, {"max_delay": 10**9}])
 def test_retry_policy_bounds(kwargs: dict[str, Any]) -> None:
     with pytest.raises(EngineError):
         RetryPolicy(**kwargs)

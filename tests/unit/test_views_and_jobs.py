@@ -12,16 +12,31 @@ from engine.views import attempt_lines, run_view, task_tree
 
 
 def _task(parent: str, key: str, seq: int) -> dict[str, Any]:
-    return {"parent_path": parent, "key": key, "seq": seq, "name": key, "status": "COMPLETED",
-            "attempts": 1, "params": None, "output": None, "error": None,
-            "started_at": datetime(2026, 1, 1, tzinfo=UTC), "completed_at": None}
+    return {
+        "parent_path": parent,
+        "key": key,
+        "seq": seq,
+        "name": key,
+        "status": "COMPLETED",
+        "attempts": 1,
+        "params": None,
+        "output": None,
+        "error": None,
+        "started_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "completed_at": None,
+    }
 
 
 def test_task_tree_nests_children_in_first_run_order() -> None:
-    tree = task_tree([
-        _task('["b"]', "b2", 5), _task("[]", "b", 2), _task("[]", "a", 1),
-        _task('["b"]', "b1", 3), _task('["b","b1"]', "deep", 4),
-    ])
+    tree = task_tree(
+        [
+            _task('["b"]', "b2", 5),
+            _task("[]", "b", 2),
+            _task("[]", "a", 1),
+            _task('["b"]', "b1", 3),
+            _task('["b","b1"]', "deep", 4),
+        ]
+    )
     assert [n["key"] for n in tree] == ["a", "b"]
     assert [n["key"] for n in tree[1]["children"]] == ["b1", "b2"]
     assert tree[1]["children"][0]["children"][0]["key"] == "deep"
@@ -29,11 +44,32 @@ def test_task_tree_nests_children_in_first_run_order() -> None:
 
 
 def test_run_view_has_exactly_the_contract_fields() -> None:
-    view = run_view({"id": "r", "job_id": "j", "status": "QUEUED", "payload": {}, "output": None,
-                     "error": None, "created_at": datetime(2026, 1, 1, tzinfo=UTC),
-                     "started_at": None, "completed_at": None, "lease_epoch": 3})
-    assert set(view) == {"id", "job_id", "version", "status", "payload", "output", "error",
-                         "created_at", "started_at", "completed_at"}
+    view = run_view(
+        {
+            "id": "r",
+            "job_id": "j",
+            "status": "QUEUED",
+            "payload": {},
+            "output": None,
+            "error": None,
+            "created_at": datetime(2026, 1, 1, tzinfo=UTC),
+            "started_at": None,
+            "completed_at": None,
+            "lease_epoch": 3,
+        }
+    )
+    assert set(view) == {
+        "id",
+        "job_id",
+        "version",
+        "status",
+        "payload",
+        "output",
+        "error",
+        "created_at",
+        "started_at",
+        "completed_at",
+    }
 
 
 def test_job_must_be_async() -> None:

@@ -35,5 +35,11 @@ def fake_openai_server(**kwargs: Any) -> Iterator[FakeOpenAI]:
         fake.stop()
 
 
-__all__ = ["FakeError", "FakeOpenAI", "FakeOpenAIProcess", "Fault", "RecordedRequest",
-           "fake_openai_server"]
+__all__ = [
+    "FakeError",
+    "FakeOpenAI",
+    "FakeOpenAIProcess",
+    "Fault",
+    "RecordedRequest",
+    "fake_openai_server",
+]

@@ -19,8 +19,10 @@ from .server import FakeOpenAI
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m integrations.openai.testing",
-                                     description="Serve a stateful fake of the OpenAI API.")
+    parser = argparse.ArgumentParser(
+        prog="python -m integrations.openai.testing",
+        description="Serve a stateful fake of the OpenAI API.",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--run-seconds", type=float, default=0.2)
@@ -28,14 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response-seconds", type=float, default=0.2)
     parser.add_argument("--requests-per-minute", type=int, default=None)
     parser.add_argument("--tokens-per-minute", type=int, default=None)
-    parser.add_argument("--latency", type=float, default=0.0,
-                        help="seconds every API request takes")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds every API request takes"
+    )
     args = parser.parse_args(argv)
 
-    fake = FakeOpenAI(host=args.host, port=args.port, run_seconds=args.run_seconds,
-                      file_seconds=args.file_seconds, response_seconds=args.response_seconds,
-                      requests_per_minute=args.requests_per_minute,
-                      tokens_per_minute=args.tokens_per_minute, latency=args.latency)
+    fake = FakeOpenAI(
+        host=args.host,
+        port=args.port,
+        run_seconds=args.run_seconds,
+        file_seconds=args.file_seconds,
+        response_seconds=args.response_seconds,
+        requests_per_minute=args.requests_per_minute,
+        tokens_per_minute=args.tokens_per_minute,
+        latency=args.latency,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

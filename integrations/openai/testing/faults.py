@@ -13,8 +13,15 @@ SENSITIVE_HEADERS = frozenset({"authorization", "api-key", "openai-api-key"})
 class FakeError(Exception):
     """An error the fake answers with an OpenAI-shaped body."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None, type: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -23,8 +30,14 @@ class FakeError(Exception):
         self.type = type or error_type(status)
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 def error_type(status: int) -> str:
@@ -55,9 +68,15 @@ class RecordedRequest:
     at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "path": self.path, "route": self.route,
-                "idempotency_key": self.idempotency_key, "query": self.query,
-                "json": self.json, "at": self.at}
+        return {
+            "method": self.method,
+            "path": self.path,
+            "route": self.route,
+            "idempotency_key": self.idempotency_key,
+            "query": self.query,
+            "json": self.json,
+            "at": self.at,
+        }
 
 
 @dataclass

@@ -22,11 +22,20 @@ from .faults import FakeError
 NOMINAL_REQUESTS = 10_000
 NOMINAL_TOKENS = 10_000_000
 # Routes whose requests spend tokens (and whose answers carry `usage`).
-TOKEN_ROUTES = frozenset({"POST /v1/chat/completions", "POST /v1/embeddings", "POST /v1/responses",
-                          "POST /v1/threads/runs", "POST /v1/threads/{thread_id}/runs"})
-QUOTA_MESSAGE = ("You exceeded your current quota, please check your plan and billing details. "
-                 "For more information on this error, read the docs: "
-                 "https://platform.openai.com/docs/guides/error-codes/api-errors.")
+TOKEN_ROUTES = frozenset(
+    {
+        "POST /v1/chat/completions",
+        "POST /v1/embeddings",
+        "POST /v1/responses",
+        "POST /v1/threads/runs",
+        "POST /v1/threads/{thread_id}/runs",
+    }
+)
+QUOTA_MESSAGE = (
+    "You exceeded your current quota, please check your plan and billing details. "
+    "For more information on this error, read the docs: "
+    "https://platform.openai.com/docs/guides/error-codes/api-errors."
+)
 
 
 def format_duration(seconds: float) -> str:
@@ -68,9 +77,11 @@ class Bucket:
 
     def headers(self, which: str) -> dict[str, str]:
         reset = (self.capacity - self.level) * 60.0 / self.capacity
-        return {f"x-ratelimit-limit-{which}": str(int(self.capacity)),
-                f"x-ratelimit-remaining-{which}": str(max(0, int(self.level))),
-                f"x-ratelimit-reset-{which}": format_duration(reset)}
+        return {
+            f"x-ratelimit-limit-{which}": str(int(self.capacity)),
+            f"x-ratelimit-remaining-{which}": str(max(0, int(self.level))),
+            f"x-ratelimit-reset-{which}": format_duration(reset),
+        }
 
 
 @dataclass
@@ -86,8 +97,9 @@ class Usage:
 class Account:
     """Limits, quota, usage overrides and the concurrency high-water mark; thread-safe."""
 
-    def __init__(self, requests_per_minute: int | None = None,
-                 tokens_per_minute: int | None = None) -> None:
+    def __init__(
+        self, requests_per_minute: int | None = None, tokens_per_minute: int | None = None
+    ) -> None:
         self._lock = threading.Lock()
         self.set_limits(requests_per_minute, tokens_per_minute)
         self.quota_exhausted = False
@@ -96,12 +108,16 @@ class Account:
         self.max_concurrent = 0
         self.rate_limited = 0
 
-    def set_limits(self, requests_per_minute: int | None = None,
-                   tokens_per_minute: int | None = None) -> None:
-        for name, value in (("requests_per_minute", requests_per_minute),
-                            ("tokens_per_minute", tokens_per_minute)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
+    def set_limits(
+        self, requests_per_minute: int | None = None, tokens_per_minute: int | None = None
+    ) -> None:
+        for name, value in (
+            ("requests_per_minute", requests_per_minute),
+            ("tokens_per_minute", tokens_per_minute),
+        ):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise FakeError(400, f"{name} must be a positive integer or null, not {value!r}")
         with self._lock:
             self.requests = Bucket(requests_per_minute, NOMINAL_REQUESTS)
@@ -134,8 +150,9 @@ class Account:
         cost = estimate_tokens(body) if route in TOKEN_ROUTES else 0
         with self._lock:
             if self.quota_exhausted:
-                error: FakeError | None = FakeError(429, QUOTA_MESSAGE, code="insufficient_quota",
-                                                    type="insufficient_quota")
+                error: FakeError | None = FakeError(
+                    429, QUOTA_MESSAGE, code="insufficient_quota", type="insufficient_quota"
+                )
                 return error, self._headers()
             now = time.monotonic()
             wait_requests = self.requests.shortfall(1, now)
@@ -146,11 +163,14 @@ class Account:
                 bucket = self.tokens if which == "tokens" else self.requests
                 wait = max(wait_requests, wait_tokens)
                 error = FakeError(
-                    429, f"Rate limit reached for fake-model in organization org-fake on {which} "
+                    429,
+                    f"Rate limit reached for fake-model in organization org-fake on {which} "
                     f"per min (RPM/TPM): Limit {bucket.limit}, Used "
                     f"{int(bucket.capacity - bucket.level)}, Requested "
                     f"{1 if which == 'requests' else cost}. Please try again in "
-                    f"{format_duration(wait)}.", code="rate_limit_exceeded")
+                    f"{format_duration(wait)}.",
+                    code="rate_limit_exceeded",
+                )
                 headers = self._headers()
                 headers["retry-after"] = str(max(1, math.ceil(wait)))
                 headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
@@ -164,10 +184,14 @@ class Account:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"max_concurrent": self.max_concurrent, "in_flight": self.in_flight,
-                    "rate_limited": self.rate_limited, "quota_exhausted": self.quota_exhausted,
-                    "requests_per_minute": self.requests.limit,
-                    "tokens_per_minute": self.tokens.limit}
+            return {
+                "max_concurrent": self.max_concurrent,
+                "in_flight": self.in_flight,
+                "rate_limited": self.rate_limited,
+                "quota_exhausted": self.quota_exhausted,
+                "requests_per_minute": self.requests.limit,
+                "tokens_per_minute": self.tokens.limit,
+            }
 
 
 _WORD = re.compile(r"\S+")
@@ -191,6 +215,12 @@ def estimate_tokens(body: Any) -> int:
         return 1
     prompt = words(body.get("messages")) + words(body.get("input"))
     prompt += words((body.get("thread") or {}).get("messages"))
-    allowed = next((body[k] for k in ("max_completion_tokens", "max_tokens", "max_output_tokens")
-                    if isinstance(body.get(k), int)), 0)
+    allowed = next(
+        (
+            body[k]
+            for k in ("max_completion_tokens", "max_tokens", "max_output_tokens")
+            if isinstance(body.get(k), int)
+        ),
+        0,
+    )
     return max(1, prompt + allowed)

@@ -25,18 +25,46 @@ from typing import Any
 class FakeOpenAIProcess:
     """``python -m integrations.openai.testing`` in its own session; killed on :meth:`close`."""
 
-    def __init__(self, *, run_seconds: float = 0.2, file_seconds: float = 0.1,
-                 response_seconds: float = 0.2, start_timeout: float = 30.0,
-                 requests_per_minute: int | None = None, tokens_per_minute: int | None = None,
-                 latency: float = 0.0) -> None:
-        limits = [f"--{name}={value}" for name, value in (
-            ("requests-per-minute", requests_per_minute), ("tokens-per-minute", tokens_per_minute))
-            if value is not None]
+    def __init__(
+        self,
+        *,
+        run_seconds: float = 0.2,
+        file_seconds: float = 0.1,
+        response_seconds: float = 0.2,
+        start_timeout: float = 30.0,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        latency: float = 0.0,
+    ) -> None:
+        limits = [
+            f"--{name}={value}"
+            for name, value in (
+                ("requests-per-minute", requests_per_minute),
+                ("tokens-per-minute", tokens_per_minute),
+            )
+            if value is not None
+        ]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "integrations.openai.testing", "--port", "0",
-             "--run-seconds", str(run_seconds), "--file-seconds", str(file_seconds),
-             "--response-seconds", str(response_seconds), "--latency", str(latency), *limits],
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "integrations.openai.testing",
+                "--port",
+                "0",
+                "--run-seconds",
+                str(run_seconds),
+                "--file-seconds",
+                str(file_seconds),
+                "--response-seconds",
+                str(response_seconds),
+                "--latency",
+                str(latency),
+                *limits,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             assert self.proc.stdout is not None
             line = self.proc.stdout.readline()
@@ -51,8 +79,12 @@ class FakeOpenAIProcess:
     # -- the admin routes ----------------------------------------------------------------------
     def _admin(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.root}/_fake/{path}", data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.root}/_fake/{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
@@ -71,16 +103,19 @@ class FakeOpenAIProcess:
         self._admin("POST", "release", {} if kind is None else {"kind": kind})
 
     def fail_next(self, route: str, status: int = 500, times: int = 1, **options: Any) -> None:
-        self._admin("POST", "faults", {"route": route, "status": status, "times": times,
-                                       **options})
+        self._admin("POST", "faults", {"route": route, "status": status, "times": times, **options})
 
     def reset(self) -> None:
         self._admin("POST", "reset", {})
 
-    def set_limits(self, requests_per_minute: int | None = None,
-                   tokens_per_minute: int | None = None) -> None:
-        self._admin("POST", "limits", {"requests_per_minute": requests_per_minute,
-                                       "tokens_per_minute": tokens_per_minute})
+    def set_limits(
+        self, requests_per_minute: int | None = None, tokens_per_minute: int | None = None
+    ) -> None:
+        self._admin(
+            "POST",
+            "limits",
+            {"requests_per_minute": requests_per_minute, "tokens_per_minute": tokens_per_minute},
+        )
 
     def exhaust_quota(self, exhausted: bool = True) -> None:
         self._admin("POST", "quota", {"exhausted": exhausted})

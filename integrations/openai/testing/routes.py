@@ -14,8 +14,16 @@ from typing import Any
 from .faults import FakeError, not_found
 from .state import FakeState, message_content, plain_text, public
 
-FILE_PURPOSES = ("assistants", "assistants_output", "batch", "batch_output", "fine-tune",
-                 "fine-tune-results", "vision", "user_data")
+FILE_PURPOSES = (
+    "assistants",
+    "assistants_output",
+    "batch",
+    "batch_output",
+    "fine-tune",
+    "fine-tune-results",
+    "vision",
+    "user_data",
+)
 MODELS = ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "dall-e-3")
 EMBEDDING_DIMENSIONS = 8
 
@@ -39,8 +47,12 @@ class Request:
     def require(self, name: str) -> Any:
         value = self.json().get(name)
         if value in (None, ""):
-            raise FakeError(400, f"Missing required parameter: '{name}'.", param=name,
-                            code="missing_required_parameter")
+            raise FakeError(
+                400,
+                f"Missing required parameter: '{name}'.",
+                param=name,
+                code="missing_required_parameter",
+            )
         return value
 
 
@@ -99,9 +111,13 @@ def paginate(items: list[dict[str, Any]], query: dict[str, str]) -> dict[str, An
     else:
         page = window[:limit]
         has_more = len(window) > limit
-    return {"object": "list", "data": [public(i) for i in page],
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None, "has_more": has_more}
+    return {
+        "object": "list",
+        "data": [public(i) for i in page],
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": has_more,
+    }
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -140,16 +156,29 @@ def file_content(req: Request) -> Any:
 
 
 # -- assistants --------------------------------------------------------------------------------
-_ASSISTANT_FIELDS = ("description", "instructions", "name", "response_format", "temperature",
-                     "tool_resources", "top_p", "reasoning_effort")
+_ASSISTANT_FIELDS = (
+    "description",
+    "instructions",
+    "name",
+    "response_format",
+    "temperature",
+    "tool_resources",
+    "top_p",
+    "reasoning_effort",
+)
 
 
 @route("POST", "/v1/assistants")
 def create_assistant(req: Request) -> Any:
     body = req.json()
-    obj = {"id": req.state.new_id("asst"), "object": "assistant",
-           "created_at": int(time.time()), "model": req.require("model"),
-           "tools": body.get("tools") or [], "metadata": body.get("metadata") or {}}
+    obj = {
+        "id": req.state.new_id("asst"),
+        "object": "assistant",
+        "created_at": int(time.time()),
+        "model": req.require("model"),
+        "tools": body.get("tools") or [],
+        "metadata": body.get("metadata") or {},
+    }
     obj.update({k: body.get(k) for k in _ASSISTANT_FIELDS})
     return req.state.put_assistant(obj)
 
@@ -186,8 +215,13 @@ def _thread_with_messages(state: FakeState, spec: dict[str, Any]) -> dict[str, A
     with state.lock:
         thread = state.create_thread(spec.get("metadata"), spec.get("tool_resources"))
         for msg in spec.get("messages") or []:
-            state.add_message(thread["id"], msg.get("role", "user"), msg.get("content", ""),
-                              attachments=msg.get("attachments"), metadata=msg.get("metadata"))
+            state.add_message(
+                thread["id"],
+                msg.get("role", "user"),
+                msg.get("content", ""),
+                attachments=msg.get("attachments"),
+                metadata=msg.get("metadata"),
+            )
         return public(thread)
 
 
@@ -236,9 +270,15 @@ def create_message(req: Request) -> Any:
     if content is None or not message_content(content):
         raise FakeError(400, "Missing required parameter: 'content'.", param="content")
     with req.state.lock:
-        return public(req.state.add_message(req.params["thread_id"], role, content,
-                                            attachments=body.get("attachments"),
-                                            metadata=body.get("metadata")))
+        return public(
+            req.state.add_message(
+                req.params["thread_id"],
+                role,
+                content,
+                attachments=body.get("attachments"),
+                metadata=body.get("metadata"),
+            )
+        )
 
 
 @route("GET", "/v1/threads/{thread_id}/messages")
@@ -308,8 +348,11 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content
-                        if isinstance(p, dict) and p.get("type") in ("text", "input_text"))
+        return " ".join(
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, dict) and p.get("type") in ("text", "input_text")
+        )
     return ""
 
 
@@ -322,17 +365,26 @@ def chat_completion(req: Request) -> Any:
     messages = req.require("messages")
     if not isinstance(messages, list):
         raise FakeError(400, "messages must be a list.", param="messages")
-    last = next((m for m in reversed(messages) if isinstance(m, dict)
-                 and m.get("role") == "user"), None)
+    last = next(
+        (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None
+    )
     reply = f"echo: {_text_of(last.get('content')) if last else ''}"
     prompt = sum(_tokens(_text_of(m.get("content"))) for m in messages if isinstance(m, dict))
     n = int(req.json().get("n") or 1)
     return {
-        "id": req.state.new_id("chatcmpl"), "object": "chat.completion",
-        "created": int(time.time()), "model": req.require("model"),
-        "choices": [{"index": i, "finish_reason": "stop", "logprobs": None,
-                     "message": {"role": "assistant", "content": reply, "refusal": None}}
-                    for i in range(n)],
+        "id": req.state.new_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": req.require("model"),
+        "choices": [
+            {
+                "index": i,
+                "finish_reason": "stop",
+                "logprobs": None,
+                "message": {"role": "assistant", "content": reply, "refusal": None},
+            }
+            for i in range(n)
+        ],
         "usage": req.state.chat_usage(prompt, _tokens(reply) * n),
         "system_fingerprint": "fp_fake",
     }
@@ -341,8 +393,10 @@ def chat_completion(req: Request) -> Any:
 def embedding_for(text: str) -> list[float]:
     """Deterministic vector for ``text``: eight float32 values in [-1, 1) from its SHA-256."""
     digest = hashlib.sha256(text.encode("utf-8")).digest()
-    raw = [int.from_bytes(digest[i:i + 4], "big") / 2**31 - 1.0
-           for i in range(0, 4 * EMBEDDING_DIMENSIONS, 4)]
+    raw = [
+        int.from_bytes(digest[i : i + 4], "big") / 2**31 - 1.0
+        for i in range(0, 4 * EMBEDDING_DIMENSIONS, 4)
+    ]
     # Round to float32 so the float and base64 encodings decode to the same numbers.
     return list(struct.unpack(f"<{len(raw)}f", struct.pack(f"<{len(raw)}f", *raw)))
 
@@ -359,8 +413,12 @@ def embeddings(req: Request) -> Any:
             encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
         data.append({"object": "embedding", "index": i, "embedding": encoded})
     tokens = sum(_tokens(x) if isinstance(x, str) else len(x) for x in inputs)
-    return {"object": "list", "data": data, "model": req.require("model"),
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return {
+        "object": "list",
+        "data": data,
+        "model": req.require("model"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 @route("POST", "/v1/images/generations")
@@ -368,9 +426,12 @@ def images(req: Request) -> Any:
     req.require("prompt")
     n = int(req.json().get("n") or 1)
     root = req.base_url.rsplit("/v1", 1)[0]
-    return {"created": int(time.time()),
-            "data": [{"url": f"{root}/_fake/images/{i}.png", "revised_prompt": None}
-                     for i in range(1, n + 1)]}
+    return {
+        "created": int(time.time()),
+        "data": [
+            {"url": f"{root}/_fake/images/{i}.png", "revised_prompt": None} for i in range(1, n + 1)
+        ],
+    }
 
 
 def _model(name: str) -> dict[str, Any]:
@@ -411,21 +472,39 @@ def create_response(req: Request) -> Any:
     model = req.require("model")
     text = f"echo: {_response_input_text(body.get('input'))}"
     state = req.state
-    output = [{"id": state.new_id("msg"), "type": "message", "role": "assistant",
-               "status": "completed",
-               "content": [{"type": "output_text", "text": text, "annotations": []}]}]
+    output = [
+        {
+            "id": state.new_id("msg"),
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+    ]
     usage = state.response_usage(_tokens(_response_input_text(body.get("input"))), _tokens(text))
     obj = {
-        "id": state.new_id("resp"), "object": "response", "created_at": int(time.time()),
-        "model": model, "status": "in_progress", "output": [], "usage": None, "error": None,
-        "incomplete_details": None, "instructions": body.get("instructions"),
-        "metadata": body.get("metadata") or {}, "parallel_tool_calls":
-        body.get("parallel_tool_calls", True), "tool_choice": body.get("tool_choice", "auto"),
-        "tools": body.get("tools") or [], "temperature": body.get("temperature"),
-        "top_p": body.get("top_p"), "background": bool(body.get("background")),
+        "id": state.new_id("resp"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": model,
+        "status": "in_progress",
+        "output": [],
+        "usage": None,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "metadata": body.get("metadata") or {},
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "temperature": body.get("temperature"),
+        "top_p": body.get("top_p"),
+        "background": bool(body.get("background")),
         "previous_response_id": body.get("previous_response_id"),
-        "max_output_tokens": body.get("max_output_tokens"), "completed_at": None,
-        "_output": output, "_usage": usage,
+        "max_output_tokens": body.get("max_output_tokens"),
+        "completed_at": None,
+        "_output": output,
+        "_usage": usage,
     }
     return state.put_response(obj)
 

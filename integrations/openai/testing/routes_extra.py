@@ -19,11 +19,17 @@ FINE_TUNE_DONE = frozenset({"succeeded", "failed", "cancelled"})
 
 
 def _event(state: FakeState, job: dict[str, Any], message: str, level: str = "info") -> None:
-    state.fine_tune_events[job["id"]].append({
-        "id": state.new_id("ftevent"), "object": "fine_tuning.job.event",
-        "created_at": state.wall(state.now()), "level": level, "message": message,
-        "data": {}, "type": "message",
-    })
+    state.fine_tune_events[job["id"]].append(
+        {
+            "id": state.new_id("ftevent"),
+            "object": "fine_tuning.job.event",
+            "created_at": state.wall(state.now()),
+            "level": level,
+            "message": message,
+            "data": {},
+            "type": "message",
+        }
+    )
 
 
 def _advance(state: FakeState, job: dict[str, Any]) -> dict[str, Any]:
@@ -54,12 +60,19 @@ def _finish(state: FakeState, job: dict[str, Any], status: str) -> None:
         name = f"ft:{job['model']}:fake-org::{job['id'][-10:]}"
         job["fine_tuned_model"] = name
         job["trained_tokens"] = 1000
-        state.tuned_models[name] = {"id": name, "object": "model", "created": job["finished_at"],
-                                    "owned_by": "user-fake"}
+        state.tuned_models[name] = {
+            "id": name,
+            "object": "model",
+            "created": job["finished_at"],
+            "owned_by": "user-fake",
+        }
         _event(state, job, "The job has successfully completed")
     elif status == "failed":
-        job["error"] = {"code": "invalid_training_file", "param": "training_file",
-                        "message": "The fake was told to fail this fine-tuning job."}
+        job["error"] = {
+            "code": "invalid_training_file",
+            "param": "training_file",
+            "message": "The fake was told to fail this fine-tuning job.",
+        }
         _event(state, job, "The job failed", "error")
     else:
         _event(state, job, "The job was cancelled")
@@ -78,21 +91,37 @@ def create_fine_tune(req: Request) -> Any:
     state = req.state
     with state.lock:
         if training not in state.files:
-            raise FakeError(400, f"invalid training_file: {training}", param="training_file",
-                            code="invalid_training_file")
+            raise FakeError(
+                400,
+                f"invalid training_file: {training}",
+                param="training_file",
+                code="invalid_training_file",
+            )
         job_id = state.new_id("ftjob")
         now = state.now()
         state.fine_tunes[job_id] = {
-            "id": job_id, "object": "fine_tuning.job", "created_at": state.wall(now),
-            "model": model, "training_file": training,
-            "validation_file": body.get("validation_file"), "status": "validating_files",
-            "fine_tuned_model": None, "finished_at": None, "error": None,
-            "hyperparameters": body.get("hyperparameters") or {
-                "n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"},
-            "organization_id": "org-fake", "result_files": [], "seed": body.get("seed") or 42,
-            "trained_tokens": None, "estimated_finish": None, "integrations": [],
-            "metadata": body.get("metadata"), "suffix": body.get("suffix"),
-            "_t0": now, "_outcome": state.next_fine_tune_status or "succeeded",
+            "id": job_id,
+            "object": "fine_tuning.job",
+            "created_at": state.wall(now),
+            "model": model,
+            "training_file": training,
+            "validation_file": body.get("validation_file"),
+            "status": "validating_files",
+            "fine_tuned_model": None,
+            "finished_at": None,
+            "error": None,
+            "hyperparameters": body.get("hyperparameters")
+            or {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"},
+            "organization_id": "org-fake",
+            "result_files": [],
+            "seed": body.get("seed") or 42,
+            "trained_tokens": None,
+            "estimated_finish": None,
+            "integrations": [],
+            "metadata": body.get("metadata"),
+            "suffix": body.get("suffix"),
+            "_t0": now,
+            "_outcome": state.next_fine_tune_status or "succeeded",
         }
         state.next_fine_tune_status = None
         state.fine_tune_events[job_id] = []
@@ -140,8 +169,11 @@ def delete_model(req: Request) -> Any:
     name = req.params["model"]
     with req.state.lock:
         if name in MODELS:
-            raise FakeError(403, "You have insufficient permissions to delete this model.",
-                            code="insufficient_permissions")
+            raise FakeError(
+                403,
+                "You have insufficient permissions to delete this model.",
+                code="insufficient_permissions",
+            )
         if req.state.tuned_models.pop(name, None) is None:
             raise not_found("model", name)
     return {"id": name, "object": "model", "deleted": True}
@@ -155,9 +187,13 @@ def _images(req: Request, what: str) -> Any:
         raise FakeError(400, "Missing required parameter: 'prompt'.", param="prompt")
     n = int(req.form.get("n") or 1)
     root = req.base_url.rsplit("/v1", 1)[0]
-    return {"created": int(time.time()),
-            "data": [{"url": f"{root}/_fake/images/{what}-{i}.png", "revised_prompt": None}
-                     for i in range(1, n + 1)]}
+    return {
+        "created": int(time.time()),
+        "data": [
+            {"url": f"{root}/_fake/images/{what}-{i}.png", "revised_prompt": None}
+            for i in range(1, n + 1)
+        ],
+    }
 
 
 @route("POST", "/v1/images/edits")

@@ -28,8 +28,9 @@ def _png_1x1() -> bytes:
 
     header = (1).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
     pixels = zlib.compress(b"\x00\x10\xa3\x7f")
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
 
 
 PNG = _png_1x1()
@@ -38,7 +39,8 @@ PNG = _png_1x1()
 def parse_multipart(content_type: str, body: bytes) -> dict[str, Any]:
     """Form fields by name: plain fields as ``str``, file fields as ``(filename, bytes)``."""
     message = BytesParser(policy=HTTP).parsebytes(
-        f"Content-Type: {content_type}\r\n\r\n".encode("latin-1") + body)
+        f"Content-Type: {content_type}\r\n\r\n".encode("latin-1") + body
+    )
     if not message.is_multipart():
         raise FakeError(400, "Could not parse the multipart body.")
     form: dict[str, Any] = {}
@@ -138,11 +140,17 @@ class Handler(BaseHTTPRequestHandler):
             elif raw.strip():
                 body = json.loads(raw)
         except (ValueError, FakeError) as exc:
-            parse_error = exc if isinstance(exc, FakeError) else FakeError(
-                400, f"We could not parse the JSON body of your request: {exc}")
+            parse_error = (
+                exc
+                if isinstance(exc, FakeError)
+                else FakeError(400, f"We could not parse the JSON body of your request: {exc}")
+            )
         headers = {k: v for k, v in self.headers.items()}
-        recorded = body if body is not None else (
-            {k: v for k, v in form.items() if isinstance(v, str)} or None)
+        recorded = (
+            body
+            if body is not None
+            else ({k: v for k, v in form.items() if isinstance(v, str)} or None)
+        )
         fake.state.record(method, path, route, headers, recorded, query)
         account = fake.state.account
         account.enter()
@@ -151,9 +159,17 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             account.leave()
 
-    def _answer(self, fake: FakeOpenAI, route: str, handler: routes.Handler | None,
-                params: dict[str, str], body: Any, query: dict[str, str], form: dict[str, Any],
-                parse_error: FakeError | None) -> None:
+    def _answer(
+        self,
+        fake: FakeOpenAI,
+        route: str,
+        handler: routes.Handler | None,
+        params: dict[str, str],
+        body: Any,
+        query: dict[str, str],
+        form: dict[str, Any],
+        parse_error: FakeError | None,
+    ) -> None:
         if fake.latency > 0:
             # Requests take time, so concurrent callers overlap and the high-water mark shows it.
             time.sleep(fake.latency)
@@ -219,8 +235,12 @@ class Handler(BaseHTTPRequestHandler):
             fake.reset()
             self._send(200, {"ok": True})
         elif method == "POST" and path == "/_fake/hooks":
-            for key in ("next_file_status", "next_run_status", "next_response_status",
-                        "next_fine_tune_status"):
+            for key in (
+                "next_file_status",
+                "next_run_status",
+                "next_response_status",
+                "next_fine_tune_status",
+            ):
                 if key in body:
                     setattr(fake, key, body[key])
             self._send(200, {"ok": True})
@@ -260,17 +280,28 @@ class FakeOpenAI:
     answer carries ``x-ratelimit-*`` headers); ``latency`` makes every API request take that
     many seconds, so that concurrent callers overlap (see :meth:`max_concurrent`)."""
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, run_seconds: float = 0.2,
-                 file_seconds: float = 0.1, response_seconds: float = 0.2,
-                 requests_per_minute: int | None = None, tokens_per_minute: int | None = None,
-                 latency: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        run_seconds: float = 0.2,
+        file_seconds: float = 0.1,
+        response_seconds: float = 0.2,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        latency: float = 0.0,
+    ) -> None:
         self.host = host
         self._requested_port = port
         self.latency = float(latency)
-        self.state = FakeState(run_seconds=run_seconds, file_seconds=file_seconds,
-                               response_seconds=response_seconds,
-                               requests_per_minute=requests_per_minute,
-                               tokens_per_minute=tokens_per_minute)
+        self.state = FakeState(
+            run_seconds=run_seconds,
+            file_seconds=file_seconds,
+            response_seconds=response_seconds,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+        )
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -281,8 +312,12 @@ class FakeOpenAI:
         server = _Server((self.host, self._requested_port), Handler)
         server.fake = self
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"fake-openai-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"fake-openai-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -333,10 +368,12 @@ class FakeOpenAI:
 
     def stats(self) -> dict[str, Any]:
         with self.state.lock:
-            return {"requests": [r.to_dict() for r in self.state.requests],
-                    "by_route": self.state.count_by_route(),
-                    "by_idempotency_key": self.state.count_by_idempotency_key(),
-                    **self.state.account.stats()}
+            return {
+                "requests": [r.to_dict() for r in self.state.requests],
+                "by_route": self.state.count_by_route(),
+                "by_idempotency_key": self.state.count_by_idempotency_key(),
+                **self.state.account.stats(),
+            }
 
     def max_concurrent(self) -> int:
         """The most API requests the fake was serving at once (since start or reset)."""
@@ -346,8 +383,9 @@ class FakeOpenAI:
         """How many requests the fake refused for its rate limits (429 rate_limit_exceeded)."""
         return int(self.state.account.stats()["rate_limited"])
 
-    def set_limits(self, requests_per_minute: int | None = None,
-                   tokens_per_minute: int | None = None) -> None:
+    def set_limits(
+        self, requests_per_minute: int | None = None, tokens_per_minute: int | None = None
+    ) -> None:
         """Enforce these per-minute limits from now on (None: unlimited); buckets start full."""
         self.state.account.set_limits(requests_per_minute, tokens_per_minute)
 
@@ -355,28 +393,45 @@ class FakeOpenAI:
         """Every API request answers 429 ``insufficient_quota`` until called with False."""
         self.state.account.quota_exhausted = bool(exhausted)
 
-    def set_usage(self, *, prompt_tokens: int | None = None, completion_tokens: int | None = None,
-                  cached_tokens: int = 0, reasoning_tokens: int = 0) -> None:
+    def set_usage(
+        self,
+        *,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        cached_tokens: int = 0,
+        reasoning_tokens: int = 0,
+    ) -> None:
         """The ``usage`` chat completions, runs and responses report from now on (None keeps
         the fake's own count: words of the prompt and of the reply)."""
-        self.state.account.usage = Usage(prompt_tokens, completion_tokens, int(cached_tokens),
-                                         int(reasoning_tokens))
+        self.state.account.usage = Usage(
+            prompt_tokens, completion_tokens, int(cached_tokens), int(reasoning_tokens)
+        )
 
     # -- steering ------------------------------------------------------------------------------
-    def fail_next(self, route: str, status: int = 500, times: int = 1,
-                  retry_after: float | None = None, message: str = "Injected fault", *,
-                  reset_requests: str | None = None, code: str | None = None,
-                  type: str | None = None) -> None:
+    def fail_next(
+        self,
+        route: str,
+        status: int = 500,
+        times: int = 1,
+        retry_after: float | None = None,
+        message: str = "Injected fault",
+        *,
+        reset_requests: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+    ) -> None:
         """The next ``times`` requests to ``route`` ("POST /v1/assistants", or a path alone for
         any method, or "*") answer ``status`` with an OpenAI-shaped error body."""
-        self.state.add_fault(Fault(route, int(status), int(times), retry_after, message,
-                                   reset_requests, code, type))
+        self.state.add_fault(
+            Fault(route, int(status), int(times), retry_after, message, reset_requests, code, type)
+        )
 
     def complete_run(self, thread_id: str, run_id: str) -> dict[str, Any]:
         return self.state.complete_run(thread_id, run_id)
 
-    def set_run_status(self, thread_id: str, run_id: str, status: str,
-                       **fields: Any) -> dict[str, Any]:
+    def set_run_status(
+        self, thread_id: str, run_id: str, status: str, **fields: Any
+    ) -> dict[str, Any]:
         return self.state.set_run_status(thread_id, run_id, status, **fields)
 
     def hold(self, kind: str) -> None:
@@ -398,16 +453,20 @@ class FakeOpenAI:
     next_file_status = property(
         lambda self: self.state.next_file_status,
         lambda self, value: setattr(self.state, "next_file_status", value),
-        doc="Final status ('processed' or 'error') of the next uploaded file.")
+        doc="Final status ('processed' or 'error') of the next uploaded file.",
+    )
     next_run_status = property(
         lambda self: self.state.next_run_status,
         lambda self, value: setattr(self.state, "next_run_status", value),
-        doc="Outcome of the next created run ('failed', 'expired', 'incomplete', ...).")
+        doc="Outcome of the next created run ('failed', 'expired', 'incomplete', ...).",
+    )
     next_fine_tune_status = property(
         lambda self: self.state.next_fine_tune_status,
         lambda self, value: setattr(self.state, "next_fine_tune_status", value),
-        doc="Outcome of the next fine-tuning job ('failed', 'cancelled'; default succeeded).")
+        doc="Outcome of the next fine-tuning job ('failed', 'cancelled'; default succeeded).",
+    )
     next_response_status = property(
         lambda self: self.state.next_response_status,
         lambda self, value: setattr(self.state, "next_response_status", value),
-        doc="Outcome of the next created response ('failed', 'incomplete', ...).")
+        doc="Outcome of the next created response ('failed', 'incomplete', ...).",
+    )

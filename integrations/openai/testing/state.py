@@ -30,9 +30,15 @@ HOLD_KINDS = frozenset({"runs", "files", "responses", "fine_tuning"})
 class FakeState:
     """Objects, clocks, the request log and faults. Every public method takes the lock."""
 
-    def __init__(self, *, run_seconds: float = 0.2, file_seconds: float = 0.1,
-                 response_seconds: float = 0.2, requests_per_minute: int | None = None,
-                 tokens_per_minute: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        run_seconds: float = 0.2,
+        file_seconds: float = 0.1,
+        response_seconds: float = 0.2,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+    ) -> None:
         self.account = Account(requests_per_minute, tokens_per_minute)
         self.run_seconds = run_seconds
         self.file_seconds = file_seconds
@@ -75,8 +81,15 @@ class FakeState:
         return f"{prefix}_{next(self._ids):06d}fake"
 
     # -- request log and faults ----------------------------------------------------------------
-    def record(self, method: str, path: str, route: str, headers: dict[str, str], body: Any,
-               query: dict[str, str]) -> RecordedRequest:
+    def record(
+        self,
+        method: str,
+        path: str,
+        route: str,
+        headers: dict[str, str],
+        body: Any,
+        query: dict[str, str],
+    ) -> RecordedRequest:
         key = next((v for k, v in headers.items() if k.lower() == "idempotency-key"), None)
         rec = RecordedRequest(method, path, route, key, redact(headers), body, dict(query))
         with self.lock:
@@ -99,9 +112,12 @@ class FakeState:
 
     def count(self, route: str | None = None, method: str | None = None) -> int:
         with self.lock:
-            return sum(1 for r in self.requests
-                       if (route is None or route_matches(route, r.route))
-                       and (method is None or r.method == method.upper()))
+            return sum(
+                1
+                for r in self.requests
+                if (route is None or route_matches(route, r.route))
+                and (method is None or r.method == method.upper())
+            )
 
     def count_by_idempotency_key(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -124,23 +140,32 @@ class FakeState:
         o = self.account.usage
         prompt = o.prompt_tokens if o.prompt_tokens is not None else prompt
         completion = o.completion_tokens if o.completion_tokens is not None else completion
-        return {"prompt_tokens": prompt, "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-                "prompt_tokens_details": {"cached_tokens": o.cached_tokens, "audio_tokens": 0},
-                "completion_tokens_details": {"reasoning_tokens": o.reasoning_tokens,
-                                              "audio_tokens": 0,
-                                              "accepted_prediction_tokens": 0,
-                                              "rejected_prediction_tokens": 0}}
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": o.cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": o.reasoning_tokens,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
 
     def response_usage(self, prompt: int, completion: int) -> dict[str, Any]:
         """The Responses API's `usage` (input/output tokens), overrides applied."""
         chat = self.chat_usage(prompt, completion)
-        return {"input_tokens": chat["prompt_tokens"], "output_tokens": chat["completion_tokens"],
-                "total_tokens": chat["total_tokens"],
-                "input_tokens_details": {"cached_tokens": self.account.usage.cached_tokens,
-                                         "cache_write_tokens": 0},
-                "output_tokens_details": {
-                    "reasoning_tokens": self.account.usage.reasoning_tokens}}
+        return {
+            "input_tokens": chat["prompt_tokens"],
+            "output_tokens": chat["completion_tokens"],
+            "total_tokens": chat["total_tokens"],
+            "input_tokens_details": {
+                "cached_tokens": self.account.usage.cached_tokens,
+                "cache_write_tokens": 0,
+            },
+            "output_tokens_details": {"reasoning_tokens": self.account.usage.reasoning_tokens},
+        }
 
     # -- holds ---------------------------------------------------------------------------------
     def hold(self, kind: str) -> None:
@@ -165,9 +190,12 @@ class FakeState:
             obj["_held"] = True
             return True
         if obj.pop("_held", False):
-            span = {"runs": self.run_seconds, "fine_tuning": self.run_seconds,
-                    "files": self.file_seconds,
-                    "responses": self.response_seconds}[kind]
+            span = {
+                "runs": self.run_seconds,
+                "fine_tuning": self.run_seconds,
+                "files": self.file_seconds,
+                "responses": self.response_seconds,
+            }[kind]
             obj["_t0"] = min(obj["_t0"], self.now() - span)
         return False
 
@@ -175,15 +203,23 @@ class FakeState:
     def create_file(self, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
         with self.lock:
             now = self.now()
-            final = self.next_file_status or ("error" if "fail" in filename.lower()
-                                              else "processed")
+            final = self.next_file_status or (
+                "error" if "fail" in filename.lower() else "processed"
+            )
             self.next_file_status = None
             fid = self.new_id("file")
             self.files[fid] = {
-                "id": fid, "object": "file", "bytes": len(content),
-                "created_at": self.wall(now), "filename": filename, "purpose": purpose,
-                "status": "uploaded", "status_details": None, "expires_at": None,
-                "_t0": now, "_final": final,
+                "id": fid,
+                "object": "file",
+                "bytes": len(content),
+                "created_at": self.wall(now),
+                "filename": filename,
+                "purpose": purpose,
+                "status": "uploaded",
+                "status_details": None,
+                "expires_at": None,
+                "_t0": now,
+                "_final": final,
             }
             self.file_contents[fid] = content
             return self._file_view(fid)
@@ -196,8 +232,11 @@ class FakeState:
 
     def list_files(self, purpose: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
-            return [self._file_view(f) for f, obj in self.files.items()
-                    if purpose is None or obj["purpose"] == purpose]
+            return [
+                self._file_view(f)
+                for f, obj in self.files.items()
+                if purpose is None or obj["purpose"] == purpose
+            ]
 
     def delete_file(self, fid: str) -> dict[str, Any]:
         with self.lock:
@@ -238,9 +277,13 @@ class FakeState:
     def create_thread(self, metadata: Any = None, tool_resources: Any = None) -> dict[str, Any]:
         with self.lock:
             tid = self.new_id("thread")
-            self.threads[tid] = {"id": tid, "object": "thread",
-                                 "created_at": self.wall(self.now()),
-                                 "metadata": metadata or {}, "tool_resources": tool_resources}
+            self.threads[tid] = {
+                "id": tid,
+                "object": "thread",
+                "created_at": self.wall(self.now()),
+                "metadata": metadata or {},
+                "tool_resources": tool_resources,
+            }
             self.messages[tid] = {}
             self.runs[tid] = {}
             return self.threads[tid]
@@ -259,19 +302,36 @@ class FakeState:
             self.runs.pop(tid, None)
             return {"id": tid, "object": "thread.deleted", "deleted": True}
 
-    def add_message(self, tid: str, role: str, text_or_content: Any, *,
-                    attachments: Any = None, metadata: Any = None,
-                    run_id: str | None = None, assistant_id: str | None = None) -> dict[str, Any]:
+    def add_message(
+        self,
+        tid: str,
+        role: str,
+        text_or_content: Any,
+        *,
+        attachments: Any = None,
+        metadata: Any = None,
+        run_id: str | None = None,
+        assistant_id: str | None = None,
+    ) -> dict[str, Any]:
         with self.lock:
             self.get_thread(tid)
             mid = self.new_id("msg")
             now = self.wall(self.now())
             self.messages[tid][mid] = {
-                "id": mid, "object": "thread.message", "created_at": now, "thread_id": tid,
-                "role": role, "content": message_content(text_or_content),
-                "attachments": attachments, "metadata": metadata or {}, "status": "completed",
-                "completed_at": now, "incomplete_at": None, "incomplete_details": None,
-                "assistant_id": assistant_id, "run_id": run_id,
+                "id": mid,
+                "object": "thread.message",
+                "created_at": now,
+                "thread_id": tid,
+                "role": role,
+                "content": message_content(text_or_content),
+                "attachments": attachments,
+                "metadata": metadata or {},
+                "status": "completed",
+                "completed_at": now,
+                "incomplete_at": None,
+                "incomplete_details": None,
+                "assistant_id": assistant_id,
+                "run_id": run_id,
             }
             return self.messages[tid][mid]
 
@@ -296,13 +356,21 @@ class FakeState:
         with self.lock:
             self.get_thread(tid)
             asst = self.get_assistant(assistant_id)
-            active = [r for r in self.runs[tid].values()
-                      if self._advance_run(r)["status"] not in TERMINAL_RUN_STATUSES]
+            active = [
+                r
+                for r in self.runs[tid].values()
+                if self._advance_run(r)["status"] not in TERMINAL_RUN_STATUSES
+            ]
             if active:
                 raise FakeError(400, f"Thread {tid} already has an active run {active[0]['id']}.")
             for msg in body.get("additional_messages") or []:
-                self.add_message(tid, msg.get("role", "user"), msg.get("content", ""),
-                                 attachments=msg.get("attachments"), metadata=msg.get("metadata"))
+                self.add_message(
+                    tid,
+                    msg.get("role", "user"),
+                    msg.get("content", ""),
+                    attachments=msg.get("attachments"),
+                    metadata=msg.get("metadata"),
+                )
             now = self.now()
             rid = self.new_id("run")
             tools = body.get("tools") if body.get("tools") is not None else asst["tools"]
@@ -310,22 +378,38 @@ class FakeState:
             if body.get("additional_instructions"):
                 instructions = f"{instructions}\n{body['additional_instructions']}".strip()
             run = {
-                "id": rid, "object": "thread.run", "created_at": self.wall(now),
-                "assistant_id": assistant_id, "thread_id": tid, "status": "queued",
-                "model": body.get("model") or asst["model"], "instructions": instructions,
-                "tools": copy.deepcopy(tools), "metadata": body.get("metadata") or {},
+                "id": rid,
+                "object": "thread.run",
+                "created_at": self.wall(now),
+                "assistant_id": assistant_id,
+                "thread_id": tid,
+                "status": "queued",
+                "model": body.get("model") or asst["model"],
+                "instructions": instructions,
+                "tools": copy.deepcopy(tools),
+                "metadata": body.get("metadata") or {},
                 "parallel_tool_calls": body.get("parallel_tool_calls", True),
-                "required_action": None, "last_error": None, "incomplete_details": None,
-                "started_at": None, "completed_at": None, "cancelled_at": None,
-                "failed_at": None, "expires_at": None, "usage": None,
-                "temperature": body.get("temperature"), "top_p": body.get("top_p"),
+                "required_action": None,
+                "last_error": None,
+                "incomplete_details": None,
+                "started_at": None,
+                "completed_at": None,
+                "cancelled_at": None,
+                "failed_at": None,
+                "expires_at": None,
+                "usage": None,
+                "temperature": body.get("temperature"),
+                "top_p": body.get("top_p"),
                 "response_format": body.get("response_format", "auto"),
                 "tool_choice": body.get("tool_choice", "auto"),
                 "truncation_strategy": {"type": "auto", "last_messages": None},
                 "max_prompt_tokens": body.get("max_prompt_tokens"),
                 "max_completion_tokens": body.get("max_completion_tokens"),
-                "_t0": now, "_phase": "initial", "_tool_outputs": None,
-                "_outcome": self.next_run_status or "completed", "_frozen": False,
+                "_t0": now,
+                "_phase": "initial",
+                "_tool_outputs": None,
+                "_outcome": self.next_run_status or "completed",
+                "_frozen": False,
             }
             self.next_run_status = None
             self.runs[tid][rid] = run
@@ -353,25 +437,39 @@ class FakeState:
             run = self._advance_run(self.run_obj(tid, rid))
             if run["status"] in TERMINAL_RUN_STATUSES or run["status"] == "cancelling":
                 raise FakeError(400, f"Cannot cancel run with status '{run['status']}'.")
-            run.update(status="cancelling", required_action=None, _phase="cancelling",
-                       _t0=self.now(), _frozen=False)
+            run.update(
+                status="cancelling",
+                required_action=None,
+                _phase="cancelling",
+                _t0=self.now(),
+                _frozen=False,
+            )
             return public(run)
 
     def submit_tool_outputs(self, tid: str, rid: str, outputs: list[Any]) -> dict[str, Any]:
         with self.lock:
             run = self._advance_run(self.run_obj(tid, rid))
             if run["status"] != "requires_action":
-                raise FakeError(400, f"Runs in status '{run['status']}' do not accept tool "
-                                     "outputs.")
-            wanted = {c["id"] for c in
-                      run["required_action"]["submit_tool_outputs"]["tool_calls"]}
+                raise FakeError(
+                    400, f"Runs in status '{run['status']}' do not accept tool outputs."
+                )
+            wanted = {c["id"] for c in run["required_action"]["submit_tool_outputs"]["tool_calls"]}
             given = {o.get("tool_call_id") for o in outputs if isinstance(o, dict)}
             if wanted - given:
-                raise FakeError(400, f"Expected tool outputs for call ids {sorted(wanted)}, "
-                                     f"got {sorted(x for x in given if x)}.",
-                                param="tool_outputs")
-            run.update(status="in_progress", required_action=None, _phase="after_tools",
-                       _t0=self.now(), _tool_outputs=outputs, _frozen=False)
+                raise FakeError(
+                    400,
+                    f"Expected tool outputs for call ids {sorted(wanted)}, "
+                    f"got {sorted(x for x in given if x)}.",
+                    param="tool_outputs",
+                )
+            run.update(
+                status="in_progress",
+                required_action=None,
+                _phase="after_tools",
+                _t0=self.now(),
+                _tool_outputs=outputs,
+                _frozen=False,
+            )
             return public(run)
 
     def complete_run(self, tid: str, rid: str) -> dict[str, Any]:
@@ -396,8 +494,11 @@ class FakeState:
             return public(run)
 
     def _function_names(self, run: dict[str, Any]) -> list[str]:
-        return [t["function"]["name"] for t in run["tools"]
-                if isinstance(t, dict) and t.get("type") == "function" and t.get("function")]
+        return [
+            t["function"]["name"]
+            for t in run["tools"]
+            if isinstance(t, dict) and t.get("type") == "function" and t.get("function")
+        ]
 
     def _advance_run(self, run: dict[str, Any]) -> dict[str, Any]:
         if run["_frozen"] or run["status"] in TERMINAL_RUN_STATUSES:
@@ -432,11 +533,23 @@ class FakeState:
         return run
 
     def _require_action(self, run: dict[str, Any], at: float, names: list[str]) -> None:
-        calls = [{"id": self.new_id("call"), "type": "function",
-                  "function": {"name": name, "arguments": "{}"}} for name in names]
-        run.update(status="requires_action", _frozen=False, expires_at=self.wall(at) + 600,
-                   required_action={"type": "submit_tool_outputs",
-                                    "submit_tool_outputs": {"tool_calls": calls}})
+        calls = [
+            {
+                "id": self.new_id("call"),
+                "type": "function",
+                "function": {"name": name, "arguments": "{}"},
+            }
+            for name in names
+        ]
+        run.update(
+            status="requires_action",
+            _frozen=False,
+            expires_at=self.wall(at) + 600,
+            required_action={
+                "type": "submit_tool_outputs",
+                "submit_tool_outputs": {"tool_calls": calls},
+            },
+        )
 
     def _finish_run(self, run: dict[str, Any], status: str, at: float) -> None:
         if run["status"] in TERMINAL_RUN_STATUSES:
@@ -446,15 +559,28 @@ class FakeState:
         if status == "completed":
             run["completed_at"] = wall
             run["usage"] = self.chat_usage(10, 5)
-            last_user = next((m for m in reversed(self.messages[run["thread_id"]].values())
-                              if m["role"] == "user"), None)
+            last_user = next(
+                (
+                    m
+                    for m in reversed(self.messages[run["thread_id"]].values())
+                    if m["role"] == "user"
+                ),
+                None,
+            )
             text = plain_text(last_user["content"]) if last_user else ""
-            self.add_message(run["thread_id"], "assistant", f"echo: {text}",
-                             run_id=run["id"], assistant_id=run["assistant_id"])
+            self.add_message(
+                run["thread_id"],
+                "assistant",
+                f"echo: {text}",
+                run_id=run["id"],
+                assistant_id=run["assistant_id"],
+            )
         elif status == "failed":
             run["failed_at"] = wall
             run["last_error"] = run.get("last_error") or {
-                "code": "server_error", "message": "The fake was told to fail this run."}
+                "code": "server_error",
+                "message": "The fake was told to fail this run.",
+            }
         elif status == "cancelled":
             run["cancelled_at"] = wall
         elif status == "incomplete":
@@ -479,8 +605,9 @@ class FakeState:
         with self.lock:
             obj = self.get_response(rid)
             if not obj.get("background"):
-                raise FakeError(400, "Only responses created with background=true can be "
-                                     "cancelled.")
+                raise FakeError(
+                    400, "Only responses created with background=true can be cancelled."
+                )
             resp = self.responses[rid]
             if resp["status"] not in TERMINAL_RESPONSE_STATUSES:
                 resp["status"] = "cancelled"
@@ -504,8 +631,10 @@ class FakeState:
             obj["output"] = obj.pop("_output")
             obj["usage"] = obj.pop("_usage")
         elif outcome == "failed":
-            obj["error"] = {"code": "server_error",
-                            "message": "The fake was told to fail this response."}
+            obj["error"] = {
+                "code": "server_error",
+                "message": "The fake was told to fail this response.",
+            }
         return public(obj)
 
 
@@ -525,8 +654,11 @@ def message_content(value: Any) -> list[dict[str, Any]]:
         return [{"type": "text", "text": {"value": value, "annotations": []}}]
     out: list[dict[str, Any]] = []
     for part in value or []:
-        if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"),
-                                                                                  str):
+        if (
+            isinstance(part, dict)
+            and part.get("type") == "text"
+            and isinstance(part.get("text"), str)
+        ):
             out.append({"type": "text", "text": {"value": part["text"], "annotations": []}})
         elif isinstance(part, dict):
             out.append(part)
@@ -534,5 +666,8 @@ def message_content(value: Any) -> list[dict[str, Any]]:
 
 
 def plain_text(content: list[dict[str, Any]]) -> str:
-    return " ".join(p["text"]["value"] for p in content
-                    if p.get("type") == "text" and isinstance(p.get("text"), dict))
+    return " ".join(
+        p["text"]["value"]
+        for p in content
+        if p.get("type") == "text" and isinstance(p.get("text"), dict)
+    )

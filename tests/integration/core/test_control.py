@@ -28,9 +28,7 @@ from engine import (
 )
 
 
-async def _until(
-    engine: Engine, run_id: str, status: str, timeout: float = 10.0
-) -> dict[str, Any]:
+async def _until(engine: Engine, run_id: str, status: str, timeout: float = 10.0) -> dict[str, Any]:
     for _ in range(int(timeout / 0.01)):
         run = await engine.get_run(run_id)
         if run["status"] == status:
@@ -45,9 +43,9 @@ async def test_one_idempotency_key_gives_one_run_even_when_racing(harness: Harne
         return payload
 
     await harness.engine.upgrade()
-    ids = await asyncio.gather(*(
-        harness.engine.trigger(idem.id, {"n": i}, idempotency_key="order-42") for i in range(8)
-    ))
+    ids = await asyncio.gather(
+        *(harness.engine.trigger(idem.id, {"n": i}, idempotency_key="order-42") for i in range(8))
+    )
     assert len(set(ids)) == 1
     runs = await harness.engine.list_runs(idem.id)
     assert len(runs) == 1
@@ -329,8 +327,9 @@ async def test_retrying_a_run_whose_poll_timed_out_polls_again_afresh(
     assert run["status"] == "COMPLETED", run["error"]
     assert run["output"]["state"] == "done"
 
+
 async def test_a_retried_run_keeps_the_due_time_of_a_wait_the_failure_cut_off(
-    harness: Harness
+    harness: Harness,
 ) -> None:
     broken = {"yes": True}
 

@@ -191,6 +191,7 @@ async def test_a_write_that_cannot_be_prepared_fails_alone(sqlite_harness: Harne
 
 # -- transient faults: a lock held by another process, a full disk --------------------------------
 
+
 def _held_job(gate: asyncio.Event, counts: collections.Counter[str], size: int = 10) -> Any:
     @job(id=unique_id("held"))
     async def held(payload: Any, io: IO, ctx: Context) -> Any:

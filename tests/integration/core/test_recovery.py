@@ -95,7 +95,7 @@ async def test_a_reclaim_records_the_lost_execution_and_past_the_bound_fails_the
 
 
 async def test_a_run_that_keeps_losing_its_execution_fails_and_retry_finishes_it(
-    harness: Harness
+    harness: Harness,
 ) -> None:
     attempts: list[int] = []
     healthy = asyncio.Event()

@@ -276,7 +276,9 @@ async def test_logger_lines_are_recorded_once(harness: Harness) -> None:
     view = await harness.run(logs)
     lines = await harness.engine.run_logs(view["id"])
     assert [(line["level"], line["message"]) for line in lines] == [
-        ("INFO", "starting"), ("WARNING", "after the wait")]
+        ("INFO", "starting"),
+        ("WARNING", "after the wait"),
+    ]
     assert lines[0]["fields"] == {"n": 1}
 
 
@@ -328,6 +330,7 @@ async def test_json_scalars_replay_exactly(harness: Harness) -> None:
     async def scalars(payload: Any, io: IO, ctx: Context) -> None:
         out: list[object] = []
         for i, value in enumerate(values):
+
             async def give(task: Task, value: object = value) -> Any:
                 return value
 
@@ -371,7 +374,7 @@ async def test_a_parent_retried_in_place_replays_its_completed_subtasks(harness:
 
 
 async def test_log_lines_of_parallel_branches_are_recorded_once_whatever_their_order(
-    harness: Harness
+    harness: Harness,
 ) -> None:
     executions: list[int] = []
 

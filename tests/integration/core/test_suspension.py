@@ -58,7 +58,7 @@ async def test_unloads_only_after_every_branch_finished_or_parked(harness: Harne
 
 
 async def test_a_run_waiting_on_several_waits_resumes_when_the_last_is_due(
-    harness: Harness
+    harness: Harness,
 ) -> None:
     @job(id=unique_id("multiwait"))
     async def multi(payload: Any, io: IO, ctx: Context) -> Any:
@@ -72,7 +72,10 @@ async def test_a_run_waiting_on_several_waits_resumes_when_the_last_is_due(
     assert view["status"] == "COMPLETED"
     assert time.monotonic() - started >= 0.3
     assert {t["key"]: t["status"] for t in view["tasks"]} == {
-        "short": "COMPLETED", "long": "COMPLETED", "mid": "COMPLETED"}
+        "short": "COMPLETED",
+        "long": "COMPLETED",
+        "mid": "COMPLETED",
+    }
 
 
 async def test_suspension_passes_through_except_exception(harness: Harness) -> None:

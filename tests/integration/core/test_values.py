@@ -447,7 +447,7 @@ async def test_a_poll_value_the_codec_refuses_errors_the_poll_once(harness: Harn
 
 
 async def test_a_recorded_type_that_no_longer_imports_fails_the_run_clearly(
-    harness: Harness
+    harness: Harness,
 ) -> None:
     tag = unique_id("gone")
     fail_first = {"on": True}

@@ -42,8 +42,9 @@ def test_every_answer_carries_rate_limit_headers(client: openai.OpenAI) -> None:
     assert caught.value.response.headers["x-ratelimit-limit-requests"] == "3"
 
 
-def test_requests_per_minute_answers_429_with_retry_after(limited: FakeOpenAI,
-                                                          client: openai.OpenAI) -> None:
+def test_requests_per_minute_answers_429_with_retry_after(
+    limited: FakeOpenAI, client: openai.OpenAI
+) -> None:
     for _ in range(3):
         client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
     with pytest.raises(openai.RateLimitError) as caught:
@@ -56,26 +57,32 @@ def test_requests_per_minute_answers_429_with_retry_after(limited: FakeOpenAI,
     assert limited.rate_limited() == 1
 
 
-def test_tokens_per_minute_counts_prompt_and_allowed_completion(limited: FakeOpenAI,
-                                                                client: openai.OpenAI) -> None:
+def test_tokens_per_minute_counts_prompt_and_allowed_completion(
+    limited: FakeOpenAI, client: openai.OpenAI
+) -> None:
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(**CHAT, max_tokens=2000)  # type: ignore[call-overload]
     assert "tokens" in caught.value.message
     assert caught.value.response.headers["x-ratelimit-remaining-tokens"] == "1000"
 
 
-def test_usage_reports_cached_and_reasoning_tokens(limited: FakeOpenAI,
-                                                   client: openai.OpenAI) -> None:
+def test_usage_reports_cached_and_reasoning_tokens(
+    limited: FakeOpenAI, client: openai.OpenAI
+) -> None:
     plain = client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
     assert plain.usage is not None
     assert plain.usage.prompt_tokens == 3
     assert plain.usage.total_tokens == plain.usage.prompt_tokens + plain.usage.completion_tokens
-    limited.set_usage(prompt_tokens=1200, completion_tokens=300, cached_tokens=1000,
-                      reasoning_tokens=200)
+    limited.set_usage(
+        prompt_tokens=1200, completion_tokens=300, cached_tokens=1000, reasoning_tokens=200
+    )
     chat = client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
     assert chat.usage is not None
     assert (chat.usage.prompt_tokens, chat.usage.completion_tokens, chat.usage.total_tokens) == (
-        1200, 300, 1500)
+        1200,
+        300,
+        1500,
+    )
     assert chat.usage.prompt_tokens_details is not None
     assert chat.usage.prompt_tokens_details.cached_tokens == 1000
     assert chat.usage.completion_tokens_details is not None
@@ -137,7 +144,8 @@ def test_process_twin_is_configured_the_same_way() -> None:
             assert fake.max_concurrent() >= 1
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(360.0, "6m0s"), (1.5, "1.5s"), (0.02, "20ms"),
-                                               (0.0, "0s")])
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(360.0, "6m0s"), (1.5, "1.5s"), (0.02, "20ms"), (0.0, "0s")]
+)
 def test_reset_durations_are_written_like_openai(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text

@@ -69,10 +69,10 @@ def wait_for(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: flo
         time.sleep(0.02)
 
 
-def test_file_upload_is_processed_after_file_seconds(fake_openai: FakeOpenAI,
-                                                     client: openai.OpenAI) -> None:
-    uploaded = client.files.create(file=("notes.txt", io.BytesIO(b"hello")),
-                                   purpose="assistants")
+def test_file_upload_is_processed_after_file_seconds(
+    fake_openai: FakeOpenAI, client: openai.OpenAI
+) -> None:
+    uploaded = client.files.create(file=("notes.txt", io.BytesIO(b"hello")), purpose="assistants")
     assert (uploaded.status, uploaded.filename, uploaded.bytes) == ("uploaded", "notes.txt", 5)
     time.sleep(0.15)
     body = raw_json(client, "get", f"/files/{uploaded.id}")
@@ -93,11 +93,19 @@ def test_file_can_end_in_error(fake_openai: FakeOpenAI, client: openai.OpenAI) -
     assert client.files.retrieve(hooked.id).status_details
 
 
-def test_assistant_crud_and_cursor_pagination(fake_openai: FakeOpenAI,
-                                              client: openai.OpenAI) -> None:
-    created = [client.beta.assistants.create(
-        model="gpt-4o", name=f"a{i}", tools=[FUNCTION_TOOL], metadata={"i": str(i)},
-        tool_resources={"code_interpreter": {"file_ids": ["file_1"]}}) for i in range(5)]
+def test_assistant_crud_and_cursor_pagination(
+    fake_openai: FakeOpenAI, client: openai.OpenAI
+) -> None:
+    created = [
+        client.beta.assistants.create(
+            model="gpt-4o",
+            name=f"a{i}",
+            tools=[FUNCTION_TOOL],
+            metadata={"i": str(i)},
+            tool_resources={"code_interpreter": {"file_ids": ["file_1"]}},
+        )
+        for i in range(5)
+    ]
     Assistant.model_validate(raw_json(client, "get", f"/assistants/{created[0].id}"))
     assert created[0].tools[0].type == "function"
     resources = created[0].tool_resources
@@ -111,7 +119,12 @@ def test_assistant_crud_and_cursor_pagination(fake_openai: FakeOpenAI,
     page3 = client.beta.assistants.list(limit=2, order="asc", after=page2.data[-1].id)
     assert [a.name for a in page3.data] == ["a4"] and not page3.has_more
     assert [a.name for a in client.beta.assistants.list(limit=2)] == [
-        "a4", "a3", "a2", "a1", "a0"]  # default desc, auto-paginated by the client
+        "a4",
+        "a3",
+        "a2",
+        "a1",
+        "a0",
+    ]  # default desc, auto-paginated by the client
 
     updated = client.beta.assistants.update(created[0].id, instructions="be brief")
     assert updated.instructions == "be brief"
@@ -127,19 +140,26 @@ def test_assistant_crud_and_cursor_pagination(fake_openai: FakeOpenAI,
 
 def test_thread_with_messages(client: openai.OpenAI) -> None:
     thread = client.beta.threads.create(
-        messages=[{"role": "user", "content": "first"},
-                  {"role": "user", "content": [{"type": "text", "text": "second"}]}],
-        metadata={"k": "v"})
+        messages=[
+            {"role": "user", "content": "first"},
+            {"role": "user", "content": [{"type": "text", "text": "second"}]},
+        ],
+        metadata={"k": "v"},
+    )
     Thread.model_validate(raw_json(client, "get", f"/threads/{thread.id}"))
     msg = client.beta.threads.messages.create(
-        thread.id, role="user", content="third",
-        attachments=[{"file_id": "file_1", "tools": [{"type": "file_search"}]}])
+        thread.id,
+        role="user",
+        content="third",
+        attachments=[{"file_id": "file_1", "tools": [{"type": "file_search"}]}],
+    )
     Message.model_validate(raw_json(client, "get", f"/threads/{thread.id}/messages/{msg.id}"))
     assert msg.attachments and msg.attachments[0].file_id == "file_1"
     texts = [text_of(m) for m in client.beta.threads.messages.list(thread.id, order="asc")]
     assert texts == ["first", "second", "third"]
-    updated = client.beta.threads.messages.update(msg.id, thread_id=thread.id,
-                                                  metadata={"seen": "yes"})
+    updated = client.beta.threads.messages.update(
+        msg.id, thread_id=thread.id, metadata={"seen": "yes"}
+    )
     assert updated.metadata == {"seen": "yes"}
     assert client.beta.threads.update(thread.id, metadata={"k": "w"}).metadata == {"k": "w"}
     deleted = raw_json(client, "delete", f"/threads/{thread.id}")
@@ -147,8 +167,10 @@ def test_thread_with_messages(client: openai.OpenAI) -> None:
 
 
 def test_run_lifecycle_appends_one_assistant_message() -> None:
-    with fake_openai_server(run_seconds=0.5) as fake, openai.OpenAI(
-            base_url=fake.base_url, api_key="sk", max_retries=0) as client:
+    with (
+        fake_openai_server(run_seconds=0.5) as fake,
+        openai.OpenAI(base_url=fake.base_url, api_key="sk", max_retries=0) as client,
+    ):
         _check_run_lifecycle(client)
 
 
@@ -158,11 +180,15 @@ def _check_run_lifecycle(client: openai.OpenAI) -> None:
     run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id)
     assert run.status == "queued" and run.instructions == "help"
     Run.model_validate(raw_json(client, "get", f"/threads/{thread.id}/runs/{run.id}"))
-    started = wait_for(lambda: client.beta.threads.runs.retrieve(run.id, thread_id=thread.id),
-                       lambda r: r.status != "queued")
+    started = wait_for(
+        lambda: client.beta.threads.runs.retrieve(run.id, thread_id=thread.id),
+        lambda r: r.status != "queued",
+    )
     assert started.status == "in_progress" and started.started_at is not None
-    done = wait_for(lambda: client.beta.threads.runs.retrieve(run.id, thread_id=thread.id),
-                    lambda r: r.status == "completed")
+    done = wait_for(
+        lambda: client.beta.threads.runs.retrieve(run.id, thread_id=thread.id),
+        lambda r: r.status == "completed",
+    )
     assert done.status == "completed" and done.completed_at is not None
     for _ in range(3):  # polling again must not append more messages
         client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)
@@ -176,7 +202,8 @@ def _check_run_lifecycle(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize("kind", ["runs", "files", "responses"])
 def test_a_held_object_stays_in_progress_until_released(
-        fake_openai: FakeOpenAI, client: openai.OpenAI, kind: str) -> None:
+    fake_openai: FakeOpenAI, client: openai.OpenAI, kind: str
+) -> None:
     fake_openai.hold(kind)
     if kind == "runs":
         assistant = client.beta.assistants.create(model="gpt-4o")
@@ -185,18 +212,21 @@ def test_a_held_object_stays_in_progress_until_released(
 
         def read() -> str:
             return client.beta.threads.runs.retrieve(created.id, thread_id=thread.id).status
+
         pending, done = "in_progress", "completed"
     elif kind == "files":
         file = client.files.create(file=("held.txt", b"x"), purpose="assistants")
 
         def read() -> str:
             return client.files.retrieve(file.id).status
+
         pending, done = "uploaded", "processed"
     else:
         resp = client.responses.create(model="gpt-4o", background=True, input="later")
 
         def read() -> str:
             return str(client.responses.retrieve(resp.id).status)  # None would fail the test
+
         pending, done = "in_progress", "completed"
     # Well past its time (0.2 s at most): still in progress, for as long as the hold lasts.
     deadline = time.monotonic() + 0.5
@@ -208,8 +238,12 @@ def test_a_held_object_stays_in_progress_until_released(
 
 def test_hold_refuses_an_unknown_kind(fake_openai: FakeOpenAI) -> None:
     root = fake_openai.base_url[: -len("/v1")]
-    request = urllib.request.Request(root + "/_fake/hold", data=b'{"kind": "threads"}',
-                                     method="POST", headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        root + "/_fake/hold",
+        data=b'{"kind": "threads"}',
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 400
@@ -217,28 +251,36 @@ def test_hold_refuses_an_unknown_kind(fake_openai: FakeOpenAI) -> None:
     refused.value.close()
 
 
-def test_requires_action_then_submit_tool_outputs(fake_openai: FakeOpenAI,
-                                                  client: openai.OpenAI) -> None:
+def test_requires_action_then_submit_tool_outputs(
+    fake_openai: FakeOpenAI, client: openai.OpenAI
+) -> None:
     assistant = client.beta.assistants.create(model="gpt-4o", tools=[FUNCTION_TOOL])
     run = client.beta.threads.create_and_run(
-        assistant_id=assistant.id, thread={"messages": [{"role": "user", "content": "rain?"}]})
+        assistant_id=assistant.id, thread={"messages": [{"role": "user", "content": "rain?"}]}
+    )
     Run.model_validate(raw_json(client, "get", f"/threads/{run.thread_id}/runs/{run.id}"))
-    waiting = wait_for(lambda: client.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id),
-                       lambda r: r.status == "requires_action")
+    waiting = wait_for(
+        lambda: client.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id),
+        lambda r: r.status == "requires_action",
+    )
     calls = waiting.required_action.submit_tool_outputs.tool_calls
     assert [c.function.name for c in calls] == ["lookup_weather"]
     with pytest.raises(openai.BadRequestError):
-        client.beta.threads.runs.submit_tool_outputs(run.id, thread_id=run.thread_id,
-                                                     tool_outputs=[])
+        client.beta.threads.runs.submit_tool_outputs(
+            run.id, thread_id=run.thread_id, tool_outputs=[]
+        )
     resumed = client.beta.threads.runs.submit_tool_outputs(
-        run.id, thread_id=run.thread_id,
-        tool_outputs=[{"tool_call_id": calls[0].id, "output": "sunny"}])
+        run.id,
+        thread_id=run.thread_id,
+        tool_outputs=[{"tool_call_id": calls[0].id, "output": "sunny"}],
+    )
     assert resumed.status == "in_progress" and resumed.required_action is None
-    done = wait_for(lambda: client.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id),
-                    lambda r: r.status == "completed")
+    done = wait_for(
+        lambda: client.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id),
+        lambda r: r.status == "completed",
+    )
     assert done.status == "completed"
-    assert fake_openai.count(
-        "POST /v1/threads/{thread_id}/runs/{run_id}/submit_tool_outputs") == 2
+    assert fake_openai.count("POST /v1/threads/{thread_id}/runs/{run_id}/submit_tool_outputs") == 2
 
 
 def test_cancel_failed_and_forced_runs(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None:
@@ -248,16 +290,20 @@ def test_cancel_failed_and_forced_runs(fake_openai: FakeOpenAI, client: openai.O
     run = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id)
     assert client.beta.threads.runs.cancel(run.id, thread_id=thread.id).status == "cancelling"
     fake_openai.release("runs")
-    cancelled = wait_for(lambda: client.beta.threads.runs.retrieve(run.id, thread_id=thread.id),
-                         lambda r: r.status == "cancelled")
+    cancelled = wait_for(
+        lambda: client.beta.threads.runs.retrieve(run.id, thread_id=thread.id),
+        lambda r: r.status == "cancelled",
+    )
     assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None
     with pytest.raises(openai.BadRequestError):
         client.beta.threads.runs.cancel(run.id, thread_id=thread.id)
 
     fake_openai.next_run_status = "failed"
     failing = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id)
-    failed = wait_for(lambda: client.beta.threads.runs.retrieve(failing.id, thread_id=thread.id),
-                      lambda r: r.status == "failed")
+    failed = wait_for(
+        lambda: client.beta.threads.runs.retrieve(failing.id, thread_id=thread.id),
+        lambda r: r.status == "failed",
+    )
     assert failed.status == "failed" and failed.last_error.code == "server_error"
 
     forced = client.beta.threads.runs.create(thread.id, assistant_id=assistant.id)
@@ -268,9 +314,18 @@ def test_cancel_failed_and_forced_runs(fake_openai: FakeOpenAI, client: openai.O
 
 
 def test_chat_embeddings_images_models(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None:
-    body = raw_json(client, "post", "/chat/completions", body={
-        "model": "gpt-4o", "messages": [{"role": "system", "content": "s"},
-                                        {"role": "user", "content": "hello there"}]})
+    body = raw_json(
+        client,
+        "post",
+        "/chat/completions",
+        body={
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": "hello there"},
+            ],
+        },
+    )
     chat = ChatCompletion.model_validate(body)
     assert chat.choices[0].message.content == "echo: hello there"
     assert chat.usage is not None and chat.usage.total_tokens > 0
@@ -278,11 +333,13 @@ def test_chat_embeddings_images_models(fake_openai: FakeOpenAI, client: openai.O
     emb = client.embeddings.create(model="text-embedding-3-small", input=["a", "b", "a"])
     vectors = [d.embedding for d in emb.data]
     assert len(vectors[0]) == 8 and vectors[0] == vectors[2] != vectors[1]
-    again = client.embeddings.create(model="text-embedding-3-small", input="a",
-                                     encoding_format="float")
+    again = client.embeddings.create(
+        model="text-embedding-3-small", input="a", encoding_format="float"
+    )
     assert again.data[0].embedding == vectors[0]
-    CreateEmbeddingResponse.model_validate(raw_json(
-        client, "post", "/embeddings", body={"model": "m", "input": "a"}))
+    CreateEmbeddingResponse.model_validate(
+        raw_json(client, "post", "/embeddings", body={"model": "m", "input": "a"})
+    )
 
     image = client.images.generate(prompt="a cat", n=2)
     ImagesResponse.model_validate(image.model_dump())
@@ -300,8 +357,11 @@ def test_responses_sync_and_background(fake_openai: FakeOpenAI, client: openai.O
     sync = Response.model_validate(body)
     assert sync.status == "completed" and sync.output_text == "echo: hi"
 
-    bg = client.responses.create(model="gpt-4o", background=True, input=[
-        {"role": "user", "content": [{"type": "input_text", "text": "later"}]}])
+    bg = client.responses.create(
+        model="gpt-4o",
+        background=True,
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "later"}]}],
+    )
     assert bg.status == "queued" and bg.output_text == ""
     done = wait_for(lambda: client.responses.retrieve(bg.id), lambda r: r.status == "completed")
     assert done.output_text == "echo: later" and done.usage is not None
@@ -316,8 +376,7 @@ def test_responses_sync_and_background(fake_openai: FakeOpenAI, client: openai.O
 
 
 def test_fault_injection(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None:
-    fake_openai.fail_next("POST /v1/assistants", status=429, retry_after=0.05,
-                          message="slow down")
+    fake_openai.fail_next("POST /v1/assistants", status=429, retry_after=0.05, message="slow down")
     with pytest.raises(openai.RateLimitError) as rate:
         client.beta.assistants.create(model="gpt-4o")
     assert rate.value.response.headers["retry-after"] == "0.05"
@@ -347,8 +406,7 @@ def test_client_retries_through_a_429(fake_openai: FakeOpenAI) -> None:
     assert fake_openai.count("GET /v1/models") == 2
 
 
-def test_idempotency_keys_and_request_log(fake_openai: FakeOpenAI,
-                                          client: openai.OpenAI) -> None:
+def test_idempotency_keys_and_request_log(fake_openai: FakeOpenAI, client: openai.OpenAI) -> None:
     for _ in range(2):
         client.beta.threads.create(extra_headers={"Idempotency-Key": "k1"})
     client.beta.threads.create(extra_headers={"Idempotency-Key": "k2"})
@@ -356,7 +414,11 @@ def test_idempotency_keys_and_request_log(fake_openai: FakeOpenAI,
     assert fake_openai.count_by_idempotency_key()["k2"] == 1
     rec = fake_openai.requests[0]
     assert (rec.method, rec.path, rec.route, rec.idempotency_key) == (
-        "POST", "/v1/threads", "POST /v1/threads", "k1")
+        "POST",
+        "/v1/threads",
+        "POST /v1/threads",
+        "k1",
+    )
     assert rec.json == {}
     assert "sk-secret" not in json.dumps(rec.headers)
     assert {k.lower(): v for k, v in rec.headers.items()}["authorization"] == "REDACTED"
@@ -373,8 +435,12 @@ def test_malformed_json_and_unknown_routes(fake_openai: FakeOpenAI) -> None:
                 return err.code, json.loads(err.read())["error"]
         raise AssertionError("expected an HTTP error")
 
-    bad = urllib.request.Request(f"{fake_openai.base_url}/assistants", data=b"{nope",
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    bad = urllib.request.Request(
+        f"{fake_openai.base_url}/assistants",
+        data=b"{nope",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     status, error = status_and_error(bad)
     assert status == 400 and error["type"] == "invalid_request_error" and error["message"]
     assert status_and_error(f"{fake_openai.base_url}/nowhere")[0] == 404
@@ -383,12 +449,14 @@ def test_malformed_json_and_unknown_routes(fake_openai: FakeOpenAI) -> None:
 
 async def test_async_client_run_to_completion() -> None:
     with fake_openai_server(run_seconds=0.1) as fake:
-        async with openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk",
-                                      max_retries=0) as client:
+        async with openai.AsyncOpenAI(
+            base_url=fake.base_url, api_key="sk", max_retries=0
+        ) as client:
             assistant = await client.beta.assistants.create(model="gpt-4o")
             run = await client.beta.threads.create_and_run(
                 assistant_id=assistant.id,
-                thread={"messages": [{"role": "user", "content": "async"}]})
+                thread={"messages": [{"role": "user", "content": "async"}]},
+            )
             while run.status not in ("completed", "failed"):
                 await asyncio.sleep(0.02)
                 run = await client.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id)
@@ -401,9 +469,21 @@ async def test_async_client_run_to_completion() -> None:
 def test_module_entry_point_serves_admin_endpoints() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "integrations.openai.testing", "--port", "0",
-         "--run-seconds", "0.1"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "integrations.openai.testing",
+            "--port",
+            "0",
+            "--run-seconds",
+            "0.1",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
@@ -414,8 +494,12 @@ def test_module_entry_point_serves_admin_endpoints() -> None:
 
         def admin(path: str, body: dict[str, Any] | None = None) -> Any:
             data = None if body is None else json.dumps(body).encode()
-            req = urllib.request.Request(root + path, data=data, method="GET" if data is None
-                                         else "POST", headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                root + path,
+                data=data,
+                method="GET" if data is None else "POST",
+                headers={"Content-Type": "application/json"},
+            )
             with urllib.request.urlopen(req, timeout=5) as resp:
                 return json.loads(resp.read())
 

@@ -43,8 +43,9 @@ async def test_a_long_reset_is_waited_for_suspended_past_the_policys_max_delay(
     oai: Any, fake: FakeOpenAI, integration: OpenAI
 ) -> None:
     # TEST_RETRY.max_delay is 2 s; OpenAI says the limit resets in 6 minutes.
-    fake.fail_next(ROUTE, 429, reset_requests="6m0s",
-                   message="Rate limit reached for requests per min (RPM)")
+    fake.fail_next(
+        ROUTE, 429, reset_requests="6m0s", message="Rate limit reached for requests per min (RPM)"
+    )
     chat = chat_job(integration)
     await oai.harness.start(chat)
     run_id = await oai.engine.trigger(chat.id, {})
@@ -68,8 +69,12 @@ async def test_a_long_reset_is_waited_for_suspended_past_the_policys_max_delay(
 async def test_a_reset_longer_than_the_maximum_waits_the_maximum(
     oai: Any, fake: FakeOpenAI
 ) -> None:
-    capped = OpenAI(api_key="sk-capped-0000000000", base_url=fake.base_url, retry=TEST_RETRY,
-                    max_rate_limit_wait=120)
+    capped = OpenAI(
+        api_key="sk-capped-0000000000",
+        base_url=fake.base_url,
+        retry=TEST_RETRY,
+        max_rate_limit_wait=120,
+    )
     fake.fail_next(ROUTE, 429, retry_after=7200)
     chat = chat_job(capped)
     await oai.harness.start(chat)
@@ -80,12 +85,13 @@ async def test_a_reset_longer_than_the_maximum_waits_the_maximum(
     await capped.aclose()
 
 
-async def test_rate_limits_do_not_use_up_max_attempts(
-    oai: Any, fake: FakeOpenAI
-) -> None:
-    two = OpenAI(api_key="sk-two-000000000000", base_url=fake.base_url,
-                 retry=RetryPolicy(max_attempts=2, min_delay=0.01, max_delay=0.05),
-                 max_rate_limit_retries=3)
+async def test_rate_limits_do_not_use_up_max_attempts(oai: Any, fake: FakeOpenAI) -> None:
+    two = OpenAI(
+        api_key="sk-two-000000000000",
+        base_url=fake.base_url,
+        retry=RetryPolicy(max_attempts=2, min_delay=0.01, max_delay=0.05),
+        max_rate_limit_retries=3,
+    )
     fake.fail_next(ROUTE, 429, times=3, reset_requests="10ms")
     run = await oai.run(chat_job(two))
     assert run["status"] == "COMPLETED", run["error"]
@@ -95,9 +101,12 @@ async def test_rate_limits_do_not_use_up_max_attempts(
 
 
 async def test_rate_limit_retries_are_bounded(oai: Any, fake: FakeOpenAI) -> None:
-    two = OpenAI(api_key="sk-two-000000000000", base_url=fake.base_url,
-                 retry=RetryPolicy(max_attempts=2, min_delay=0.01, max_delay=0.05),
-                 max_rate_limit_retries=1)
+    two = OpenAI(
+        api_key="sk-two-000000000000",
+        base_url=fake.base_url,
+        retry=RetryPolicy(max_attempts=2, min_delay=0.01, max_delay=0.05),
+        max_rate_limit_retries=1,
+    )
     fake.fail_next(ROUTE, 429, times=10, reset_requests="10ms")
     run = await oai.run(chat_job(two))
     assert run["status"] == "FAILED"
@@ -106,8 +115,9 @@ async def test_rate_limit_retries_are_bounded(oai: Any, fake: FakeOpenAI) -> Non
     await two.aclose()
 
 
-async def test_the_fakes_own_limit_is_waited_out(oai: Any, fake: FakeOpenAI,
-                                                 integration: OpenAI) -> None:
+async def test_the_fakes_own_limit_is_waited_out(
+    oai: Any, fake: FakeOpenAI, integration: OpenAI
+) -> None:
     chat = chat_job(integration)
     await oai.harness.start(chat)
     # Six a minute, one back every 10 s: spend them all, so the job's request finds none left.
@@ -128,8 +138,9 @@ async def test_the_fakes_own_limit_is_waited_out(oai: Any, fake: FakeOpenAI,
     assert fake.rate_limited() == 2
 
 
-async def test_insufficient_quota_fails_at_once(oai: Any, fake: FakeOpenAI,
-                                                integration: OpenAI) -> None:
+async def test_insufficient_quota_fails_at_once(
+    oai: Any, fake: FakeOpenAI, integration: OpenAI
+) -> None:
     fake.exhaust_quota()
     run = await oai.run(chat_job(integration))
     assert run["status"] == "FAILED"
@@ -138,20 +149,25 @@ async def test_insufficient_quota_fails_at_once(oai: Any, fake: FakeOpenAI,
     assert "billing" in message
     row = await oai.task(run["id"], "chat")
     assert (row["status"], row["attempts"], row["error"]["code"]) == (
-        "ERRORED", 1, "insufficient_quota")
+        "ERRORED",
+        1,
+        "insufficient_quota",
+    )
     assert fake.count(ROUTE) == 1
 
 
-@pytest.mark.parametrize(("status", "code", "hint"), [
-    (401, "invalid_api_key", "OPENAI_API_KEY"),
-    (403, None, "may not use this model"),
-    (404, "model_not_found", "no such object or model"),
-    (400, None, "fix the parameters"),
-    (429, "billing_hard_limit_reached", "hard limit"),
-])
+@pytest.mark.parametrize(
+    ("status", "code", "hint"),
+    [
+        (401, "invalid_api_key", "OPENAI_API_KEY"),
+        (403, None, "may not use this model"),
+        (404, "model_not_found", "no such object or model"),
+        (400, None, "fix the parameters"),
+        (429, "billing_hard_limit_reached", "hard limit"),
+    ],
+)
 async def test_errors_no_retry_can_fix_fail_at_once(
-    oai: Any, fake: FakeOpenAI, integration: OpenAI, status: int, code: str | None,
-    hint: str
+    oai: Any, fake: FakeOpenAI, integration: OpenAI, status: int, code: str | None, hint: str
 ) -> None:
     fake.fail_next(ROUTE, status, code=code, message="refused")
     run = await oai.run(chat_job(integration))

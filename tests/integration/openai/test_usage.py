@@ -30,7 +30,11 @@ def cli(db: Path, *args: str, prices: Path | None = None) -> subprocess.Complete
         env["ENGINE_PRICES"] = str(prices)
     return subprocess.run(
         [ENGINE, *args, "--database-url", f"sqlite+aiosqlite:///{db}"],
-        capture_output=True, text=True, timeout=60, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
     )
 
 
@@ -50,7 +54,8 @@ def seed_style_job(integration: OpenAI, assistant_id: str) -> Any:
             "chat", model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
         )
         run = await io.openai.beta.threads.create_and_run_until_completion(
-            "thread-run", assistant_id=assistant_id,
+            "thread-run",
+            assistant_id=assistant_id,
             thread={"messages": [{"role": "user", "content": "go"}]},
         )
 
@@ -73,8 +78,9 @@ async def test_a_seed_style_run_records_usage_and_cost(
     with openai.OpenAI(base_url=fake.base_url, api_key="sk-setup", max_retries=0) as client:
         assistant = client.beta.assistants.create(model="gpt-4o")
     fake.set_limits(requests_per_minute=1000, tokens_per_minute=1_000_000)
-    fake.set_usage(prompt_tokens=1200, completion_tokens=300, cached_tokens=1000,
-                   reasoning_tokens=200)
+    fake.set_usage(
+        prompt_tokens=1200, completion_tokens=300, cached_tokens=1000, reasoning_tokens=200
+    )
     run = await oai.run(seed_style_job(integration, assistant.id))
     assert run["status"] == "COMPLETED", run["error"]
 
@@ -82,8 +88,13 @@ async def test_a_seed_style_run_records_usage_and_cost(
     assert set(rows) == {"chat", "thread-run", "thread-run:create", "embed", "look"}
     chat = rows["chat"]
     assert (chat["provider"], chat["model"]) == ("openai", "gpt-4o-mini")
-    assert (chat["prompt_tokens"], chat["completion_tokens"], chat["cached_tokens"],
-            chat["reasoning_tokens"], chat["total_tokens"]) == (1200, 300, 1000, 200, 1500)
+    assert (
+        chat["prompt_tokens"],
+        chat["completion_tokens"],
+        chat["cached_tokens"],
+        chat["reasoning_tokens"],
+        chat["total_tokens"],
+    ) == (1200, 300, 1000, 200, 1500)
     headers = json.loads(chat["rate_limits"])
     assert headers["x-ratelimit-limit-requests"] == "1000"
     assert headers["x-ratelimit-limit-tokens"] == "1000000"
@@ -109,7 +120,10 @@ async def test_a_seed_style_run_records_usage_and_cost(
     total = view["usage"]
     assert total["calls"] == 3
     assert (total["prompt_tokens"], total["cached_tokens"], total["completion_tokens"]) == (
-        2403, 2000, 600)
+        2403,
+        2000,
+        600,
+    )
     assert total["cost"] == pytest.approx(285e-6 + 4750e-6 + 0.06e-6)
     assert total["cost_unknown"] == []
 
@@ -138,8 +152,9 @@ async def test_an_unknown_model_shows_tokens_and_cost_unknown_until_priced(
     @job(id=unique_id("oai-finetune"), integrations={"openai": integration})
     async def tuned(payload: Any, io: Any, ctx: Any) -> Any:
         await io.openai.chat.completions.create(
-            "chat", model="ft:gpt-4o-mini:acme::abc123",
-            messages=[{"role": "user", "content": "one two three four"}]
+            "chat",
+            model="ft:gpt-4o-mini:acme::abc123",
+            messages=[{"role": "user", "content": "one two three four"}],
         )
 
     run = await oai.run(tuned)
@@ -154,8 +169,19 @@ async def test_an_unknown_model_shows_tokens_and_cost_unknown_until_priced(
     assert report["rows"][0]["cost"] is None and report["total"]["cost"] is None
 
     mine = tmp_path / "prices.json"
-    mine.write_text(json.dumps({"models": {"openai": {"ft:gpt-4o-mini:acme::abc123": [
-        {"as_of": "2024-01-01", "input": 0.3, "output": 1.2}]}}}))
+    mine.write_text(
+        json.dumps(
+            {
+                "models": {
+                    "openai": {
+                        "ft:gpt-4o-mini:acme::abc123": [
+                            {"as_of": "2024-01-01", "input": 0.3, "output": 1.2}
+                        ]
+                    }
+                }
+            }
+        )
+    )
     priced = json.loads(cli(oai.db_path, "usage", "--json", prices=mine).stdout)
     assert priced["total"]["cost"] == pytest.approx((4 * 0.3 + 5 * 1.2) / 1e6)
 
@@ -174,8 +200,9 @@ def test_usage_command_refuses_bad_input(tmp_path: Path) -> None:
     refused = cli(db, "usage", prices=broken)
     assert refused.returncode == 1
     assert refused.stderr.startswith(f"error: ENGINE_PRICES={broken}: the price table is not JSON")
-    assert json.loads(cli(db, "usage", "--json", "--since", "7d", "--job", "x").stdout)[
-        "rows"] == []
+    assert (
+        json.loads(cli(db, "usage", "--json", "--since", "7d", "--job", "x").stdout)["rows"] == []
+    )
 
 
 async def test_usage_is_recorded_and_reported_on_both_dialects(
@@ -194,7 +221,10 @@ async def test_usage_is_recorded_and_reported_on_both_dialects(
     assert first["usage"]["cost"] == pytest.approx(second["usage"]["cost"])
     report = await harness.engine.usage_report(job_id=spend.id)
     assert {r["model"]: r["runs"] for r in report["rows"]} == {
-        "gpt-4o": 2, "gpt-4o-mini": 2, "text-embedding-3-small": 2}
+        "gpt-4o": 2,
+        "gpt-4o-mini": 2,
+        "text-embedding-3-small": 2,
+    }
     assert report["total"]["cost"] == pytest.approx(first["usage"]["cost"] * 2)
     assert report["rows"][0]["day"] == first["completed_at"][:10]
     later = await harness.engine.usage_report(since=4102444800.0)  # 2100-01-01

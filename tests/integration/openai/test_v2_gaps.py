@@ -68,8 +68,9 @@ async def test_runs_list_returns_every_page_and_list_all_too(
     assert (await oai.task(run["id"], "all"))["name"] == "beta.threads.runs.list_all"
 
 
-async def test_a_callers_idempotency_key_wins(oai: Any, fake: FakeOpenAI,
-                                              integration: OpenAI) -> None:
+async def test_a_callers_idempotency_key_wins(
+    oai: Any, fake: FakeOpenAI, integration: OpenAI
+) -> None:
     @job(id=unique_id("oai-idem"), integrations={"openai": integration})
     async def keyed(payload: Any, io: Any, ctx: Any) -> Any:
         await io.openai.chat.completions.create(
@@ -85,8 +86,9 @@ async def test_a_callers_idempotency_key_wins(oai: Any, fake: FakeOpenAI,
     assert "order-42" not in json.dumps(await oai.task(run["id"], "mine"), default=str)
 
 
-async def test_a_deleted_file_ends_the_wait(oai: Any, fake: FakeOpenAI,
-                                            integration: OpenAI) -> None:
+async def test_a_deleted_file_ends_the_wait(
+    oai: Any, fake: FakeOpenAI, integration: OpenAI
+) -> None:
     fake.next_file_status = "deleted"
 
     @job(id=unique_id("oai-deleted"), integrations={"openai": integration})
@@ -102,8 +104,12 @@ async def test_a_deleted_file_ends_the_wait(oai: Any, fake: FakeOpenAI,
 
 async def test_an_already_processed_file_is_not_polled(oai: Any) -> None:
     with FakeOpenAI(file_seconds=0) as instant:
-        integration = OpenAI(api_key="sk-instant-000000000", base_url=instant.base_url,
-                             poll_interval=30, max_poll_interval=60)
+        integration = OpenAI(
+            api_key="sk-instant-000000000",
+            base_url=instant.base_url,
+            poll_interval=30,
+            max_poll_interval=60,
+        )
         seen: dict[str, Any] = {}
 
         @job(id=unique_id("oai-instant"), integrations={"openai": integration})
@@ -118,8 +124,10 @@ async def test_an_already_processed_file_is_not_polled(oai: Any) -> None:
         assert isinstance(seen["file"], FileObject)
         assert instant.count("GET /v1/files/{file_id}") == 0
         wait = await oai.task(run["id"], "upload")
-        assert (wait["status"], wait["name"]) == ("COMPLETED",
-                                                  "files.create_and_wait_for_processing")
+        assert (wait["status"], wait["name"]) == (
+            "COMPLETED",
+            "files.create_and_wait_for_processing",
+        )
         assert wait["output"]["status"] == "processed"
         await integration.aclose()
 
@@ -141,19 +149,23 @@ async def test_a_retry_policy_per_call(oai: Any, fake: FakeOpenAI, integration: 
     assert all("retry" not in (r.json or {}) for r in fake.requests)
 
 
-async def test_a_poll_schedule_per_call(oai: Any, fake: FakeOpenAI, integration: OpenAI,
-                                        setup_client: openai.OpenAI) -> None:
+async def test_a_poll_schedule_per_call(
+    oai: Any, fake: FakeOpenAI, integration: OpenAI, setup_client: openai.OpenAI
+) -> None:
     assistant = setup_client.beta.assistants.create(model="gpt-4o")
 
     @job(id=unique_id("oai-schedule"), integrations={"openai": integration})
     async def scheduled(payload: Any, io: Any, ctx: Any) -> Any:
         run = await io.openai.beta.threads.create_and_run_until_completion(
-            "run", assistant_id=assistant.id, poll_interval=0.03, max_poll_interval=0.2,
-            poll_backoff=2.0, thread={"messages": [{"role": "user", "content": "go"}]},
+            "run",
+            assistant_id=assistant.id,
+            poll_interval=0.03,
+            max_poll_interval=0.2,
+            poll_backoff=2.0,
+            thread={"messages": [{"role": "user", "content": "go"}]},
         )
         file = await io.openai.files.create("file", purpose="assistants", file=b"x")
-        done = await io.openai.files.wait_for_processing("file-wait", file.id,
-                                                          poll_interval=0.04)
+        done = await io.openai.files.wait_for_processing("file-wait", file.id, poll_interval=0.04)
         return [run.status, done.status]
 
     run = await oai.run(scheduled)
@@ -166,12 +178,14 @@ async def test_a_poll_schedule_per_call(oai: Any, fake: FakeOpenAI, integration:
     assert "poll_interval" not in sent[0]
 
 
-async def test_unknown_wait_options_are_refused(oai: Any, fake: FakeOpenAI,
-                                                integration: OpenAI) -> None:
+async def test_unknown_wait_options_are_refused(
+    oai: Any, fake: FakeOpenAI, integration: OpenAI
+) -> None:
     @job(id=unique_id("oai-typo"), integrations={"openai": integration})
     async def typo(payload: Any, io: Any, ctx: Any) -> Any:
-        await io.openai.beta.threads.runs.wait_for_completion("w", "thread_1", "run_1",
-                                                              poll_intervall=1)
+        await io.openai.beta.threads.runs.wait_for_completion(
+            "w", "thread_1", "run_1", poll_intervall=1
+        )
 
     run = await oai.run(typo)
     assert run["status"] == "FAILED"
@@ -179,8 +193,9 @@ async def test_unknown_wait_options_are_refused(oai: Any, fake: FakeOpenAI,
     assert fake.count() == 0
 
 
-async def test_files_list_and_responses_cancel(oai: Any, fake: FakeOpenAI,
-                                               integration: OpenAI) -> None:
+async def test_files_list_and_responses_cancel(
+    oai: Any, fake: FakeOpenAI, integration: OpenAI
+) -> None:
     fake.hold("responses")
 
     @job(id=unique_id("oai-list-cancel"), integrations={"openai": integration})
@@ -188,8 +203,9 @@ async def test_files_list_and_responses_cancel(oai: Any, fake: FakeOpenAI,
         await io.openai.files.create("f1", purpose="assistants", file=b"1")
         await io.openai.files.create("f2", purpose="batch", file=b"2")
         page = await io.openai.files.list("list", purpose="assistants")
-        started = await io.openai.responses.create("bg", model="gpt-4o", input="hi",
-                                                   background=True)
+        started = await io.openai.responses.create(
+            "bg", model="gpt-4o", input="hi", background=True
+        )
         cancelled = await io.openai.responses.cancel("cancel", started.id)
         return [len(page.data), cancelled.status]
 
@@ -252,8 +268,9 @@ async def test_image_edits_and_variations_upload_and_record_a_summary(
 ) -> None:
     @job(id=unique_id("oai-images"), integrations={"openai": integration})
     async def images(payload: Any, io: Any, ctx: Any) -> Any:
-        edit = await io.openai.images.edit("edit", image=("a.png", b"png-bytes"), mask=b"m",
-                                           prompt="add a hat")
+        edit = await io.openai.images.edit(
+            "edit", image=("a.png", b"png-bytes"), mask=b"m", prompt="add a hat"
+        )
         variations = await io.openai.images.create_variation("vary", image=b"png-bytes", n=2)
         return [len(edit.data), len(variations.data)]
 
@@ -267,8 +284,9 @@ async def test_image_edits_and_variations_upload_and_record_a_summary(
     assert fake.count("POST /v1/images/variations") == 1
 
 
-async def test_a_base_model_cannot_be_deleted(oai: Any, fake: FakeOpenAI,
-                                             integration: OpenAI) -> None:
+async def test_a_base_model_cannot_be_deleted(
+    oai: Any, fake: FakeOpenAI, integration: OpenAI
+) -> None:
     @job(id=unique_id("oai-model-delete"), integrations={"openai": integration})
     async def delete(payload: Any, io: Any, ctx: Any) -> Any:
         await io.openai.models.delete("delete", "gpt-4o")
