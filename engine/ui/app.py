@@ -174,6 +174,15 @@ async def trigger_page(request: Request) -> Response:
 # -- live updates ----------------------------------------------------------------------------------
 
 
+def _event_stream(events: AsyncIterator[str]) -> Response:
+    # no-store and no proxy buffering: each event must reach the browser as soon as it is written
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+    )
+
+
 async def runs_events(request: Request) -> Response:
     """Server-sent events: the rows of the first runs page (same filters) as they change.
 
@@ -203,11 +212,7 @@ async def runs_events(request: Request) -> Response:
                 yield ": idle\n\n"
             await asyncio.sleep(ui.settings.poll_seconds)
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
-    )
+    return _event_stream(stream())
 
 
 async def run_events(request: Request) -> Response:
@@ -240,11 +245,7 @@ async def run_events(request: Request) -> Response:
                 yield ": idle\n\n"
             await asyncio.sleep(ui.settings.poll_seconds)
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
-    )
+    return _event_stream(stream())
 
 
 # -- actions ---------------------------------------------------------------------------------------

@@ -61,12 +61,8 @@ TEST_RETRY = RetryPolicy(max_attempts=4, min_delay=0.05, max_delay=2.0)
 
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI(run_seconds=0.15, file_seconds=0.1, response_seconds=0.15)
-    server.start()
-    try:
+    with FakeOpenAI(run_seconds=0.15, file_seconds=0.1, response_seconds=0.15) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

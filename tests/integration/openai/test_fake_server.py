@@ -5,14 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -23,14 +19,13 @@ from openai.types.beta.threads import Message, Run, TextContentBlock
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
-from integrations.openai.testing import FakeOpenAI, fake_openai_server
+from integrations.openai.testing import FakeOpenAI, FakeOpenAIProcess, fake_openai_server
 
 pytest_plugins = ["integrations.openai.testing.pytest_plugin"]
 
 # openai-python warns that the Assistants API is deprecated; the integration is built on it.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 FUNCTION_TOOL: FunctionToolParam = {
     "type": "function",
     "function": {"name": "lookup_weather", "parameters": {"type": "object"}},
@@ -467,59 +462,20 @@ async def test_async_client_run_to_completion() -> None:
 
 
 def test_module_entry_point_serves_admin_endpoints() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "integrations.openai.testing",
-            "--port",
-            "0",
-            "--run-seconds",
-            "0.1",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line.startswith("fake OpenAI listening on http://127.0.0.1:"), line
-        base_url = line.rsplit(" ", 1)[-1]
-        assert base_url.endswith("/v1") and not base_url.endswith(":0/v1")
-        root = base_url[: -len("/v1")]
-
-        def admin(path: str, body: dict[str, Any] | None = None) -> Any:
-            data = None if body is None else json.dumps(body).encode()
-            req = urllib.request.Request(
-                root + path,
-                data=data,
-                method="GET" if data is None else "POST",
-                headers={"Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                return json.loads(resp.read())
-
-        admin("/_fake/faults", {"route": "GET /v1/models", "status": 503, "times": 1})
-        with openai.OpenAI(base_url=base_url, api_key="sk", max_retries=0) as client:
+    # FakeOpenAIProcess is `python -m integrations.openai.testing` steered over /_fake/ routes
+    with FakeOpenAIProcess(run_seconds=0.1) as fake:
+        assert fake.base_url.startswith("http://127.0.0.1:"), fake.base_url
+        assert fake.base_url.endswith("/v1") and not fake.base_url.endswith(":0/v1")
+        fake.fail_next("GET /v1/models", status=503)
+        with openai.OpenAI(base_url=fake.base_url, api_key="sk", max_retries=0) as client:
             with pytest.raises(openai.InternalServerError):
                 client.models.list()
             client.models.list(extra_headers={"Idempotency-Key": "sub-1"})
-        stats = admin("/_fake/stats")
+        stats = fake.stats()
         assert stats["by_route"] == {"GET /v1/models": 2}
         assert stats["by_idempotency_key"] == {"sub-1": 1}
         assert stats["requests"][0]["route"] == "GET /v1/models"
-        admin("/_fake/reset", {})
-        assert admin("/_fake/stats")["requests"] == []
-        proc.terminate()
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        fake.reset()
+        assert fake.stats()["requests"] == []
+        fake.proc.terminate()
+        assert fake.proc.wait(timeout=10) == 0

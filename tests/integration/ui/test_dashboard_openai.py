@@ -24,12 +24,8 @@ API_KEY = "sk-ui-test-DO-NOT-SHOW-0123456789abcdef"
 
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI(response_seconds=0.1)
-    server.start()
-    try:
+    with FakeOpenAI(response_seconds=0.1) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
