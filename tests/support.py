@@ -1,12 +1,14 @@
-"""Helpers for tests: an in-process worker harness and unique job ids."""
+"""Helpers for tests: an in-process worker harness, unique job ids and waiting for a condition."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-from engine import Engine, Job
+from engine import Engine, Job, clock
 from engine.scheduler import Scheduler
 from engine.worker import register
 
@@ -14,6 +16,25 @@ from engine.worker import register
 def unique_id(prefix: str) -> str:
     """Job ids are global to the process: each test's job gets its own."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def until(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Polls `check` until it is true; fails naming `what` after `timeout` seconds (the machine
+    running the tests may be slow and busy: pass a generous timeout, never a tight one)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def lose_execution(scheduler: Scheduler, run_id: str) -> None:
+    """The run's execution stops without concluding, as if its worker died: nothing is recorded.
+    Then the test clock moves past its lease, so the scheduler may claim the run again."""
+    scheduler.active[run_id].cancel()
+    await until(lambda: run_id not in scheduler.active, "the execution to stop")
+    clock.advance(scheduler.lease_seconds + 1)
+    scheduler.wake.set()
 
 
 class Harness:

@@ -4,23 +4,13 @@ across retries and `runs retry`; a first-time success writes nothing more than i
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from support import Harness, unique_id
+from support import Harness, lose_execution, unique_id, until
 
-from engine import IO, Context, RetryPolicy, Task, clock, job
-
-
-async def _until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
+from engine import IO, Context, RetryPolicy, Task, job
 
 
 async def _kept_rows(harness: Harness) -> int:
@@ -165,12 +155,8 @@ async def test_attempts_lost_with_their_executions_are_kept_as_lost(harness: Har
         def started(n: int = n) -> bool:
             return len(seen) == n and run_id in scheduler.active
 
-        await _until(started, f"attempt {n}")
-        # The execution stops without concluding, as if its worker died.
-        scheduler.active[run_id].cancel()
-        await _until(lambda: run_id not in scheduler.active, "the execution to stop")
-        clock.advance(2)  # its lease lapses
-        scheduler.wake.set()
+        await until(started, f"attempt {n}")
+        await lose_execution(scheduler, run_id)
     failed = await harness.engine.wait_for(run_id, 30)
     assert failed["status"] == "FAILED" and failed["error"]["type"] == "RecoveryLimitError"
     (task,) = (await harness.engine.show_run(run_id))["tasks"]

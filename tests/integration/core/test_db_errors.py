@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from faults import SQLiteLock
 from sqlalchemy import text
-from support import Harness, unique_id
+from support import Harness, unique_id, until
 
 from engine import IO, Context, Task, clock, job
 from engine.exceptions import DatabaseError
@@ -57,14 +57,6 @@ async def _past_every_lease(scheduler: Scheduler) -> None:
     await asyncio.gather(*scheduler.active.values(), return_exceptions=True)
 
 
-async def _until(condition: Callable[[], Any], timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        await asyncio.sleep(0.02)
-
-
 async def test_a_refused_step_outcome_fails_the_run_once(harness: Harness) -> None:
     refused = await _refuse_poison(harness, "engine_tasks")
     calls: list[int] = []
@@ -95,7 +87,7 @@ async def test_a_refused_step_outcome_fails_the_run_once(harness: Harness) -> No
 
     # `engine runs retry` runs it again: refused again, FAILED again.
     await harness.engine.retry(run_id)
-    await _until(lambda: len(calls) == 2, what="the retried step")
+    await until(lambda: len(calls) == 2, "the retried step", timeout=60.0)
     view = await harness.engine.wait_for(run_id, 60)
     assert view["status"] == "FAILED" and refused in view["error"]["message"]
     await _past_every_lease(scheduler)
@@ -226,7 +218,7 @@ async def test_a_lock_past_the_busy_timeout_is_waited_out(
         # A long lease and idle poll: this test is about the step's own write, not the loop.
         await h.start(held, lease_seconds=30, idle_poll=60)
         run_id = await h.engine.trigger(held.id, None)
-        await _until(lambda: counts["a"] == 1, what="the step to start")
+        await until(lambda: counts["a"] == 1, "the step to start", timeout=60.0)
         async with SQLiteLock(path):
             # The scheduler loop's queries do not wait: they say at once that it is transient.
             with pytest.raises(DatabaseError) as info:
@@ -234,7 +226,7 @@ async def test_a_lock_past_the_busy_timeout_is_waited_out(
             assert info.value.transient and "database is locked" in info.value.message
 
             gate.set()  # the step's outcome meets the lock, and is retried
-            await _until(_seen(caplog, "database is locked"), what="a retried write")
+            await until(_seen(caplog, "database is locked"), "a retried write", timeout=60.0)
             assert counts["b"] == 0  # the job waits for its commit
         view = await h.engine.wait_for(run_id, 60)
         assert view["status"] == "COMPLETED" and view["output"] == [10, "done"]
@@ -287,11 +279,11 @@ async def test_a_full_disk_is_reported_and_waited_out(
     try:
         await h.start(held, lease_seconds=30, idle_poll=60)
         run_id = await h.engine.trigger(held.id, None)
-        await _until(lambda: counts["a"] == 1, what="the step to start")
+        await until(lambda: counts["a"] == 1, "the step to start", timeout=60.0)
         filler = _fill(small_disk)
 
         gate.set()
-        await _until(_seen(caplog, "database or disk is full"), what="a retried write")
+        await until(_seen(caplog, "database or disk is full"), "a retried write", timeout=60.0)
         assert not _seen(caplog, "cannot rollback")()
         assert counts["b"] == 0  # the job waits for its commit
 
@@ -372,10 +364,10 @@ async def test_a_lock_that_outlasts_the_patience_stops_the_execution(
     try:
         await h.start(held, lease_seconds=30, idle_poll=60)
         run_id = await h.engine.trigger(held.id, None)
-        await _until(lambda: counts["a"] == 1, what="the step to start")
+        await until(lambda: counts["a"] == 1, "the step to start", timeout=60.0)
         async with SQLiteLock(path):
             gate.set()
-            await _until(_seen(caplog, "it resumes once its lease lapses"), what="the stop")
+            await until(_seen(caplog, "it resumes once its lease lapses"), "the stop", timeout=60.0)
         view = await h.engine.show_run(run_id)
         assert view["status"] == "RUNNING" and view["tasks"] == []
         assert counts == {"a": 1}

@@ -4,20 +4,11 @@ that catches it cannot run or record anything more."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
-from support import Harness, unique_id
+from support import Harness, unique_id, until
 
 from engine import IO, Context, DivergenceError, Task, job
-
-
-async def _until(condition: Callable[[], object], timeout: float = 30.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_a_job_that_catches_a_divergence_cannot_go_on(harness: Harness) -> None:
@@ -99,9 +90,9 @@ async def test_a_job_or_task_that_swallows_a_cancel_cannot_go_on(harness: Harnes
 
     scheduler = await harness.start(swallowing, lease_seconds=30)
     run_id = await harness.engine.trigger(swallowing.id)
-    await _until(lambda: reached)
+    await until(lambda: reached, "the step to start")
     await harness.engine.cancel(run_id)
-    await _until(lambda: len(outcomes) == 3 and not scheduler.active)
+    await until(lambda: len(outcomes) == 3 and not scheduler.active, "the job to end")
     assert outcomes == ["inner: LeaseLost", "slow: LeaseLost", "next: LeaseLost"]
     assert side_effects == []
     view = await harness.engine.show_run(run_id)

@@ -4,26 +4,17 @@ outcome is failed with a RecoveryLimitError listing them, and `runs retry` resum
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import pytest
-from support import Harness, unique_id
+from support import Harness, lose_execution, unique_id, until
 
 from engine import IO, Context, Task, clock, job
 from engine.client import Engine
 from engine.records import TaskWrite
 from engine.store import Store
-
-
-async def _until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -116,13 +107,8 @@ async def test_a_run_that_keeps_losing_its_execution_fails_and_retry_finishes_it
         def started(n: int = n) -> bool:
             return len(attempts) == n and run_id in scheduler.active
 
-        await _until(started, f"execution {n}")
-        # The execution stops without concluding (as if its worker died): nothing is recorded
-        # and its lease is no longer renewed.
-        scheduler.active[run_id].cancel()
-        await _until(lambda: run_id not in scheduler.active, "the execution to stop")
-        clock.advance(2)  # its lease lapses
-        scheduler.wake.set()
+        await until(started, f"execution {n}")
+        await lose_execution(scheduler, run_id)
     failed = await harness.engine.wait_for(run_id, 30)
     assert failed["status"] == "FAILED", failed
     assert attempts == [1, 2, 3]  # not executed a fourth time
