@@ -42,6 +42,17 @@ class _Namespace:
     def __init__(self, caller: Caller) -> None:
         self._c = caller
 
+    async def _thread_list_all(
+        self, key: str, listing: str, thread_id: str, params: dict[str, Any]
+    ) -> builtins.list[Any]:
+        """Every item `listing` (as "beta.threads.runs.list") returns, all pages in one task."""
+        operation = f"{listing}_all"
+        ids = P.check_ids(operation, thread_id=thread_id)
+        found = await self._c.request(
+            key, operation, ids, params, post=False, method=listing, paginate=True
+        )
+        return list(found)
+
 
 class Files(_Namespace):
     async def create(self, key: str, *, file: P.FileInput, **params: Any) -> FileObject:
@@ -138,17 +149,7 @@ class Messages(_Namespace):
 
     async def list_all(self, key: str, thread_id: str, **params: Any) -> builtins.list[Message]:
         """Every message of the thread (all pages, in one task) as one list."""
-        ids = P.check_ids("beta.threads.messages.list_all", thread_id=thread_id)
-        found = await self._c.request(
-            key,
-            "beta.threads.messages.list_all",
-            ids,
-            params,
-            post=False,
-            method="beta.threads.messages.list",
-            paginate=True,
-        )
-        return list(found)
+        return await self._thread_list_all(key, "beta.threads.messages.list", thread_id, params)
 
     async def create(self, key: str, thread_id: str, **params: Any) -> Message:
         ids = P.check_ids("beta.threads.messages.create", thread_id=thread_id)
@@ -180,17 +181,7 @@ class Runs(_Namespace):
 
     async def list_all(self, key: str, thread_id: str, **params: Any) -> builtins.list[Run]:
         """Every run of the thread (all pages, in one task) as one list."""
-        ids = P.check_ids("beta.threads.runs.list_all", thread_id=thread_id)
-        found = await self._c.request(
-            key,
-            "beta.threads.runs.list_all",
-            ids,
-            params,
-            post=False,
-            method="beta.threads.runs.list",
-            paginate=True,
-        )
-        return list(found)
+        return await self._thread_list_all(key, "beta.threads.runs.list", thread_id, params)
 
     async def create(self, key: str, thread_id: str, **params: Any) -> Run:
         ids = P.check_ids("beta.threads.runs.create", thread_id=thread_id)

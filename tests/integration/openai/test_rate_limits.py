@@ -30,6 +30,16 @@ def chat_job(integration: OpenAI) -> Job:
     return chat
 
 
+def two_attempts(fake: FakeOpenAI, max_rate_limit_retries: int) -> OpenAI:
+    """An integration whose policy allows two attempts: rate limits must not count against them."""
+    return OpenAI(
+        api_key="sk-two-000000000000",
+        base_url=fake.base_url,
+        retry=RetryPolicy(max_attempts=2, min_delay=0.01, max_delay=0.05),
+        max_rate_limit_retries=max_rate_limit_retries,
+    )
+
+
 async def wait_status(oai: Any, run_id: str, status: str) -> dict[str, Any]:
     for _ in range(1000):
         run = await oai.engine.store.get_run(run_id)
@@ -86,12 +96,7 @@ async def test_a_reset_longer_than_the_maximum_waits_the_maximum(
 
 
 async def test_rate_limits_do_not_use_up_max_attempts(oai: Any, fake: FakeOpenAI) -> None:
-    two = OpenAI(
-        api_key="sk-two-000000000000",
-        base_url=fake.base_url,
-        retry=RetryPolicy(max_attempts=2, min_delay=0.01, max_delay=0.05),
-        max_rate_limit_retries=3,
-    )
+    two = two_attempts(fake, max_rate_limit_retries=3)
     fake.fail_next(ROUTE, 429, times=3, reset_requests="10ms")
     run = await oai.run(chat_job(two))
     assert run["status"] == "COMPLETED", run["error"]
@@ -101,12 +106,7 @@ async def test_rate_limits_do_not_use_up_max_attempts(oai: Any, fake: FakeOpenAI
 
 
 async def test_rate_limit_retries_are_bounded(oai: Any, fake: FakeOpenAI) -> None:
-    two = OpenAI(
-        api_key="sk-two-000000000000",
-        base_url=fake.base_url,
-        retry=RetryPolicy(max_attempts=2, min_delay=0.01, max_delay=0.05),
-        max_rate_limit_retries=1,
-    )
+    two = two_attempts(fake, max_rate_limit_retries=1)
     fake.fail_next(ROUTE, 429, times=10, reset_requests="10ms")
     run = await oai.run(chat_job(two))
     assert run["status"] == "FAILED"
