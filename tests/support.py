@@ -8,9 +8,20 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from engine import Engine, Job, clock
 from engine.scheduler import Scheduler
 from engine.worker import register
+
+# The API key tests give the openai client; they check it never shows in what the engine records.
+FAKE_OPENAI_KEY = "sk-acceptance-secret-key"
+
+
+def use_fake_openai(monkeypatch: pytest.MonkeyPatch, base_url: str) -> None:
+    """Points the openai client at a fake server, here and in the worker processes started next."""
+    monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_OPENAI_KEY)
 
 
 def unique_id(prefix: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 import openai as openai_sdk
 import pytest
+from support import FAKE_OPENAI_KEY, use_fake_openai
 
 from integrations.openai.testing import FakeOpenAIProcess
 
@@ -63,10 +64,9 @@ def test_kill_during_an_openai_wait_resumes_without_repeating_the_create(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     wait_key, create_route, final_status, held = CASES[job_id]
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_server.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-acceptance-secret-key")
+    use_fake_openai(monkeypatch, fake_server.base_url)
     client = openai_sdk.OpenAI(
-        base_url=fake_server.base_url, api_key="sk-acceptance-secret-key", max_retries=0
+        base_url=fake_server.base_url, api_key=FAKE_OPENAI_KEY, max_retries=0
     )
     assistant = client.beta.assistants.create(model="gpt-4o", name="crash test")
     thread = client.beta.threads.create()
@@ -100,14 +100,13 @@ def test_kill_during_an_openai_wait_resumes_without_repeating_the_create(
     assert view["output"]["status"] == final_status
     assert _task(view, wait_key)["status"] == "COMPLETED"
     assert fake_server.count(create_route) - before == 1
-    assert "sk-acceptance-secret-key" not in json.dumps(view)
+    assert FAKE_OPENAI_KEY not in json.dumps(view)
 
 
 def test_a_400_fails_the_run_with_openais_message_in_runs_show(
     procs: Any, fake_server: FakeOpenAIProcess, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_server.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-acceptance-secret-key")
+    use_fake_openai(monkeypatch, fake_server.base_url)
     fake_server.fail_next(
         "POST /v1/responses", status=400, message="Invalid value for 'model': no such model"
     )

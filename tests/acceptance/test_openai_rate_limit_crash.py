@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import use_fake_openai
 
 from integrations.openai.testing import FakeOpenAIProcess
 
@@ -38,8 +39,7 @@ def test_kill_during_a_rate_limit_wait_loses_nothing(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_server.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-acceptance-secret-key")
+    use_fake_openai(monkeypatch, fake_server.base_url)
     fake_server.fail_next(
         ROUTE, status=429, reset_requests="10m0s", message="Rate limit reached for requests"
     )

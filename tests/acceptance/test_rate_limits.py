@@ -21,6 +21,7 @@ from typing import Any
 import openai
 import pytest
 from sqlalchemy import text
+from support import use_fake_openai
 
 from engine import Engine
 from integrations.openai.testing import FakeOpenAIProcess
@@ -97,8 +98,7 @@ def test_openai_runs_finish_under_the_limit_with_no_429(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url, workers = fleet
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_server.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-acceptance-secret-key")
+    use_fake_openai(monkeypatch, fake_server.base_url)
     monkeypatch.setenv("RL_OPENAI_RPM", "60")
     # Someone else spent 55 of the account's 60 requests a minute: 5 are left, and one more
     # comes each second. A fleet sending faster than that is refused.
