@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.expression import Executable
 
 from . import clock
 from .database import DEFAULT_DATABASE_URL as DEFAULT_DATABASE_URL  # engine.store API
@@ -551,44 +552,38 @@ class Store(Database):
             )
         return dict(row._mapping)
 
+    async def _dicts(self, statement: Executable, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every row `statement` returns, as the plain dicts the read API hands out."""
+        async with self.begin() as conn:
+            rows = (await conn.execute(statement, params)).all()
+        return [dict(r._mapping) for r in rows]
+
     async def list_runs(
         self, job_id: str | None, status: str | None, limit: int, version: str | None = None
     ) -> list[dict[str, Any]]:
         params = {"job_id": job_id, "status": status, "limit": limit, "version": version}
-        async with self.begin() as conn:
-            rows = (await conn.execute(self._sql.list_runs, params)).all()
-        return [dict(r._mapping) for r in rows]
+        return await self._dicts(self._sql.list_runs, params)
 
     async def get_tasks(self, run_id: str) -> list[dict[str, Any]]:
-        async with self.begin() as conn:
-            rows = (await conn.execute(self._sql.get_tasks, {"run_id": run_id})).all()
-        return [dict(r._mapping) for r in rows]
+        return await self._dicts(self._sql.get_tasks, {"run_id": run_id})
 
     async def get_attempts(self, run_id: str) -> list[dict[str, Any]]:
         """The run's kept earlier attempts (engine_task_attempts), by task id and attempt."""
-        async with self.begin() as conn:
-            rows = (await conn.execute(self._sql.get_attempts, {"run_id": run_id})).all()
-        return [dict(r._mapping) for r in rows]
+        return await self._dicts(self._sql.get_attempts, {"run_id": run_id})
 
     async def get_usage(self, run_id: str) -> list[dict[str, Any]]:
         """The run's usage rows, each with its task's `parent_path` and `key`."""
-        async with self.begin() as conn:
-            rows = (await conn.execute(self._usage_sql.for_run, {"run_id": run_id})).all()
-        return [dict(r._mapping) for r in rows]
+        return await self._dicts(self._usage_sql.for_run, {"run_id": run_id})
 
     async def usage_report(
         self, since: float | None = None, job_id: str | None = None
     ) -> list[dict[str, Any]]:
         """Calls, runs and token sums by day (UTC), job, provider and model."""
-        async with self.begin() as conn:
-            params = {"since": since, "job_id": job_id}
-            rows = (await conn.execute(self._usage_sql.report, params)).all()
-        return [dict(r._mapping) for r in rows]
+        params = {"since": since, "job_id": job_id}
+        return await self._dicts(self._usage_sql.report, params)
 
     async def get_logs(self, run_id: str) -> list[dict[str, Any]]:
-        async with self.begin() as conn:
-            rows = (await conn.execute(self._sql.get_logs, {"run_id": run_id})).all()
-        return [dict(r._mapping) for r in rows]
+        return await self._dicts(self._sql.get_logs, {"run_id": run_id})
 
     async def waits(
         self, run_ids: Sequence[str]
