@@ -39,13 +39,22 @@ async def until(check: Callable[[], object], what: str, timeout: float = 30.0) -
         await asyncio.sleep(0.01)
 
 
-async def lose_execution(scheduler: Scheduler, run_id: str) -> None:
-    """The run's execution stops without concluding, as if its worker died: nothing is recorded.
-    Then the test clock moves past its lease, so the scheduler may claim the run again."""
-    scheduler.active[run_id].cancel()
-    await until(lambda: run_id not in scheduler.active, "the execution to stop")
-    clock.advance(scheduler.lease_seconds + 1)
-    scheduler.wake.set()
+async def lose_executions(
+    scheduler: Scheduler, run_id: str, started: list[Any], times: int
+) -> None:
+    """`times` times: once the run's next execution has started (its step appended to
+    `started`), that execution stops without concluding, as if its worker died, and the test
+    clock moves past its lease, so the scheduler may claim the run again."""
+    for n in range(1, times + 1):
+
+        def running(n: int = n) -> bool:
+            return len(started) == n and run_id in scheduler.active
+
+        await until(running, f"execution {n} to start")
+        scheduler.active[run_id].cancel()
+        await until(lambda: run_id not in scheduler.active, f"execution {n} to stop")
+        clock.advance(scheduler.lease_seconds + 1)
+        scheduler.wake.set()
 
 
 class Harness:

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from support import Harness, lose_execution, unique_id, until
+from support import Harness, lose_executions, unique_id
 
 from engine import IO, Context, RetryPolicy, Task, job
 
@@ -150,13 +150,7 @@ async def test_attempts_lost_with_their_executions_are_kept_as_lost(harness: Har
 
     scheduler = await harness.start(losing, lease_seconds=1, max_recoveries=2)
     run_id = await harness.engine.trigger(losing.id)
-    for n in (1, 2, 3):
-
-        def started(n: int = n) -> bool:
-            return len(seen) == n and run_id in scheduler.active
-
-        await until(started, f"attempt {n}")
-        await lose_execution(scheduler, run_id)
+    await lose_executions(scheduler, run_id, seen, times=3)
     failed = await harness.engine.wait_for(run_id, 30)
     assert failed["status"] == "FAILED" and failed["error"]["type"] == "RecoveryLimitError"
     (task,) = (await harness.engine.show_run(run_id))["tasks"]

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from support import Harness, lose_execution, unique_id, until
+from support import Harness, lose_executions, unique_id
 
 from engine import IO, Context, Task, clock, job
 from engine.client import Engine
@@ -102,13 +102,7 @@ async def test_a_run_that_keeps_losing_its_execution_fails_and_retry_finishes_it
 
     scheduler = await harness.start(fragile, lease_seconds=1, max_recoveries=2)
     run_id = await harness.engine.trigger(fragile.id)
-    for n in (1, 2, 3):
-
-        def started(n: int = n) -> bool:
-            return len(attempts) == n and run_id in scheduler.active
-
-        await until(started, f"execution {n}")
-        await lose_execution(scheduler, run_id)
+    await lose_executions(scheduler, run_id, attempts, times=3)
     failed = await harness.engine.wait_for(run_id, 30)
     assert failed["status"] == "FAILED", failed
     assert attempts == [1, 2, 3]  # not executed a fourth time
