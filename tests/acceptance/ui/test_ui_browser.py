@@ -2,11 +2,14 @@
 and a real `engine ui` process, driven as a person would: watch the runs list change without
 reloading, expand a task, cancel and retry from the page, trigger with a bad payload.
 
-Screenshots of the runs and run pages are kept in docs/images/ for docs/dashboard.md.
+Screenshots of the runs and run pages are taken every run; they replace the ones in docs/images/
+(for docs/dashboard.md) only with ENGINE_UPDATE_SCREENSHOTS=1, so that running the suite leaves
+the work tree clean.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 pytestmark = pytest.mark.slow
 
-IMAGES = Path(__file__).resolve().parents[3] / "docs" / "images"
+DOC_IMAGES = Path(__file__).resolve().parents[3] / "docs" / "images"
 WAIT = 60.0
 
 
@@ -38,6 +41,7 @@ def test_runs_list_run_page_cancel_retry_and_trigger_in_a_browser(
     procs: Any, dashboards: list[Dashboard], browser: Any, tmp_path: Path
 ) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
+    images = DOC_IMAGES if os.environ.get("ENGINE_UPDATE_SCREENSHOTS") == "1" else tmp_path
     worker = procs.worker("basic.py", url)
     done = procs.trigger(url, "steps")
     procs.trigger(url, "typed", {"n": 2, "label": "first"})
@@ -62,8 +66,8 @@ def test_runs_list_run_page_cancel_retry_and_trigger_in_a_browser(
     procs.ok("runs", "cancel", sleeping, "--database-url", url)
     wait.until(lambda d: row_status(d, sleeping) == "CANCELED")
     assert browser.execute_script("return window.notReloaded === true;")
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(IMAGES / "dashboard-runs.png"))
+    images.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(images / "dashboard-runs.png"))
 
     # Jobs and live workers, with what each worker serves.
     browser.get(f"{ui.base}/jobs")
@@ -88,7 +92,7 @@ def test_runs_list_run_page_cancel_retry_and_trigger_in_a_browser(
     assert browser.find_elements(By.CSS_SELECTOR, ".timeline .bar")
     browser.set_window_size(1280, 1500)
     browser.execute_script("window.scrollTo(0, 0);")
-    browser.save_screenshot(str(IMAGES / "dashboard-run.png"))
+    browser.save_screenshot(str(images / "dashboard-run.png"))
     browser.set_window_size(1280, 900)
 
     # The page of a run under way follows it without reloading, keeping open what was opened.
