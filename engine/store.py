@@ -520,26 +520,48 @@ class Store(Database):
     ) -> None:
         now = clock.now()
         async with self.begin() as conn:
-            result = await conn.execute(
-                self._sql.finish_poll,
-                {
-                    "id": poll.task_id,
-                    "status": "ERRORED" if error else "COMPLETED",
-                    "output": output,
-                    "error": error,
-                    "now": now,
-                    "poll_state": poll_state,
-                },
+            woke = await self._settle_waiting(
+                conn, poll.task_id, poll.run_id, output=output, error=error, poll_state=poll_state
             )
-            woke = result.rowcount == 1
             if woke and usage is not None:
                 values = {**_usage_defaults(usage), "id": poll.task_id, "recorded_at": now}
                 await conn.execute(self._usage_sql.write_for_poll, values)
-            if woke:
-                await conn.execute(self._sql.wake_run, {"id": poll.run_id, "now": now})
-                await self._notify(conn)
         if woke:
             self._wake_local()
+
+    async def _settle_waiting(
+        self,
+        conn: AsyncConnection,
+        task_id: int,
+        run_id: str,
+        *,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        poll_state: dict[str, Any] | None = None,
+    ) -> bool:
+        """Completes (or errors) a WAITING task from outside its run, and wakes the run, in the
+        caller's transaction; False if the task no longer waits (someone settled it first).
+
+        The one way anything but the run itself (a poll, an event, a child's end) ends a wait:
+        the `status = 'WAITING'` guard makes a duplicate delivery a no-op. The caller calls
+        `_wake_local()` after its transaction commits.
+        """
+        result = await conn.execute(
+            self._sql.finish_poll,
+            {
+                "id": task_id,
+                "status": "ERRORED" if error else "COMPLETED",
+                "output": output,
+                "error": error,
+                "now": clock.now(),
+                "poll_state": poll_state,
+            },
+        )
+        if result.rowcount != 1:
+            return False
+        await conn.execute(self._sql.wake_run, {"id": run_id, "now": clock.now()})
+        await self._notify(conn)
+        return True
 
     # -- inspection and control ------------------------------------------------------------------
 
