@@ -22,6 +22,7 @@ from .cli_support import parse_time as _parse
 from .cli_support import run as _run
 from .cli_support import short_time as _short_time
 from .cli_support import with_engine as _with_engine
+from .cli_events import events, signal_run
 from .cli_workers import jobs, unserved, workers
 from .exceptions import EngineError
 from .recovery import DEFAULT_MAX_RECOVERIES, MAX_RECOVERIES
@@ -263,8 +264,10 @@ def retry_run(run_id: str, database_url: str | None) -> None:
     click.echo(f"queued {run_id} again")
 
 
+runs.add_command(signal_run)
 main.add_command(jobs)
 main.add_command(workers)
+main.add_command(events)
 
 
 @main.command("usage")

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import difflib
 import os
+import uuid
 from types import TracebackType
 from typing import Any
 
-from . import clock, codec, flow, limits, usage, versions, views, waiting
-from .exceptions import EngineError, UnknownJobError, UnknownVersionError
+from . import clock, codec, events, flow, limits, usage, versions, views, waiting
+from .events import SentEvent
+from .exceptions import EngineError, PayloadValidationError, UnknownJobError, UnknownVersionError
 from .prices import PriceTable
 from .schema import FINAL_RUN_STATUSES, RUN_STATUSES
-from .store import DEFAULT_DATABASE_URL, Store
+from .store import DEFAULT_DATABASE_URL, StartOnEvent, Store
 
 
 def resolve_database_url(explicit: str | None = None) -> str:
@@ -93,7 +95,7 @@ class Engine:
             stored = codec.check(payload, f"the payload of {job_id!r}")
             check_against_schema(job_id, stored, declared[2])
             key = flow.key_of(declared[4], job_id, stored, None)
-        _, version, _, default_priority, spec = declared
+        _, version, _, default_priority, spec = declared[:5]
         # Only now is anything written: a trigger that fails leaves no file and no tables behind.
         if job is not None:
             await self.upgrade()
@@ -200,6 +202,67 @@ class Engine:
             }
             for w in workers
         ]
+
+    # -- events and signals (docs/triggers.md) ---------------------------------------------------
+
+    async def send_event(
+        self, name: str, payload: Any = None, *, id: str | None = None
+    ) -> SentEvent:
+        """Stores an event and delivers it at once: every run waiting for it
+        (`io.wait_for_event` with a matching `match`) is woken, and every job registered with
+        `@job(on_event=name)` gets one run. `id` deduplicates: sending an id again stores and
+        delivers nothing (`SentEvent.created` is False). An omitted payload is `{}`."""
+        name = events.check_name(name, "event name")
+        event_id = events.check_event_id(id) if id is not None else uuid.uuid4().hex
+        stored = codec.check({} if payload is None else payload, f"the payload of event {name!r}")
+        await self.upgrade()
+        starts = await self._runs_on_event(name, stored)
+        return await self.store.send_event(event_id, name, stored, starts)
+
+    async def _runs_on_event(self, name: str, payload: Any) -> list[StartOnEvent]:
+        """The run each job registered with `on_event=name` gets (at the version a trigger from
+        here would choose), its payload checked against that version's schema first."""
+        from .jobs import check_against_schema
+
+        rows, workers = await self.store.job_versions()
+        by_job: dict[str, dict[str, dict[str, Any]]] = {}
+        for row in rows:
+            if row["on_event"] == name:
+                by_job.setdefault(row["job_id"], {})[row["version"]] = row
+        starts: list[StartOnEvent] = []
+        for job_id, registered in sorted(by_job.items()):
+            served = versions.live_versions(job_id, workers)
+            version = versions.default_version(registered, served)
+            assert version is not None
+            row = registered[version]
+            try:
+                check_against_schema(job_id, payload, row["payload_schema"])
+            except PayloadValidationError as exc:
+                raise PayloadValidationError(
+                    f"event {name!r} starts job {job_id!r} (on_event), which refuses its "
+                    f"payload: {exc.message}; nothing was sent"
+                ) from None
+            spec = row["concurrency"]
+            key = flow.key_of(spec, job_id, payload, None)
+            limit = None if key is None else (key, int(spec["limit"]))
+            starts.append((job_id, version, int(row["priority"] or 0), limit))
+        return starts
+
+    async def events(self, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Sent events (of one name), newest first: id, name, payload, sent_at, and how many
+        waiting runs each woke and runs each started when it was sent."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise EngineError(f"limit {limit!r}: give a whole number of events, 1 or more")
+        rows = await self.store.list_events(name, limit)
+        return [{**row, "sent_at": views.iso(row["sent_at"])} for row in rows]
+
+    async def signal(self, run_id: str, name: str, payload: Any = None) -> bool:
+        """Sends signal `name` to one run: it settles the run's wait for it
+        (`io.wait_for_signal`), or is kept until the run waits for it. True when it woke a
+        waiting run. A run that does not exist or has finished refuses it with one error."""
+        name = events.check_name(name, "signal name")
+        stored = codec.check({} if payload is None else payload, f"the payload of signal {name!r}")
+        return await self.store.send_signal(run_id, name, stored)
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
         return await self.store.get_run(run_id)

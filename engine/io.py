@@ -12,10 +12,11 @@ import logging
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar, cast
 
-from . import clock, codec, limits, pollers, ratelimit, secrets, serialization
+from . import clock, codec, events, limits, pollers, ratelimit, secrets, serialization
 from .exceptions import DivergenceError, EngineError, LeaseLost, NotSerializableError
 from .integration import Integration
 from .records import TaskRow, TaskWrite
@@ -258,6 +259,70 @@ class IO:
             backoff=backoff,
             timeout=timeout,
         )
+
+    async def wait_for_event(
+        self,
+        key: str,
+        name: str,
+        *,
+        match: Mapping[str, Any] | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> Any:
+        """Suspends the run until an event `name` whose payload has `match`'s keys with equal
+        values is sent (`engine events send`, `Engine.send_event`) after this wait is recorded;
+        returns its payload, or None once `timeout` (seconds or a timedelta; default and
+        longest: 366 days) has passed. docs/triggers.md says which events a wait sees."""
+        where = f"io.wait_for_event({key!r})"
+        name = events.check_name(name, f"{where} event name")
+        seconds = events.timeout_seconds(timeout, where)
+        wait = events.event_wait(name, match, where)
+        params = {"event": name, "match": wait.match_values, "timeout": seconds}
+        return await self._wait_for(key, "event", "wait_for_event", params, seconds, wait)
+
+    async def wait_for_signal(
+        self, key: str, name: str, *, timeout: float | timedelta | None = None
+    ) -> Any:
+        """Suspends the run until signal `name` is sent to it (`engine runs signal`,
+        `Engine.signal`); returns its payload, or None once `timeout` has passed. A signal sent
+        before the wait is kept for it: the first wait for a name takes the oldest signal."""
+        where = f"io.wait_for_signal({key!r})"
+        name = events.check_name(name, f"{where} signal name")
+        seconds = events.timeout_seconds(timeout, where)
+        params = {"signal": name, "timeout": seconds}
+        wait = events.Wait("signal", name)
+        return await self._wait_for(key, "signal", "wait_for_signal", params, seconds, wait)
+
+    async def _wait_for(
+        self, key: str, kind: str, name: str, params: Any, seconds: float, wait: events.Wait
+    ) -> Any:
+        """A wait settled from outside the run (engine.events): recorded WAITING with its
+        index entry; the run is unloaded until a delivery or its timeout wakes it."""
+        replay = self._replay
+        parent, key, _ = replay.claim_key(key)
+        replay.enter()
+        try:
+            row = replay.recorded.get((parent, key))
+            self._check_kind(row, key, kind, name)
+            if row is None:
+                now = clock.now()
+                due = now + seconds
+                task = TaskWrite(parent, key, kind, name, "WAITING", 1,
+                                 replay.take_seq((parent, key)), params=params, due_at=due,
+                                 started_at=now)  # fmt: skip
+                status, output = await replay.record_wait(task, wait)
+            else:
+                status, output = row.status, row.output
+                due = row.due_at.timestamp() if row.due_at else clock.now()
+            if status == "WAITING":
+                if due > clock.now():
+                    await replay.park(due)
+                # The timeout passed; a delivery that got there first wins.
+                status, output = await replay.expire_wait(parent, key)
+            if status != "COMPLETED":  # CANCELED: the run was canceled while it waited
+                raise LeaseLost()
+            return output
+        finally:
+            replay.leave()
 
     # -- building blocks for integrations ------------------------------------------------------
 

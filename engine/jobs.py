@@ -10,7 +10,7 @@ from typing import Any
 
 import jsonschema
 
-from . import flow, limits, versions
+from . import events, flow, limits, versions
 from . import integration as integration_seam
 from .exceptions import EngineError, PayloadValidationError
 from .integration import Integration
@@ -29,6 +29,8 @@ class Job:
     payload_type: PayloadType | None = None
     priority: int = 0
     concurrency: flow.Concurrency | None = None
+    # Every event of this name starts a run (engine.events, docs/triggers.md).
+    on_event: str | None = None
 
     @property
     def key(self) -> str:
@@ -53,10 +55,11 @@ class Job:
         return await self.fn(payload, io, ctx)
 
 
-def registration(job: Job) -> tuple[str, str, Any, int, Any]:
-    """What `engine_jobs` records of a job: id, version, payload schema, priority, concurrency."""
+def registration(job: Job) -> tuple[str, str, Any, int, Any, str | None]:
+    """What `engine_jobs` records of a job: id, version, payload schema, priority, concurrency,
+    and the event it starts on."""
     spec = job.concurrency.spec() if job.concurrency else None
-    return job.id, job.version, job.payload_schema(), job.priority, spec
+    return job.id, job.version, job.payload_schema(), job.priority, spec, job.on_event
 
 
 def check_against_schema(job_id: str, payload: Any, schema: dict[str, Any] | None) -> None:
@@ -116,6 +119,7 @@ def job(
     payload: Any = None,
     priority: int = 0,
     concurrency: int | flow.Concurrency | None = None,
+    on_event: str | None = None,
 ) -> Callable[[JobFunction], Job]:
     """Declares an `async def (payload, io, ctx)` as a job.
 
@@ -124,7 +128,8 @@ def job(
     receives the validated value. Two jobs with one id and version in one process are refused.
     `priority` is its runs' default priority; `concurrency` caps how many of its runs are
     RUNNING at once across every worker (a number, or `Concurrency(limit, key=...)` per key).
-    See docs/flow-control.md.
+    See docs/flow-control.md. `on_event` starts a run of the job for every event of that name
+    (its payload is the run's payload; docs/triggers.md).
     """
     if not id or not isinstance(id, str):
         raise EngineError("@job(id=...): give the job a non-empty string id")
@@ -137,6 +142,8 @@ def job(
 
     flow.check_priority(priority, f"@job({id!r}) priority")
     limit = flow.as_concurrency(concurrency, id)
+    if on_event is not None:
+        events.check_name(on_event, f"@job({id!r}) on_event")
 
     def decorate(fn: JobFunction) -> Job:
         if not inspect.iscoroutinefunction(fn):
@@ -146,7 +153,7 @@ def job(
         namespace = sys._getframe(1).f_locals
         payload_type = declared(id, fn, payload, namespace)
         declared_job = Job(
-            id, str(version), fn, dict(integrations or {}), payload_type, priority, limit
+            id, str(version), fn, dict(integrations or {}), payload_type, priority, limit, on_event
         )
         registry.add(declared_job)
         return declared_job

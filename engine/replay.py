@@ -15,7 +15,8 @@ import logging
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 from . import clock, limits, serialization
 from .exceptions import (
@@ -26,8 +27,11 @@ from .exceptions import (
     WriteFailed,
     WriteRefusedError,
 )
+from .events import Wait
 from .records import LogWrite, TaskRow, TaskWrite
 from .store import Store
+
+T = TypeVar("T")
 
 log = logging.getLogger("engine.executor")
 
@@ -132,6 +136,43 @@ class Replay:
             raise LeaseLost()
         # Later calls in this same execution (a parent retried in place) find it recorded.
         self._remember(task)
+
+    async def record_wait(self, task: TaskWrite, wait: Wait) -> tuple[str, Any]:
+        """Commits a wait for an event or a signal (engine.events) before the job goes on: the
+        task's (status, output), COMPLETED at once when a kept signal was waiting for it."""
+        self.check_alive()
+        outcome = await self._guarded(
+            lambda: self.store.record_wait(self.run_id, self.epoch, task, wait, self.worker)
+        )
+        if outcome is None:
+            self.lost = True
+            raise LeaseLost()
+        status, output = outcome
+        self._remember(dataclasses.replace(task, status=status, output=output))
+        return status, output
+
+    async def expire_wait(self, parent_path: str, key: str) -> tuple[str, Any]:
+        """Ends a wait whose timeout passed, unless a delivery settled it first: its
+        (status, output) as recorded."""
+        self.check_alive()
+        outcome = await self._guarded(
+            lambda: self.store.expire_wait(self.run_id, self.epoch, parent_path, key)
+        )
+        if outcome is None:
+            self.lost = True
+            raise LeaseLost()
+        return outcome
+
+    async def _guarded(self, write: Callable[[], Awaitable[T]]) -> T:
+        """A write outside the hot path: one that outlasted the store's patience ends the
+        execution like a lost lease (the run is picked up again later)."""
+        try:
+            return await write()
+        except DatabaseError as exc:
+            if exc.transient:
+                self.lost = True
+                raise WriteFailed(exc.message) from exc
+            raise
 
     def _remember(self, task: TaskWrite) -> None:
         ident = (task.parent_path, task.key)

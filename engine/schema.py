@@ -86,7 +86,10 @@ jobs = Table(
     # ({"limit": n, "key": null | "payload.field" | "<code>"}).
     Column("priority", Integer, nullable=False, default=0, server_default="0"),
     Column("concurrency", Json, nullable=True),
+    # `@job(on_event=...)`: the event name whose every event starts a run of this version.
+    Column("on_event", String(200), nullable=True),
 )
+Index("ix_engine_jobs_on_event", jobs.c.on_event)
 
 runs = Table(
     "engine_runs",
@@ -265,3 +268,68 @@ rate_limits = Table(
     Column("tokens_tat", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+# Events (engine.events, docs/triggers.md): each sent event is one row, its id the dedupe key
+# (the id given with `--id`, else a fresh one). Its delivery (runs started, waits settled) is
+# made in the transaction that inserts it, so an id already here delivers nothing again.
+events = Table(
+    "engine_events",
+    metadata,
+    Column("id", String(300), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("payload", Json, nullable=True),
+    Column("sent_at", UTCDateTime, nullable=False),
+    # How many waiting runs it woke and how many runs it started, when it was sent.
+    Column("woke", Integer, nullable=False, default=0, server_default="0"),
+    Column("started", Integer, nullable=False, default=0, server_default="0"),
+)
+Index("ix_engine_events_name_sent", events.c.name, events.c.sent_at)
+
+# The index of open waits for events and signals: one row per `io.wait_for_event` or
+# `io.wait_for_signal` task, written with the task. An event finds its waits by
+# (name, match_hash): the digest of the event payload projected onto the wait's match keys
+# (engine.events.match_hash), never by scanning waits. Rows of settled tasks are deleted when
+# an event or a timeout settles them; the lookups join the task and keep only WAITING ones.
+event_waits = Table(
+    "engine_event_waits",
+    metadata,
+    Column("task_id", Integer, ForeignKey("engine_tasks.id", ondelete="CASCADE"), primary_key=True),
+    Column("run_id", String(40), ForeignKey("engine_runs.id", ondelete="CASCADE"), nullable=False),
+    # "event" or "signal".
+    Column("kind", String(16), nullable=False),
+    Column("name", String(200), nullable=False),
+    # Events only: the sorted match keys as JSON text ('["draft_id"]'), the digest of the
+    # matched values, and the values themselves (checked again after the lookup).
+    Column("match_keys", String(1000), nullable=True),
+    Column("match_hash", String(64), nullable=True),
+    Column("match_values", Json, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+Index(
+    "ix_engine_event_waits_match", event_waits.c.kind, event_waits.c.name, event_waits.c.match_hash
+)
+Index("ix_engine_event_waits_run", event_waits.c.run_id, event_waits.c.kind, event_waits.c.name)
+
+# The distinct match-key sets waits have used per event name: what a sent event projects its
+# payload onto. A handful of rows per name; never deleted.
+event_keysets = Table(
+    "engine_event_keysets",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("match_keys", String(1000), primary_key=True),
+)
+
+# Signals (`engine runs signal`): a mailbox per run. A signal is consumed by the first wait for
+# its name, the one waiting when it arrives or the next one to wait; `task_id` is that wait.
+signals = Table(
+    "engine_signals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), ForeignKey("engine_runs.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("payload", Json, nullable=True),
+    Column("sent_at", UTCDateTime, nullable=False),
+    Column("task_id", Integer, ForeignKey("engine_tasks.id", ondelete="SET NULL"), nullable=True),
+    Column("consumed_at", UTCDateTime, nullable=True),
+)
+Index("ix_engine_signals_run", signals.c.run_id, signals.c.name, signals.c.id)

@@ -72,18 +72,19 @@ class Statements:
 
         self.register_job = _t(
             "INSERT INTO engine_jobs (job_id, version, payload_schema, registered_at, priority, "
-            "concurrency) VALUES (:job_id, :version, :payload_schema, :registered_at, "
-            ":priority, :concurrency) "
+            "concurrency, on_event) VALUES (:job_id, :version, :payload_schema, :registered_at, "
+            ":priority, :concurrency, :on_event) "
             "ON CONFLICT (job_id, version) DO UPDATE SET payload_schema = excluded.payload_schema, "
             "registered_at = excluded.registered_at, priority = excluded.priority, "
-            "concurrency = excluded.concurrency",
+            "concurrency = excluded.concurrency, on_event = excluded.on_event",
             payload_schema=Json,
             concurrency=Json,
+            on_event=_str(),
             registered_at=UTCDateTime,
         )
         self.job_versions = _t(
-            "SELECT job_id, version, payload_schema, registered_at, priority, concurrency "
-            "FROM engine_jobs "
+            "SELECT job_id, version, payload_schema, registered_at, priority, concurrency, "
+            "on_event FROM engine_jobs "
             "WHERE (:job_id IS NULL OR job_id = :job_id) ORDER BY job_id, registered_at",
             job_id=_str(),
         ).columns(payload_schema=Json, concurrency=Json, registered_at=UTCDateTime)
@@ -471,7 +472,8 @@ class Statements:
             "UPDATE engine_tasks SET status = 'WAITING', "
             "attempts = CASE WHEN poller IS NULL THEN attempts ELSE attempts + 1 END, "
             "retry_base = attempts, worker = NULL, "
-            "due_at = CASE WHEN kind = 'wait' THEN due_at ELSE :now END, "
+            # A wait for an event or a signal keeps its timeout, and waits again.
+            "due_at = CASE WHEN kind IN ('wait', 'event', 'signal') THEN due_at ELSE :now END, "
             "completed_at = NULL, next_poll_at = CASE WHEN poller IS NULL THEN NULL ELSE :now "
             "END, started_at = CASE WHEN poller IS NULL THEN started_at ELSE :now END, "
             "attempt_started_at = CASE WHEN poller IS NULL THEN NULL ELSE :now END "

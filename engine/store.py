@@ -33,7 +33,9 @@ from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
 from .flow import PRIORITY_STEP
 from .records import ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
 from .recovery import DEFAULT_MAX_RECOVERIES, recovery_error
+from .events import SentEvent, Wait, canonical, digest, project
 from .sql import Statements
+from .sql_events import EventStatements
 from .sql_usage import USAGE_FIELDS, UsageStatements
 from .writes import Write
 
@@ -47,6 +49,9 @@ _LIMITED_ROUNDS = 4
 DEFAULT_PATIENCE = 60.0
 
 T = TypeVar("T")
+
+# A run `@job(on_event=...)` starts: (job id, version, priority, (concurrency key, limit) | None).
+StartOnEvent = tuple[str, str, int, tuple[str, int] | None]
 
 
 class Store(Database):
@@ -68,6 +73,7 @@ class Store(Database):
         self.patience = DEFAULT_PATIENCE
         self._sql = Statements(self.is_postgres)
         self._usage_sql = UsageStatements(self.is_postgres)
+        self._events_sql = EventStatements(self.is_postgres)
 
     async def _patiently(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Runs `attempt`, retrying transient DatabaseErrors with exponential backoff and
@@ -88,7 +94,8 @@ class Store(Database):
     # -- jobs ------------------------------------------------------------------------------------
 
     async def register_jobs(self, entries: Iterable[tuple[Any, ...]]) -> None:
-        """Records (job id, version, payload schema[, priority, concurrency spec]) entries."""
+        """Records (job id, version, payload schema[, priority, concurrency spec, on_event])
+        entries."""
         rows = [
             {
                 "job_id": entry[0],
@@ -96,6 +103,7 @@ class Store(Database):
                 "payload_schema": entry[2],
                 "priority": entry[3] if len(entry) > 3 else 0,
                 "concurrency": entry[4] if len(entry) > 4 else None,
+                "on_event": entry[5] if len(entry) > 5 else None,
                 "registered_at": clock.now(),
             }
             for entry in entries
@@ -167,37 +175,52 @@ class Store(Database):
 
         `concurrency` is (key, limit) for a run of a job with a concurrency limit.
         """
-        run_id = uuid.uuid4().hex
-        now = clock.now()
-        key, limit = concurrency if concurrency is not None else (None, None)
         async with self.begin() as conn:
-            result = await conn.execute(
-                self._sql.create_run,
-                {
-                    "id": run_id,
-                    "job_id": job_id,
-                    "job_version": version,
-                    "payload": payload,
-                    "idempotency_key": idempotency_key,
-                    "created_at": now,
-                    "priority": priority,
-                    "rank_at": now - priority * PRIORITY_STEP,
-                    "concurrency_key": key,
-                    "concurrency_limit": limit,
-                },
+            run_id, created = await self._create_run(
+                conn, job_id, version, payload, idempotency_key, priority, concurrency
             )
-            created = result.rowcount == 1
             if created:
                 await self._notify(conn)
-            else:
-                run_id = (
-                    await conn.execute(
-                        self._sql.run_by_idempotency, {"job_id": job_id, "key": idempotency_key}
-                    )
-                ).scalar_one()
         if created:
             self._wake_local()
         return run_id, created
+
+    async def _create_run(
+        self,
+        conn: AsyncConnection,
+        job_id: str,
+        version: str,
+        payload: Any,
+        idempotency_key: str | None,
+        priority: int,
+        concurrency: tuple[str, int] | None,
+    ) -> tuple[str, bool]:
+        run_id = uuid.uuid4().hex
+        now = clock.now()
+        key, limit = concurrency if concurrency is not None else (None, None)
+        result = await conn.execute(
+            self._sql.create_run,
+            {
+                "id": run_id,
+                "job_id": job_id,
+                "job_version": version,
+                "payload": payload,
+                "idempotency_key": idempotency_key,
+                "created_at": now,
+                "priority": priority,
+                "rank_at": now - priority * PRIORITY_STEP,
+                "concurrency_key": key,
+                "concurrency_limit": limit,
+            },
+        )
+        if result.rowcount == 1:
+            return run_id, True
+        run_id = (
+            await conn.execute(
+                self._sql.run_by_idempotency, {"job_id": job_id, "key": idempotency_key}
+            )
+        ).scalar_one()
+        return run_id, False
 
     async def claim_runs(
         self,
@@ -562,6 +585,192 @@ class Store(Database):
         await conn.execute(self._sql.wake_run, {"id": run_id, "now": clock.now()})
         await self._notify(conn)
         return True
+
+    # -- events and signals (engine.events) ------------------------------------------------------
+
+    async def send_event(
+        self, event_id: str, name: str, payload: Any, runs: Sequence[StartOnEvent] = ()
+    ) -> SentEvent:
+        """Stores the event and delivers it, in one transaction: starts a run of each of `runs`
+        (idempotency key `event:<id>`) and settles every wait it matches. An id already stored
+        delivers nothing again."""
+        return await self._patiently(
+            "sending an event", lambda: self._send_event(event_id, name, payload, runs)
+        )
+
+    async def _send_event(
+        self, event_id: str, name: str, payload: Any, runs: Sequence[StartOnEvent]
+    ) -> SentEvent:
+        sql = self._events_sql
+        now = clock.now()
+        async with self.begin() as conn:
+            values = {"id": event_id, "name": name, "payload": payload, "sent_at": now}
+            if (await conn.execute(sql.insert_event, values)).rowcount != 1:
+                return SentEvent(event_id, name, created=False)
+            started = []
+            for run in runs:
+                run_id, _ = await self._create_run(
+                    conn, *run[:2], payload, f"event:{event_id}", *run[2:]
+                )
+                started.append(run_id)
+            woke = await self._deliver(conn, name, payload)
+            counts = {"id": event_id, "woke": len(woke), "started": len(started)}
+            await conn.execute(sql.event_counts, counts)
+            if started:
+                await self._notify(conn)
+        if woke or started:
+            self._wake_local()
+        return SentEvent(event_id, name, True, woke, started)
+
+    async def _deliver(self, conn: AsyncConnection, name: str, payload: Any) -> list[str]:
+        """Settles the waits for event `name` that `payload` matches; the runs woken."""
+        sql = self._events_sql
+        wanted: dict[str, str] = {}  # digest -> canonical values
+        for (keys,) in (await conn.execute(sql.keysets, {"name": name})).all():
+            values = project(payload, keys)
+            if values is not None:
+                wanted[digest(keys, values)] = canonical(values)
+        if not wanted:
+            return []
+        found = (
+            await conn.execute(sql.matching_waits, {"name": name, "hashes": list(wanted)})
+        ).all()
+        # The digest found them; the values themselves decide (a digest collision is no match).
+        waits = [w for w in found if canonical(w.match_values) == wanted[w.match_hash]]
+        return await self._settle_all(conn, [(w.run_id, w.task_id) for w in waits], payload)
+
+    async def _settle_all(
+        self, conn: AsyncConnection, waits: Sequence[tuple[str, int]], output: Any
+    ) -> list[str]:
+        """Settles these (run id, task id) waits with `output`; the runs woken. Each run row is
+        locked first, in id order, as a cancel or the run's own writes take it before its
+        tasks: no deadlock, and a run that ended meanwhile is left alone."""
+        woke: list[str] = []
+        settled: list[int] = []
+        locked: dict[str, str] = {}
+        for run_id, task_id in sorted(waits):
+            if run_id not in locked:
+                locked[run_id] = await self._locked_status(conn, run_id)
+            if locked[run_id] not in ("QUEUED", "RUNNING", "WAITING"):
+                continue
+            if await self._settle_waiting(conn, task_id, run_id, output=output):
+                settled.append(task_id)
+                if run_id not in woke:
+                    woke.append(run_id)
+        if settled:
+            await conn.execute(self._events_sql.delete_waits, {"ids": settled})
+        return woke
+
+    async def list_events(self, name: str | None, limit: int) -> list[dict[str, Any]]:
+        return await self._dicts(self._events_sql.list_events, {"name": name, "limit": limit})
+
+    async def send_signal(self, run_id: str, name: str, payload: Any) -> bool:
+        """Delivers a signal to the run's first wait for `name`, or keeps it in the run's mailbox
+        for the next one; True when it woke a wait. A finished run refuses it."""
+        return await self._patiently(
+            "sending a signal", lambda: self._send_signal(run_id, name, payload)
+        )
+
+    async def _send_signal(self, run_id: str, name: str, payload: Any) -> bool:
+        sql = self._events_sql
+        now = clock.now()
+        async with self.begin() as conn:
+            status = await self._locked_status(conn, run_id)
+            if status not in ("QUEUED", "RUNNING", "WAITING"):
+                raise InvalidRunStateError(
+                    f"run {run_id} is already {status}: a signal goes only to a QUEUED, "
+                    "RUNNING or WAITING run"
+                )
+            wait = (await conn.execute(sql.signal_wait, {"run_id": run_id, "name": name})).first()
+            woke = wait is not None and await self._settle_waiting(
+                conn, wait.task_id, run_id, output=payload
+            )
+            if woke:
+                assert wait is not None
+                await conn.execute(sql.delete_waits, {"ids": [wait.task_id]})
+            values = {
+                "run_id": run_id,
+                "name": name,
+                "payload": payload,
+                "sent_at": now,
+                "task_id": wait.task_id if woke and wait is not None else None,
+                "consumed_at": now if woke else None,
+            }
+            await conn.execute(sql.insert_signal, values)
+        if woke:
+            self._wake_local()
+        return woke
+
+    async def record_wait(
+        self, run_id: str, epoch: int, task: TaskWrite, wait: Wait, worker: str | None
+    ) -> tuple[str, Any] | None:
+        """Records a wait for an event or a signal (fenced) with its index entry; a signal
+        already in the run's mailbox is consumed at once. Returns the task's (status, output),
+        or None when the execution no longer holds the lease."""
+        return await self._patiently(
+            "recording a wait", lambda: self._record_wait(run_id, epoch, task, wait, worker)
+        )
+
+    async def _record_wait(
+        self, run_id: str, epoch: int, task: TaskWrite, wait: Wait, worker: str | None
+    ) -> tuple[str, Any] | None:
+        sql = self._events_sql
+        now = clock.now()
+        ident = {"run_id": run_id, "parent_path": task.parent_path, "key": task.key}
+        async with self.begin() as conn:
+            if (await conn.execute(sql.run_epoch, {"id": run_id})).scalar() != epoch:
+                await conn.rollback()
+                return None
+            values = {**ident, **task.__dict__, "worker": worker}
+            await conn.execute(sql.insert_task, values)
+            row = (await conn.execute(sql.task, ident)).one()
+            if row.status != "WAITING":  # recorded by an earlier try of this same write
+                return row.status, row.output
+            if wait.kind == "signal":
+                kept = (
+                    await conn.execute(sql.oldest_signal, {"run_id": run_id, "name": wait.name})
+                ).first()
+                if kept is not None:
+                    await conn.execute(
+                        sql.complete_task, {"id": row.id, "output": kept.payload, "now": now}
+                    )
+                    await conn.execute(
+                        sql.consume_signal, {"id": kept.id, "task_id": row.id, "now": now}
+                    )
+                    return "COMPLETED", kept.payload
+            await conn.execute(
+                sql.insert_wait,
+                {"task_id": row.id, "run_id": run_id, "created_at": now, **wait.__dict__},
+            )
+            if wait.match_keys is not None:
+                keyset = {"name": wait.name, "match_keys": wait.match_keys}
+                await conn.execute(sql.insert_keyset, keyset)
+        return "WAITING", None
+
+    async def expire_wait(
+        self, run_id: str, epoch: int, parent_path: str, key: str
+    ) -> tuple[str, Any] | None:
+        """Ends a wait whose timeout passed with None (fenced), unless an event or a signal
+        settled it first: returns the task's (status, output), or None when the lease is lost."""
+        return await self._patiently(
+            "ending a wait", lambda: self._expire_wait(run_id, epoch, parent_path, key)
+        )
+
+    async def _expire_wait(
+        self, run_id: str, epoch: int, parent_path: str, key: str
+    ) -> tuple[str, Any] | None:
+        sql = self._events_sql
+        ident = {"run_id": run_id, "parent_path": parent_path, "key": key}
+        async with self.begin() as conn:
+            if (await conn.execute(sql.run_epoch, {"id": run_id})).scalar() != epoch:
+                await conn.rollback()
+                return None
+            row = (await conn.execute(sql.task, ident)).one()
+            if row.status != "WAITING":
+                return row.status, row.output
+            await conn.execute(sql.expire, {"id": row.id, "completed_at": clock.now()})
+            await conn.execute(sql.delete_waits, {"ids": [row.id]})
+        return "COMPLETED", None
 
     # -- inspection and control ------------------------------------------------------------------
 

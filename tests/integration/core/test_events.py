@@ -1,0 +1,240 @@
+"""Events and signals (docs/triggers.md): who a delivery wakes, exactly once, and what a timeout,
+a duplicate, a cancel or a stopped worker change about it. Each test runs on SQLite and on
+PostgreSQL, with three workers where several could race."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from support import Harness, unique_id, until
+
+from engine import IO, Context, Engine, InvalidRunStateError, Job, RunNotFoundError, Task, job
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+async def workers(db_url: str) -> AsyncIterator[list[Harness]]:
+    """Three workers, each with its own connections, on one database."""
+    harnesses = [Harness(db_url) for _ in range(3)]
+    try:
+        yield harnesses
+    finally:
+        for h in harnesses:
+            await h.close()
+
+
+def approval_job(after: Counter[str], timeout: float | None = None) -> Job:
+    """Waits for "draft.reviewed" about its own draft, then runs one step counted in `after`."""
+
+    @job(id=unique_id("approve"))
+    async def approve(payload: Any, io: IO, ctx: Context) -> Any:
+        review = await io.wait_for_event(
+            "review",
+            "draft.reviewed",
+            match={"draft_id": payload["draft_id"]},
+            timeout=timeout,
+        )
+
+        async def publish(task: Task) -> str:
+            after[ctx.run_id] += 1
+            return "published"
+
+        return {"review": review, "done": await io.run_task("publish", publish)}
+
+    return approve
+
+
+async def waiting(engine: Engine, run_id: str, key: str) -> bool:
+    """The run is unloaded (WAITING) on the wait `key`."""
+    run = await engine.get_run(run_id)
+    tasks = {t["key"]: t["status"] for t in await engine.store.get_tasks(run_id)}
+    return bool(run["status"] == "WAITING" and tasks.get(key) == "WAITING")
+
+
+async def until_waiting(engine: Engine, run_ids: list[str], key: str = "review") -> None:
+    for run_id in run_ids:
+        deadline = asyncio.get_running_loop().time() + 60
+        while not await waiting(engine, run_id, key):
+            assert asyncio.get_running_loop().time() < deadline, f"{run_id} never waited"
+            await asyncio.sleep(0.02)
+
+
+async def test_an_event_wakes_each_matching_run_once_and_no_other(workers: list[Harness]) -> None:
+    after: Counter[str] = Counter()
+    approve = approval_job(after)
+    for h in workers:
+        await h.start(approve)
+    engine = workers[0].engine
+    ones = [await engine.trigger(approve.id, {"draft_id": 1}) for _ in range(3)]
+    others = [await engine.trigger(approve.id, {"draft_id": d}) for d in (2, 1.5, "1")]
+    await until_waiting(engine, ones + others)
+
+    sent = await asyncio.gather(
+        *(engine.send_event("draft.reviewed", {"draft_id": 1, "ok": True}, id="r-1") for _ in range(3))
+    )
+    assert sorted(s.created for s in sent) == [False, False, True]
+    (first,) = [s for s in sent if s.created]
+    assert sorted(first.woke) == sorted(ones)
+    for run_id in ones:
+        run = await engine.wait_for(run_id, 60)
+        assert run["status"] == "COMPLETED"
+        assert run["output"] == {"review": {"draft_id": 1, "ok": True}, "done": "published"}
+    # 1.0 would match 1 (equal as JSON numbers); 1.5, 2 and "1" do not.
+    for run_id in others:
+        assert await waiting(engine, run_id, "review")
+    # An event of another name, or without the key, wakes nobody.
+    assert (await engine.send_event("draft.created", {"draft_id": 2})).woke == []
+    assert (await engine.send_event("draft.reviewed", {"id": 2})).woke == []
+    assert after == Counter({run_id: 1 for run_id in ones})
+    listed = await engine.events("draft.reviewed")
+    assert [(e["id"], e["woke"]) for e in listed if e["id"] == "r-1"] == [("r-1", 3)]
+
+
+async def test_an_event_sent_while_no_worker_runs_is_delivered_when_one_starts(
+    workers: list[Harness],
+) -> None:
+    after: Counter[str] = Counter()
+    approve = approval_job(after)
+    h = workers[0]
+    await h.start(approve)
+    run_id = await h.engine.trigger(approve.id, {"draft_id": 7})
+    await until_waiting(h.engine, [run_id])
+    await h.stop()
+
+    sent = await h.engine.send_event("draft.reviewed", {"draft_id": 7})
+    assert sent.woke == [run_id]
+    assert (await h.engine.get_run(run_id))["status"] == "WAITING"
+
+    await workers[1].start(approve)
+    run = await h.engine.wait_for(run_id, 60)
+    assert run["output"]["review"] == {"draft_id": 7}
+    assert after[run_id] == 1
+
+
+async def test_a_wait_times_out_to_none_and_a_later_event_changes_nothing(
+    workers: list[Harness],
+) -> None:
+    after: Counter[str] = Counter()
+    approve = approval_job(after, timeout=0.3)
+    h = workers[0]
+    await h.start(approve)
+    run_id = await h.engine.trigger(approve.id, {"draft_id": 9})
+    run = await h.engine.wait_for(run_id, 60)
+    assert run["output"] == {"review": None, "done": "published"}
+    assert (await h.engine.send_event("draft.reviewed", {"draft_id": 9})).woke == []
+    (task,) = [t for t in await h.store.get_tasks(run_id) if t["key"] == "review"]
+    assert (task["status"], task["output"], task["kind"]) == ("COMPLETED", None, "event")
+
+
+async def test_a_cancel_racing_a_delivery_ends_in_one_outcome(workers: list[Harness]) -> None:
+    after: Counter[str] = Counter()
+    approve = approval_job(after)
+    for h in workers:
+        await h.start(approve)
+    engine = workers[0].engine
+    run_ids = [await engine.trigger(approve.id, {"draft_id": n}) for n in range(12)]
+    await until_waiting(engine, run_ids)
+
+    async def cancel(run_id: str) -> str | None:
+        try:
+            return await workers[1].engine.cancel(run_id)
+        except InvalidRunStateError:
+            return None  # the run completed first
+
+    results = await asyncio.gather(
+        *(engine.send_event("draft.reviewed", {"draft_id": n}) for n in range(12)),
+        *(cancel(run_id) for run_id in run_ids),
+    )
+    woken = {run_id for sent in results[:12] for run_id in sent.woke}  # type: ignore[union-attr]
+    canceled = dict(zip(run_ids, results[12:], strict=True))
+    for run_id in run_ids:
+        run = await engine.wait_for(run_id, 60)
+        tasks = {t["key"]: t["status"] for t in await engine.store.get_tasks(run_id)}
+        if canceled[run_id] is None:  # the cancel was refused: the delivery won, run to the end
+            assert run["status"] == "COMPLETED" and run_id in woken
+            assert tasks == {"review": "COMPLETED", "publish": "COMPLETED"}
+        else:
+            assert run["status"] == "CANCELED"
+            # Delivered first (then canceled), or canceled first (the event found no wait).
+            assert tasks["review"] == ("COMPLETED" if run_id in woken else "CANCELED")
+        assert after[run_id] <= 1
+
+
+async def test_on_event_starts_one_run_per_event_per_job(workers: list[Harness]) -> None:
+    name = unique_id("order.created")
+    first: Any = None
+
+    async def record(payload: Any, io: IO, ctx: Context) -> Any:
+        return payload
+
+    engine = workers[0].engine
+    await engine.upgrade()
+    # Sent before any worker registered a job for it: stored, starts nothing.
+    early = await engine.send_event(name, {"order": 0})
+    assert early.created and early.started == []
+
+    one = job(id=unique_id("on-one"), on_event=name)(record)
+    two = job(id=unique_id("on-two"), on_event=name)(record)
+    for h in workers:
+        await h.start(one, two)
+    sends = [workers[n % 3].engine.send_event(name, {"order": n % 4}, id=f"o-{n % 4}") for n in range(12)]
+    sent = await asyncio.gather(*sends)
+    assert sum(s.created for s in sent) == 4
+    for job_ in (one, two):
+        runs = await engine.list_runs(job_.id)
+        assert len(runs) == 4
+        assert sorted(r["payload"]["order"] for r in runs) == [0, 1, 2, 3]
+        for run in runs:
+            first = await engine.wait_for(run["id"], 60)
+            assert first["status"] == "COMPLETED"
+
+
+def signal_job(after: Counter[str]) -> Job:
+    @job(id=unique_id("signaled"))
+    async def signaled(payload: Any, io: IO, ctx: Context) -> Any:
+        first = await io.wait_for_signal("first", "go", timeout=timedelta(days=1))
+        second = await io.wait_for_signal("second", "go")
+
+        async def step(task: Task) -> None:
+            after[ctx.run_id] += 1
+
+        await io.run_task("after", step)
+        return [first, second]
+
+    return signaled
+
+
+async def test_signals_go_to_one_run_and_are_kept_until_it_waits(workers: list[Harness]) -> None:
+    after: Counter[str] = Counter()
+    signaled = signal_job(after)
+    h = workers[0]
+    await h.start(signaled)
+    engine = h.engine
+    run_id = await engine.trigger(signaled.id)
+    other = await engine.trigger(signaled.id)
+    await until_waiting(engine, [run_id, other], "first")
+    assert await engine.signal(run_id, "go", {"n": 1}) is True
+    await until_waiting(engine, [run_id], "second")
+    assert await engine.signal(run_id, "go", {"n": 2}) is True
+    assert (await engine.wait_for(run_id, 60))["output"] == [{"n": 1}, {"n": 2}]
+    assert await waiting(engine, other, "first")  # the other run heard nothing
+
+    with pytest.raises(InvalidRunStateError, match="already COMPLETED"):
+        await engine.signal(run_id, "go")
+    with pytest.raises(RunNotFoundError, match="no run has id"):
+        await engine.signal("nope", "go")
+
+    # Sent before a wait: kept, and taken in order by the waits for that name.
+    await h.stop()
+    queued = await engine.trigger(signaled.id)
+    assert await engine.signal(queued, "go", {"n": "a"}) is False
+    assert await engine.signal(queued, "go", {"n": "b"}) is False
+    await workers[1].start(signaled)
+    assert (await engine.wait_for(queued, 60))["output"] == [{"n": "a"}, {"n": "b"}]
+    assert after[queued] == 1
