@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .cli_events import events, signal_run
+
 # The commands below keep the short private names these helpers had before they moved to
 # engine/cli_support.py (shared with engine/cli_workers.py).
 from .cli_support import DB_HELP as _DB_HELP
@@ -22,7 +24,6 @@ from .cli_support import parse_time as _parse
 from .cli_support import run as _run
 from .cli_support import short_time as _short_time
 from .cli_support import with_engine as _with_engine
-from .cli_events import events, signal_run
 from .cli_workers import jobs, unserved, workers
 from .exceptions import EngineError
 from .recovery import DEFAULT_MAX_RECOVERIES, MAX_RECOVERIES

@@ -12,13 +12,14 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 from . import clock, limits, serialization
+from .events import Wait
 from .exceptions import (
     DatabaseError,
     DuplicateKeyError,
@@ -27,7 +28,6 @@ from .exceptions import (
     WriteFailed,
     WriteRefusedError,
 )
-from .events import Wait
 from .records import LogWrite, TaskRow, TaskWrite
 from .store import Store
 

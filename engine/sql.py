@@ -432,11 +432,11 @@ class Statements:
         # each concurrency group.
         self.waiting_tasks = (
             _t(
-                "SELECT run_id, key, status, attempts, error, due_at, poller, next_poll_at "
-                "FROM engine_tasks WHERE status = 'WAITING' AND run_id IN :ids"
+                "SELECT run_id, key, kind, params, status, attempts, error, due_at, poller, "
+                "next_poll_at FROM engine_tasks WHERE status = 'WAITING' AND run_id IN :ids"
             )
             .bindparams(bindparam("ids", expanding=True))
-            .columns(error=Json, due_at=UTCDateTime, next_poll_at=UTCDateTime)
+            .columns(params=Json, error=Json, due_at=UTCDateTime, next_poll_at=UTCDateTime)
         )
         self.running_counts = _t(
             "SELECT job_id, concurrency_key, COUNT(*) AS running FROM engine_runs "

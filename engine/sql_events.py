@@ -34,15 +34,19 @@ class EventStatements:
         self.keysets = _t("SELECT match_keys FROM engine_event_keysets WHERE name = :name")
         # The waits an event matches: by (name, digest), through the index; the join keeps the
         # ones still WAITING (a wait's row stays after a cancel, harmless and reused by a retry).
-        self.matching_waits = _t(
-            "SELECT w.task_id, w.run_id, w.match_hash, w.match_values "
-            "FROM engine_event_waits w JOIN engine_tasks t ON t.id = w.task_id "
-            "WHERE w.kind = 'event' AND w.name = :name AND w.match_hash IN :hashes "
-            "AND t.status = 'WAITING' ORDER BY w.run_id, w.task_id"
-        ).bindparams(bindparam("hashes", expanding=True)).columns(match_values=Json)
-        self.delete_waits = _t(
-            "DELETE FROM engine_event_waits WHERE task_id IN :ids"
-        ).bindparams(bindparam("ids", expanding=True))
+        self.matching_waits = (
+            _t(
+                "SELECT w.task_id, w.run_id, w.match_hash, w.match_values "
+                "FROM engine_event_waits w JOIN engine_tasks t ON t.id = w.task_id "
+                "WHERE w.kind = 'event' AND w.name = :name AND w.match_hash IN :hashes "
+                "AND t.status = 'WAITING' ORDER BY w.run_id, w.task_id"
+            )
+            .bindparams(bindparam("hashes", expanding=True))
+            .columns(match_values=Json)
+        )
+        self.delete_waits = _t("DELETE FROM engine_event_waits WHERE task_id IN :ids").bindparams(
+            bindparam("ids", expanding=True)
+        )
         # -- the run's side ---------------------------------------------------------------------
         self.run_epoch = _t(f"SELECT lease_epoch FROM engine_runs WHERE id = :id{share}")
         self.insert_task = _t(

@@ -29,11 +29,11 @@ from . import clock
 from .database import DEFAULT_DATABASE_URL as DEFAULT_DATABASE_URL  # engine.store API
 from .database import Database, parse_url
 from .dberrors import invalidate_if_broken
+from .events import SentEvent, Wait, canonical, digest, project
 from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
 from .flow import PRIORITY_STEP
 from .records import ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
 from .recovery import DEFAULT_MAX_RECOVERIES, recovery_error
-from .events import SentEvent, Wait, canonical, digest, project
 from .sql import Statements
 from .sql_events import EventStatements
 from .sql_usage import USAGE_FIELDS, UsageStatements

@@ -7,6 +7,7 @@ concurrency limit is full. See docs/flow-control.md, "What a user sees".
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -71,6 +72,21 @@ def _task_wait(task: Mapping[str, Any]) -> dict[str, Any]:
             "summary": f"poll {key!r} ({task['poller']}), next at {_t(when)}",
         }
     due = task.get("due_at")
+    if task.get("kind") in ("event", "signal"):
+        # io.wait_for_event / io.wait_for_signal (engine.events): settled by a delivery.
+        params = task.get("params") or {}
+        kind = task["kind"]
+        name = params.get(kind)
+        match = params.get("match")
+        matching = f" matching {json.dumps(match)}" if match else ""
+        return {
+            "reason": kind,
+            kind: name,
+            **({"match": match} if kind == "event" else {}),
+            "task": key,
+            "until": iso(due),
+            "summary": f"{kind} {name!r}{matching} until {_t(due)} (task {key!r})",
+        }
     if error and error.get("type") == "RateLimitWait":
         # Suspended by the shared limiter (engine.ratelimit) until its reserved place (the
         # row is due a little before it).

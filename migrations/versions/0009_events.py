@@ -19,9 +19,7 @@ down_revision = "0007_ratelimit"
 branch_labels = None
 depends_on = None
 
-Json = sa.JSON(none_as_null=True).with_variant(
-    postgresql.JSONB(none_as_null=True), "postgresql"
-)
+Json = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 
 
 def upgrade() -> None:

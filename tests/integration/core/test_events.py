@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from support import Harness, unique_id, until
+from support import Harness, unique_id
 
 from engine import IO, Context, Engine, InvalidRunStateError, Job, RunNotFoundError, Task, job
 
@@ -76,7 +76,10 @@ async def test_an_event_wakes_each_matching_run_once_and_no_other(workers: list[
     await until_waiting(engine, ones + others)
 
     sent = await asyncio.gather(
-        *(engine.send_event("draft.reviewed", {"draft_id": 1, "ok": True}, id="r-1") for _ in range(3))
+        *(
+            engine.send_event("draft.reviewed", {"draft_id": 1, "ok": True}, id="r-1")
+            for _ in range(3)
+        )
     )
     assert sorted(s.created for s in sent) == [False, False, True]
     (first,) = [s for s in sent if s.created]
@@ -183,7 +186,9 @@ async def test_on_event_starts_one_run_per_event_per_job(workers: list[Harness])
     two = job(id=unique_id("on-two"), on_event=name)(record)
     for h in workers:
         await h.start(one, two)
-    sends = [workers[n % 3].engine.send_event(name, {"order": n % 4}, id=f"o-{n % 4}") for n in range(12)]
+    sends = [
+        workers[n % 3].engine.send_event(name, {"order": n % 4}, id=f"o-{n % 4}") for n in range(12)
+    ]
     sent = await asyncio.gather(*sends)
     assert sum(s.created for s in sent) == 4
     for job_ in (one, two):
