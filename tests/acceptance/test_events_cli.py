@@ -4,17 +4,30 @@ list` and `engine runs signal` print what they did, and refuse bad input in one 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from engine import Engine
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
+def _show(url: str, run_id: str) -> dict[str, Any]:
+    """The run as `runs show --json` prints it, read in-process (cheaper than a CLI per poll)."""
+
+    async def read() -> dict[str, Any]:
+        async with Engine(url) as engine:
+            return await engine.show_run(run_id)
+
+    return asyncio.run(read())
+
+
 def _waiting_on(procs: Any, url: str, run_id: str, key: str) -> bool:
-    shown = procs.show(url, run_id)
+    shown = _show(url, run_id)
     tasks = {t["key"]: t["status"] for t in shown["tasks"]}
     return bool(shown["status"] == "WAITING" and tasks.get(key) == "WAITING")
 
@@ -23,12 +36,10 @@ def test_kill9_during_an_event_wait_then_the_event_then_a_new_worker(
     procs: Any, db_url: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "steps.log"
-    run_id = procs.trigger(
-        db_url, "awaits-review", {"log": str(log), "doc": 7}, app="events.py"
-    )
+    run_id = procs.trigger(db_url, "awaits-review", {"log": str(log), "doc": 7}, app="events.py")
     first = procs.worker("events.py", db_url)
     procs.wait_until(lambda: _waiting_on(procs, db_url, run_id, "review"), 60, "the wait")
-    shown = procs.show(db_url, run_id)
+    shown = _show(db_url, run_id)
     assert shown["waiting_for"]["reason"] == "event"
     assert "doc.reviewed" in shown["waiting_for"]["summary"]
     first.kill9()
@@ -68,7 +79,7 @@ def test_signals_from_the_cli_survive_a_kill9_and_refuse_bad_targets(
     assert "its wait for 'go' is over" in out
     procs.worker("events.py", db_url)
     procs.wait_status(db_url, run_id, "COMPLETED", timeout=60)
-    assert procs.show(db_url, run_id)["output"] == {"ok": True}
+    assert _show(db_url, run_id)["output"] == {"ok": True}
     assert procs.counts(log) == {"before": 1, "after": 1}
 
     for args, message in (
@@ -92,5 +103,5 @@ def test_an_on_event_job_gets_one_run_per_event(procs: Any, db_url: str) -> None
     assert len(runs) == 3
     for run in runs:
         procs.wait_status(db_url, run["id"], "COMPLETED", timeout=60)
-    orders = sorted(procs.show(db_url, r["id"])["output"]["order"] for r in runs)
+    orders = sorted(_show(db_url, r["id"])["output"]["order"] for r in runs)
     assert orders == [1, 2, 3]
