@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
 import os
 import uuid
 from types import TracebackType
@@ -216,37 +217,9 @@ class Engine:
         event_id = events.check_event_id(id) if id is not None else uuid.uuid4().hex
         stored = codec.check({} if payload is None else payload, f"the payload of event {name!r}")
         await self.upgrade()
-        starts = await self._runs_on_event(name, stored)
-        return await self.store.send_event(event_id, name, stored, starts)
-
-    async def _runs_on_event(self, name: str, payload: Any) -> list[StartOnEvent]:
-        """The run each job registered with `on_event=name` gets (at the version a trigger from
-        here would choose), its payload checked against that version's schema first."""
-        from .jobs import check_against_schema
-
-        rows, workers = await self.store.job_versions()
-        by_job: dict[str, dict[str, dict[str, Any]]] = {}
-        for row in rows:
-            if row["on_event"] == name:
-                by_job.setdefault(row["job_id"], {})[row["version"]] = row
-        starts: list[StartOnEvent] = []
-        for job_id, registered in sorted(by_job.items()):
-            served = versions.live_versions(job_id, workers)
-            version = versions.default_version(registered, served)
-            assert version is not None
-            row = registered[version]
-            try:
-                check_against_schema(job_id, payload, row["payload_schema"])
-            except PayloadValidationError as exc:
-                raise PayloadValidationError(
-                    f"event {name!r} starts job {job_id!r} (on_event), which refuses its "
-                    f"payload: {exc.message}; nothing was sent"
-                ) from None
-            spec = row["concurrency"]
-            key = flow.key_of(spec, job_id, payload, None)
-            limit = None if key is None else (key, int(spec["limit"]))
-            starts.append((job_id, version, int(row["priority"] or 0), limit))
-        return starts
+        return await self.store.send_event(
+            event_id, name, stored, functools.partial(_runs_on_event, name, stored)
+        )
 
     async def events(self, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Sent events (of one name), newest first: id, name, payload, sent_at, and how many
@@ -334,3 +307,33 @@ class Engine:
 
     async def run_logs(self, run_id: str) -> list[dict[str, Any]]:
         return await self.store.get_logs(run_id)
+
+
+def _runs_on_event(
+    name: str, payload: Any, rows: list[dict[str, Any]], workers: list[dict[str, Any]]
+) -> list[StartOnEvent]:
+    """The run each job registered with `on_event=name` (`rows`) gets, at the version a trigger
+    from a process without its code would choose, its payload checked against that version's
+    schema first: a refusal refuses the whole event, before anything is written."""
+    from .jobs import check_against_schema
+
+    by_job: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        by_job.setdefault(row["job_id"], {})[row["version"]] = row
+    starts: list[StartOnEvent] = []
+    for job_id, registered in sorted(by_job.items()):
+        version = versions.default_version(registered, versions.live_versions(job_id, workers))
+        assert version is not None
+        row = registered[version]
+        try:
+            check_against_schema(job_id, payload, row["payload_schema"])
+        except PayloadValidationError as exc:
+            raise PayloadValidationError(
+                f"event {name!r} starts job {job_id!r} (on_event), which refuses its "
+                f"payload: {exc.message}; nothing was sent"
+            ) from None
+        spec = row["concurrency"]
+        key = flow.key_of(spec, job_id, payload, None)
+        limit = None if key is None else (key, int(spec["limit"]))
+        starts.append((job_id, version, int(row["priority"] or 0), limit))
+    return starts

@@ -31,6 +31,10 @@ class EventStatements:
             "WHERE (:name IS NULL OR name = :name) ORDER BY sent_at DESC, id LIMIT :limit",
             name=String(),
         ).columns(payload=Json, sent_at=UTCDateTime)
+        self.jobs_on_event = _t(
+            "SELECT job_id, version, payload_schema, priority, concurrency FROM engine_jobs "
+            "WHERE on_event = :name"
+        ).columns(payload_schema=Json, concurrency=Json)
         self.keysets = _t("SELECT match_keys FROM engine_event_keysets WHERE name = :name")
         # The waits an event matches: by (name, digest), through the index; the join keeps the
         # ones still WAITING (a wait's row stays after a cancel, harmless and reused by a retry).

@@ -52,6 +52,8 @@ T = TypeVar("T")
 
 # A run `@job(on_event=...)` starts: (job id, version, priority, (concurrency key, limit) | None).
 StartOnEvent = tuple[str, str, int, tuple[str, int] | None]
+# Which runs an event starts, from the jobs registered with its name and the live workers.
+PlanRuns = Callable[[list[dict[str, Any]], list[dict[str, Any]]], list[StartOnEvent]]
 
 
 class Store(Database):
@@ -589,21 +591,27 @@ class Store(Database):
     # -- events and signals (engine.events) ------------------------------------------------------
 
     async def send_event(
-        self, event_id: str, name: str, payload: Any, runs: Sequence[StartOnEvent] = ()
+        self, event_id: str, name: str, payload: Any, plan: PlanRuns | None = None
     ) -> SentEvent:
-        """Stores the event and delivers it, in one transaction: starts a run of each of `runs`
-        (idempotency key `event:<id>`) and settles every wait it matches. An id already stored
-        delivers nothing again."""
+        """Stores the event and delivers it, in one transaction: starts the runs `plan` makes of
+        the jobs registered with `on_event=name` and the live workers (idempotency key
+        `event:<id>`; `plan` may refuse the event by raising), and settles every wait it
+        matches. An id already stored delivers nothing again."""
         return await self._patiently(
-            "sending an event", lambda: self._send_event(event_id, name, payload, runs)
+            "sending an event", lambda: self._send_event(event_id, name, payload, plan)
         )
 
     async def _send_event(
-        self, event_id: str, name: str, payload: Any, runs: Sequence[StartOnEvent]
+        self, event_id: str, name: str, payload: Any, plan: PlanRuns | None
     ) -> SentEvent:
         sql = self._events_sql
         now = clock.now()
         async with self.begin() as conn:
+            jobs = (await conn.execute(sql.jobs_on_event, {"name": name})).all()
+            runs: list[StartOnEvent] = []
+            if jobs and plan is not None:
+                workers = (await conn.execute(self._sql.live_workers, {"now": now})).all()
+                runs = plan([dict(r._mapping) for r in jobs], [dict(w._mapping) for w in workers])
             values = {"id": event_id, "name": name, "payload": payload, "sent_at": now}
             if (await conn.execute(sql.insert_event, values)).rowcount != 1:
                 return SentEvent(event_id, name, created=False)

@@ -11,11 +11,26 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 from support import Harness, unique_id
 
-from engine import IO, Context, Engine, InvalidRunStateError, Job, RunNotFoundError, Task, job
+from engine import (
+    IO,
+    Context,
+    Engine,
+    InvalidRunStateError,
+    Job,
+    PayloadValidationError,
+    RunNotFoundError,
+    Task,
+    job,
+)
 
 pytestmark = pytest.mark.timeout(120)
+
+
+class Order(BaseModel):
+    order: int
 
 
 @pytest.fixture
@@ -198,6 +213,23 @@ async def test_on_event_starts_one_run_per_event_per_job(workers: list[Harness])
         for run in runs:
             first = await engine.wait_for(run["id"], 60)
             assert first["status"] == "COMPLETED"
+
+
+async def test_an_event_an_on_event_job_refuses_is_refused_whole(workers: list[Harness]) -> None:
+    name = unique_id("invoice.paid")
+
+    @job(id=unique_id("on-typed"), on_event=name)
+    async def typed(payload: Order, io: IO, ctx: Context) -> Any:
+        return payload.order
+
+    await workers[0].start(typed)
+    engine = workers[0].engine
+    with pytest.raises(PayloadValidationError, match=f"event {name!r} starts job"):
+        await engine.send_event(name, {"order": "not a number"}, id="refused")
+    assert await engine.events(name) == []
+    sent = await engine.send_event(name, {"order": 5}, id="refused")
+    assert sent.created and len(sent.started) == 1
+    assert (await engine.wait_for(sent.started[0], 60))["output"] == 5
 
 
 def signal_job(after: Counter[str]) -> Job:
