@@ -19,12 +19,10 @@ class EventStatements:
         share = " FOR SHARE" if postgres else ""
         self.insert_event = _t(
             "INSERT INTO engine_events (id, name, payload, sent_at, woke, started) "
-            "VALUES (:id, :name, :payload, :sent_at, 0, 0) ON CONFLICT (id) DO NOTHING",
+            "VALUES (:id, :name, :payload, :sent_at, :woke, :started) "
+            "ON CONFLICT (id) DO NOTHING",
             payload=Json,
             sent_at=UTCDateTime,
-        )
-        self.event_counts = _t(
-            "UPDATE engine_events SET woke = :woke, started = :started WHERE id = :id"
         )
         self.list_events = _t(
             "SELECT id, name, payload, sent_at, woke, started FROM engine_events "

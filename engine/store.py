@@ -612,9 +612,6 @@ class Store(Database):
             if jobs and plan is not None:
                 workers = (await conn.execute(self._sql.live_workers, {"now": now})).all()
                 runs = plan([dict(r._mapping) for r in jobs], [dict(w._mapping) for w in workers])
-            values = {"id": event_id, "name": name, "payload": payload, "sent_at": now}
-            if (await conn.execute(sql.insert_event, values)).rowcount != 1:
-                return SentEvent(event_id, name, created=False)
             started = []
             for run in runs:
                 run_id, _ = await self._create_run(
@@ -622,8 +619,20 @@ class Store(Database):
                 )
                 started.append(run_id)
             woke = await self._deliver(conn, name, payload)
-            counts = {"id": event_id, "woke": len(woke), "started": len(started)}
-            await conn.execute(sql.event_counts, counts)
+            # Stored last, with what it did: an id sent before conflicts here, and everything
+            # this send did is rolled back (a concurrent duplicate waited on the first one's
+            # locks and found its waits settled and its runs created).
+            values = {
+                "id": event_id,
+                "name": name,
+                "payload": payload,
+                "sent_at": now,
+                "woke": len(woke),
+                "started": len(started),
+            }
+            if (await conn.execute(sql.insert_event, values)).rowcount != 1:
+                await conn.rollback()
+                return SentEvent(event_id, name, created=False)
             if started:
                 await self._notify(conn)
         if woke or started:
