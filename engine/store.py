@@ -683,12 +683,10 @@ class Store(Database):
 
     async def send_signal(self, run_id: str, name: str, payload: Any) -> bool:
         """Delivers a signal to the run's first wait for `name`, or keeps it in the run's mailbox
-        for the next one; True when it woke a wait. A finished run refuses it."""
-        return await self._patiently(
-            "sending a signal", lambda: self._send_signal(run_id, name, payload)
-        )
+        for the next one; True when it woke a wait. A finished run refuses it.
 
-    async def _send_signal(self, run_id: str, name: str, payload: Any) -> bool:
+        Tried once: a signal has no id to deduplicate by, so a retry after a commit whose
+        answer was lost would send it twice; a database error reaches the caller instead."""
         sql = self._events_sql
         now = clock.now()
         async with self.begin() as conn:
