@@ -28,6 +28,7 @@ from .exceptions import (
 if TYPE_CHECKING:
     from .client import Engine
     from .context import Context
+    from .events import SentEvent
     from .flow import Concurrency
     from .integration import Integration
     from .io import IO, Task
@@ -52,6 +53,7 @@ _LAZY = {
     "RateLimit": ".ratelimit",
     "rate_limits": ".ratelimit",
     "RetryPolicy": ".retry",
+    "SentEvent": ".events",
     "Worker": ".worker",
 }
 
@@ -89,6 +91,7 @@ __all__ = [
     "RateLimit",
     "RetryPolicy",
     "RunNotFoundError",
+    "SentEvent",
     "Task",
     "TaskError",
     "TaskTimeoutError",
