@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from faults import TcpProxy, with_port
 from pydantic import BaseModel
 from support import Harness, unique_id
 
@@ -275,3 +276,29 @@ async def test_signals_go_to_one_run_and_are_kept_until_it_waits(workers: list[H
     await workers[1].start(signaled)
     assert (await engine.wait_for(queued, 60))["output"] == [{"n": "a"}, {"n": "b"}]
     assert after[queued] == 1
+
+
+@pytest.mark.postgres
+async def test_a_send_outlasts_lost_connections_and_delivers_once(pg_head_url: str) -> None:
+    """The sender's connections are cut and new ones refused for a while: the send retries
+    (the event's id is fixed before the first try) and the run is woken once."""
+    after: Counter[str] = Counter()
+    approve = approval_job(after)
+    worker = Harness(pg_head_url)
+    with TcpProxy("127.0.0.1", 5432) as proxy:
+        sender = Engine(with_port(pg_head_url, proxy.port), pool_size=2)
+        try:
+            await worker.start(approve)
+            run_id = await sender.trigger(approve.id, {"draft_id": 3})
+            await until_waiting(worker.engine, [run_id])
+            proxy.refuse(1.0)
+            assert proxy.cut() >= 1  # the sender's pooled connection, mid-idle
+            sent = await sender.send_event("draft.reviewed", {"draft_id": 3}, id="through-cuts")
+            assert sent.created and sent.woke == [run_id]
+            assert (await worker.engine.wait_for(run_id, 60))["status"] == "COMPLETED"
+            assert after[run_id] == 1
+            listed = await worker.engine.events("draft.reviewed")
+            assert [(e["id"], e["woke"]) for e in listed] == [("through-cuts", 1)]
+        finally:
+            await sender.close()
+            await worker.close()
