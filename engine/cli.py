@@ -89,16 +89,18 @@ def run(
     """Execute APP's jobs (a module path or a .py file) until SIGINT/SIGTERM."""
     import logging
 
-    from . import secrets
+    from . import secrets, tracing
     from .worker import run_worker
 
     logging.basicConfig(
         level=log_level.upper(),
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        # `ids`: " run=<id> trace=<id> span=<id>" on lines written inside a run (engine.tracing).
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s%(ids)s",
     )
     # Everything the worker logs (the engine's and its libraries' lines) is scrubbed of secrets.
     secrets.install_log_filter(*logging.getLogger().handlers)
+    tracing.install_log_ids(*logging.getLogger().handlers)
     _run(
         lambda: run_worker(
             app,

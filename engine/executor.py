@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import clock, serialization
+from . import clock, serialization, tracing
 from .context import Context
 from .exceptions import (
     DatabaseError,
@@ -28,6 +28,9 @@ from .records import ClaimedRun
 from .replay import Replay
 from .store import Store
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
+
 log = logging.getLogger("engine.executor")
 
 # Loop turns to let ready callbacks run before deciding that every branch is parked.
@@ -38,6 +41,7 @@ _SETTLE_TURNS = 8
 class Outcome:
     status: str  # COMPLETED, FAILED, WAITING, or LOST
     wake_at: float | None = None
+    error: BaseException | None = None  # why a FAILED run failed
 
 
 async def execute(
@@ -46,17 +50,48 @@ async def execute(
     claimed: ClaimedRun,
     worker_id: str,
     replays: dict[str, Replay] | None = None,
+    tracer: Tracer | None = None,
 ) -> Outcome:
-    """Replays `claimed` to its next persisted end; `replays` lets the worker watch it."""
-    replay = await Replay.load(store, claimed.id, claimed.epoch, worker_id)
+    """Replays `claimed` to its next persisted end; `replays` lets the worker watch it;
+    `tracer` (engine.tracing) gives the execution and its task attempts spans."""
+    ctx = Context(claimed.id, job.id, job.version, max(claimed.attempt, 1), worker_id)
+    span = tracing.start_run(
+        tracer,
+        run_id=claimed.id,
+        job_id=job.id,
+        job_version=job.version,
+        attempt=ctx.attempt,
+        worker_id=worker_id,
+    )
+    if span is None:
+        return await _execute(store, job, claimed, ctx, replays, None, None)
+    outcome = Outcome("LOST")
+    try:
+        outcome = await _execute(store, job, claimed, ctx, replays, tracer, span)
+        return outcome
+    finally:
+        tracing.end_run(span, outcome.status, outcome.error)
+
+
+async def _execute(
+    store: Store,
+    job: Job,
+    claimed: ClaimedRun,
+    ctx: Context,
+    replays: dict[str, Replay] | None,
+    tracer: Tracer | None,
+    span: Span | None,
+) -> Outcome:
+    replay = await Replay.load(store, claimed.id, claimed.epoch, ctx.worker_id)
     if replays is not None:
         replays[claimed.id] = replay
-    io = IO(replay, claimed.id)
+    io = IO(replay, claimed.id, tracer)
     io._attach(job.integrations)
-    ctx = Context(claimed.id, job.id, job.version, max(claimed.attempt, 1), worker_id)
 
     async def run_job() -> Any:
-        return await job.fn(job.load_payload(claimed.payload), io, ctx)
+        # In the job's own asyncio context: its log lines name the run, its spans nest.
+        with tracing.running(claimed.id, span):
+            return await job.fn(job.load_payload(claimed.payload), io, ctx)
 
     job_task = asyncio.ensure_future(run_job())
     replay.job_task = job_task
@@ -174,4 +209,4 @@ async def _finish_failed(
             if refused.transient or n == len(errors) - 1:
                 raise
             log.warning("run %s: the database refused its error: %s", claimed.id, refused)
-    return Outcome("FAILED") if ok else Outcome("LOST")
+    return Outcome("FAILED", error=exc) if ok else Outcome("LOST")

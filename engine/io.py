@@ -14,15 +14,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from . import clock, codec, events, limits, pollers, ratelimit, secrets, serialization
+from . import clock, codec, events, limits, pollers, ratelimit, secrets, serialization, tracing
 from .exceptions import DivergenceError, EngineError, LeaseLost, NotSerializableError
 from .integration import Integration
 from .records import TaskRow, TaskWrite
 from .replay import Replay, current_path, path_text
 from .retry import NO_RETRY, RetryPolicy, is_retryable
 from .timeouts import with_timeout
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 T = TypeVar("T")
 
@@ -123,10 +126,12 @@ class IO:
     run_id: str
     logger: Logger
 
-    def __init__(self, replay: Replay, run_id: str) -> None:
+    def __init__(self, replay: Replay, run_id: str, tracer: Tracer | None = None) -> None:
         self._replay = replay
         self.run_id = run_id
         self.logger = Logger(replay, run_id)
+        # Set only when this execution's span records (engine.tracing): else None, one check.
+        self._tracer = tracer
 
     # -- integrations (engine.integration) -----------------------------------------------------
 
@@ -508,6 +513,11 @@ class IO:
 
         An exception is the attempt's outcome, returned; control-flow signals pass through.
         """
+        if self._tracer is not None:
+            return await self._traced_attempt(self._tracer, step, number)
+        return await self._run_attempt(step, number)
+
+    async def _run_attempt(self, step: _Step, number: int) -> _Attempt:
         attempt = _Attempt(number, clock.now())
         mark = _RunningMark(self._replay, step, attempt)
         task = Task(self.run_id, step.key, step.name, step.path, number, step.params)
@@ -523,6 +533,24 @@ class IO:
             attempt.error = exc
         finally:
             current_path.reset(token)
+        if attempt.error is None and step.usage is not None:
+            attempt.usage = step.usage(attempt.value)
+        return attempt
+
+    async def _traced_attempt(self, tracer: Tracer, step: _Step, number: int) -> _Attempt:
+        """An attempt inside its span (engine.tracing), a child of the current one."""
+        span = tracing.start_task(
+            tracer, self.run_id, path=step.path, name=step.name, kind=step.kind, attempt=number
+        )
+        try:
+            with tracing.current(span):
+                attempt = await self._run_attempt(step, number)
+        except BaseException as signal:
+            tracing.end_interrupted(span, signal)
+            raise
+        error = attempt.error
+        retrying = error is not None and not self._is_final(step, attempt, error)
+        tracing.end_task(span, error, usage=attempt.usage, params=step.params, retrying=retrying)
         return attempt
 
     async def _record_success(self, step: _Step, attempt: _Attempt) -> None:
@@ -532,7 +560,7 @@ class IO:
             output=attempt.stored,
             output_type=attempt.type_name,
             completed_at=clock.now(),
-            usage=step.usage(attempt.value) if step.usage is not None else None,
+            usage=attempt.usage,
         )
         await self._replay.write(row)
 
@@ -540,15 +568,9 @@ class IO:
         """Records a failed attempt: ERRORED and raised when it is final, else a persisted
         retry delay, waited for (the run may be unloaded meanwhile) before the next attempt."""
         replay = self._replay
-        # The retry policy counts the attempts since the last `engine runs retry`.
         used = attempt.number - step.retry_base
-        final = (
-            isinstance(exc, NotSerializableError)
-            or used >= step.policy.attempts_for(exc)
-            or not is_retryable(exc)
-        )
         error = serialization.encode_error(exc)
-        if final:
+        if self._is_final(step, attempt, exc):
             await replay.write(step.row(attempt, "ERRORED", error=error, completed_at=clock.now()))
             raise exc
         due = clock.now() + step.policy.delay(used, exc)
@@ -556,6 +578,17 @@ class IO:
         if due > clock.now():
             await replay.park(due)
         replay.forget_children(step.path)
+
+    @staticmethod
+    def _is_final(step: _Step, attempt: _Attempt, exc: Exception) -> bool:
+        """Whether a failed attempt is the step's last (else it is retried after a delay)."""
+        # The retry policy counts the attempts since the last `engine runs retry`.
+        used = attempt.number - step.retry_base
+        return (
+            isinstance(exc, NotSerializableError)
+            or used >= step.policy.attempts_for(exc)
+            or not is_retryable(exc)
+        )
 
     def _check_kind(self, row: TaskRow | None, key: str, kind: str, name: str) -> None:
         if row is None or (row.kind == kind and row.name == name):
@@ -644,6 +677,8 @@ class _Attempt:
     stored: Any = None
     type_name: str | None = None
     error: Exception | None = None
+    # The tokens a paid call spent (engine_task_usage), read off its value once it succeeded.
+    usage: dict[str, Any] | None = None
 
 
 # A step still running after this long is marked RUNNING in the log: a crash during it then

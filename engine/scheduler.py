@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from . import clock, codec, pollers, secrets, serialization
+from . import clock, codec, pollers, secrets, serialization, tracing
 from .exceptions import DatabaseError, EngineError, NotSerializableError, PollTimeoutError
 from .executor import execute
 from .jobs import Job
@@ -43,6 +43,7 @@ class Scheduler:
         poll_concurrency: int = 50,
         worker_id: str | None = None,
         max_recoveries: int = DEFAULT_MAX_RECOVERIES,
+        tracer_provider: Any = None,
     ) -> None:
         secrets.install_log_filter()  # the engine loggers created since import, too
         if not 1 <= concurrency <= MAX_CONCURRENCY:
@@ -74,6 +75,8 @@ class Scheduler:
         self._news = False
         # The claim loop is the one that reports an outage; side tasks retry quietly.
         self.outage = Outage(log)
+        # Spans go to `tracer_provider`, else to the global one (engine.tracing).
+        self.tracer = tracing.tracer(tracer_provider)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -173,7 +176,9 @@ class Scheduler:
     async def _execute(self, run: Any) -> None:
         job = self.jobs[f"{run.job_id}@{run.job_version}"]
         try:
-            outcome = await execute(self.store, job, run, self.worker_id, self._replays)
+            outcome = await execute(
+                self.store, job, run, self.worker_id, self._replays, self.tracer
+            )
             log.debug("run %s: %s", run.id, outcome.status)
         except asyncio.CancelledError:
             raise

@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .app import load_app
 from .client import resolve_database_url
@@ -42,12 +43,15 @@ class Worker:
         concurrency: int = 20,
         lease_seconds: float = 30.0,
         max_recoveries: int = DEFAULT_MAX_RECOVERIES,
+        tracer_provider: Any = None,
     ) -> None:
         self.max_recoveries = check_max_recoveries(max_recoveries)
         self.jobs = load_app(app) if isinstance(app, str) else list(app)
         self.url = resolve_database_url(database_url)
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
+        # OpenTelemetry spans go here, else to the global provider (engine.tracing).
+        self.tracer_provider = tracer_provider
         self._scheduler: Scheduler | None = None
         self._stop_requested = False
 
@@ -67,6 +71,7 @@ class Worker:
                 concurrency=self.concurrency,
                 lease_seconds=self.lease_seconds,
                 max_recoveries=self.max_recoveries,
+                tracer_provider=self.tracer_provider,
             )
             self._scheduler = scheduler
             if self._stop_requested:
