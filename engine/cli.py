@@ -78,6 +78,10 @@ def main() -> None:
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
+@click.option("--ui", "with_ui", is_flag=True, help="Serve the web dashboard from this worker too.")
+@click.option("--ui-host", default="127.0.0.1", show_default=True, help="The dashboard's address.")
+@click.option("--ui-port", default=8008, show_default=True, help="The dashboard's port.")
+@click.option("--ui-read-only", is_flag=True, help="The dashboard hides every action.")
 def run(
     app: str,
     database_url: str | None,
@@ -85,6 +89,10 @@ def run(
     lease_seconds: float,
     max_recoveries: int,
     log_level: str,
+    with_ui: bool,
+    ui_host: str,
+    ui_port: int,
+    ui_read_only: bool,
 ) -> None:
     """Execute APP's jobs (a module path or a .py file) until SIGINT/SIGTERM."""
     import logging
@@ -101,15 +109,23 @@ def run(
     # Everything the worker logs (the engine's and its libraries' lines) is scrubbed of secrets.
     secrets.install_log_filter(*logging.getLogger().handlers)
     tracing.install_log_ids(*logging.getLogger().handlers)
-    _run(
-        lambda: run_worker(
+
+    async def work() -> None:
+        await run_worker(
             app,
             database_url,
             concurrency=concurrency,
             lease_seconds=lease_seconds,
             max_recoveries=max_recoveries,
         )
-    )
+
+    if not with_ui:
+        _run(work)
+        return
+    # Imported here: Starlette and uvicorn cost a worker without --ui nothing.
+    from . import ui as dashboard
+
+    _run(lambda: dashboard.serve_beside(work, database_url, ui_host, ui_port, ui_read_only))
 
 
 @main.command()

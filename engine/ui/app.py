@@ -69,6 +69,17 @@ class UI:
         self.page = Page(self.csrf, settings.read_only, database)
         # Loaded once; `engine ui` refuses to start on a price table that does not load.
         self.prices = PriceTable.load()
+        # Set when the server shuts down: event streams end at once instead of holding it.
+        self.closing = asyncio.Event()
+
+    def streaming(self, deadline: float) -> bool:
+        """Whether an event stream goes on (its deadline not passed, the server not closing)."""
+        return time.monotonic() < deadline and not self.closing.is_set()
+
+    async def pause(self) -> None:
+        """An event stream's wait between two reads: `poll_seconds`, or until shutdown."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closing.wait(), self.settings.poll_seconds)
 
 
 def _ui(request: Request) -> UI:
@@ -197,7 +208,7 @@ async def runs_events(request: Request) -> Response:
         seen: dict[str, tuple[Any, ...]] = {}
         deadline = time.monotonic() + ui.settings.stream_seconds
         yield "retry: 1000\n\n"
-        while time.monotonic() < deadline:
+        while ui.streaming(deadline):
             try:
                 rows, _ = await ui.queries.list_runs(where, None, PAGE_SIZE)
             except DatabaseError as exc:
@@ -210,7 +221,7 @@ async def runs_events(request: Request) -> Response:
                 yield f"event: run\ndata: {data}\n\n"
             if not changed:
                 yield ": idle\n\n"
-            await asyncio.sleep(ui.settings.poll_seconds)
+            await ui.pause()
 
     return _event_stream(stream())
 
@@ -226,7 +237,7 @@ async def run_events(request: Request) -> Response:
         known = since
         deadline = time.monotonic() + ui.settings.stream_seconds
         yield "retry: 1000\n\n"
-        while time.monotonic() < deadline:
+        while ui.streaming(deadline):
             try:
                 state = await ui.queries.run_state(run_id)
             except DatabaseError as exc:
@@ -243,7 +254,7 @@ async def run_events(request: Request) -> Response:
                 return
             else:
                 yield ": idle\n\n"
-            await asyncio.sleep(ui.settings.poll_seconds)
+            await ui.pause()
 
     return _event_stream(stream())
 

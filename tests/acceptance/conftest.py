@@ -166,7 +166,8 @@ class Procs:
     ) -> Worker:
         extra = ["--lease-seconds", str(lease)]
         for name, value in options.items():
-            extra += [f"--{name.replace('_', '-')}", str(value)]
+            flag = f"--{name.replace('_', '-')}"
+            extra += [flag] if value is True else [flag, str(value)]
         w = Worker(APPS / app, url, self.cwd, f"worker{len(self.workers)}", *extra)
         self.workers.append(w)
         return w.wait_ready() if ready else w

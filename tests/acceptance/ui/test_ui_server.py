@@ -4,6 +4,7 @@ live runs stream (server-sent events) while a real worker executes runs."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from dashboard import TOKEN, Dashboard
+from dashboard import TOKEN, Dashboard, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -86,3 +87,41 @@ def test_live_stream_sends_status_changes_and_the_token_guards_it(
     assert page.status_code == 200 and "&quot;doubled&quot;: 8" in page.text
     # The token never reaches the log (there is no access log at all).
     assert TOKEN not in ui.output
+
+
+def test_a_worker_serves_the_dashboard_and_stops_with_it(
+    procs: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`engine run APP --ui`: one process executes runs and serves the dashboard; SIGTERM
+    drains the worker, closes the dashboard (an open event stream included) and exits 0."""
+    monkeypatch.delenv("ENGINE_UI_TOKEN", raising=False)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
+    refused = procs.cli("run", "basic.py", "--database-url", url, "--ui", "--ui-host", "0.0.0.0")
+    assert refused.returncode == 1 and refused.stderr.startswith("error: --host 0.0.0.0")
+    assert "Traceback" not in refused.stderr and "engine worker" not in refused.stderr
+
+    port = free_port()
+    worker = procs.worker("basic.py", url, ui=True, ui_port=port)
+    base = f"http://127.0.0.1:{port}"
+    procs.wait_until(lambda: _answers(f"{base}/static/app.css"), 30, "the worker's dashboard")
+    run_id = procs.trigger(url, "typed", {"n": 2})
+    procs.wait_status(url, run_id, "COMPLETED")
+    page = httpx.get(f"{base}/runs/{run_id}", timeout=10)
+    assert page.status_code == 200 and "&quot;doubled&quot;: 4" in page.text
+    # The same security rules as `engine ui`: a request naming another host is refused.
+    assert httpx.get(f"{base}/", headers={"host": "evil.example"}, timeout=10).status_code == 400
+
+    with httpx.stream("GET", f"{base}/events/runs", timeout=httpx.Timeout(10, read=30)) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.output
+    assert not _answers(f"{base}/static/app.css")
+    assert "engine worker stopped" in worker.output and "Traceback" not in worker.output
+    assert f"engine ui on {base}/" in worker.output
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
