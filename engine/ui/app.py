@@ -106,7 +106,7 @@ async def runs_page(request: Request) -> Response:
     after = request.query_params.get("after") or None
     rows, next_after = await ui.queries.list_runs(where, after)
     jobs = [j["job_id"] for j in await ui.queries.jobs()]
-    return _html(ui.page.runs(rows, where, next_after, after is None, jobs))
+    return _html(ui.page.runs(rows, where, next_after, after, jobs))
 
 
 async def run_page(request: Request) -> Response:
@@ -195,14 +195,17 @@ def _event_stream(events: AsyncIterator[str]) -> Response:
 
 
 async def runs_events(request: Request) -> Response:
-    """Server-sent events: the rows of the first runs page (same filters) as they change.
+    """Server-sent events: the rows of a runs page (same filters, same `after`) as they change.
 
     Each connection starts by sending every row of the page (the browser replaces the rows it
     has, so nothing that changed between the page load and the connection is missed), then
-    polls the database every `poll_seconds` and sends the rows that changed or appeared.
+    polls the database every `poll_seconds` and sends the rows that changed or appeared: on
+    the first page, new runs too; an older page is the same keyset range (the runs older than
+    `after`), re-read with the same one indexed query.
     """
     ui = _ui(request)
     where = RunFilter.from_params(request.query_params)
+    after = request.query_params.get("after") or None
 
     async def stream() -> AsyncIterator[str]:
         seen: dict[str, tuple[Any, ...]] = {}
@@ -210,7 +213,7 @@ async def runs_events(request: Request) -> Response:
         yield "retry: 1000\n\n"
         while ui.streaming(deadline):
             try:
-                rows, _ = await ui.queries.list_runs(where, None, PAGE_SIZE)
+                rows, _ = await ui.queries.list_runs(where, after, PAGE_SIZE)
             except DatabaseError as exc:
                 log.warning("dashboard: reading runs failed: %s", exc)
                 rows = []
@@ -343,13 +346,16 @@ def create_app(
     token: str | None = None,
     poll_seconds: float = 1.0,
     allowed_hosts: list[str] | None = security.LOOPBACK,
+    stream_seconds: float = 300.0,
 ) -> Starlette:
     """The dashboard on `database_url` (default: $ENGINE_DATABASE_URL, else ./engine.db).
 
     With `token`, every request must carry it (engine.ui.security). With `allowed_hosts`,
     requests must name one of them (None: any).
     """
-    settings = Settings(resolve_database_url(database_url), read_only, token, poll_seconds)
+    settings = Settings(
+        resolve_database_url(database_url), read_only, token, poll_seconds, stream_seconds
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -77,9 +77,10 @@ class Page:
         rows: list[dict[str, Any]],
         where: RunFilter,
         next_after: str | None,
-        first_page: bool,
+        after: str | None,
         jobs: Iterable[str],
     ) -> str:
+        """A runs page: the newest (`after` None), or the runs older than run `after`."""
         job_options = "".join(f'<option value="{h(j)}">' for j in jobs)
         status_options = '<option value="">any status</option>' + "".join(
             f"<option{' selected' if s == where.status else ''}>{s}</option>" for s in RUN_STATUSES
@@ -104,9 +105,11 @@ class Page:
         if next_after:
             more = f'<a class="next" href="/?{h(urlencode({**params, "after": next_after}))}">'
             more += "Older runs →</a>"
-        if not first_page:
+        if after is not None:
             more = f'<a href="/?{h(urlencode(params))}">← Newest runs</a> ' + more
-        live = f' data-live="/events/runs?{h(urlencode(params))}"' if first_page else ""
+        # Every page is live: an older one follows its own keyset range (`after`).
+        here = params if after is None else {**params, "after": after}
+        live = f' data-live="/events/runs?{h(urlencode(here))}"'
         empty = "" if rows else '<p class="empty">no runs</p>'
         return self.layout(
             "Runs",

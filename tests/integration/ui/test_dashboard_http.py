@@ -3,6 +3,7 @@ database holding runs executed by a real in-process worker."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -120,6 +121,7 @@ async def test_runs_page_lists_filters_searches_and_pages(harness: Harness, clie
         assert by_prefix.count("data-id=") == 1 and done["id"] in by_prefix
 
         # Keyset pagination: 60 more runs make two pages with no run on both.
+        asleep = await harness.engine.trigger(jobs["sleeps"].id)
         for i in range(60):
             await harness.engine.trigger(jobs["typed"].id, {"n": i})
         first = (await http.get("/")).text
@@ -129,9 +131,27 @@ async def test_runs_page_lists_filters_searches_and_pages(harness: Harness, clie
         ids_first = set(re.findall(r'data-id="([0-9a-f]+)"', first))
         ids_second = set(re.findall(r'data-id="([0-9a-f]+)"', second))
         assert len(ids_first) == 50 and not ids_first & ids_second
-        assert len(ids_first | ids_second) == 63
-        # The live stream is only for the first page.
-        assert "data-live=" in first and "data-live=" not in second
+        assert len(ids_first | ids_second) == 64
+        assert asleep in ids_second
+
+        # Every page is live: an older page's stream follows its own keyset range.
+        assert 'data-live="/events/runs?"' in first
+        assert f'data-live="/events/runs?after={after.group(1)}"' in second
+
+        async def streamed() -> dict[str, str]:
+            # Streams that end after 0.2 s, so that each is read whole.
+            async with client(harness.url, stream_seconds=0.2) as short:
+                text = (await short.get("/events/runs", params={"after": after.group(1)})).text
+            return dict(re.findall(r'data: \{"id": "([0-9a-f]+)", "status": "([A-Z]+)"', text))
+
+        for _ in range(1500):  # up to 30 s
+            if (await harness.engine.get_run(asleep))["status"] == "WAITING":
+                break
+            await asyncio.sleep(0.02)
+        seen = await streamed()
+        assert set(seen) == ids_second and seen[asleep] == "WAITING"
+        await harness.engine.cancel(asleep)
+        assert (await streamed())[asleep] == "CANCELED"
 
 
 async def test_run_page_shows_values_tree_timeline_and_downloads(
