@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .. import codec, usage
+from .. import codec, secrets, usage
 from ..client import Engine, resolve_database_url
 from ..exceptions import DatabaseError, EngineError, InvalidRunStateError, RunNotFoundError
 from ..prices import PriceTable
@@ -330,6 +330,8 @@ async def trigger_action(request: Request) -> Response:
             idempotency_key=form.get("idempotency_key", "").strip() or None,
             version=form.get("version", "").strip() or None,
         )
+    except DatabaseError:
+        raise  # not the user's mistake: database_unavailable's page
     except EngineError as exc:
         page = ui.page.trigger(await ui.queries.jobs(), form, error=exc.message)
         return _html(page, 400)
@@ -387,4 +389,27 @@ def create_app(
         # Bound to loopback, a page of another site must not reach the dashboard by pointing
         # its own host name at 127.0.0.1 (DNS rebinding): only loopback names are served.
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={DatabaseError: database_unavailable},
+    )
+
+
+async def database_unavailable(request: Request, exc: Exception) -> Response:
+    """A page or an action while the database is away (restarting, unreachable, connection
+    cut): one clear page (503), never a traceback; the page works again once it is back."""
+    ui = _ui(request)
+    reason = secrets.scrub(str(getattr(exc, "message", exc)))
+    log.warning("dashboard: %s %s: %s", request.method, request.url.path, reason)
+    text = f"The database did not answer ({reason})."
+    if request.method == "POST":
+        # Each action is one transaction: whole or not at all, never half.
+        text += (
+            " The action is one transaction: it took effect whole or not at all. Reload the "
+            "page to see which, then try again if need be."
+        )
+    else:
+        text += " Reload the page in a moment."
+    return _html(ui.page.message("Database unavailable", text), 503)
