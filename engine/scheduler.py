@@ -293,20 +293,34 @@ class Scheduler:
                 await self.store.finish_poll(
                     poll, output=output, error=error, poll_state=state, usage=result.usage
                 )
+                self._traced_wait(poll, result.usage, error)
                 return
             now = clock.now()
             if now >= deadline:
                 timeout = PollTimeoutError(
                     f"{poll.poller} poll gave up after {schedule.timeout:g}s ({polls} polls)"
                 )
-                await self.store.finish_poll(
-                    poll, error=serialization.encode_error(timeout), poll_state=state
-                )
+                error = serialization.encode_error(timeout)
+                await self.store.finish_poll(poll, error=error, poll_state=state)
+                self._traced_wait(poll, None, error)
                 return
             next_poll = min(now + schedule.delay(polls), deadline)
             await self.store.reschedule_poll(poll.task_id, next_poll, state)
         except EngineError as exc:
             log.warning("poll %s could not be recorded: %s", poll.task_id, exc)
+
+    def _traced_wait(
+        self, poll: DuePoll, usage: dict[str, Any] | None, error: dict[str, Any] | None
+    ) -> None:
+        tracing.record_wait(
+            self.tracer,
+            run_id=poll.run_id,
+            task_id=poll.task_id,
+            poller=poll.poller,
+            started_at=poll.started_at,
+            usage=usage,
+            error=error,
+        )
 
 
 def _poll_outcome(poll: DuePoll, result: pollers.PollResult) -> tuple[Any, dict[str, Any] | None]:

@@ -126,6 +126,40 @@ def end_interrupted(span: Span, signal: BaseException) -> None:
     span.end()
 
 
+def record_wait(
+    tracer: Tracer | None,
+    *,
+    run_id: str,
+    task_id: int,
+    poller: str,
+    started_at: float,
+    usage: Mapping[str, Any] | None = None,
+    error: Mapping[str, Any] | None = None,
+) -> None:
+    """A span for a background poll's whole wait (from the call that began it to the poll that
+    ended it), recorded by the scheduler when the wait ends: the run was unloaded meanwhile, so
+    it is a root of its own, found by `engine.run.id`. An OpenAI run's tokens are here."""
+    if tracer is None:
+        return
+    from opentelemetry import context
+
+    span = tracer.start_span(
+        f"wait {poller}",
+        context=context.Context(),
+        start_time=int(started_at * 1e9),
+        attributes={"engine.run.id": run_id, "engine.task.id": task_id, "engine.poller": poller},
+    )
+    if span.is_recording():
+        if usage:
+            span.set_attributes(_usage_attributes(usage, None))
+        if error:
+            from opentelemetry.trace import Status, StatusCode
+
+            text = f"{error.get('type', 'Error')}: {error.get('message', '')}"
+            span.set_status(Status(StatusCode.ERROR, text))
+    span.end()
+
+
 def _usage_attributes(usage: Mapping[str, Any], params: Any) -> dict[str, Any]:
     found: dict[str, Any] = {}
     if usage.get("provider"):

@@ -97,9 +97,16 @@ async def test_a_run_and_its_tasks_are_spans_with_ids_tokens_and_errors(
         done = await io.openai.chat.completions.create(
             "chat", model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
         )
-        return str(done.id)
+        assistant = await io.openai.beta.assistants.create("assistant", model="gpt-4o")
+        run = await io.openai.beta.threads.create_and_run_until_completion(
+            "thread-run",
+            assistant_id=assistant.id,
+            thread={"messages": [{"role": "user", "content": "go"}]},
+        )
+        return f"{done.id} {run.status}"
 
-    await oai.harness.start(traced, tracer_provider=provider)
+    # A long lease: on a busy machine a 5 s one may lapse, and a recovered run repeats steps.
+    await oai.harness.start(traced, tracer_provider=provider, lease_seconds=60)
     run_id = await oai.engine.trigger(traced.id)
     run = await oai.engine.wait_for(run_id, 30)
     assert run["status"] == "COMPLETED", run["error"]
@@ -112,7 +119,9 @@ async def test_a_run_and_its_tasks_are_spans_with_ids_tokens_and_errors(
         assert execution.attributes is not None
         assert execution.attributes["engine.run.id"] == run_id
         assert execution.attributes["engine.job.id"] == traced.id
-        assert execution.attributes["engine.run.attempt"] == 1
+        assert execution.attributes["engine.run.attempt"] >= 1
+    assert executions[0].attributes is not None
+    assert executions[0].attributes["engine.run.attempt"] == 1
     assert executions[-1].attributes is not None
     assert executions[-1].attributes["engine.run.outcome"] == "COMPLETED"
     assert executions[-1].status.status_code != StatusCode.ERROR
@@ -154,6 +163,19 @@ async def test_a_run_and_its_tasks_are_spans_with_ids_tokens_and_errors(
     assert chat.attributes["gen_ai.usage.input_tokens"] == 120
     assert chat.attributes["gen_ai.usage.output_tokens"] == 30
     assert fake.count("/v1/chat/completions") == 1
+
+    # A background poll's wait is a span of its own, from the call to the poll that ended it,
+    # with the tokens the OpenAI run spent.
+    [wait] = [s for s in spans if s.name.startswith("wait ")]
+    assert wait.parent is None and wait.attributes is not None
+    assert wait.attributes["engine.run.id"] == run_id
+    assert wait.attributes["gen_ai.response.model"] == "gpt-4o"
+    assert wait.attributes["gen_ai.usage.input_tokens"] == 120
+    [create] = by_name(spans, "beta.threads.create_and_run")
+    assert create.attributes is not None
+    assert create.attributes["engine.task.key"] == "thread-run:create"
+    assert wait.start_time is not None and create.start_time is not None
+    assert wait.start_time >= create.start_time
 
     # The job's log line names its run and the trace it was written in.
     [line] = [r for r in lines.records if "asked the model" in r.getMessage()]
