@@ -119,7 +119,7 @@ async def test_a_run_and_its_tasks_are_spans_with_ids_tokens_and_errors(
         assert execution.attributes is not None
         assert execution.attributes["engine.run.id"] == run_id
         assert execution.attributes["engine.job.id"] == traced.id
-        assert execution.attributes["engine.run.attempt"] >= 1
+        assert isinstance(execution.attributes["engine.run.attempt"], int)
     assert executions[0].attributes is not None
     assert executions[0].attributes["engine.run.attempt"] == 1
     assert executions[-1].attributes is not None
