@@ -13,17 +13,19 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import secrets
 from .dberrors import PostgresErrors, SqliteErrors
 from .exceptions import DatabaseError
 from .records import TaskRow
 from .writes import Write
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///engine.db"
 

@@ -13,13 +13,14 @@ import contextlib
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import codec
 from .dberrors import invalidate_if_broken
 from .writes import Prepared, Write, prepare
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 Translate = Callable[[BaseException], BaseException]
 T = TypeVar("T")

@@ -19,10 +19,9 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Executable
 
 from . import clock
@@ -38,6 +37,9 @@ from .sql import Statements
 from .sql_events import EventStatements
 from .sql_usage import USAGE_FIELDS, UsageStatements
 from .writes import Write
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 log = logging.getLogger("engine.store")
 

@@ -12,18 +12,21 @@ import functools
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from . import codec
 from .dberrors import PostgresErrors, invalidate_if_broken
 from .outage import backoff
 from .records import TaskRow
+from .sa_async import create_async_engine
 from .store import Store
 from .writes import Write, prepare
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 # The wake-up side task reports as part of the worker loop.
 wake_log = logging.getLogger("engine.scheduler")

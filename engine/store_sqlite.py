@@ -13,11 +13,10 @@ import os
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from . import codec
 from .dberrors import SqliteErrors, invalidate_if_broken
@@ -25,8 +24,12 @@ from .exceptions import DatabaseError, EngineError
 from .groupcommit import GroupCommit, in_sqlite_thread
 from .outage import backoff
 from .records import TaskRow
+from .sa_async import create_async_engine
 from .store import Store
 from .writes import Write
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 # The wake-up side task reports as part of the worker loop.
 wake_log = logging.getLogger("engine.scheduler")
