@@ -291,6 +291,38 @@ def test_runs_list_shows_and_filters_by_version(procs: Any, tmp_path: Path) -> N
     assert any(new in line and "1.10" in line for line in table)
 
 
+def test_runs_show_on_sqlite_imports_only_what_it_reads_with(procs: Any, tmp_path: Path) -> None:
+    # `engine runs show` is mostly import time (issue 10): a SQLite read needs SQLAlchemy Core
+    # and aiosqlite, not the ORM, the PostgreSQL dialect or anything of the worker.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}"
+    run_id = procs.trigger(url, "steps", {}, app="basic.py")
+    code = (
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('MODULES', *sys.modules, file=sys.stderr))\n"
+        "sys.argv = ['engine', 'runs', 'show', sys.argv[1], '--database-url', sys.argv[2]]\n"
+        "runpy.run_module('engine', run_name='__main__')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, run_id, url], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert run_id in result.stdout and "QUEUED" in result.stdout
+    (line,) = [ln for ln in result.stderr.splitlines() if ln.startswith("MODULES ")]
+    loaded = set(line.split()[1:])
+    assert "engine.client" in loaded  # the command really read through the engine
+    unwanted = {
+        "sqlalchemy.orm",
+        "sqlalchemy.dialects.postgresql",
+        "asyncpg",
+        "alembic",
+        "pydantic",
+        "jsonschema",
+        "engine.worker",
+        "engine.jobs",
+    }
+    assert not unwanted & loaded
+
+
 def test_python_dash_m_engine_is_the_engine_command(tmp_path: Path) -> None:
     for args, code in ((["--version"], 0), (["runs", "list"], 1)):
         result = subprocess.run(
