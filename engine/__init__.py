@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .pollers import PollResult
     from .ratelimit import RateLimit, rate_limits
     from .retry import RetryPolicy
+    from .streams import StreamChunk
     from .worker import Worker
 
 # The rest of the public API is imported on first use (PEP 562): `import engine` must stay cheap
@@ -54,6 +55,7 @@ _LAZY = {
     "rate_limits": ".ratelimit",
     "RetryPolicy": ".retry",
     "SentEvent": ".events",
+    "StreamChunk": ".streams",
     "Worker": ".worker",
 }
 
@@ -92,6 +94,7 @@ __all__ = [
     "RetryPolicy",
     "RunNotFoundError",
     "SentEvent",
+    "StreamChunk",
     "Task",
     "TaskError",
     "TaskTimeoutError",

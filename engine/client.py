@@ -7,15 +7,17 @@ import difflib
 import functools
 import os
 import uuid
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
-from . import clock, codec, events, flow, limits, usage, versions, views, waiting
+from . import clock, codec, events, flow, limits, streams, usage, versions, views, waiting
 from .events import SentEvent
 from .exceptions import EngineError, PayloadValidationError, UnknownJobError, UnknownVersionError
 from .prices import PriceTable
 from .schema import FINAL_RUN_STATUSES, RUN_STATUSES
 from .store import DEFAULT_DATABASE_URL, StartOnEvent, Store
+from .streams import StreamChunk
 
 
 def resolve_database_url(explicit: str | None = None) -> str:
@@ -304,6 +306,22 @@ class Engine:
         """Calls, tokens and cost by day (UTC), job and model (`engine usage --json`)."""
         prices = PriceTable.load()  # a bad $ENGINE_PRICES is refused before the query
         return usage.report(await self.store.usage_report(since, job_id), prices)
+
+    def read_stream(
+        self, run_id: str, stream: str, *, after: int | None = None
+    ) -> AsyncIterator[StreamChunk]:
+        """The chunks the run writes to `stream` (`io.stream.write`), in order, as they are
+        committed, ending once the run has ended and every chunk was read. Each has `.seq`:
+        pass the last one seen as `after=` to resume there after a reconnect."""
+        return streams.read_stream(self.store, run_id, stream, after)
+
+    async def list_streams(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's streams: `{"stream", "chunks", "last_seq", "last_at"}` each."""
+        await self.store.get_run(run_id)
+        return [
+            {**row, "last_at": views.iso(row["last_at"])}
+            for row in await self.store.streams_of_run(run_id)
+        ]
 
     async def run_logs(self, run_id: str) -> list[dict[str, Any]]:
         return await self.store.get_logs(run_id)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy.engine import URL, make_url
@@ -21,7 +22,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlche
 from . import secrets
 from .dberrors import PostgresErrors, SqliteErrors
 from .exceptions import DatabaseError
-from .records import TaskRow
+from .records import ChunkWrite, TaskRow
 from .writes import Write
 
 if TYPE_CHECKING:
@@ -64,6 +65,30 @@ class Database:
 
     def _task_row(self, row: tuple[Any, ...]) -> TaskRow:
         raise NotImplementedError
+
+    # How long a stream's follower waits between reads when no wake-up came (seconds).
+    stream_poll: ClassVar[float]
+
+    async def _write_chunks(self, run_id: str, epoch: int, chunks: Sequence[ChunkWrite]) -> bool:
+        """Records stream chunks in one fenced transaction (engine.sql_streams)."""
+        raise NotImplementedError
+
+    async def read_chunks(
+        self, run_id: str, stream: str, after: int, limit: int
+    ) -> tuple[str | None, list[tuple[Any, ...]]]:
+        """The run's status (None: no such run), then the chunks of `stream` after `after`:
+        (seq, task, attempt, data, written_at, restart) rows, in order."""
+        raise NotImplementedError
+
+    def stream_wakeups(
+        self, run_id: str, woken: asyncio.Event
+    ) -> AbstractAsyncContextManager[None]:
+        """While entered, sets `woken` when another process may have written to the run's
+        streams or ended it (PostgreSQL: LISTEN); SQLite has no such news (followers poll)."""
+        return nullcontext()
+
+    async def announce_stream_end(self, run_id: str) -> None:
+        """Tells the run's stream followers in other processes that it ended (best effort)."""
 
     def watch(self, hear: Callable[..., None]) -> asyncio.Task[None]:
         """Starts the worker's wake-up side task: it calls `hear()` whenever another process

@@ -102,7 +102,12 @@ async def _execute(
         raise
     # Under shield: a cancel (a stopping worker) must not cut the recording of the run's end
     # in half; it finishes in the background and the canceller carries on.
-    return await asyncio.shield(_conclude(store, job_task, replay, claimed))
+    outcome = await asyncio.shield(_conclude(store, job_task, replay, claimed))
+    if replay.streams is not None and outcome.status in ("COMPLETED", "FAILED"):
+        # The run's streams are closed: their followers learn it now rather than at their
+        # next poll (engine.streams).
+        await store.announce_stream_end(claimed.id)
+    return outcome
 
 
 async def _supervise(job_task: asyncio.Future[Any], replay: Replay) -> None:

@@ -20,8 +20,9 @@ from . import clock, codec, events, limits, pollers, ratelimit, secrets, seriali
 from .exceptions import DivergenceError, EngineError, LeaseLost, NotSerializableError
 from .integration import Integration
 from .records import TaskRow, TaskWrite
-from .replay import Replay, current_path, path_text
+from .replay import Replay, current_attempt, current_path, path_text
 from .retry import NO_RETRY, RetryPolicy, is_retryable
+from .streams import StreamIO
 from .timeouts import with_timeout
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ class IO:
     # Declared here so that engine.integration reads them as names no integration may take.
     run_id: str
     logger: Logger
+    stream: StreamIO
 
     def __init__(self, replay: Replay, run_id: str, tracer: Tracer | None = None) -> None:
         self._replay = replay
@@ -132,6 +134,8 @@ class IO:
         self.logger = Logger(replay, run_id)
         # Set only when this execution's span records (engine.tracing): else None, one check.
         self._tracer = tracer
+        # `io.stream.write(name, data)`: live output readers follow (engine.streams).
+        self.stream = StreamIO(replay)
 
     # -- integrations (engine.integration) -----------------------------------------------------
 
@@ -522,6 +526,7 @@ class IO:
         mark = _RunningMark(self._replay, step, attempt)
         task = Task(self.run_id, step.key, step.name, step.path, number, step.params)
         token = current_path.set(step.path)
+        attempt_token = current_attempt.set(number)
         try:
             try:
                 value = await with_timeout(step.fn(task), step.timeout, step.where)
@@ -532,6 +537,7 @@ class IO:
         except Exception as exc:
             attempt.error = exc
         finally:
+            current_attempt.reset(attempt_token)
             current_path.reset(token)
         if attempt.error is None and step.usage is not None:
             attempt.usage = step.usage(attempt.value)

@@ -84,3 +84,18 @@ class DuePoll:
     poll_state: dict[str, Any]
     # When the wait began: its timeout counts from here.
     started_at: float
+
+
+@dataclass(slots=True)
+class ChunkWrite:
+    """One stream chunk to record (engine.streams): its place, its writer, its JSON text."""
+
+    stream: str
+    seq: int
+    task: str
+    attempt: int
+    n: int
+    data: str
+    # A bare number: SQLite binds it as a BLOB, as engine.codec.sqlite_param does.
+    number: bool
+    written_at: float

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from . import clock, limits, serialization
 from .events import Wait
@@ -31,6 +31,9 @@ from .exceptions import (
 from .records import LogWrite, TaskRow, TaskWrite
 from .store import Store
 
+if TYPE_CHECKING:
+    from .streams import StreamWriter
+
 T = TypeVar("T")
 
 log = logging.getLogger("engine.executor")
@@ -41,6 +44,9 @@ current_path: ContextVar[tuple[str, ...]] = ContextVar("engine_current_path", de
 # timeout's error once its attempt was given up on, so code that swallowed the cancellation and
 # kept going records nothing more.
 timed_out: ContextVar[tuple[list[BaseException], ...]] = ContextVar("engine_timed_out", default=())
+# The attempt of the innermost enclosing task (0 at the job's top level): stream chunks are
+# recorded per writer, so a task re-run after a crash writes anew (engine.streams).
+current_attempt: ContextVar[int] = ContextVar("engine_current_attempt", default=0)
 
 
 def path_text(path: tuple[str, ...]) -> str:
@@ -78,6 +84,8 @@ class Replay:
     job_task: asyncio.Future[Any] | None = None
     # The worker executing the run: recorded with each task as who ran its latest attempt.
     worker: str | None = None
+    # The execution's stream writes (engine.streams), once it makes one.
+    streams: StreamWriter | None = None
 
     @classmethod
     async def load(cls, store: Store, run_id: str, epoch: int, worker: str | None = None) -> Replay:
@@ -121,6 +129,10 @@ class Replay:
             raise LeaseLost()
         if self.fatal is not None:  # nothing more is recorded after a fatal signal
             raise self.fatal
+        if self.streams is not None:
+            # Chunks written before this step's outcome are committed first: a completed task
+            # is never replayed without the chunks it wrote.
+            await self.streams.flush()
         logs, self.pending_logs = self.pending_logs, []
         try:
             written = await self.store.write_task(self.run_id, self.epoch, task, logs, self.worker)
@@ -247,6 +259,11 @@ class Replay:
         recorded as the run's fatal error is not a lost lease: the run ends FAILED with it."""
         results = await asyncio.gather(*self.background, return_exceptions=True)
         self.background.clear()
+        if self.streams is not None:
+            try:
+                await self.streams.flush()
+            except BaseException as exc:  # the chunks' failure is the execution's
+                results.append(exc)
         return not any(isinstance(r, BaseException) and r is not self.fatal for r in results)
 
     def log(self, level: str, message: str, fields: dict[str, Any] | None) -> bool:

@@ -349,3 +349,25 @@ signals = Table(
     Column("consumed_at", UTCDateTime, nullable=True),
 )
 Index("ix_engine_signals_run", signals.c.run_id, signals.c.name, signals.c.id)
+
+# Live output of runs (engine.streams): what `io.stream.write(name, data)` published, in order.
+# `seq` is the order readers see (1, 2, ... per stream; a reader resumes after the last it saw).
+# (task, attempt, n) is who wrote the chunk: the enclosing task's path ("[]" at the job's top
+# level), its attempt (0 at the top level) and which of that writer's writes to this stream it
+# was. A replay recognises a chunk already recorded by it and does not write it again; a task
+# re-run after a crash writes under its new attempt, after the lost attempt's chunks.
+stream_chunks = Table(
+    "engine_stream_chunks",
+    metadata,
+    Column(
+        "run_id", String(40), ForeignKey("engine_runs.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("stream", String(200), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("task", Text, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("data", Json, nullable=False),
+    Column("written_at", UTCDateTime, nullable=False),
+    UniqueConstraint("run_id", "stream", "task", "attempt", "n", name="uq_engine_stream_writer"),
+)

@@ -31,10 +31,11 @@ from .dberrors import invalidate_if_broken
 from .events import SentEvent, Wait, canonical, digest, project
 from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
 from .flow import PRIORITY_STEP
-from .records import ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
+from .records import ChunkWrite, ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
 from .recovery import DEFAULT_MAX_RECOVERIES, recovery_error
 from .sql import Statements
 from .sql_events import EventStatements
+from .sql_streams import StreamStatements
 from .sql_usage import USAGE_FIELDS, UsageStatements
 from .writes import Write
 
@@ -78,6 +79,7 @@ class Store(Database):
         self._sql = Statements(self.is_postgres)
         self._usage_sql = UsageStatements(self.is_postgres)
         self._events_sql = EventStatements(self.is_postgres)
+        self._stream_sql = StreamStatements(self.is_postgres)
 
     async def _patiently(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Runs `attempt`, retrying transient DatabaseErrors with exponential backoff and
@@ -788,6 +790,36 @@ class Store(Database):
             await conn.execute(sql.expire, {"id": row.id, "completed_at": clock.now()})
             await conn.execute(sql.delete_waits, {"ids": [row.id]})
         return "COMPLETED", None
+
+    # -- streams (engine.streams) ---------------------------------------------------------------
+
+    async def write_chunks(self, run_id: str, epoch: int, chunks: Sequence[ChunkWrite]) -> bool:
+        """Records stream chunks in one transaction, fenced; False when the execution no longer
+        holds the lease. A chunk already recorded (same writer and n) is left as it was."""
+        try:
+            return await self._write_chunks(run_id, epoch, chunks)
+        except DatabaseError as exc:
+            if not exc.transient:
+                raise
+        return await self._patiently(
+            "recording stream chunks", lambda: self._write_chunks(run_id, epoch, chunks)
+        )
+
+    async def stream_writers(self, run_id: str, stream: str) -> list[tuple[str, int, int, int]]:
+        """(task, attempt, last n, last seq) of each writer of the run's stream so far."""
+
+        async def read() -> list[tuple[str, int, int, int]]:
+            async with self.begin() as conn:
+                rows = await conn.execute(
+                    self._stream_sql.writers, {"run_id": run_id, "stream": stream}
+                )
+                return [(r.task, int(r.attempt), int(r.n), int(r.seq)) for r in rows]
+
+        return await self._patiently("loading a stream", read)
+
+    async def streams_of_run(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's streams: name, chunks, last seq and when the last chunk was written."""
+        return await self._dicts(self._stream_sql.streams_of_run, {"run_id": run_id})
 
     # -- inspection and control ------------------------------------------------------------------
 

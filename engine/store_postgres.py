@@ -8,9 +8,10 @@ deadlocks. Other processes hear of new work at once through NOTIFY on one channe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +20,11 @@ from sqlalchemy.engine import URL
 
 from . import codec
 from .dberrors import PostgresErrors, invalidate_if_broken
+from .exceptions import DatabaseError
 from .outage import backoff
-from .records import TaskRow
+from .records import ChunkWrite, TaskRow
 from .sa_async import create_async_engine
+from .sql_streams import CHANNEL_PREFIX
 from .store import Store
 from .writes import Write, prepare
 
@@ -40,6 +43,8 @@ class PostgresStore(Store):
     is_postgres = True
     errors = PostgresErrors
     idle_poll = 5.0
+    # Followers are woken by NOTIFY (engine.sql_streams); this is their safety net.
+    stream_poll = 1.0
 
     def _make_engine(self, url: URL, pool_size: int) -> AsyncEngine:
         # No overflow: a worker's connections are bounded by its pool size (see
@@ -66,6 +71,78 @@ class PostgresStore(Store):
                     raise
         except Exception as exc:
             raise self._translate(exc) from exc
+
+    async def _write_chunks(self, run_id: str, epoch: int, chunks: Sequence[ChunkWrite]) -> bool:
+        # The whole batch as arrays: one statement, one round trip (engine.sql_streams).
+        args = (
+            run_id,
+            epoch,
+            [c.stream for c in chunks],
+            [c.seq for c in chunks],
+            [c.task for c in chunks],
+            [c.attempt for c in chunks],
+            [c.n for c in chunks],
+            [c.data for c in chunks],
+            [_time(c.written_at) for c in chunks],
+        )
+        try:
+            async with self.engine.connect() as conn:
+                try:
+                    driver: Any = (await conn.get_raw_connection()).driver_connection
+                    return bool(await driver.fetchval(self._stream_sql.pg_write_batch, *args))
+                except Exception as exc:
+                    await invalidate_if_broken(conn, exc)
+                    raise
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    async def read_chunks(
+        self, run_id: str, stream: str, after: int, limit: int
+    ) -> tuple[str | None, list[tuple[Any, ...]]]:
+        sql = self._stream_sql
+        try:
+            async with self.engine.connect() as conn:
+                try:
+                    driver: Any = (await conn.get_raw_connection()).driver_connection
+                    # Outside a transaction: each read sees what committed before it.
+                    status = await driver.fetchval(sql.raw_status, run_id)
+                    rows = await driver.fetch(sql.raw_read, run_id, stream, after, limit)
+                except Exception as exc:
+                    await invalidate_if_broken(conn, exc)
+                    raise
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        # The pool's connections decode JSON themselves (SQLAlchemy registers codec.loads).
+        return status, [tuple(r) for r in rows]
+
+    @contextlib.asynccontextmanager
+    async def stream_wakeups(self, run_id: str, woken: asyncio.Event) -> AsyncIterator[None]:
+        """LISTENs on the run's channel on a connection of its own, outside the pool; without
+        one (the server refuses more connections) the follower polls every `stream_poll`."""
+        import asyncpg
+
+        channel = CHANNEL_PREFIX + run_id
+        dsn = self.parsed_url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = None
+        try:
+            conn = await asyncpg.connect(dsn, timeout=30)
+            await conn.add_listener(channel, lambda *_: woken.set())
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            wake_log.debug("LISTEN for run %s failed (%s): polling instead", run_id, exc)
+        try:
+            yield
+        finally:
+            if conn is not None:
+                conn.terminate()
+
+    async def announce_stream_end(self, run_id: str) -> None:
+        try:
+            async with self.begin() as conn:
+                await conn.execute(
+                    text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL_PREFIX + run_id}
+                )
+        except DatabaseError as exc:  # followers notice at their next poll instead
+            wake_log.debug("announcing the end of run %s's streams failed: %s", run_id, exc)
 
     async def _read_replay_rows(self, driver: Any, run_id: str) -> tuple[list[Any], list[Any]]:
         tasks = await driver.fetch(self._sql.raw_load_tasks.text, run_id)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from .dberrors import SqliteErrors, invalidate_if_broken
 from .exceptions import DatabaseError, EngineError
 from .groupcommit import GroupCommit, in_sqlite_thread
 from .outage import backoff
-from .records import TaskRow
+from .records import ChunkWrite, TaskRow
 from .sa_async import create_async_engine
 from .store import Store
 from .writes import Write
@@ -42,6 +42,9 @@ class SQLiteStore(Store):
     is_postgres = False
     errors = SqliteErrors
     idle_poll = 1.0
+    # No NOTIFY: a follower in another process reads again this often (an indexed read,
+    # outside any transaction: it never holds the writers up).
+    stream_poll = 0.05
 
     def __init__(self, database_url: str | None = None, *, pool_size: int = 10) -> None:
         super().__init__(database_url, pool_size=pool_size)
@@ -104,6 +107,50 @@ class SQLiteStore(Store):
     async def _hot(self, write: Write) -> bool:
         return await self._group.submit(write)
 
+    async def _write_chunks(self, run_id: str, epoch: int, chunks: Sequence[ChunkWrite]) -> bool:
+        # One write of the group commit: it shares its transaction with other runs' writes.
+        sql = self._stream_sql
+        fence = {"run_id": run_id, "epoch": epoch}
+        inserts = [
+            (
+                sql.raw_insert,
+                {
+                    "run_id": run_id,
+                    "stream": c.stream,
+                    "seq": c.seq,
+                    "task": c.task,
+                    "attempt": c.attempt,
+                    "n": c.n,
+                    "data": c.data.encode() if c.number else c.data,
+                    "written_at": c.written_at,
+                },
+            )
+            for c in chunks
+        ]
+        return await self._group.submit(Write((sql.raw_fence, fence), inserts))
+
+    async def read_chunks(
+        self, run_id: str, stream: str, after: int, limit: int
+    ) -> tuple[str | None, list[tuple[Any, ...]]]:
+        sql = self._stream_sql
+        args = {"run_id": run_id, "stream": stream, "after": after, "limit": limit}
+        try:
+            async with self.engine.connect() as conn:
+                try:
+                    driver: Any = (await conn.get_raw_connection()).driver_connection
+                    status, rows = await in_sqlite_thread(
+                        driver, _read_chunks, sql.raw_status, sql.raw_read, args
+                    )
+                except Exception as exc:
+                    await invalidate_if_broken(conn, exc)
+                    raise
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        return status, [
+            (seq, task, attempt, _json(data), _time(at), restart)
+            for seq, task, attempt, data, at, restart in rows
+        ]
+
     async def _read_replay_rows(self, driver: Any, run_id: str) -> tuple[list[Any], list[Any]]:
         tasks_sql, logs_sql = self._sql.raw_load_tasks.text, self._sql.raw_load_log_keys.text
         return await in_sqlite_thread(driver, _read, tasks_sql, logs_sql, {"run_id": run_id})
@@ -162,6 +209,19 @@ def _read(
 ) -> tuple[list[Any], list[Any]]:
     """Runs in aiosqlite's thread: both reads in one hand-off."""
     return db.execute(tasks_sql, args).fetchall(), db.execute(logs_sql, args).fetchall()
+
+
+def _read_chunks(
+    db: sqlite3.Connection, status_sql: str, chunks_sql: str, args: dict[str, Any]
+) -> tuple[str | None, list[Any]]:
+    """Runs in aiosqlite's thread: the run's status, then its chunks (each read is its own
+    snapshot, outside any transaction: the second sees whatever committed before it)."""
+    found = db.execute(status_sql, args).fetchone()
+    return (found[0] if found else None), db.execute(chunks_sql, args).fetchall()
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 def _data_version(db: sqlite3.Connection) -> int:

@@ -25,6 +25,7 @@ _TIME_FIELDS = frozenset(
         "created_at",
         "recorded_at",
         "ended_at",
+        "written_at",
     }
 )
 
