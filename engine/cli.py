@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .cli_events import events, signal_run
+from .cli_streams import stream_command
 
 # The commands below keep the short private names these helpers had before they moved to
 # engine/cli_support.py (shared with engine/cli_workers.py).
@@ -284,6 +285,7 @@ def retry_run(run_id: str, database_url: str | None) -> None:
 
 
 runs.add_command(signal_run)
+runs.add_command(stream_command)
 main.add_command(jobs)
 main.add_command(workers)
 main.add_command(events)

@@ -200,6 +200,11 @@ class StreamIO:
     def __init__(self, replay: Replay) -> None:
         self._replay = replay
 
+    def check_name(self, name: Any) -> str:
+        """`name` if it can name a stream, else one EngineError saying why (integrations check
+        a stream's name before their call starts)."""
+        return check_name(name, "io.stream")
+
     async def write(self, name: str, data: Any) -> None:
         """Appends `data` (JSON data) to the run's stream `name`. Returns at once: the chunk is
         committed in the background, before the run's next step is recorded."""

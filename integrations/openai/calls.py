@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import openai
@@ -18,7 +19,7 @@ from pydantic import BaseModel
 
 from engine import EngineError, RetryPolicy, Task
 
-from . import codec, usage
+from . import codec, streaming, usage
 from . import limits as rate_limits
 from . import params as P
 from .errors import MissingAPIKeyError, OpenAIAPIError, translate
@@ -81,11 +82,7 @@ class Caller:
             raise EngineError(
                 f"io.openai.{operation}({key!r}, retry={policy!r}): pass an engine.RetryPolicy"
             )
-        if params.get("stream"):
-            raise EngineError(
-                f"io.openai.{operation}({key!r}, stream=True): a stream cannot be recorded and "
-                "replayed; call without stream= (the whole response is recorded)"
-            )
+        stream_to = self._stream_to(key, operation, params)
         integration = self.integration
         secret = integration.secret()
         if secret is None and not self.io.is_recorded(key):
@@ -93,6 +90,9 @@ class Caller:
             raise MissingAPIKeyError(integration.id)
         record = recorded if recorded is not None else P.record(ids, params, secret)
         payload = dict(sent if sent is not None else params)
+        if stream_to is not None:
+            streaming.prepare(operation, payload)
+            record = {**record, "stream_to": stream_to}
         path = method or operation
         where = f"io.openai.{operation}({key!r})"
 
@@ -114,7 +114,13 @@ class Caller:
                 kwargs["extra_headers"] = headers
             try:
                 with usage.capturing() as headers:
-                    if paginate:
+                    if stream_to is not None:
+                        found = await streaming.consume(
+                            operation,
+                            await method_of(client, path)(**kwargs),
+                            partial(self.io.stream.write, stream_to),
+                        )
+                    elif paginate:
                         found = await _all_pages(
                             method_of(client, path), kwargs, as_page=paginate == "page"
                         )
@@ -155,6 +161,27 @@ class Caller:
             usage=lambda value: usage.of_call(operation, value, seen),
             rate_limit=charge,
         )
+
+    def _stream_to(self, key: str, operation: str, params: dict[str, Any]) -> str | None:
+        """The run's stream a `stream=True` call forwards its chunks to (`stream_to=`, else the
+        call's key), or None for a call that does not stream. Neither is sent."""
+        stream_to = params.pop("stream_to", None)
+        if not params.get("stream"):
+            params.pop("stream", None)
+            if stream_to is not None:
+                raise EngineError(
+                    f"io.openai.{operation}({key!r}, stream_to={stream_to!r}): stream_to= names "
+                    "where a streamed call's chunks go: pass stream=True with it"
+                )
+            return None
+        if operation not in streaming.STREAMABLE:
+            raise EngineError(
+                f"io.openai.{operation}({key!r}, stream=True): only "
+                f"{' and '.join(sorted(streaming.STREAMABLE))} stream; call this one without "
+                "stream= (the whole response is recorded)"
+            )
+        name: str = self.io.stream.check_name(stream_to if stream_to is not None else key)
+        return name
 
     async def wait(
         self,

@@ -13,6 +13,7 @@ import builtins
 import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -145,12 +146,78 @@ class Worker:
         self._log.close()
 
 
+class Follower:
+    """A long-running CLI command (`engine runs stream ...`) whose output lines the test reads
+    as they come, each within a deadline, while the process goes on."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.args = [ENGINE, *args]
+        self.proc = subprocess.Popen(
+            self.args,
+            cwd=cwd,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def line(self, timeout: float = 30.0) -> str:
+        """The next line it prints; fails if none comes within `timeout` or it exits first."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"`{' '.join(self.args)}` printed nothing in {timeout}s") from None
+        if line is None:
+            raise AssertionError(f"`{' '.join(self.args)}` exited: {self.rest(5)}")
+        return line
+
+    def rest(self, timeout: float = 30.0) -> Result:
+        """Waits for it to exit; its remaining stdout lines and its stderr."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            command = " ".join(self.args)
+            raise AssertionError(f"`{command}` still running {timeout}s later") from None
+        self._reader.join(10)
+        out = []
+        while not self._lines.empty():
+            line = self._lines.get()
+            if line is not None:
+                out.append(line)
+        assert self.proc.stderr is not None
+        return Result(self.args, self.proc.returncode, "\n".join(out), self.proc.stderr.read())
+
+    def close(self) -> None:
+        _kill_group(self.proc)
+        self._reader.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 class Procs:
     """Starts CLI commands and workers for one test (or module); kills them all at the end."""
 
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
         self.workers: list[Worker] = []
+        self.followers: list[Follower] = []
+
+    def follow(self, *args: str) -> Follower:
+        """Starts `engine ARGS...` and lets the test read its output while it runs."""
+        follower = Follower(list(args), self.cwd)
+        self.followers.append(follower)
+        return follower
 
     def cli(self, *args: str, timeout: float = 30.0) -> Result:
         return run_cli(*args, cwd=self.cwd, timeout=timeout)
@@ -175,6 +242,8 @@ class Procs:
     def close(self) -> None:
         for w in self.workers:
             w.close()
+        for f in self.followers:
+            f.close()
 
     # -- the CLI, parsed ------------------------------------------------------------------------
 

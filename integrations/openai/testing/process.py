@@ -96,11 +96,16 @@ class FakeOpenAIProcess:
         return int(self.stats()["by_route"].get(route, 0))
 
     def hold(self, kind: str) -> None:
-        """Keep unfinished runs, files or background responses in progress until released."""
+        """Keep unfinished runs, files or background responses in progress until released
+        ("streams": streamed answers pause half-way)."""
         self._admin("POST", "hold", {"kind": kind})
 
     def release(self, kind: str | None = None) -> None:
         self._admin("POST", "release", {} if kind is None else {"kind": kind})
+
+    def paused_streams(self) -> int:
+        """Streamed answers paused half-way right now by a hold on "streams"."""
+        return int(self.stats()["paused_streams"])
 
     def fail_next(self, route: str, status: int = 500, times: int = 1, **options: Any) -> None:
         self._admin("POST", "faults", {"route": route, "status": status, "times": times, **options})

@@ -13,12 +13,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from . import routes, routes_extra  # noqa: F401  (routes_extra registers its routes)
+from . import routes, routes_extra, sse  # noqa: F401  (routes_extra registers its routes)
 from .faults import FakeError, Fault, RecordedRequest
 from .limits import Usage
 from .state import FakeState, check_hold_kind
 
 ADMIN_PREFIX = "/_fake/"
+# The routes that answer `"stream": true` with server-sent events.
+_STREAMED = frozenset({"POST /v1/chat/completions", "POST /v1/responses"})
 
 
 def _png_1x1() -> bytes:
@@ -116,6 +118,38 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _send_stream(
+        self,
+        fake: FakeOpenAI,
+        route: str,
+        body: dict[str, Any],
+        answer: dict[str, Any],
+        headers: dict[str, str],
+    ) -> None:
+        """The answer as server-sent events (testing/sse.py), written as they would come,
+        paused half-way while "streams" is held; the connection closes at the end."""
+        if route == "POST /v1/chat/completions":
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            events, hold_at = sse.chat_events(answer, include_usage)
+        else:
+            events, hold_at = sse.response_events(answer)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.send_header("x-request-id", f"req_fake_{id(self):x}")
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.close_connection = True
+        for n, (name, data) in enumerate(events):
+            if n == hold_at:
+                fake.state.pause_stream()
+            text = data if isinstance(data, str) else json.dumps(data)
+            line = (f"event: {name}\n" if name else "") + f"data: {text}\n\n"
+            self.wfile.write(line.encode("utf-8"))
+            self.wfile.flush()
+
     def _send_error(self, err: FakeError, headers: dict[str, str] | None = None) -> None:
         self._send(err.status, err.body(), headers)
 
@@ -191,7 +225,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         request = routes.Request(fake.state, params, body, query, fake.base_url, form)
         try:
-            self._send(200, handler(request), limit_headers)
+            answer = handler(request)
+            if isinstance(body, dict) and body.get("stream") and route in _STREAMED:
+                self._send_stream(fake, route, body, answer, limit_headers)
+                return
+            self._send(200, answer, limit_headers)
         except FakeError as err:
             self._send_error(err, limit_headers)
         except Exception as exc:  # a bug in the fake: answer 500 rather than hang the client
@@ -372,6 +410,8 @@ class FakeOpenAI:
                 "requests": [r.to_dict() for r in self.state.requests],
                 "by_route": self.state.count_by_route(),
                 "by_idempotency_key": self.state.count_by_idempotency_key(),
+                # Streamed answers paused at their hold point right now (hold("streams")).
+                "paused_streams": self.state.paused_streams,
                 **self.state.account.stats(),
             }
 
@@ -436,8 +476,13 @@ class FakeOpenAI:
 
     def hold(self, kind: str) -> None:
         """Keep unfinished ``kind`` objects ("runs", "files" or "responses": background ones)
-        in progress until :meth:`release`: a run stays ``in_progress``, a file ``uploaded``."""
+        in progress until :meth:`release`: a run stays ``in_progress``, a file ``uploaded``;
+        with "streams", a streamed answer (``stream: true``) pauses half-way."""
         self.state.hold(kind)
+
+    def paused_streams(self) -> int:
+        """Streamed answers paused half-way right now by a hold on "streams"."""
+        return self.state.paused_streams
 
     def release(self, kind: str | None = None) -> None:
         """End a hold (every hold when ``kind`` is None): held objects finish on their next

@@ -24,7 +24,7 @@ from .limits import Account
 
 TERMINAL_RUN_STATUSES = frozenset({"completed", "failed", "cancelled", "expired", "incomplete"})
 TERMINAL_RESPONSE_STATUSES = frozenset({"completed", "failed", "cancelled", "incomplete"})
-HOLD_KINDS = frozenset({"runs", "files", "responses", "fine_tuning"})
+HOLD_KINDS = frozenset({"runs", "files", "responses", "fine_tuning", "streams"})
 
 
 class FakeState:
@@ -44,6 +44,10 @@ class FakeState:
         self.file_seconds = file_seconds
         self.response_seconds = response_seconds
         self.lock = threading.RLock()
+        # Streamed answers paused by a hold on "streams" wait on it (engine tests read the
+        # first chunks while the call is in progress); a release or a reset wakes them.
+        self.released = threading.Condition(self.lock)
+        self.paused_streams = 0
         self._mono0 = time.monotonic()
         self._wall0 = time.time()
         self.clear()
@@ -69,6 +73,7 @@ class FakeState:
             self.next_response_status: str | None = None
             self.held: set[str] = set()
             self._ids = itertools.count(1)
+            self.released.notify_all()
 
     # -- clocks and ids ------------------------------------------------------------------------
     def now(self) -> float:
@@ -182,6 +187,19 @@ class FakeState:
                 self.held.clear()
             else:
                 self.held.discard(check_hold_kind(kind))
+            self.released.notify_all()
+
+    def pause_stream(self) -> None:
+        """Called by a streamed answer at its hold point: waits while "streams" is held."""
+        with self.lock:
+            if "streams" not in self.held:
+                return
+            self.paused_streams += 1
+            try:
+                while "streams" in self.held:
+                    self.released.wait(1.0)
+            finally:
+                self.paused_streams -= 1
 
     def _holding(self, kind: str, obj: dict[str, Any]) -> bool:
         """Whether ``obj`` must stay in progress; once released, its clock is moved back so the
