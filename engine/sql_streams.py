@@ -30,9 +30,14 @@ class StreamStatements:
             "WHERE id = :run_id AND lease_epoch = :epoch",
             postgres,
         )
-        self.raw_insert: DriverSQL = _driver_sql(
-            f"INSERT INTO engine_stream_chunks ({_COLUMNS}) VALUES (:run_id, :stream, :seq, "
-            ":task, :attempt, :n, :data, :written_at) ON CONFLICT DO NOTHING",
+        # The batch as one JSON array of rows, unpacked by SQLite itself: one statement per
+        # batch. A bare number is stored as a BLOB, as engine.codec.sqlite_param binds it (the
+        # column's numeric affinity would turn the text 1.0 into the integer 1).
+        self.raw_insert_batch: DriverSQL = _driver_sql(
+            f"INSERT INTO engine_stream_chunks ({_COLUMNS}) SELECT :run_id, r.value ->> 0, "
+            "r.value ->> 1, r.value ->> 2, r.value ->> 3, r.value ->> 4, "
+            "CASE WHEN r.value ->> 6 THEN CAST(r.value ->> 5 AS BLOB) ELSE r.value ->> 5 END, "
+            "r.value ->> 7 FROM json_each(:rows) AS r WHERE true ON CONFLICT DO NOTHING",
             postgres,
         )
         # PostgreSQL: the whole batch in one statement (one round trip), fenced by sharing the

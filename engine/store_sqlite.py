@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 from . import codec
 from .dberrors import SqliteErrors, invalidate_if_broken
 from .exceptions import DatabaseError, EngineError
-from .groupcommit import GroupCommit, in_sqlite_thread
+from .groupcommit import GroupCommit, _sqlite_time, in_sqlite_thread
 from .outage import backoff
 from .records import ChunkWrite, TaskRow
 from .sa_async import create_async_engine
@@ -108,26 +108,21 @@ class SQLiteStore(Store):
         return await self._group.submit(write)
 
     async def _write_chunks(self, run_id: str, epoch: int, chunks: Sequence[ChunkWrite]) -> bool:
-        # One write of the group commit: it shares its transaction with other runs' writes.
+        # One write of the group commit (it shares its transaction with other runs' writes):
+        # the fence, then the whole batch in one statement (engine.sql_streams).
         sql = self._stream_sql
-        fence = {"run_id": run_id, "epoch": epoch}
-        inserts = [
-            (
-                sql.raw_insert,
-                {
-                    "run_id": run_id,
-                    "stream": c.stream,
-                    "seq": c.seq,
-                    "task": c.task,
-                    "attempt": c.attempt,
-                    "n": c.n,
-                    "data": c.data.encode() if c.number else c.data,
-                    "written_at": c.written_at,
-                },
+        rows = codec.dumps(
+            [
+                [c.stream, c.seq, c.task, c.attempt, c.n, c.data, c.number, _chunk_time(c)]
+                for c in chunks
+            ]
+        )
+        batch = {"run_id": run_id, "rows": rows}
+        return await self._group.submit(
+            Write(
+                (sql.raw_fence, {"run_id": run_id, "epoch": epoch}), [(sql.raw_insert_batch, batch)]
             )
-            for c in chunks
-        ]
-        return await self._group.submit(Write((sql.raw_fence, fence), inserts))
+        )
 
     async def read_chunks(
         self, run_id: str, stream: str, after: int, limit: int
@@ -218,6 +213,18 @@ def _read_chunks(
     snapshot, outside any transaction: the second sees whatever committed before it)."""
     found = db.execute(status_sql, args).fetchone()
     return (found[0] if found else None), db.execute(chunks_sql, args).fetchall()
+
+
+_second: list[Any] = [None, ""]
+
+
+def _chunk_time(chunk: ChunkWrite) -> str:
+    """When a chunk was written, as SQLite stores times (engine.groupcommit._sqlite_time), the
+    date and time part formatted once per second: a stream writes thousands a second."""
+    whole = int(chunk.written_at)
+    if _second[0] != whole:
+        _second[0], _second[1] = whole, _sqlite_time(whole)[:19]
+    return f"{_second[1]}.{int((chunk.written_at - whole) * 1e6):06d}"
 
 
 def _time(text: str) -> datetime:

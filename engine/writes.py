@@ -25,7 +25,6 @@ _TIME_FIELDS = frozenset(
         "created_at",
         "recorded_at",
         "ended_at",
-        "written_at",
     }
 )
 

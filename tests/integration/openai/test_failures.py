@@ -143,16 +143,19 @@ async def test_a_missing_key_is_one_clear_error(
     assert await oai.tasks(run["id"]) == []  # refused before anything was written
 
 
-async def test_stream_is_rejected_before_anything_is_recorded(
+async def test_stream_on_a_method_that_cannot_stream_is_rejected_before_anything_is_recorded(
     oai: Any, fake: FakeOpenAI, integration: OpenAI
 ) -> None:
+    # chat.completions.create and responses.create stream (tests/.../test_streaming.py).
     @job(id=unique_id("oai-stream"), integrations={"openai": integration})
     async def streamed(payload: Any, io: Any, ctx: Any) -> Any:
-        await io.openai.chat.completions.create("chat", stream=True, **CHAT)
+        await io.openai.beta.threads.create_and_run(
+            "thread-run", assistant_id="asst_1", stream=True
+        )
 
     run = await oai.run(streamed)
     assert run["status"] == "FAILED"
-    assert "stream" in run["error"]["message"]
+    assert "only chat.completions.create and responses.create stream" in run["error"]["message"]
     assert await oai.tasks(run["id"]) == []
     assert fake.count() == 0
 
