@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import clock, serialization, tracing
+from . import clock, serialization, streams, tracing
 from .context import Context
 from .exceptions import (
     DatabaseError,
@@ -106,6 +106,7 @@ async def _execute(
     if replay.streams is not None and outcome.status in ("COMPLETED", "FAILED"):
         # The run's streams are closed: their followers learn it now rather than at their
         # next poll (engine.streams).
+        streams.announce_local(store.url, claimed.id)
         await store.announce_stream_end(claimed.id)
     return outcome
 

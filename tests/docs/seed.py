@@ -3,7 +3,7 @@
 `seeded(url)` runs a real `Worker` against the fake OpenAI server and leaves, while its context
 is open: completed runs, a failed run with an ERRORED task, a run WAITING on a sleep, an OpenAI
 call retried after a 429 that then succeeded, one WAITING after a 500, one WAITING after a 429,
-and one run RUNNING in a step (so "who holds what" has an answer).
+a streamed chat completion, and one run RUNNING in a step (so "who holds what" has an answer).
 """
 
 from __future__ import annotations
@@ -69,6 +69,15 @@ async def chat(payload: dict[str, Any], io: IO, ctx: Context) -> str:
     return str(reply.choices[0].message.content)
 
 
+@job(id="doc-seed-stream", version="1", integrations={"openai": openai})
+async def streamed(payload: dict[str, Any], io: IO, ctx: Context) -> str:
+    untyped: Any = io
+    reply = await untyped.openai.chat.completions.create(
+        "answer", model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], stream=True
+    )
+    return str(reply.choices[0].message.content)
+
+
 @job(id="doc-seed-busy", version="1")
 async def busy(payload: dict[str, Any], io: IO, ctx: Context) -> None:
     async def crunch(task: Any) -> None:
@@ -77,7 +86,7 @@ async def busy(payload: dict[str, Any], io: IO, ctx: Context) -> None:
     await io.run_task("crunch", crunch)
 
 
-JOBS = [greet, flaky, sleepy, chat, busy]
+JOBS = [greet, flaky, sleepy, chat, streamed, busy]
 
 
 @dataclass
@@ -119,6 +128,7 @@ async def seeded(url: str) -> AsyncIterator[Seed]:
             await run("server-error-waiting", "doc-seed-chat", "WAITING")
             fake.fail_next(CHAT, 429, retry_after=LONG)
             await run("rate-limited-waiting", "doc-seed-chat", "WAITING")
+            await run("streamed", "doc-seed-stream", "COMPLETED")
             await run("running", "doc-seed-busy", "RUNNING")
             yield seed
     finally:
