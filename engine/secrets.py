@@ -40,6 +40,11 @@ def scrub(value: Any) -> Any:
     return _scrub(value, known)
 
 
+def appears_in(text: str) -> bool:
+    """Whether a registered secret appears in `text` (a cheap test before `scrub`)."""
+    return any(secret in text for secret in _secrets)
+
+
 def _scrub(value: Any, known: tuple[str, ...]) -> Any:
     if isinstance(value, str):
         for secret in known:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import clock, codec, limits
+from . import clock, codec, limits, secrets
 from .exceptions import DatabaseError, EngineError, LeaseLost, WriteFailed, WriteRefusedError
 from .records import ChunkWrite
 from .replay import current_attempt, current_path, path_text
@@ -106,6 +106,9 @@ class StreamWriter:
         self._raise_failure()
         value = codec.check(data, f"{where} data")
         text = codec.dumps(value)
+        if secrets.appears_in(text):  # nothing secret is recorded, streams included
+            value = secrets.scrub(value)
+            text = codec.dumps(value)
         if len(text) > MAX_CHUNK_BYTES and len(text.encode()) > MAX_CHUNK_BYTES:
             raise EngineError(
                 f"{where}: the chunk is {len(text.encode())} bytes of JSON: write at most "

@@ -20,6 +20,7 @@ from engine import (
     Task,
     clock,
     job,
+    secrets,
 )
 from engine.exceptions import LeaseLost
 from engine.records import ChunkWrite
@@ -184,3 +185,17 @@ async def zombie_write(replay: Replay) -> None:
     # Its first write is recognised as the recorded "early" (a replay); the second is new.
     await StreamIO(replay).write("out", "replayed")
     await StreamIO(replay).write("out", "zombie")
+
+
+async def test_a_secret_written_to_a_stream_is_not_recorded(harness: Harness) -> None:
+    secret = "sk-stream-secret-0123456789"
+    secrets.register(secret)
+
+    @job(id=unique_id("stream-secret"))
+    async def leaky(payload: Any, io: IO, ctx: Context) -> None:
+        await io.stream.write("out", {"note": f"key={secret}"})
+
+    await harness.start(leaky)
+    view = await harness.run(leaky)
+    (chunk,) = await _read_all(harness, view["id"])
+    assert chunk.data == {"note": "key=[REDACTED]"}
