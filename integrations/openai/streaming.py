@@ -57,6 +57,13 @@ async def _chat(stream: Any, write: Write) -> ChatCompletion:
         state.handle_chunk(chunk)
         await write(chunk.to_dict())
     final = state.get_final_completion().model_dump(mode="json")
+    if not final.get("choices") or any(not c.get("finish_reason") for c in final["choices"]):
+        # The connection closed early (a proxy, a lost server): what came is not the answer.
+        raise OpenAIAPIError(
+            "chat.completions.create: the stream ended before the answer did (no finish_reason)",
+            retryable=True,
+            operation="chat.completions.create",
+        )
     # The parsed views the helper adds (`parsed`, `parsed_arguments`) are not part of a
     # ChatCompletion: the recorded value is what the call without stream=True returns.
     for choice in final.get("choices") or []:

@@ -143,8 +143,8 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         for n, (name, data) in enumerate(events):
-            if n == hold_at:
-                fake.state.pause_stream()
+            if n == hold_at and not fake.state.pause_stream():
+                return  # cut off: the connection closes without the rest
             text = data if isinstance(data, str) else json.dumps(data)
             line = (f"event: {name}\n" if name else "") + f"data: {text}\n\n"
             self.wfile.write(line.encode("utf-8"))
@@ -483,6 +483,10 @@ class FakeOpenAI:
     def paused_streams(self) -> int:
         """Streamed answers paused half-way right now by a hold on "streams"."""
         return self.state.paused_streams
+
+    def cut_next_streams(self, times: int = 1) -> None:
+        """The next `times` streamed answers close their connection half-way."""
+        self.state.cut_next_streams(times)
 
     def release(self, kind: str | None = None) -> None:
         """End a hold (every hold when ``kind`` is None): held objects finish on their next

@@ -48,6 +48,8 @@ class FakeState:
         # first chunks while the call is in progress); a release or a reset wakes them.
         self.released = threading.Condition(self.lock)
         self.paused_streams = 0
+        # Streamed answers still to be cut off half-way (the connection closed mid-stream).
+        self.cuts = 0
         self._mono0 = time.monotonic()
         self._wall0 = time.time()
         self.clear()
@@ -189,17 +191,27 @@ class FakeState:
                 self.held.discard(check_hold_kind(kind))
             self.released.notify_all()
 
-    def pause_stream(self) -> None:
-        """Called by a streamed answer at its hold point: waits while "streams" is held."""
+    def cut_next_streams(self, times: int = 1) -> None:
+        """The next `times` streamed answers close their connection half-way."""
         with self.lock:
+            self.cuts += times
+
+    def pause_stream(self) -> bool:
+        """Called by a streamed answer half-way: False if it is to be cut off there, else
+        True once "streams" is not held (at once when it is not)."""
+        with self.lock:
+            if self.cuts > 0:
+                self.cuts -= 1
+                return False
             if "streams" not in self.held:
-                return
+                return True
             self.paused_streams += 1
             try:
                 while "streams" in self.held:
                     self.released.wait(1.0)
             finally:
                 self.paused_streams -= 1
+            return True
 
     def _holding(self, kind: str, obj: dict[str, Any]) -> bool:
         """Whether ``obj`` must stay in progress; once released, its clock is moved back so the

@@ -156,3 +156,30 @@ async def test_a_streamed_call_that_fails_before_its_stream_is_retried(
     chunks = [c async for c in oai.engine.read_stream(run["id"], "answer")]
     assert chunks and all(c.attempt == 2 and not c.restart for c in chunks)
     assert fake.count("POST /v1/chat/completions") == 2
+
+
+async def test_a_stream_cut_off_half_way_is_sent_again_and_its_chunks_start_again(
+    oai: Any, fake: FakeOpenAI, integration: OpenAI
+) -> None:
+    """The connection closes mid-stream: a partial answer is never recorded; the call is
+    retried and the new attempt's chunks follow the cut-off ones, the first flagged restart."""
+
+    @job(id=unique_id("oai-stream-cut"), integrations={"openai": integration})
+    async def streamed(payload: Any, io: Any, ctx: Any) -> str:
+        answer = await io.openai.chat.completions.create(
+            "answer", model="gpt-4o", messages=[{"role": "user", "content": PROMPT}], stream=True
+        )
+        return str(answer.choices[0].message.content)
+
+    fake.cut_next_streams()
+    run = await oai.run(streamed)
+    assert run["status"] == "COMPLETED", run["error"]
+    assert run["output"] == f"echo: {PROMPT}"
+    chunks = [c async for c in oai.engine.read_stream(run["id"], "answer")]
+    first = [c for c in chunks if c.attempt == 1]
+    again = [c for c in chunks if c.attempt == 2]
+    assert len(first) == 5 and chunks[: len(first)] == first  # the role and 4 words
+    assert again[0].restart and not any(c.restart for c in chunks if c is not again[0])
+    assert fake.count("POST /v1/chat/completions") == 2
+    task = await oai.task(run["id"], "answer")
+    assert task["attempts"] == 2
