@@ -1,7 +1,7 @@
 """streams: the live output runs publish (io.stream.write), one row per chunk
 
 Revision ID: 0011_streams
-Revises: 0007_ratelimit
+Revises: 0009_events
 Create Date: 2026-11-30
 """
 
@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql
 from engine.schema import UTCDateTime
 
 revision = "0011_streams"
-down_revision = "0007_ratelimit"
+down_revision = "0009_events"
 branch_labels = None
 depends_on = None
 
