@@ -20,6 +20,7 @@ from .exceptions import (
     PayloadValidationError,
     PollTimeoutError,
     RunNotFoundError,
+    RunTimeoutError,
     TaskError,
     TaskTimeoutError,
     UnknownJobError,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from .pollers import PollResult
     from .ratelimit import RateLimit, rate_limits
     from .retry import RetryPolicy
+    from .schedules import Schedule
     from .streams import StreamChunk
     from .worker import Worker
 
@@ -49,6 +51,7 @@ _LAZY = {
     "Task": ".io",
     "Integration": ".integration",
     "Job": ".jobs",
+    "Schedule": ".schedules",
     "job": ".jobs",
     "PollResult": ".pollers",
     "RateLimit": ".ratelimit",
@@ -93,6 +96,8 @@ __all__ = [
     "RateLimit",
     "RetryPolicy",
     "RunNotFoundError",
+    "RunTimeoutError",
+    "Schedule",
     "SentEvent",
     "StreamChunk",
     "Task",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .cli_events import events, signal_run
+from .cli_schedules import schedules
 from .cli_streams import stream_command
 
 # The commands below keep the short private names these helpers had before they moved to
@@ -30,6 +31,8 @@ from .exceptions import EngineError
 from .recovery import DEFAULT_MAX_RECOVERIES, MAX_RECOVERIES
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from rich.console import Console
     from rich.tree import Tree
 
@@ -154,6 +157,16 @@ def run(
     help="-100 to 100; higher is claimed first (default: the job's, else 0; see "
     "docs/flow-control.md).",
 )
+@click.option("--delay", default=None, help="Start no sooner than this from now: 90s, 10m, 2h, 1d.")
+@click.option(
+    "--at", "at", default=None, help="Start no sooner than this ISO time (UTC unless it says)."
+)
+@click.option(
+    "--timeout",
+    default=None,
+    help="Cancel the run if unfinished this long after it is due to start: 30m, 2h (default: "
+    "the job's timeout=).",
+)
 @click.option("--database-url", help=_DB_HELP)
 def trigger(
     job_id: str,
@@ -162,6 +175,9 @@ def trigger(
     app: str | None,
     version: str | None,
     priority: int | None,
+    delay: str | None,
+    at: str | None,
+    timeout: str | None,
     database_url: str | None,
 ) -> None:
     """Queue a run of JOB_ID and print its id.
@@ -169,11 +185,15 @@ def trigger(
     Nothing is written when the trigger fails. A run that no live worker serves is still
     queued, with a warning on stderr.
     """
+    from . import durations
     from .app import load_app
     from .cli_payload import read_payload
 
     try:
         data = read_payload(payload) if payload is not None else None
+        wait = durations.parse(delay, "--delay") if delay is not None else None
+        start = _parse_at(at) if at is not None else None
+        limit = durations.parse(timeout, "--timeout") if timeout is not None else None
         if app:
             load_app(app)
     except EngineError as exc:
@@ -181,7 +201,14 @@ def trigger(
 
     async def queue(engine: Engine) -> tuple[str, str | None]:
         run_id = await engine.trigger(
-            job_id, data, idempotency_key=idempotency_key, version=version, priority=priority
+            job_id,
+            data,
+            idempotency_key=idempotency_key,
+            version=version,
+            priority=priority,
+            delay=wait,
+            at=start,
+            timeout=limit,
         )
         return run_id, await unserved(engine, job_id, run_id)
 
@@ -189,6 +216,18 @@ def trigger(
     if warning:
         click.echo(f"warning: {warning}", err=True)
     click.echo(run_id)
+
+
+def _parse_at(text: str) -> datetime:
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise EngineError(
+            f"--at {text!r}: give an ISO 8601 time, e.g. 2026-12-01T09:00:00Z"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @main.group()
@@ -289,6 +328,7 @@ runs.add_command(stream_command)
 main.add_command(jobs)
 main.add_command(workers)
 main.add_command(events)
+main.add_command(schedules)
 
 
 @main.command("usage")

@@ -8,10 +8,23 @@ import functools
 import os
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from . import clock, codec, events, flow, limits, streams, usage, versions, views, waiting
+from . import (
+    clock,
+    codec,
+    durations,
+    events,
+    flow,
+    limits,
+    streams,
+    usage,
+    versions,
+    views,
+    waiting,
+)
 from .events import SentEvent
 from .exceptions import EngineError, PayloadValidationError, UnknownJobError, UnknownVersionError
 from .prices import PriceTable
@@ -63,6 +76,9 @@ class Engine:
         idempotency_key: str | None = None,
         version: str | None = None,
         priority: int | None = None,
+        delay: timedelta | float | None = None,
+        at: datetime | None = None,
+        timeout: timedelta | float | None = None,
     ) -> str:
         """Queues a run of `job_id` and returns its id; one idempotency key gives one run.
 
@@ -71,6 +87,9 @@ class Engine:
         `version` pins the job version; without it the run goes to the version this process
         defines, else the highest one a live worker serves, else the highest registered one.
         `priority` (-100 to 100) overrides the job's; see docs/flow-control.md.
+        `delay` (a timedelta or seconds) or `at` (an aware datetime) keeps the run QUEUED and
+        unclaimed until then; `timeout` (overriding the job's `timeout=`) cancels the run if it
+        is unfinished that long after it was due to start. See docs/triggers.md.
         """
         # Inputs are checked before anything is written (docs/concepts.md, "What can be recorded").
         limits.check_text(job_id, "job id", limits.MAX_JOB_ID_LENGTH)
@@ -82,6 +101,8 @@ class Engine:
             flow.check_priority(priority)
         if version is not None and (not isinstance(version, str) or not version):
             raise EngineError('version: give a non-empty string, e.g. version="2"')
+        not_before = _not_before(delay, at)
+        run_timeout = durations.seconds(timeout, "timeout")
         # jobs brings jsonschema and pydantic: only a trigger needs them, not `engine runs ...`.
         from .jobs import check_against_schema, registration, registry
 
@@ -99,6 +120,8 @@ class Engine:
             check_against_schema(job_id, stored, declared[2])
             key = flow.key_of(declared[4], job_id, stored, None)
         _, version, _, default_priority, spec = declared[:5]
+        if run_timeout is None and len(declared) > 6:
+            run_timeout = declared[6]
         # Only now is anything written: a trigger that fails leaves no file and no tables behind.
         if job is not None:
             await self.upgrade()
@@ -110,6 +133,8 @@ class Engine:
             idempotency_key,
             priority=default_priority if priority is None else priority,
             concurrency=None if key is None else (key, int(spec["limit"])),
+            not_before=not_before,
+            timeout=run_timeout,
         )
         return run_id
 
@@ -131,6 +156,8 @@ class Engine:
                 row["payload_schema"],
                 row["priority"],
                 row["concurrency"],
+                row["on_event"],
+                row["timeout"],
             )
             for row in rows
         }
@@ -238,6 +265,60 @@ class Engine:
         name = events.check_name(name, "signal name")
         stored = codec.check({} if payload is None else payload, f"the payload of signal {name!r}")
         return await self.store.send_signal(run_id, name, stored)
+
+    async def schedules(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        """The registered schedules (`engine schedules list --json`): job, expression,
+        timezone, paused, missed-tick policy, the next fire times (the first is the stored
+        one; a paused schedule has none) and the last tick fired with its run."""
+        from . import schedules
+
+        listed = []
+        for row in await self.store.list_schedules(job_id):
+            upcoming: list[str | None] = []
+            if not row["paused"]:
+                at = row["next_fire_at"].timestamp()
+                for _ in range(3):
+                    upcoming.append(schedules.iso(at))
+                    at = schedules.next_after(row["expression"], row["timezone"], at)
+            listed.append(
+                {
+                    "job_id": row["job_id"],
+                    "version": row["job_version"],
+                    "expression": row["expression"],
+                    "timezone": row["timezone"],
+                    "missed": row["missed"],
+                    "paused": bool(row["paused"]),
+                    "next_fire_times": upcoming,
+                    "last_tick_at": views.iso(row["last_tick_at"]),
+                    "last_run_id": row["last_run_id"],
+                }
+            )
+        return listed
+
+    async def pause_schedule(self, job_id: str, expression: str | None = None) -> int:
+        """Pauses the job's schedules (the one with `expression`); returns how many changed."""
+        return await self._set_paused(job_id, expression, True)
+
+    async def resume_schedule(self, job_id: str, expression: str | None = None) -> int:
+        """Resumes them from their next tick: ticks missed while paused are not made up."""
+        return await self._set_paused(job_id, expression, False)
+
+    async def _set_paused(self, job_id: str, expression: str | None, paused: bool) -> int:
+        from . import schedules
+
+        known = await self.store.list_schedules(job_id)
+        wanted = None if expression is None else " ".join(expression.split())
+        if not any(wanted in (None, r["expression"]) for r in known):
+            have = ", ".join(repr(r["expression"]) for r in known) or "none"
+            raise EngineError(
+                f"job {job_id!r} has no schedule"
+                + (f" {expression!r}" if expression is not None else "")
+                + f" (its schedules: {have}): `engine schedules list` shows them"
+            )
+        changed = await self.store.set_schedules_paused(
+            job_id, wanted, paused, schedules.next_after
+        )
+        return len(changed)
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
         return await self.store.get_run(run_id)
@@ -355,3 +436,18 @@ def _runs_on_event(
         limit = None if key is None else (key, int(spec["limit"]))
         starts.append((job_id, version, int(row["priority"] or 0), limit))
     return starts
+
+
+def _not_before(delay: timedelta | float | None, at: datetime | None) -> float | None:
+    """When a delayed run may start (epoch seconds), or None to start now."""
+    if delay is not None and at is not None:
+        raise EngineError("give delay= or at=, not both")
+    if at is not None:
+        if not isinstance(at, datetime) or at.tzinfo is None:
+            raise EngineError(
+                f"at={at!r}: give a timezone-aware datetime, e.g. "
+                "datetime(2026, 12, 1, 9, tzinfo=UTC)"
+            )
+        return at.timestamp()
+    seconds = durations.seconds(delay, "delay")
+    return None if seconds is None else clock.now() + seconds

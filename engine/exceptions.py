@@ -88,6 +88,10 @@ class RecoveryLimitError(EngineError):
     it."""
 
 
+class RunTimeoutError(EngineError):
+    """The run was still unfinished at its deadline (`@job(timeout=)`, `--timeout`): canceled."""
+
+
 class UnknownVersionError(EngineError):
     """No such version of this job is registered: `engine jobs list` shows the versions."""
 

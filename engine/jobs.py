@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
-from . import events, flow, limits, versions
+from . import durations, events, flow, limits, versions
 from . import integration as integration_seam
 from .exceptions import EngineError, PayloadValidationError
 from .integration import Integration
 from .payloads import PayloadType, declared
+
+if TYPE_CHECKING:
+    from datetime import timedelta
+
+    from .schedules import Schedule
 
 JobFunction = Callable[[Any, Any, Any], Awaitable[Any]]
 
@@ -31,6 +36,9 @@ class Job:
     concurrency: flow.Concurrency | None = None
     # Every event of this name starts a run (engine.events, docs/triggers.md).
     on_event: str | None = None
+    # Cron schedules (engine.schedules) and the deadline of each run, in seconds (None: none).
+    schedules: tuple[Schedule, ...] = ()
+    timeout: float | None = None
 
     @property
     def key(self) -> str:
@@ -55,11 +63,19 @@ class Job:
         return await self.fn(payload, io, ctx)
 
 
-def registration(job: Job) -> tuple[str, str, Any, int, Any, str | None]:
+def registration(job: Job) -> tuple[str, str, Any, int, Any, str | None, float | None]:
     """What `engine_jobs` records of a job: id, version, payload schema, priority, concurrency,
-    and the event it starts on."""
+    the event it starts on, and its run timeout (seconds)."""
     spec = job.concurrency.spec() if job.concurrency else None
-    return job.id, job.version, job.payload_schema(), job.priority, spec, job.on_event
+    return (
+        job.id,
+        job.version,
+        job.payload_schema(),
+        job.priority,
+        spec,
+        job.on_event,
+        job.timeout,
+    )
 
 
 def check_against_schema(job_id: str, payload: Any, schema: dict[str, Any] | None) -> None:
@@ -120,6 +136,9 @@ def job(
     priority: int = 0,
     concurrency: int | flow.Concurrency | None = None,
     on_event: str | None = None,
+    schedule: str | Schedule | Sequence[str | Schedule] | None = None,
+    timezone: str | None = None,
+    timeout: timedelta | float | None = None,
 ) -> Callable[[JobFunction], Job]:
     """Declares an `async def (payload, io, ctx)` as a job.
 
@@ -129,7 +148,9 @@ def job(
     `priority` is its runs' default priority; `concurrency` caps how many of its runs are
     RUNNING at once across every worker (a number, or `Concurrency(limit, key=...)` per key).
     See docs/flow-control.md. `on_event` starts a run of the job for every event of that name
-    (its payload is the run's payload; docs/triggers.md).
+    (its payload is the run's payload; docs/triggers.md). `schedule` (cron text read in
+    `timezone`, default UTC, or `Schedule`s) triggers runs on its ticks; `timeout` (a timedelta
+    or seconds) cancels a run still unfinished that long after it was due to start.
     """
     if not id or not isinstance(id, str):
         raise EngineError("@job(id=...): give the job a non-empty string id")
@@ -144,6 +165,13 @@ def job(
     limit = flow.as_concurrency(concurrency, id)
     if on_event is not None:
         events.check_name(on_event, f"@job({id!r}) on_event")
+    run_timeout = durations.seconds(timeout, f"@job({id!r}) timeout")
+    cron: tuple[Schedule, ...] = ()
+    if schedule is not None or timezone is not None:
+        # cronsim is imported only by jobs that have a schedule.
+        from .schedules import schedules_of
+
+        cron = schedules_of(id, schedule, timezone)
 
     def decorate(fn: JobFunction) -> Job:
         if not inspect.iscoroutinefunction(fn):
@@ -153,8 +181,21 @@ def job(
         namespace = sys._getframe(1).f_locals
         payload_type = declared(id, fn, payload, namespace)
         declared_job = Job(
-            id, str(version), fn, dict(integrations or {}), payload_type, priority, limit, on_event
+            id,
+            str(version),
+            fn,
+            dict(integrations or {}),
+            payload_type,
+            priority,
+            limit,
+            on_event,
+            cron,
+            run_timeout,
         )
+        if cron:
+            from .schedules import check_payload
+
+            check_payload(declared_job)
         registry.add(declared_job)
         return declared_job
 

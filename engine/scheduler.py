@@ -14,10 +14,17 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from . import clock, codec, pollers, secrets, serialization, tracing
-from .exceptions import DatabaseError, EngineError, NotSerializableError, PollTimeoutError
+from . import clock, codec, pollers, schedules, secrets, serialization, tracing
+from .exceptions import (
+    DatabaseError,
+    EngineError,
+    NotSerializableError,
+    PollTimeoutError,
+    RunTimeoutError,
+)
 from .executor import execute
 from .jobs import Job
 from .outage import Outage, backoff
@@ -26,6 +33,9 @@ from .recovery import DEFAULT_MAX_RECOVERIES, check_max_recoveries
 from .store import Store
 
 log = logging.getLogger("engine.scheduler")
+
+# At most this long between two looks at the schedules and deadlines (seconds).
+TRIGGER_CHECK = 1.0
 
 MAX_LEASE_SECONDS = 3600.0
 MAX_CONCURRENCY = 10_000
@@ -77,6 +87,11 @@ class Scheduler:
         self.outage = Outage(log)
         # Spans go to `tracer_provider`, else to the global one (engine.tracing).
         self.tracer = tracing.tracer(tracer_provider)
+        # Schedules and deadlines are looked at when one falls due (the sleep wakes for it) and
+        # at least every TRIGGER_CHECK seconds (a schedule registered or resumed elsewhere),
+        # not on every claim round.
+        self._triggers_at = 0.0
+        self._plan = schedules.planner(self.jobs) if self._scheduled() else None
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -121,6 +136,7 @@ class Scheduler:
     async def tick(self) -> bool:
         """One round of claiming; True when there may be more to take right away."""
         self.wake.clear()
+        await self._fire_triggers()
         await self._interrupt_canceled()
         free = self.concurrency - len(self.active)
         # With limits, a due run may stay unclaimed (its slot is taken): remember what this
@@ -156,6 +172,21 @@ class Scheduler:
         self._saturated = free - len(claimed) <= 0 or poll_free - len(polls) <= 0
         return (free > 0 and len(claimed) == free) or (poll_free > 0 and len(polls) == poll_free)
 
+    def _scheduled(self) -> bool:
+        return any(job.schedules for job in self.jobs.values())
+
+    async def _fire_triggers(self) -> None:
+        """Fires due schedule ticks and cancels runs past their deadline."""
+        now = clock.now()
+        if now < self._triggers_at:
+            return
+        self._triggers_at = now + TRIGGER_CHECK
+        if self._plan is not None:
+            scheduled = [key for key, job in self.jobs.items() if job.schedules]
+            await self.store.fire_schedules(scheduled, self._plan)
+        if await self.store.cancel_expired(deadline_error):
+            self._news = True  # one of them may be running here: interrupt it
+
     async def _sleep(self) -> None:
         timeout = self.idle_poll
         if self.outage.ongoing:  # look again soon, to see whether the database stays up
@@ -167,6 +198,8 @@ class Scheduler:
             )
         if due is not None:
             timeout = min(timeout, max(due - clock.now(), 0.002))
+            # Whatever falls due (a tick, a deadline) is looked at on waking.
+            self._triggers_at = min(self._triggers_at, due)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self.wake.wait()
@@ -333,3 +366,14 @@ def _poll_outcome(poll: DuePoll, result: pollers.PollResult) -> tuple[Any, dict[
         return codec.check(result.value, f"{where} value"), None
     except NotSerializableError as exc:
         return None, serialization.encode_error(exc)
+
+
+def deadline_error(deadline: datetime) -> dict[str, Any]:
+    """What a run canceled at its deadline records as its error."""
+    when = deadline.astimezone(UTC).isoformat(timespec="seconds")
+    return serialization.encode_error(
+        RunTimeoutError(
+            f"deadline {when} passed before the run finished: canceled (a longer timeout: "
+            "@job(timeout=...) or engine trigger --timeout)"
+        )
+    )

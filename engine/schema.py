@@ -15,6 +15,8 @@ The model in ten lines:
 - A worker executes a run only while it holds the run's *lease*: `lease_epoch` grows with every
   claim, and every write an execution makes is fenced on the epoch it claimed with.
 - Log lines (`engine_logs`) and registered job versions (`engine_jobs`) complete the picture.
+- A *schedule* (`engine_schedules`) fires runs on cron ticks; a run may be delayed (`wake_at`
+  while QUEUED) and may have a deadline (`deadline_at`) past which it is canceled.
 - A task that called a paid API (an OpenAI call) has one `engine_task_usage` row: model, tokens
   and the provider's rate-limit headers, written with its outcome; other tasks have none.
 """
@@ -26,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -39,6 +42,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -104,6 +108,8 @@ jobs = Table(
     Column("concurrency", Json, nullable=True),
     # `@job(on_event=...)`: the event name whose every event starts a run of this version.
     Column("on_event", String(200), nullable=True),
+    # `@job(timeout=)` in seconds: the deadline a trigger from a process without the code sets.
+    Column("timeout", Float, nullable=True),
 )
 Index("ix_engine_jobs_on_event", jobs.c.on_event)
 
@@ -124,7 +130,8 @@ runs = Table(
     Column("lease_owner", String(200), nullable=True),
     Column("lease_epoch", Integer, nullable=False, default=0),
     Column("lease_expires_at", UTCDateTime, nullable=True),
-    # When a WAITING run is due to be claimed again (a wait fell due, a poll finished).
+    # When a WAITING run is due to be claimed again (a wait fell due, a poll finished), or when
+    # a delayed QUEUED run may first be claimed (`engine trigger --delay/--at`).
     Column("wake_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime, nullable=True),
@@ -142,8 +149,12 @@ runs = Table(
     # same `concurrency_key` ("" for a job-wide limit) are RUNNING at once. NULL: no limit.
     Column("concurrency_key", String(300), nullable=True),
     Column("concurrency_limit", Integer, nullable=True),
+    # A run still QUEUED, RUNNING or WAITING at its deadline is canceled with a RunTimeoutError
+    # (`@job(timeout=)`, `engine trigger --timeout`); swept by every scheduler loop.
+    Column("deadline_at", UTCDateTime, nullable=True),
     UniqueConstraint("job_id", "idempotency_key", name="uq_engine_runs_idempotency"),
 )
+Index("ix_engine_runs_status_deadline", runs.c.status, runs.c.deadline_at)
 Index("ix_engine_runs_status_wake", runs.c.status, runs.c.wake_at)
 Index("ix_engine_runs_rank", runs.c.rank_at)
 Index("ix_engine_runs_concurrency", runs.c.job_id, runs.c.concurrency_key, runs.c.status)
@@ -371,3 +382,24 @@ stream_chunks = Table(
     Column("written_at", UTCDateTime, nullable=False),
     UniqueConstraint("run_id", "stream", "task", "attempt", "n", name="uq_engine_stream_writer"),
 )
+
+# Cron schedules (engine.schedules): one row per (job, expression, timezone), registered by the
+# workers serving the job. Every scheduler loop fires the due ones: moving `next_fire_at` on and
+# inserting the tick's run (idempotency key `schedule:<expression>@<tick>`) in one transaction.
+schedules = Table(
+    "engine_schedules",
+    metadata,
+    Column("job_id", String(200), primary_key=True),
+    Column("expression", String(100), primary_key=True),
+    Column("timezone", String(64), primary_key=True),
+    # The version the latest registering worker serves: its runs go there.
+    Column("job_version", String(100), nullable=False),
+    # Ticks missed while no worker ran: "latest" (one run) or "all" (one each, up to 100).
+    Column("missed", String(16), nullable=False, server_default="latest"),
+    Column("paused", Boolean, nullable=False, server_default=false()),
+    Column("next_fire_at", UTCDateTime, nullable=False),
+    Column("last_tick_at", UTCDateTime, nullable=True),
+    Column("last_run_id", String(40), nullable=True),
+    Column("registered_at", UTCDateTime, nullable=False),
+)
+Index("ix_engine_schedules_due", schedules.c.next_fire_at)

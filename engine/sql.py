@@ -29,7 +29,7 @@ def _t(sql: str, **types: Any) -> TextClause:
 _RUN_COLUMNS = (
     "id, job_id, job_version, status, payload, output, output_type, error, idempotency_key, "
     "attempt, lease_owner, lease_epoch, created_at, started_at, completed_at, wake_at, "
-    "priority, concurrency_key, concurrency_limit"
+    "priority, concurrency_key, concurrency_limit, deadline_at"
 )
 _RUN_TYPES: dict[str, Any] = dict(
     payload=Json,
@@ -40,6 +40,7 @@ _RUN_TYPES: dict[str, Any] = dict(
     completed_at=UTCDateTime,
     wake_at=UTCDateTime,
     lease_expires_at=UTCDateTime,
+    deadline_at=UTCDateTime,
 )
 
 
@@ -72,11 +73,12 @@ class Statements:
 
         self.register_job = _t(
             "INSERT INTO engine_jobs (job_id, version, payload_schema, registered_at, priority, "
-            "concurrency, on_event) VALUES (:job_id, :version, :payload_schema, :registered_at, "
-            ":priority, :concurrency, :on_event) "
+            "concurrency, on_event, timeout) VALUES (:job_id, :version, :payload_schema, "
+            ":registered_at, :priority, :concurrency, :on_event, :timeout) "
             "ON CONFLICT (job_id, version) DO UPDATE SET payload_schema = excluded.payload_schema, "
             "registered_at = excluded.registered_at, priority = excluded.priority, "
-            "concurrency = excluded.concurrency, on_event = excluded.on_event",
+            "concurrency = excluded.concurrency, on_event = excluded.on_event, "
+            "timeout = excluded.timeout",
             payload_schema=Json,
             concurrency=Json,
             on_event=_str(),
@@ -84,7 +86,7 @@ class Statements:
         )
         self.job_versions = _t(
             "SELECT job_id, version, payload_schema, registered_at, priority, concurrency, "
-            "on_event FROM engine_jobs "
+            "on_event, timeout FROM engine_jobs "
             "WHERE (:job_id IS NULL OR job_id = :job_id) ORDER BY job_id, registered_at",
             job_id=_str(),
         ).columns(payload_schema=Json, concurrency=Json, registered_at=UTCDateTime)
@@ -113,21 +115,26 @@ class Statements:
         self.create_run = _t(
             "INSERT INTO engine_runs (id, job_id, job_version, status, payload, idempotency_key, "
             "attempt, lease_epoch, created_at, priority, rank_at, concurrency_key, "
-            "concurrency_limit) VALUES (:id, :job_id, :job_version, 'QUEUED', "
-            ":payload, :idempotency_key, 0, 0, :created_at, :priority, :rank_at, "
-            ":concurrency_key, :concurrency_limit) "
+            "concurrency_limit, wake_at, deadline_at) VALUES (:id, :job_id, :job_version, "
+            "'QUEUED', :payload, :idempotency_key, 0, 0, :created_at, :priority, :rank_at, "
+            ":concurrency_key, :concurrency_limit, :wake_at, :deadline_at) "
             "ON CONFLICT (job_id, idempotency_key) DO NOTHING",
             payload=Json,
             created_at=UTCDateTime,
             rank_at=UTCDateTime,
+            wake_at=UTCDateTime,
+            deadline_at=UTCDateTime,
             concurrency_key=_str(),
             concurrency_limit=Integer(),
         )
         self.run_by_idempotency = _t(
             "SELECT id FROM engine_runs WHERE job_id = :job_id AND idempotency_key = :key"
         )
+        # A delayed QUEUED run (`trigger --delay/--at`) has a `wake_at` too; its `rank_at` is
+        # its due time, so it sorts after the runs due now and the claim scan stops before it.
         ready = (
-            "(status = 'QUEUED' OR (status = 'WAITING' AND wake_at <= :now) "
+            "((status = 'QUEUED' AND (wake_at IS NULL OR wake_at <= :now)) "
+            "OR (status = 'WAITING' AND wake_at <= :now) "
             "OR (status = 'RUNNING' AND lease_expires_at < :now)) "
             "AND job_id || '@' || job_version IN :job_keys"
         )
@@ -350,19 +357,35 @@ class Statements:
             expires=UTCDateTime,
         ).bindparams(bindparam("ids", expanding=True))
         mine = "AND job_id || '@' || job_version IN :job_keys"
+        # The earliest deadline of an unfinished run, one index seek per status
+        # (ix_engine_runs_status_deadline).
+        deadlines = (
+            "(SELECT MIN(d) FROM ("
+            + " UNION ALL ".join(
+                f"SELECT MIN(deadline_at) AS d FROM engine_runs WHERE status = '{status}' "
+                "AND deadline_at IS NOT NULL"
+                for status in ("QUEUED", "RUNNING", "WAITING")
+            )
+            + ") AS deadlines)"
+        )
         # `after`: wake-ups the last claim already saw and left (their concurrency slot is
         # taken) are not due work; the run ending that frees the slot wakes the worker.
         self.next_due = (
             _t(
                 "SELECT (SELECT MIN(wake_at) FROM engine_runs WHERE status = 'WAITING' "
                 f"AND wake_at > :after {mine}), "
+                "(SELECT MIN(wake_at) FROM engine_runs WHERE status = 'QUEUED' "
+                f"AND wake_at > :after {mine}), "
                 "(SELECT MIN(lease_expires_at) FROM engine_runs WHERE status = 'RUNNING' "
                 f"{mine}), (SELECT MIN(next_poll_at) FROM engine_tasks WHERE status = 'WAITING' "
-                "AND poller IN :pollers)",
+                "AND poller IN :pollers), "
+                f"(SELECT MIN(next_fire_at) FROM engine_schedules WHERE NOT paused {mine}), "
+                # Any worker cancels any run past its deadline: no job code is needed for it.
+                f"{deadlines}",
                 after=UTCDateTime,
             )
             .bindparams(bindparam("job_keys", expanding=True), bindparam("pollers", expanding=True))
-            .columns(*(_col(n) for n in ("a", "b", "c")))
+            .columns(*(_col(n) for n in ("a", "b", "c", "d", "e", "f")))
         )
         self.claim_polls = (
             _t(
@@ -457,13 +480,82 @@ class Statements:
             "WHERE id = :id AND status IN ('QUEUED', 'WAITING', 'RUNNING')",
             **now,
         )
+        # Deadlines (docs/triggers.md): the unfinished runs past theirs, oldest first, then each
+        # canceled like `engine runs cancel`, with the RunTimeoutError recorded.
+        self.expired_runs = _t(
+            "SELECT id, deadline_at FROM engine_runs WHERE status IN "
+            "('QUEUED', 'RUNNING', 'WAITING') AND deadline_at <= :now "
+            f"ORDER BY deadline_at LIMIT :limit{skip}",
+            **now,
+        ).columns(deadline_at=UTCDateTime)
+        self.cancel_expired = _t(
+            f"UPDATE engine_runs SET status = 'CANCELED', error = :error, completed_at = {ended}, "
+            "wake_at = NULL, lease_owner = NULL, lease_expires_at = NULL, "
+            "lease_epoch = lease_epoch + 1 "
+            "WHERE id = :id AND status IN ('QUEUED', 'WAITING', 'RUNNING') "
+            "RETURNING concurrency_key",
+            error=Json,
+            **now,
+        )
+        # Schedules (engine.schedules).
+        self.register_schedule = _t(
+            "INSERT INTO engine_schedules (job_id, expression, timezone, job_version, missed, "
+            "paused, next_fire_at, registered_at) VALUES (:job_id, :expression, :timezone, "
+            ":job_version, :missed, false, :next_fire_at, :registered_at) "
+            "ON CONFLICT (job_id, expression, timezone) DO UPDATE SET "
+            "job_version = excluded.job_version, missed = excluded.missed, "
+            "registered_at = excluded.registered_at",
+            next_fire_at=UTCDateTime,
+            registered_at=UTCDateTime,
+        )
+        # A job's schedules are the ones its latest registering worker declares.
+        self.prune_schedules = _t(
+            "DELETE FROM engine_schedules WHERE job_id = :job_id "
+            "AND NOT (expression || '|' || timezone IN :keep)"
+        ).bindparams(bindparam("keep", expanding=True, type_=String()))
+        self.due_schedules = (
+            _t(
+                "SELECT job_id, expression, timezone, job_version, missed, next_fire_at "
+                "FROM engine_schedules WHERE NOT paused AND next_fire_at <= :now "
+                f"{mine} ORDER BY next_fire_at LIMIT :limit{skip}",
+                **now,
+            )
+            .bindparams(bindparam("job_keys", expanding=True))
+            .columns(next_fire_at=UTCDateTime)
+        )
+        # Guarded on the fire time read: a tick is moved on (and its run inserted) once.
+        self.advance_schedule = _t(
+            "UPDATE engine_schedules SET next_fire_at = :next, "
+            "last_tick_at = COALESCE(:tick, last_tick_at), "
+            "last_run_id = COALESCE(:run_id, last_run_id) "
+            "WHERE job_id = :job_id AND expression = :expression AND timezone = :timezone "
+            "AND next_fire_at = :due",
+            next=UTCDateTime,
+            due=UTCDateTime,
+            tick=UTCDateTime,
+            run_id=_str(),
+        )
+        self.list_schedules = _t(
+            "SELECT job_id, expression, timezone, job_version, missed, paused, next_fire_at, "
+            "last_tick_at, last_run_id, registered_at FROM engine_schedules "
+            "WHERE (:job_id IS NULL OR job_id = :job_id) ORDER BY job_id, expression, timezone",
+            job_id=_str(),
+        ).columns(next_fire_at=UTCDateTime, last_tick_at=UTCDateTime, registered_at=UTCDateTime)
+        self.set_schedule_paused = _t(
+            "UPDATE engine_schedules SET paused = :paused, next_fire_at = :next "
+            "WHERE job_id = :job_id AND expression = :expression AND timezone = :timezone",
+            next=UTCDateTime,
+        )
         self.canceled_among = _t(
             "SELECT id FROM engine_runs WHERE status = 'CANCELED' AND id IN :ids"
         ).bindparams(bindparam("ids", expanding=True))
         self.retry_run = _t(
             # A retry gives the run a fresh recovery budget; `lost_executions` stays as history.
+            # A deadline that has passed is lifted: the retried run would be canceled at once.
             "UPDATE engine_runs SET status = 'QUEUED', error = NULL, completed_at = NULL, "
-            "wake_at = NULL, recoveries = 0 WHERE id = :id AND status = 'FAILED'"
+            "wake_at = NULL, recoveries = 0, deadline_at = CASE WHEN deadline_at <= :now "
+            "THEN NULL ELSE deadline_at END WHERE id = :id AND status = 'FAILED'",
+            **now,
         )
         self.reopen_failed_tasks = _t(
             # A reopened poll starts afresh, as its next attempt: its timeout counts from now

@@ -100,8 +100,8 @@ class Store(Database):
     # -- jobs ------------------------------------------------------------------------------------
 
     async def register_jobs(self, entries: Iterable[tuple[Any, ...]]) -> None:
-        """Records (job id, version, payload schema[, priority, concurrency spec, on_event])
-        entries."""
+        """Records (job id, version, payload schema[, priority, concurrency spec, on_event,
+        timeout]) entries."""
         rows = [
             {
                 "job_id": entry[0],
@@ -110,6 +110,7 @@ class Store(Database):
                 "priority": entry[3] if len(entry) > 3 else 0,
                 "concurrency": entry[4] if len(entry) > 4 else None,
                 "on_event": entry[5] if len(entry) > 5 else None,
+                "timeout": entry[6] if len(entry) > 6 else None,
                 "registered_at": clock.now(),
             }
             for entry in entries
@@ -176,14 +177,26 @@ class Store(Database):
         *,
         priority: int = 0,
         concurrency: tuple[str, int] | None = None,
+        not_before: float | None = None,
+        timeout: float | None = None,
     ) -> tuple[str, bool]:
         """Returns (run id, created); an existing idempotency key returns the first run.
 
-        `concurrency` is (key, limit) for a run of a job with a concurrency limit.
+        `concurrency` is (key, limit) for a run of a job with a concurrency limit;
+        `not_before` delays its first claim; unfinished `timeout` seconds after it was due
+        to start (now, or `not_before`), it is canceled.
         """
         async with self.begin() as conn:
             run_id, created = await self._create_run(
-                conn, job_id, version, payload, idempotency_key, priority, concurrency
+                conn,
+                job_id,
+                version,
+                payload,
+                idempotency_key,
+                priority,
+                concurrency,
+                not_before=not_before,
+                timeout=timeout,
             )
             if created:
                 await self._notify(conn)
@@ -200,10 +213,16 @@ class Store(Database):
         idempotency_key: str | None,
         priority: int,
         concurrency: tuple[str, int] | None,
+        *,
+        not_before: float | None = None,
+        timeout: float | None = None,
     ) -> tuple[str, bool]:
         run_id = uuid.uuid4().hex
         now = clock.now()
         key, limit = concurrency if concurrency is not None else (None, None)
+        delayed = not_before is not None and not_before > now
+        # A delayed run ranks from its due time: it is claimed after the runs due before it.
+        due = not_before if delayed and not_before is not None else now
         result = await conn.execute(
             self._sql.create_run,
             {
@@ -214,9 +233,11 @@ class Store(Database):
                 "idempotency_key": idempotency_key,
                 "created_at": now,
                 "priority": priority,
-                "rank_at": now - priority * PRIORITY_STEP,
+                "rank_at": due - priority * PRIORITY_STEP,
                 "concurrency_key": key,
                 "concurrency_limit": limit,
+                "wake_at": not_before if delayed else None,
+                "deadline_at": None if timeout is None else due + timeout,
             },
         )
         if result.rowcount == 1:
@@ -481,7 +502,152 @@ class Store(Database):
                 )
             ).first()
         times = [t for t in row or () if t is not None]
-        return min(times).timestamp() if times else None
+        return min(_stamp(t) for t in times) if times else None
+
+    # -- schedules and deadlines -----------------------------------------------------------------
+
+    async def register_schedules(
+        self, job_ids: Sequence[str], rows: Sequence[dict[str, Any]]
+    ) -> None:
+        """Records the schedules of `job_ids` (engine.schedules.registrations): a new one fires
+        from its `next_fire_at`; a known one keeps its fire time and paused flag; a schedule
+        these jobs no longer declare is removed."""
+        if not job_ids:
+            return
+        async with self.begin() as conn:
+            for job_id in job_ids:
+                keep = [f"{r['expression']}|{r['timezone']}" for r in rows if r["job_id"] == job_id]
+                await conn.execute(self._sql.prune_schedules, {"job_id": job_id, "keep": keep})
+            if rows:
+                await conn.execute(self._sql.register_schedule, list(rows))
+
+    async def fire_schedules(
+        self,
+        job_keys: Sequence[str],
+        plan: Callable[[Any, float], tuple[float, list[dict[str, Any]]]],
+        limit: int = 50,
+    ) -> int:
+        """Fires the due schedules of these jobs; returns how many runs were created.
+
+        `plan(row, now)` gives a due schedule's next fire time and the runs of its due ticks.
+        Each schedule is moved on (guarded on the fire time read, and row-locked on PostgreSQL)
+        in the transaction that inserts its runs: a tick gives one run whichever worker fires
+        it, and a crash loses neither the move nor the runs.
+        """
+        if not job_keys:
+            return 0
+        now = clock.now()
+        created = 0
+        async with self.begin() as conn:
+            due = (
+                await conn.execute(
+                    self._sql.due_schedules,
+                    {"now": now, "job_keys": list(job_keys), "limit": limit},
+                )
+            ).all()
+            for row in due:
+                next_fire, runs = plan(row, now)
+                last: tuple[float | None, str | None] = (None, None)
+                for values in runs:
+                    tick = values.pop("tick")
+                    run_id, new = await self._create_run(
+                        conn,
+                        values["job_id"],
+                        values["job_version"],
+                        values["payload"],
+                        values["idempotency_key"],
+                        values["priority"],
+                        values["concurrency"],
+                        timeout=values["timeout"],
+                    )
+                    created += new
+                    last = (tick, run_id)
+                moved = await conn.execute(
+                    self._sql.advance_schedule,
+                    {
+                        "job_id": row.job_id,
+                        "expression": row.expression,
+                        "timezone": row.timezone,
+                        "due": row.next_fire_at,
+                        "next": next_fire,
+                        "tick": last[0],
+                        "run_id": last[1],
+                    },
+                )
+                if moved.rowcount != 1:
+                    # Fired by another worker meanwhile: the row lock (PostgreSQL) and BEGIN
+                    # IMMEDIATE (SQLite) rule it out; the guard keeps a duplicate a no-op anyway.
+                    await conn.rollback()
+                    return 0
+            if created:
+                await self._notify(conn)
+        if created:
+            self._wake_local()
+        return created
+
+    async def list_schedules(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        return await self._dicts(self._sql.list_schedules, {"job_id": job_id})
+
+    async def set_schedules_paused(
+        self,
+        job_id: str,
+        expression: str | None,
+        paused: bool,
+        next_after: Callable[[str, str, float], float],
+    ) -> list[dict[str, Any]]:
+        """Pauses or resumes the job's schedules (those with `expression`, if given); returns
+        the schedules changed. A resumed schedule fires from its next tick after now: the
+        ticks it missed while paused are not made up."""
+        now = clock.now()
+        changed = []
+        async with self.begin() as conn:
+            rows = (await conn.execute(self._sql.list_schedules, {"job_id": job_id})).all()
+            for r in rows:
+                if expression is not None and r.expression != expression:
+                    continue
+                if bool(r.paused) == paused:
+                    continue
+                upcoming = r.next_fire_at if paused else next_after(r.expression, r.timezone, now)
+                await conn.execute(
+                    self._sql.set_schedule_paused,
+                    {
+                        "job_id": job_id,
+                        "expression": r.expression,
+                        "timezone": r.timezone,
+                        "paused": paused,
+                        "next": upcoming,
+                    },
+                )
+                changed.append(dict(r._mapping))
+            if changed and not paused:
+                await self._notify(conn)  # the schedulers sleeping until another due time
+        if changed and not paused:
+            self._wake_local()
+        return changed
+
+    async def cancel_expired(self, error: Callable[[Any], dict[str, Any]], limit: int = 100) -> int:
+        """Cancels the unfinished runs past their deadline, each with `error(deadline)`
+        recorded, and their open tasks; returns how many. The lease epoch moves on, so an
+        execution still going cannot record anything after (fencing)."""
+        now = clock.now()
+        canceled = 0
+        async with self.begin() as conn:
+            rows = (await conn.execute(self._sql.expired_runs, {"now": now, "limit": limit})).all()
+            for r in rows:
+                result = await conn.execute(
+                    self._sql.cancel_expired,
+                    {"id": r.id, "now": now, "error": error(r.deadline_at)},
+                )
+                if result.first() is None:
+                    continue  # finished or canceled meanwhile
+                await conn.execute(self._sql.cancel_open_tasks, {"run_id": r.id, "now": now})
+                canceled += 1
+            if canceled:
+                # The workers executing them hear of it and interrupt the step in flight.
+                await self._notify(conn)
+        if canceled:
+            self._wake_local()
+        return canceled
 
     # -- polls -----------------------------------------------------------------------------------
 
@@ -934,7 +1100,7 @@ class Store(Database):
             status = await self._locked_status(conn, run_id)
             changed = False
             if status == "FAILED":
-                result = await conn.execute(self._sql.retry_run, {"id": run_id})
+                result = await conn.execute(self._sql.retry_run, {"id": run_id, "now": now})
                 changed = result.rowcount == 1
             if not changed:
                 raise InvalidRunStateError(
@@ -960,6 +1126,16 @@ class Store(Database):
         await conn.execute(
             self._sql.write_log, [{"run_id": run_id, **log.__dict__} for log in logs]
         )
+
+
+def _stamp(value: Any) -> float:
+    """A timestamp column as epoch seconds (a subquery's MIN comes back untyped on SQLite)."""
+    if isinstance(value, str):
+        from datetime import UTC, datetime
+
+        parsed = datetime.fromisoformat(value)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    return float(value.timestamp())
 
 
 def _usage_defaults(usage: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,11 @@ def run_view(run: dict[str, Any]) -> dict[str, Any]:
     view["version"] = run.get("job_version")
     for name in ("created_at", "started_at", "completed_at"):
         view[name] = iso(view[name])
+    # docs/triggers.md: a delayed run's start time (while it is QUEUED), and the deadline past
+    # which an unfinished run is canceled.
+    wake_at = run.get("wake_at")
+    view["delayed_until"] = iso(wake_at) if run.get("status") == "QUEUED" and wake_at else None
+    view["deadline_at"] = iso(run.get("deadline_at"))
     return view
 
 

@@ -42,6 +42,9 @@ def waiting_for(
             return found
         if wake_at is not None:
             return {"reason": "wake", "until": iso(wake_at), "summary": f"wake at {_t(wake_at)}"}
+    if status == "QUEUED" and wake_at is not None and wake_at > now:
+        # A delayed run (`engine trigger --delay/--at`).
+        return {"reason": "delay", "until": iso(wake_at), "summary": f"delayed until {_t(wake_at)}"}
     # Ready to run: a slot under its concurrency limit, or a worker.
     key, limit = run.get("concurrency_key"), run.get("concurrency_limit")
     if key is not None and limit is not None:

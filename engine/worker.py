@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from . import clock, schedules
 from .app import load_app
 from .client import resolve_database_url
 from .jobs import Job, registration
@@ -25,8 +26,13 @@ log = logging.getLogger("engine.worker")
 
 
 async def register(store: Store, jobs: Sequence[Job]) -> None:
-    """Records the jobs (id, version, payload schema) and registers their integrations' pollers."""
+    """Records the jobs (id, version, payload schema, ...) and their schedules, and registers
+    their integrations' pollers."""
     await store.register_jobs([registration(j) for j in jobs])
+    # Every job's schedules, none included: a schedule removed from the code stops firing.
+    await store.register_schedules(
+        sorted({j.id for j in jobs}), schedules.registrations(jobs, clock.now())
+    )
     for job in jobs:
         for integration in job.integrations.values():
             integration.register_pollers()

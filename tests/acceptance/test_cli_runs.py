@@ -25,6 +25,8 @@ RUN_KEYS = {
     "started_at",
     "completed_at",
     "waiting_for",
+    "delayed_until",
+    "deadline_at",
 }
 TASK_KEYS = {
     "key",

@@ -69,6 +69,9 @@ def test_run_view_has_exactly_the_contract_fields() -> None:
         "created_at",
         "started_at",
         "completed_at",
+        # docs/triggers.md
+        "delayed_until",
+        "deadline_at",
     }
 
 

@@ -75,7 +75,7 @@ async def test_a_reclaim_records_the_lost_execution_and_past_the_bound_fails_the
     assert view["tasks"] == []
     assert set(view) == {
         "id", "job_id", "version", "status", "payload", "output", "error", "created_at",
-        "started_at", "completed_at", "waiting_for", "tasks",
+        "started_at", "completed_at", "waiting_for", "tasks", "delayed_until", "deadline_at",
     }  # fmt: skip
 
     await engine.retry(run_id)
