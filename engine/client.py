@@ -434,7 +434,7 @@ def _runs_on_event(
         spec = row["concurrency"]
         key = flow.key_of(spec, job_id, payload, None)
         limit = None if key is None else (key, int(spec["limit"]))
-        starts.append((job_id, version, int(row["priority"] or 0), limit))
+        starts.append((job_id, version, int(row["priority"] or 0), limit, row.get("timeout")))
     return starts
 
 

@@ -30,8 +30,8 @@ class EventStatements:
             name=String(),
         ).columns(payload=Json, sent_at=UTCDateTime)
         self.jobs_on_event = _t(
-            "SELECT job_id, version, payload_schema, priority, concurrency FROM engine_jobs "
-            "WHERE on_event = :name"
+            "SELECT job_id, version, payload_schema, priority, concurrency, timeout "
+            "FROM engine_jobs WHERE on_event = :name"
         ).columns(payload_schema=Json, concurrency=Json)
         self.keysets = _t("SELECT match_keys FROM engine_event_keysets WHERE name = :name")
         # The waits an event matches: by (name, digest), through the index; the join keeps the

@@ -54,7 +54,8 @@ DEFAULT_PATIENCE = 60.0
 T = TypeVar("T")
 
 # A run `@job(on_event=...)` starts: (job id, version, priority, (concurrency key, limit) | None).
-StartOnEvent = tuple[str, str, int, tuple[str, int] | None]
+# (job id, version, priority, concurrency (key, limit), run timeout in seconds)
+StartOnEvent = tuple[str, str, int, tuple[str, int] | None, float | None]
 # Which runs an event starts, from the jobs registered with its name and the live workers.
 PlanRuns = Callable[[list[dict[str, Any]], list[dict[str, Any]]], list[StartOnEvent]]
 
@@ -785,7 +786,7 @@ class Store(Database):
             started = []
             for run in runs:
                 run_id, _ = await self._create_run(
-                    conn, *run[:2], payload, f"event:{event_id}", *run[2:]
+                    conn, *run[:2], payload, f"event:{event_id}", *run[2:4], timeout=run[4]
                 )
                 started.append(run_id)
             woke = await self._deliver(conn, name, payload)

@@ -186,3 +186,18 @@ async def test_a_failed_run_keeps_its_outcome_past_its_deadline_and_retry_lifts_
     await harness.engine.retry(run_id)
     assert (await _status(harness, run_id, "COMPLETED"))["output"] == "second try"
     assert (await harness.engine.show_run(run_id))["deadline_at"] is None
+
+
+async def test_a_run_an_event_starts_gets_its_jobs_deadline(harness: Harness) -> None:
+    name = unique_id("order.created")
+
+    @job(id=unique_id("on-event"), on_event=name, timeout=timedelta(minutes=10))
+    async def on_event(payload: Any, io: IO, ctx: Context) -> Any:
+        await io.wait("nap", 86400)
+
+    await harness.start(on_event)
+    sent = await harness.engine.send_event(name, {"order": 1})
+    (run_id,) = sent.started
+    view = await harness.engine.show_run(run_id)
+    created = datetime.fromisoformat(view["created_at"])
+    assert datetime.fromisoformat(view["deadline_at"]) == created + timedelta(minutes=10)
