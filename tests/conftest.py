@@ -16,6 +16,30 @@ from engine import clock
 
 PG_ADMIN_DSN = os.environ.get("ENGINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
+# Workers for the whole suite or a folder (pyproject's `-n auto`): tests mostly wait for
+# `engine` processes and PostgreSQL, so a few more workers than cores still pay, but every
+# worker adds its own processes and databases to a machine other sessions share.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many xdist workers `-n auto` starts: ENGINE_TEST_WORKERS if set; none (the tests run
+    in this process, without xdist's start-up) when only files or single tests are named;
+    else one per core, at least 2 and at most MAX_WORKERS."""
+    wanted = os.environ.get("ENGINE_TEST_WORKERS", "").strip()
+    if wanted:
+        try:
+            return max(0, int(wanted))
+        except ValueError:
+            raise pytest.UsageError(
+                f"ENGINE_TEST_WORKERS={wanted!r}: expected a number of workers (0: no xdist)"
+            ) from None
+    here = config.invocation_params.dir
+    named = [(here / arg.split("::", 1)[0]) for arg in config.args]
+    if named and all(path.is_file() for path in named):
+        return 0
+    return max(2, min(os.cpu_count() or 1, MAX_WORKERS))
+
 
 def _pg_reachable() -> str | None:
     """None when PostgreSQL answers, else the reason it does not."""

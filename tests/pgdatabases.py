@@ -6,18 +6,26 @@ migrations once, into a template database, and each test gets `CREATE DATABASE .
 at once (each DROP waits for a checkpoint; concurrent ones share it), so a test does not wait
 for the database of the one before it.
 
-Several pytest sessions share the server (other branches' suites run at the same time): every
-name starts with a prefix unique to this session, and the session drops what it made.
+Several pytest sessions share the server (other branches' suites run at the same time, and
+each xdist worker is a session of its own): every name starts with a prefix unique to this
+process, and the process drops what it made. A process killed before it could (a CI timeout, a
+^C) leaves its databases behind; the prefix says which process made them (`_Owner`), so the
+next session drops those whose process is dead, and only those.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import itertools
 import os
 import queue
+import re
 import threading
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 
@@ -44,6 +52,72 @@ def _run(dsn: str, statement: str) -> None:
     asyncio.run(_execute(dsn, statement))
 
 
+PREFIX = "engine_test_"
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """The process that made a database, as its name records it: the machine (a hash of the
+    kernel's boot id and the pid namespace, where a pid means something), the pid, and when that
+    pid started (so a pid reused by a later process is not mistaken for the owner)."""
+
+    machine: str
+    pid: int
+    started: str
+
+    NAME = re.compile(rf"^{PREFIX}([0-9a-f]{{8}})_([0-9]+)_([0-9]+)_[0-9a-f]{{4}}_")
+
+    @staticmethod
+    def this_machine() -> str | None:
+        """None where /proc does not say (not Linux): no database is then ever called stale."""
+        try:
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+            namespace = os.readlink("/proc/self/ns/pid")
+        except OSError:
+            return None
+        return hashlib.sha256(f"{boot} {namespace}".encode()).hexdigest()[:8]
+
+    @staticmethod
+    def start_of(pid: int) -> str | None:
+        """When `pid` started (clock ticks since boot), None if no such process."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        # Field 22; the command name (field 2, in parentheses) may itself contain spaces.
+        return stat.rsplit(")", 1)[1].split()[19]
+
+    @classmethod
+    def me(cls) -> _Owner | None:
+        machine, pid = cls.this_machine(), os.getpid()
+        started = cls.start_of(pid)
+        return cls(machine, pid, started) if machine and started else None
+
+    @classmethod
+    def of(cls, name: str) -> _Owner | None:
+        """The owner a database name records; None for any other name (another scheme, another
+        project): such a database is never touched."""
+        match = cls.NAME.match(name)
+        return cls(match[1], int(match[2]), match[3]) if match else None
+
+    def is_dead(self) -> bool:
+        """True only when sure: same machine and no live process with that pid and start."""
+        return self.machine == self.this_machine() and self.start_of(self.pid) != self.started
+
+
+async def _stale_databases(dsn: str) -> list[str]:
+    """This machine's test databases whose creating process is dead."""
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        rows = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname LIKE $1", f"{PREFIX}%"
+        )
+    finally:
+        await conn.close()
+    names = [str(row["datname"]) for row in rows]
+    return [name for name in names if (owner := _Owner.of(name)) and owner.is_dead()]
+
+
 class _Dropper:
     """Drops databases in a thread of its own, several at once; `join()` waits for them all.
 
@@ -60,10 +134,14 @@ class _Dropper:
         self._admin_dsn = admin_dsn
         self._names: queue.Queue[str | None] = queue.Queue()
         self._failures: list[str] = []
+        self._best_effort: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="pg-dropper", daemon=True)
         self._thread.start()
 
-    def drop(self, name: str) -> None:
+    def drop(self, name: str, best_effort: bool = False) -> None:
+        """Queues `name`; a best-effort drop that fails is no leak of this session's."""
+        if best_effort:
+            self._best_effort.add(name)
         self._names.put(name)
 
     def _loop(self) -> None:
@@ -94,6 +172,8 @@ class _Dropper:
                     )
                     return
                 except Exception as exc:  # e.g. no free connection slot: try again
+                    if name in self._best_effort:
+                        return
                     if attempt == self.ATTEMPTS:  # reported by join(): a leak must be noticed
                         self._failures.append(f"{name}: {type(exc).__name__}: {exc}")
                     else:
@@ -113,12 +193,26 @@ class PgDatabases:
 
     def __init__(self, admin_dsn: str) -> None:
         self.admin_dsn = admin_dsn
-        # pid + random: unique among concurrent sessions, and traceable to a process if leaked.
-        self.prefix = f"engine_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        # Unique among concurrent sessions, and traceable to a process if leaked (`_Owner`).
+        owner = _Owner.me()
+        tag = f"{owner.machine}_{owner.pid}_{owner.started}" if owner else f"{os.getpid()}"
+        self.prefix = f"{PREFIX}{tag}_{uuid.uuid4().hex[:4]}"
         self.template = f"{self.prefix}_tmpl"
         self._numbers = itertools.count(1)
         self._template_ready = False
         self._dropper = _Dropper(admin_dsn)
+        # One sweeper is enough: the first xdist worker, or a session without xdist.
+        if os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0":
+            self._drop_stale()
+
+    def _drop_stale(self) -> None:
+        """Drops (in the background) what killed sessions of this machine left behind."""
+        stale: list[str] = []
+        # A courtesy (e.g. no free connection slot right now): the tests do not depend on it.
+        with contextlib.suppress(Exception):
+            stale = asyncio.run(_stale_databases(self.admin_dsn))
+        for name in stale:
+            self._dropper.drop(name, best_effort=True)
 
     def url(self, name: str) -> str:
         base = self.admin_dsn.rsplit("/", 1)[0]

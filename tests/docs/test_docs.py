@@ -87,6 +87,8 @@ def sqlite_documents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
 
 @pytest.mark.slow
 @pytest.mark.timeout(DOC_TIMEOUT + 60)
+# One xdist worker runs them all: the module fixture above starts every document at once.
+@pytest.mark.xdist_group("docs-sqlite")
 @pytest.mark.parametrize("doc", SQLITE_DOCS)
 def test_document(doc: str, sqlite_documents: dict[str, Future[str]]) -> None:
     print(sqlite_documents[doc].result(timeout=DOC_TIMEOUT))  # the timings, shown with -s

@@ -73,6 +73,10 @@ async def wrong(payload: dict[str, object], io: IO, ctx: Context) -> None:
 """
 
 
+# One xdist worker runs both tests: the second reuses the first's mypy cache (seconds, not ~15 s).
+pytestmark = pytest.mark.xdist_group("user-mypy")
+
+
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One mypy cache for the module: the second run reuses the analysis of engine and openai."""
