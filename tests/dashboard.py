@@ -53,7 +53,7 @@ class Dashboard:
     def headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def wait_ready(self, timeout: float = 30.0) -> Dashboard:
+    def wait_ready(self, timeout: float = 60.0) -> Dashboard:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

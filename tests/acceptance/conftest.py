@@ -3,7 +3,10 @@
 Every process is started in its own session (so its whole group can be killed), has a hard
 timeout, and is killed when the test ends, whatever happened. Waiting for a run to reach a status
 uses the public Python API (`engine.Engine`), which is much cheaper than starting the CLI in a
-loop; what a test asserts about a run it reads with the CLI (`engine runs show --json`).
+loop. A test of the CLI reads what it asserts with the CLI (`show`, `list`: `engine runs show
+--json`, `engine runs list --json`); any other test reads the same JSON in this process (`view`,
+`runs`: `Engine.show_run` and `Engine.list_runs`, which those commands print), which saves an
+`engine` process start (seconds on a busy machine) per read.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -63,7 +66,12 @@ class Result:
         )
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 30.0) -> Result:
+# Generous deadlines for a process to start or a command to finish: they cost nothing when the
+# machine is quick, and a machine shared by several test sessions can be 10x slower than idle.
+START_TIMEOUT = 60.0
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = START_TIMEOUT) -> Result:
     """Runs `engine ARGS...` to completion (hard timeout; the process group is always killed)."""
     cmd = [ENGINE, *args]
     proc = subprocess.Popen(
@@ -113,7 +121,7 @@ class Worker:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 30.0) -> Worker:
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> Worker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.output.splitlines():
@@ -219,10 +227,10 @@ class Procs:
         self.followers.append(follower)
         return follower
 
-    def cli(self, *args: str, timeout: float = 30.0) -> Result:
+    def cli(self, *args: str, timeout: float = START_TIMEOUT) -> Result:
         return run_cli(*args, cwd=self.cwd, timeout=timeout)
 
-    def ok(self, *args: str, timeout: float = 30.0) -> str:
+    def ok(self, *args: str, timeout: float = START_TIMEOUT) -> str:
         result = self.cli(*args, timeout=timeout)
         assert result.returncode == 0, str(result)
         assert "Traceback" not in result.stderr, str(result)
@@ -279,6 +287,24 @@ class Procs:
         )
         return listed
 
+    # -- the same views, read in this process ---------------------------------------------------
+
+    @staticmethod
+    def view(url: str, run_id: str) -> dict[str, Any]:
+        """What `runs show RUN_ID --json` prints, without starting `engine`."""
+        view: dict[str, Any] = _as_printed(_read(url, lambda engine: engine.show_run(run_id)))
+        return view
+
+    @staticmethod
+    def runs(
+        url: str, job: str | None = None, status: str | None = None, limit: int = 100
+    ) -> builtins.list[dict[str, Any]]:
+        """What `runs list --json [--job JOB] [--status STATUS] [--limit N]` prints."""
+        rows: builtins.list[dict[str, Any]] = _as_printed(
+            _read(url, lambda engine: engine.list_runs(job, status, limit))
+        )
+        return rows
+
     # -- helpers, reachable from tests through the fixture (conftest is not importable) ---------
 
     @staticmethod
@@ -332,12 +358,21 @@ def module_procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Procs]:
 # -- reading the database through the public Python API --------------------------------------
 
 
-def run_status(url: str, run_id: str) -> str:
-    async def read() -> str:
+def _read(url: str, read: Callable[[Engine], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
         async with Engine(url) as engine:
-            return str((await engine.get_run(run_id))["status"])
+            return await read(engine)
 
-    return asyncio.run(read())
+    return asyncio.run(go())
+
+
+def _as_printed(value: Any) -> Any:
+    """`value` as the CLI's `--json` prints it (JSON types only)."""
+    return json.loads(json.dumps(value))
+
+
+def run_status(url: str, run_id: str) -> str:
+    return str(_read(url, lambda engine: engine.get_run(run_id))["status"])
 
 
 def wait_status(

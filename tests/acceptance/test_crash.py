@@ -30,7 +30,7 @@ def test_kill9_mid_run_then_a_new_worker_finishes(procs: Any, db_url: str, tmp_p
     procs.wait_until(lambda: len(procs.lines(log)) >= 15, 30, "15 task lines")
     first.kill9()
 
-    before = procs.show(db_url, run_id)
+    before = procs.view(db_url, run_id)
     assert before["status"] == "RUNNING", before["status"]
     committed = procs.completed_keys(before["tasks"])
     assert len(committed) >= 10, committed
@@ -41,7 +41,7 @@ def test_kill9_mid_run_then_a_new_worker_finishes(procs: Any, db_url: str, tmp_p
 
     second = procs.worker("crash.py", db_url)
     procs.wait_status(db_url, run_id, "COMPLETED", timeout=40)
-    after = procs.show(db_url, run_id)
+    after = procs.view(db_url, run_id)
     assert after["output"] == {"count": N_TASKS}
     keys = [f"t{i:02d}" for i in range(N_TASKS)]
     assert [t["key"] for t in after["tasks"]] == keys
@@ -86,7 +86,7 @@ def test_kill9_mid_step_keeps_the_lost_attempt_with_its_worker(
 
     second = procs.worker("crash.py", db_url)
     procs.wait_status(db_url, run_id, "COMPLETED", timeout=40)
-    view = procs.show(db_url, run_id)
+    view = procs.view(db_url, run_id)
     assert view["output"] == {"attempt": 2}
     assert procs.lines(log) == ["attempt 1", "attempt 2"]
     (task,) = view["tasks"]
@@ -120,7 +120,7 @@ def test_kill9_while_waiting(procs: Any, db_url: str, tmp_path: Path) -> None:
     assert procs.status(db_url, run_id) == "WAITING"
     due = make_due(db_url, run_id, "nap")
     procs.wait_status(db_url, run_id, "COMPLETED", timeout=30)
-    view = procs.show(db_url, run_id)
+    view = procs.view(db_url, run_id)
     assert view["output"] == "rested"
     assert [(t["key"], t["status"]) for t in view["tasks"]] == [
         ("before", "COMPLETED"),
@@ -173,7 +173,7 @@ def test_kill9_while_a_background_poll_is_pending(
     procs.wait_until(lambda: flag_server.hits >= 2, 20, "the worker to poll the URL")
     first.kill9()
     assert procs.lines(log) == ["before"]
-    waiting = procs.show(db_url, run_id)
+    waiting = procs.view(db_url, run_id)
     assert [(t["key"], t["status"]) for t in waiting["tasks"]] == [
         ("before", "COMPLETED"),
         ("status", "WAITING"),
@@ -187,7 +187,7 @@ def test_kill9_while_a_background_poll_is_pending(
     flag_server.ready.set()
     procs.wait_status(db_url, run_id, "COMPLETED", timeout=20)
 
-    view = procs.show(db_url, run_id)
+    view = procs.view(db_url, run_id)
     assert view["output"] == {"polled": {"answer": 42, "items": ["a", "b"]}}
     assert [(t["key"], t["status"]) for t in view["tasks"]] == [
         ("before", "COMPLETED"),
@@ -217,7 +217,7 @@ def test_sigterm_lets_the_running_task_commit_then_exits_0(
 ) -> None:
     log = tmp_path / "long.log"
     run_id = sigterm_during_the_long_task(procs, db_url, log)
-    stopped = procs.show(db_url, run_id)
+    stopped = procs.view(db_url, run_id)
     assert stopped["status"] != "COMPLETED", "the stopping worker started the next step"
     assert stopped["status"] not in ("FAILED", "CANCELED"), stopped
     assert [(t["key"], t["status"]) for t in stopped["tasks"]] == [("long", "COMPLETED")]
@@ -230,5 +230,5 @@ def test_after_sigterm_a_new_worker_finishes_the_run(
     run_id = sigterm_during_the_long_task(procs, sqlite_url, log)
     procs.worker("crash.py", sqlite_url)
     procs.wait_status(sqlite_url, run_id, "COMPLETED", timeout=8)
-    assert procs.show(sqlite_url, run_id)["output"] == "finished"
+    assert procs.view(sqlite_url, run_id)["output"] == "finished"
     assert procs.lines(log) == ["long-start", "long-end", "after"]

@@ -72,7 +72,7 @@ def test_a_concurrency_limit_holds_across_workers_and_every_run_finishes(
         60,
         "2 RUNNING and 6 QUEUED",
     )
-    queued = procs.list(url, "--job", "limited", "--status", "QUEUED")
+    queued = procs.runs(url, "limited", "QUEUED")
     assert len(queued) == 6
     for run in queued:
         assert run["waiting_for"]["reason"] == "concurrency", run
@@ -81,7 +81,7 @@ def test_a_concurrency_limit_holds_across_workers_and_every_run_finishes(
     human = procs.ok("runs", "list", "--job", "limited", "--database-url", url)
     assert "concurrency slot (limited: 2/2 running)" in human, human
     running = [r for r, s in statuses(url, run_ids).items() if s == "RUNNING"]
-    assert procs.show(url, running[0])["waiting_for"] is None
+    assert procs.view(url, running[0])["waiting_for"] is None
 
     gate.touch()
     for run_id in run_ids:
@@ -110,7 +110,7 @@ def test_a_per_key_limit_holds_per_key_while_other_keys_run(
     assert refused.returncode == 1, str(refused)
     assert refused.stderr.startswith("error: ") and "--app" in refused.stderr, str(refused)
     assert "Traceback" not in refused.stderr
-    assert procs.list(pg_url, "--job", "per-customer") == []
+    assert procs.runs(pg_url, "per-customer") == []
 
     a = [procs.trigger(pg_url, "per-customer", payload("A"), app="flow.py") for _ in range(3)]
     b = [procs.trigger(pg_url, "per-customer", payload("B"), app="flow.py") for _ in range(2)]
@@ -127,7 +127,7 @@ def test_a_per_key_limit_holds_per_key_while_other_keys_run(
         procs.wait_status(pg_url, run_id, "COMPLETED", timeout=60)
     # Customer B is done; customer A still runs one at a time, its others wait for their slot.
     assert count(pg_url, a) == Counter({"RUNNING": 1, "QUEUED": 2})
-    waiting = [procs.show(pg_url, r)["waiting_for"] for r in a]
+    waiting = [procs.view(pg_url, r)["waiting_for"] for r in a]
     slots = [w for w in waiting if w is not None]
     assert len(slots) == 2
     for w in slots:
@@ -151,7 +151,7 @@ def test_a_key_named_by_a_payload_field_is_computed_without_the_code(
                         "--database-url", sqlite_url)  # fmt: skip
     assert missing.returncode == 1, str(missing)
     assert missing.stderr.startswith("error: ") and "'customer.id'" in missing.stderr
-    assert procs.list(sqlite_url, "--job", "by-field") == []
+    assert procs.runs(sqlite_url, "by-field") == []
     run_id = procs.trigger(sqlite_url, "by-field", {"customer": {"id": 7}})
     procs.wait_status(sqlite_url, run_id, "COMPLETED")
 
@@ -161,7 +161,7 @@ def test_a_suspended_run_holds_no_slot(procs: Any, sqlite_url: str, flag_server:
     polling = procs.trigger(sqlite_url, "one-at-a-time", {"poll": flag_server.url})
     procs.wait_status(sqlite_url, polling, "WAITING")
     procs.wait_until(lambda: flag_server.hits > 0, 60, "the first poll")
-    why = procs.show(sqlite_url, polling)["waiting_for"]
+    why = procs.view(sqlite_url, polling)["waiting_for"]
     assert (why["reason"], why["task"], why["poller"]) == ("poll", "poll", "http"), why
     assert why["next_poll_at"] is not None
 
@@ -172,7 +172,7 @@ def test_a_suspended_run_holds_no_slot(procs: Any, sqlite_url: str, flag_server:
 
     flag_server.ready.set()
     procs.wait_status(sqlite_url, polling, "COMPLETED", timeout=60)
-    assert procs.show(sqlite_url, polling)["output"] == {"answer": 42, "items": ["a", "b"]}
+    assert procs.view(sqlite_url, polling)["output"] == {"answer": 42, "items": ["a", "b"]}
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
@@ -192,7 +192,7 @@ def test_priority_order_holds_for_one_batch_with_one_worker(
                 await engine.trigger("ordered", {"log": log, "name": name}, priority=priority)
 
     asyncio.run(rest())
-    queued = procs.list(url, "--job", "ordered")
+    queued = procs.runs(url, "ordered")
     assert {r["waiting_for"]["reason"] for r in queued} == {"worker"}
 
     procs.worker("flow.py", url, concurrency=1)

@@ -95,7 +95,7 @@ def test_three_workers_share_200_runs_and_run_each_task_once(
     assert len(set(run_ids)) == 200
     wait_all_completed(procs, pg_head_url, 200, timeout=45)
 
-    done = procs.list(pg_head_url, "--job", "five", "--status", "COMPLETED", "--limit", "500")
+    done = procs.runs(pg_head_url, "five", "COMPLETED", limit=500)
     assert sorted(r["id"] for r in done) == sorted(run_ids)
     rows = executions(log)
     per_task = Counter((run_id, key) for run_id, key, _ in rows)

@@ -86,17 +86,17 @@ def test_kill_during_an_openai_wait_resumes_without_repeating_the_create(
     # The worker polls the held object (a GET on it) without finishing the wait.
     polls = _polls(fake_server)
     procs.wait_until(lambda: _polls(fake_server) > polls, 60, "a poll of the held object")
-    view = procs.show(sqlite_url, run_id)
+    view = procs.view(sqlite_url, run_id)
     assert view["status"] == "WAITING"
     assert _task(view, wait_key)["status"] == "WAITING"
     assert _task(view, create_key)["status"] == "COMPLETED"
     first.kill9()
 
     procs.worker("openai_waits.py", sqlite_url)
-    assert procs.show(sqlite_url, run_id)["status"] == "WAITING"
+    assert procs.view(sqlite_url, run_id)["status"] == "WAITING"
     fake_server.release(held)
     procs.wait_status(sqlite_url, run_id, "COMPLETED", timeout=60)
-    view = procs.show(sqlite_url, run_id)
+    view = procs.view(sqlite_url, run_id)
     assert view["output"]["status"] == final_status
     assert _task(view, wait_key)["status"] == "COMPLETED"
     assert fake_server.count(create_route) - before == 1
@@ -116,7 +116,7 @@ def test_a_400_fails_the_run_with_openais_message_in_runs_show(
     procs.wait_status(sqlite_url, run_id, "FAILED", timeout=20)
     shown = procs.ok("runs", "show", run_id, "--database-url", sqlite_url)
     assert "Invalid value for 'model': no such model" in shown
-    view = procs.show(sqlite_url, run_id)
+    view = procs.view(sqlite_url, run_id)
     create = _task(view, "respond:create")
     assert create["status"] == "ERRORED" and create["attempts"] == 1
     assert create["error"]["status_code"] == 400

@@ -54,7 +54,7 @@ def test_kill_during_a_rate_limit_wait_loses_nothing(
 
     # Nothing was held in the killed worker: the wait is in the database, due as it was.
     assert _due_at(db, run_id) == due
-    view = procs.show(sqlite_url, run_id)
+    view = procs.view(sqlite_url, run_id)
     assert view["status"] == "WAITING" and view["tasks"][0]["status"] == "WAITING"
     # Ten minutes pass (moved, not slept): the due time and the run's wake-up are now.
     now = datetime.now(UTC).replace(tzinfo=None).isoformat(sep=" ")
@@ -63,7 +63,7 @@ def test_kill_during_a_rate_limit_wait_loses_nothing(
         conn.execute("UPDATE engine_runs SET wake_at = ? WHERE id = ?", (now, run_id))
     procs.worker("openai_limits.py", sqlite_url)
     procs.wait_status(sqlite_url, run_id, "COMPLETED", timeout=60)
-    view = procs.show(sqlite_url, run_id)
+    view = procs.view(sqlite_url, run_id)
     assert view["output"] == "echo: hello there"
     assert view["tasks"][0]["attempts"] == 2
     assert fake_server.count(ROUTE) == 2

@@ -46,7 +46,7 @@ def wait_more(procs: Any, runs: dict[str, Path], more: int, what: str, timeout: 
 def wait_completed(procs: Any, url: str, runs: dict[str, Path], timeout: float = 90) -> None:
     for run_id in runs:
         procs.wait_status(url, run_id, {"COMPLETED", "FAILED", "CANCELED"}, timeout=timeout)
-        view = procs.show(url, run_id)
+        view = procs.view(url, run_id)
         assert view["status"] == "COMPLETED", (
             view["status"],
             view.get("error"),

@@ -139,7 +139,7 @@ def test_kill_9_during_a_rate_limit_wait_loses_nothing(
     # One call an hour: the second run waits, suspended, for the limit.
     (second,) = trigger_all(sqlite_url, "crm", [payload])
     procs.wait_status(sqlite_url, second, "WAITING", timeout=60)
-    view = procs.show(sqlite_url, second)
+    view = procs.view(sqlite_url, second)
     assert view["waiting_for"]["reason"] == "rate_limit", view
     assert view["waiting_for"]["rate_limit"] == "slow-api"
     (task,) = view["tasks"]
@@ -158,5 +158,5 @@ def test_kill_9_during_a_rate_limit_wait_loses_nothing(
     procs.wait_status(sqlite_url, second, "COMPLETED", timeout=120)
     lines = [line.split() for line in procs.lines(log)]
     assert [(run, attempt) for _, run, _, attempt in lines] == [(first, "1"), (second, "1")]
-    (task,) = procs.show(sqlite_url, second)["tasks"]
+    (task,) = procs.view(sqlite_url, second)["tasks"]
     assert (task["status"], task["attempts"]) == ("COMPLETED", 1), task

@@ -29,7 +29,7 @@ def test_a_run_killed_in_a_step_again_and_again_fails_then_retry_finishes_it(
 
     healthy = procs.worker("recovery.py", db_url, lease=1, max_recoveries=2)
     procs.wait_status(db_url, run_id, "FAILED", timeout=30)
-    view = procs.show(db_url, run_id)
+    view = procs.view(db_url, run_id)
     error = view["error"]
     assert error["type"] == "RecoveryLimitError", error
     assert [(e["attempt"], e["worker"]) for e in error["executions"]] == list(
@@ -44,6 +44,6 @@ def test_a_run_killed_in_a_step_again_and_again_fails_then_retry_finishes_it(
     release.touch()
     assert f"queued {run_id} again" in procs.ok("runs", "retry", run_id, "--database-url", db_url)
     procs.wait_status(db_url, run_id, "COMPLETED", timeout=30)
-    assert procs.show(db_url, run_id)["output"] == {"step": "released", "attempt": 4}
+    assert procs.view(db_url, run_id)["output"] == {"step": "released", "attempt": 4}
     assert procs.lines(log)[3:] == ["hang-start 4"]
     assert "Traceback" not in healthy.output, healthy.output

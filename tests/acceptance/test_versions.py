@@ -36,7 +36,7 @@ def test_new_triggers_go_to_the_highest_live_version_not_the_last_registered(
     def ran(*options: str) -> str:
         run_id = procs.ok("trigger", "versioned", "--database-url", db_url, *options).strip()
         procs.wait_status(db_url, run_id, "COMPLETED", timeout=30)
-        return str(procs.show(db_url, run_id)["output"]["version"])
+        return str(procs.view(db_url, run_id)["output"]["version"])
 
     new = procs.worker("versioned_new.py", db_url, lease=1)
     # An old worker started after the new one, to drain old runs: it registers 1.9 last.
