@@ -23,6 +23,7 @@ import os
 import queue
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,24 +32,29 @@ import asyncpg
 
 from engine import Engine
 
+# How long to wait for a free connection slot: every session on this server shares
+# max_connections, and a benchmark of another branch can hold most of them for a minute.
+SLOT_WAIT = 90.0
+
 
 async def _execute(dsn: str, statement: str) -> None:
-    for attempt in range(1, 11):
+    deadline = time.monotonic() + SLOT_WAIT
+    for attempt in itertools.count(1):
         try:
             conn = await asyncpg.connect(dsn, timeout=10)
             break
         except asyncpg.TooManyConnectionsError:
-            # Every session on this server shares max_connections: wait for a free slot.
-            if attempt == 10:
+            if time.monotonic() > deadline:
                 raise
-            await asyncio.sleep(attempt * 0.5)
+            await asyncio.sleep(min(attempt * 0.5, 5.0))
     try:
         await conn.execute(statement)
     finally:
         await conn.close()
 
 
-def _run(dsn: str, statement: str) -> None:
+def run_statement(dsn: str, statement: str) -> None:
+    """One statement on a connection of its own (waiting up to SLOT_WAIT for a free slot)."""
     asyncio.run(_execute(dsn, statement))
 
 
@@ -222,7 +228,7 @@ class PgDatabases:
         return f"{self.prefix}_{next(self._numbers)}"
 
     def _build_template(self) -> None:
-        _run(self.admin_dsn, f'CREATE DATABASE "{self.template}"')
+        run_statement(self.admin_dsn, f'CREATE DATABASE "{self.template}"')
 
         async def upgrade() -> None:
             async with Engine(self.url(self.template)) as engine:
@@ -231,7 +237,7 @@ class PgDatabases:
         asyncio.run(upgrade())
         # Nobody may connect to it any more: CREATE DATABASE ... TEMPLATE refuses a source
         # database with sessions on it.
-        _run(self.admin_dsn, f'ALTER DATABASE "{self.template}" ALLOW_CONNECTIONS false')
+        run_statement(self.admin_dsn, f'ALTER DATABASE "{self.template}" ALLOW_CONNECTIONS false')
         self._template_ready = True
 
     def at_head(self) -> str:
@@ -239,13 +245,13 @@ class PgDatabases:
         if not self._template_ready:
             self._build_template()
         name = self._new_name()
-        _run(self.admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        run_statement(self.admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
         return name
 
     def empty(self) -> str:
         """A new database without any table; returns its name."""
         name = self._new_name()
-        _run(self.admin_dsn, f'CREATE DATABASE "{name}"')
+        run_statement(self.admin_dsn, f'CREATE DATABASE "{name}"')
         return name
 
     def drop(self, name: str) -> None:

@@ -8,7 +8,7 @@ import subprocess
 
 import asyncpg
 import pytest
-from pgdatabases import PREFIX, PgDatabases, _Owner, _run
+from pgdatabases import PREFIX, PgDatabases, _Owner, run_statement
 
 pytestmark = pytest.mark.postgres
 
@@ -46,7 +46,7 @@ def test_a_session_drops_what_dead_sessions_left_and_keeps_live_ones(
     legacy = f"{PREFIX}{dead.pid}_abcdef_1"  # the old scheme: its owner cannot be told
     names = [left, live, other_machine, legacy]
     for name in names:
-        _run(pg_server, f'CREATE DATABASE "{name}"')
+        run_statement(pg_server, f'CREATE DATABASE "{name}"')
     try:
         assert [_Owner.of(name) is not None for name in names] == [True, True, True, False]
         monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
@@ -54,4 +54,4 @@ def test_a_session_drops_what_dead_sessions_left_and_keeps_live_ones(
         assert asyncio.run(_exists(pg_server, names)) == {live, other_machine, legacy}
     finally:
         for name in names:
-            _run(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            run_statement(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
