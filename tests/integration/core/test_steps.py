@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from pydantic import BaseModel
@@ -16,6 +17,7 @@ from engine import (
     RetryPolicy,
     Task,
     TaskTimeoutError,
+    clock,
     job,
 )
 
@@ -180,11 +182,26 @@ async def test_retries_are_persisted_waits_and_recorded(harness: Harness) -> Non
                 raise ConnectionError(f"flaky attempt {task.attempt}")
             return task.attempt
 
-        policy = RetryPolicy(max_attempts=3, min_delay=0.05, max_delay=0.05)
+        # An hour: the run is surely unloaded, whatever the machine's speed; the test moves the
+        # clock past it (a short delay could pass before the retry is recorded: no unloading).
+        policy = RetryPolicy(max_attempts=3, min_delay=3600, max_delay=3600)
         return await io.run_task("flaky", flaky, retry=policy)
 
-    await harness.start(retrying)
-    view = await harness.run(retrying)
+    scheduler = await harness.start(retrying)
+    run_id = await harness.engine.trigger(retrying.id)
+    for attempt in (1, 2):
+        deadline = time.monotonic() + 30
+        while not (
+            len(executions) == attempt
+            and run_id not in scheduler.active
+            and (await harness.engine.get_run(run_id))["status"] == "WAITING"
+        ):
+            assert time.monotonic() < deadline, f"retry {attempt} did not unload the run"
+            await asyncio.sleep(0.01)
+        clock.advance(3600)
+        scheduler.wake.set()
+    await harness.engine.wait_for(run_id, 30)
+    view = await harness.engine.show_run(run_id)
     assert view["status"] == "COMPLETED"
     assert view["output"] == 3
     assert view["tasks"][0]["attempts"] == 3
