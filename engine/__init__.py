@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .exceptions import (
     AppLoadError,
+    ChildRunError,
     DatabaseError,
     DivergenceError,
     DuplicateKeyError,
@@ -79,6 +80,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "IO",
     "AppLoadError",
+    "ChildRunError",
     "Concurrency",
     "Context",
     "DatabaseError",

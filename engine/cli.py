@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -444,6 +445,7 @@ def print_run(
     )
     if view.get("waiting_for"):
         console.print(f"waiting for: {view['waiting_for']['summary']}", markup=False)
+    _print_links(view, console)
     tree = Tree("[bold]tasks[/bold]")
     _add_tasks(tree, view["tasks"])
     console.print(tree)
@@ -461,6 +463,30 @@ def print_run(
             console.print(
                 f"  +{offset:7.3f}s {line['level']:<7} {line['message']}{fields}", markup=False
             )
+
+
+# `runs show` lists this many child runs; `--json` lists them all.
+_CHILDREN_SHOWN = 20
+
+
+def _print_links(view: dict[str, Any], console: Console) -> None:
+    """The run's parent and children (io.invoke), each by id, so either is one `show` away."""
+    if view.get("parent_run_id"):
+        task = f" (task {view['parent_task']})" if view.get("parent_task") else ""
+        console.print(f"parent run: {view['parent_run_id']}{task}", markup=False)
+    children = view.get("child_runs") or []
+    if not children:
+        return
+    counts = Counter(child["status"] for child in children)
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    console.print(f"child runs: {len(children)} ({summary})", markup=False)
+    for child in children[:_CHILDREN_SHOWN]:
+        console.print(
+            f"  {child['id']}  {child['job_id']}  {child['status']}  task {child['task']}",
+            markup=False,
+        )
+    if len(children) > _CHILDREN_SHOWN:
+        console.print(f"  ... {len(children) - _CHILDREN_SHOWN} more (--json lists every one)")
 
 
 def _print_recoveries(row: dict[str, Any], console: Console | None = None) -> None:

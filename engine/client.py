@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import difflib
 import functools
 import os
 import uuid
@@ -18,6 +17,7 @@ from . import (
     durations,
     events,
     flow,
+    launch,
     limits,
     streams,
     usage,
@@ -26,7 +26,7 @@ from . import (
     waiting,
 )
 from .events import SentEvent
-from .exceptions import EngineError, PayloadValidationError, UnknownJobError, UnknownVersionError
+from .exceptions import EngineError, PayloadValidationError
 from .prices import PriceTable
 from .schema import FINAL_RUN_STATUSES, RUN_STATUSES
 from .store import DEFAULT_DATABASE_URL, StartOnEvent, Store
@@ -92,96 +92,28 @@ class Engine:
         is unfinished that long after it was due to start. See docs/triggers.md.
         """
         # Inputs are checked before anything is written (docs/concepts.md, "What can be recorded").
-        limits.check_text(job_id, "job id", limits.MAX_JOB_ID_LENGTH)
         if idempotency_key is not None:
             limits.check_text(idempotency_key, "idempotency_key", limits.MAX_IDEMPOTENCY_KEY_LENGTH)
-        if payload is None:
-            payload = {}
-        if priority is not None:
-            flow.check_priority(priority)
-        if version is not None and (not isinstance(version, str) or not version):
-            raise EngineError('version: give a non-empty string, e.g. version="2"')
         not_before = _not_before(delay, at)
         run_timeout = durations.seconds(timeout, "timeout")
-        # jobs brings jsonschema and pydantic: only a trigger needs them, not `engine runs ...`.
-        from .jobs import check_against_schema, registration, registry
-
-        job = registry.get(job_id, version)
-        if job is not None:
-            stored = codec.check(job.check_payload(payload), f"the payload of {job_id!r}")
-            declared = registration(job)
-            key = flow.key_of(None, job_id, stored, job.concurrency)
-        else:
-            # This process lacks the code of the version the run goes to: what the worker
-            # registered of it (schema, priority, concurrency) decides.
-            version, declared = await self._route(job_id, version)
-            # As JSON first: a pydantic model given as the payload is checked as its dict.
-            stored = codec.check(payload, f"the payload of {job_id!r}")
-            check_against_schema(job_id, stored, declared[2])
-            key = flow.key_of(declared[4], job_id, stored, None)
-        _, version, _, default_priority, spec = declared[:5]
-        if run_timeout is None and len(declared) > 6:
-            run_timeout = declared[6]
+        new = await launch.prepare(self.store, job_id, payload, version=version, priority=priority)
+        if run_timeout is None:
+            run_timeout = new.timeout
         # Only now is anything written: a trigger that fails leaves no file and no tables behind.
-        if job is not None:
+        if new.local is not None:
             await self.upgrade()
-            await self.store.register_jobs([declared])
+            await self.store.register_jobs([new.local])
         run_id, _ = await self.store.create_run(
             job_id,
-            version,
-            stored,
+            new.version,
+            new.payload,
             idempotency_key,
-            priority=default_priority if priority is None else priority,
-            concurrency=None if key is None else (key, int(spec["limit"])),
+            priority=new.priority,
+            concurrency=new.concurrency,
             not_before=not_before,
             timeout=run_timeout,
         )
         return run_id
-
-    async def _route(self, job_id: str, pinned: str | None) -> tuple[str, tuple[Any, ...]]:
-        """The version a run of `job_id` goes to (see engine.versions) and what is registered
-        of it (as `jobs.registration` gives it)."""
-        missing = self.store.missing_file()
-        if missing:  # reading would create the file
-            raise UnknownJobError(
-                f"no job {job_id!r}: there is no engine database at {missing} yet: start a "
-                "worker with `engine run APP` (it creates it and registers APP's jobs), or pass "
-                "`--app APP`"
-            )
-        rows, workers = await self.store.job_versions(job_id)
-        by_version = {
-            row["version"]: (
-                job_id,
-                row["version"],
-                row["payload_schema"],
-                row["priority"],
-                row["concurrency"],
-                row["on_event"],
-                row["timeout"],
-            )
-            for row in rows
-        }
-        schemas = {row["version"]: row["payload_schema"] for row in rows}
-        if not schemas:
-            every, _ = await self.store.job_versions()
-            close = difflib.get_close_matches(job_id, {r["job_id"] for r in every}, n=1)
-            guess = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UnknownJobError(
-                f"no job {job_id!r} is registered in this database{guess}: start a worker with "
-                "`engine run APP` once, or pass `--app APP` so its jobs are registered"
-            )
-        if pinned is None:
-            served = versions.live_versions(job_id, workers)
-            chosen = versions.default_version(schemas, served)
-            assert chosen is not None
-            return chosen, by_version[chosen]
-        if pinned not in schemas:
-            known = ", ".join(sorted(schemas, key=versions.version_key))
-            raise UnknownVersionError(
-                f"job {job_id!r} has no version {pinned!r} registered (registered: {known}): "
-                "pass one of those, or start a worker with that version's code"
-            )
-        return pinned, by_version[pinned]
 
     async def jobs(self) -> list[dict[str, Any]]:
         """Every registered job: its versions (natural order), when each was registered, the
@@ -374,11 +306,16 @@ class Engine:
 
     async def show_run(self, run_id: str) -> dict[str, Any]:
         """The run and its task tree, as `engine runs show --json` prints it."""
-        (view,) = await self._with_waits([await self.store.get_run(run_id)])
+        run = await self.store.get_run(run_id)
+        (view,) = await self._with_waits([run])
+        # Parent and children both ways (docs/triggers.md, "Child runs").
+        view["parent_task"], child_runs = await self.store.run_links(run)
+        view["child_runs"] = [views.child_view(child) for child in child_runs]
         tasks, attempts = await self.store.get_tasks(run_id), await self.store.get_attempts(run_id)
         view["tasks"] = views.task_tree(tasks, attempts)
-        # Tokens and cost per task (subtasks included) and per run: engine.usage.
-        usage.attach(view, await self.store.get_usage(run_id), PriceTable.load())
+        # Tokens and cost per task (subtasks included) and per run, its children's included.
+        descendants = await self.store.descendant_usage(run_id) if child_runs else []
+        usage.attach(view, await self.store.get_usage(run_id), PriceTable.load(), descendants)
         return view
 
     async def usage_report(

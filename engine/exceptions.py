@@ -96,6 +96,17 @@ class UnknownVersionError(EngineError):
     """No such version of this job is registered: `engine jobs list` shows the versions."""
 
 
+class ChildRunError(EngineError):
+    """A child run started by `io.invoke` did not complete: `run_id` names it, `job_id` its
+    job, `status` is FAILED or CANCELED, and `error` is its recorded error ({"type",
+    "message", "module"}; None for a cancel). `engine runs show RUN_ID` shows the rest."""
+
+    run_id: str
+    job_id: str
+    status: str
+    error: dict[str, Any] | None
+
+
 class ControlFlow(BaseException):
     """Base of the engine's control-flow signals: they pass through `except Exception`."""
 

@@ -183,6 +183,7 @@ async def _conclude(
                     output=output,
                     output_type=output_type,
                     logs=logs,
+                    **_links(claimed, replay),
                 )
                 return Outcome("COMPLETED") if ok else Outcome("LOST")
             except DatabaseError as refused:
@@ -193,11 +194,22 @@ async def _conclude(
                 )
                 logs = []  # they may be what was refused
     log.info("run %s failed: %s: %s", claimed.id, type(exc).__name__, exc)
-    return await _finish_failed(store, claimed, exc, logs)
+    return await _finish_failed(store, claimed, exc, logs, _links(claimed, replay))
+
+
+def _links(claimed: ClaimedRun, replay: Replay) -> dict[str, Any]:
+    """How the run's end reaches the runs around it: its parent, whose task it settles, and
+    whether it started children (those still going are canceled with it)."""
+    cascade = any(row.kind == "invoke" for row in replay.recorded.values())
+    return {"parent_run_id": claimed.parent_run_id, "cascade": cascade}
 
 
 async def _finish_failed(
-    store: Store, claimed: ClaimedRun, exc: BaseException, logs: list[Any]
+    store: Store,
+    claimed: ClaimedRun,
+    exc: BaseException,
+    logs: list[Any],
+    links: dict[str, Any],
 ) -> Outcome:
     """Records the run FAILED; if the database refuses that error for good, a plainer one, so
     the run ends once instead of being executed again every lease period."""
@@ -208,7 +220,12 @@ async def _finish_failed(
     for n, error in enumerate(errors):
         try:
             ok = await store.finish_run(
-                claimed.id, claimed.epoch, "FAILED", error=error, logs=logs if n == 0 else ()
+                claimed.id,
+                claimed.epoch,
+                "FAILED",
+                error=error,
+                logs=logs if n == 0 else (),
+                **links,
             )
             break
         except DatabaseError as refused:

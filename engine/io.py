@@ -16,10 +16,29 @@ from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from . import clock, codec, events, limits, pollers, ratelimit, secrets, serialization, tracing
-from .exceptions import DivergenceError, EngineError, LeaseLost, NotSerializableError
+from . import (
+    children,
+    clock,
+    codec,
+    events,
+    launch,
+    limits,
+    pollers,
+    ratelimit,
+    secrets,
+    serialization,
+    tracing,
+)
+from .exceptions import (
+    DatabaseError,
+    DivergenceError,
+    EngineError,
+    LeaseLost,
+    NotSerializableError,
+    WriteFailed,
+)
 from .integration import Integration
-from .records import TaskRow, TaskWrite
+from .records import ChildStart, TaskRow, TaskWrite
 from .replay import Replay, current_attempt, current_path, path_text
 from .retry import NO_RETRY, RetryPolicy, is_retryable
 from .streams import StreamIO
@@ -136,6 +155,7 @@ class IO:
         self._tracer = tracer
         # `io.stream.write(name, data)`: live output readers follow (engine.streams).
         self.stream = StreamIO(replay)
+        self._starts: children.Starts | None = None
 
     # -- integrations (engine.integration) -----------------------------------------------------
 
@@ -332,6 +352,65 @@ class IO:
             return output
         finally:
             replay.leave()
+
+    async def invoke(
+        self, key: str, job_id: str, payload: Any = None, *, version: str | None = None
+    ) -> Any:
+        """Starts a run of `job_id` as this run's child and waits for it to end, suspended
+        (no memory held); returns the child's output, or raises ChildRunError when it failed
+        or was canceled. The payload is checked as `Engine.trigger` checks it, before anything
+        is written. See docs/triggers.md, "Child runs"."""
+        replay = self._replay
+        parent, key, path = replay.claim_key(key)
+        replay.enter()
+        try:
+            row = self._look_up(parent, key, "invoke", job_id)
+            if row is not None and row.status in _SETTLED:
+                return self._replay_outcome(row, serialization.decode)
+            # A WAITING task with an attempt since the last `runs retry`: its child runs.
+            if row is None or row.attempts <= row.retry_base:
+                await self._start_child(parent, key, path, job_id, payload, version, row)
+            await replay.park(None)
+        finally:
+            replay.leave()
+
+    async def _start_child(
+        self,
+        parent: str,
+        key: str,
+        path: tuple[str, ...],
+        job_id: str,
+        payload: Any,
+        version: str | None,
+        row: TaskRow | None,
+    ) -> None:
+        replay = self._replay
+        try:
+            new = await replay.store._patiently(
+                "routing a child run",
+                lambda: launch.prepare(replay.store, job_id, payload, version=version),
+            )
+        except DatabaseError as exc:
+            if not exc.transient:
+                raise
+            # Outlasted the store's patience: the run is picked up again later, as after a
+            # write that could not be made.
+            replay.lost = True
+            raise WriteFailed(exc.message) from exc
+        attempt = (row.attempts if row is not None else 0) + 1
+        child_id = children.child_run_id(self.run_id, path, attempt)
+        params = {"job_id": job_id, "version": new.version, "run_id": child_id}
+        seq = replay.take_seq((parent, key))
+        task = TaskWrite(
+            parent, key, "invoke", job_id, "WAITING", attempt, seq, params=params,
+            started_at=clock.now(),
+        )  # fmt: skip
+        if self._starts is None:
+            self._starts = children.Starts(replay)
+        start = ChildStart(
+            task, child_id, job_id, new.version, new.payload, new.priority, new.concurrency
+        )
+        await self._starts.submit(start)
 
     # -- building blocks for integrations ------------------------------------------------------
 

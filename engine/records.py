@@ -15,6 +15,8 @@ class ClaimedRun:
     payload: Any
     epoch: int
     attempt: int
+    # The run that started this one with `io.invoke`, if any.
+    parent_run_id: str | None = None
 
 
 @dataclass
@@ -99,3 +101,18 @@ class ChunkWrite:
     # A bare number: SQLite binds it as a BLOB, as engine.codec.sqlite_param does.
     number: bool
     written_at: float
+
+
+@dataclass
+class ChildStart:
+    """A child run `io.invoke` starts, and its parent's WAITING task (kind "invoke"): both are
+    written in one fenced transaction."""
+
+    task: TaskWrite
+    id: str
+    job_id: str
+    version: str
+    payload: Any
+    priority: int
+    # (key, limit) for a job with a concurrency limit.
+    concurrency: tuple[str, int] | None

@@ -28,7 +28,7 @@ from .exceptions import (
     WriteFailed,
     WriteRefusedError,
 )
-from .records import LogWrite, TaskRow, TaskWrite
+from .records import ChildStart, LogWrite, TaskRow, TaskWrite
 from .store import Store
 
 if TYPE_CHECKING:
@@ -185,6 +185,31 @@ class Replay:
                 self.lost = True
                 raise WriteFailed(exc.message) from exc
             raise
+
+    async def start_children(self, starts: list[ChildStart]) -> None:
+        """Commits child runs with their WAITING invoke tasks (engine.children), fenced like a
+        task write; raises LeaseLost when fenced out."""
+        self.check_alive()
+        logs, self.pending_logs = self.pending_logs, []
+        try:
+            written = await self.store.start_children(
+                self.run_id, self.epoch, starts, logs, self.worker
+            )
+        except DatabaseError as exc:
+            if exc.transient:
+                self.lost = True
+                raise WriteFailed(exc.message) from exc
+            # Refused for good (nothing was written): the run ends FAILED with it, once.
+            self.fatal = WriteRefusedError(
+                f"the database refused to start {len(starts)} child run(s) (step "
+                f"{starts[0].task.key!r} among them): {exc.message}"
+            )
+            raise self.fatal from exc
+        if not written:
+            self.lost = True
+            raise LeaseLost()
+        for start in starts:
+            self._remember(start.task)
 
     def _remember(self, task: TaskWrite) -> None:
         ident = (task.parent_path, task.key)

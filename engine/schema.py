@@ -14,6 +14,8 @@ The model in ten lines:
   `wake_at` says when the scheduler should claim it again.
 - A worker executes a run only while it holds the run's *lease*: `lease_epoch` grows with every
   claim, and every write an execution makes is fenced on the epoch it claimed with.
+- A *child run* (`io.invoke`) is a run whose `parent_run_id` names the run that started it; the
+  parent waits on a task of kind "invoke" that the child's end settles.
 - Log lines (`engine_logs`) and registered job versions (`engine_jobs`) complete the picture.
 - A *schedule* (`engine_schedules`) fires runs on cron ticks; a run may be delayed (`wake_at`
   while QUEUED) and may have a deadline (`deadline_at`) past which it is canceled.
@@ -152,6 +154,10 @@ runs = Table(
     # A run still QUEUED, RUNNING or WAITING at its deadline is canceled with a RunTimeoutError
     # (`@job(timeout=)`, `engine trigger --timeout`); swept by every scheduler loop.
     Column("deadline_at", UTCDateTime, nullable=True),
+    # A child run (started by `io.invoke`): its parent run, and the parent's WAITING task
+    # (kind "invoke") that the child's end settles, in the transaction that ends the child.
+    Column("parent_run_id", String(40), nullable=True),
+    Column("parent_task_id", Integer, nullable=True),
     UniqueConstraint("job_id", "idempotency_key", name="uq_engine_runs_idempotency"),
 )
 Index("ix_engine_runs_status_deadline", runs.c.status, runs.c.deadline_at)
@@ -163,6 +169,8 @@ Index("ix_engine_runs_created", runs.c.created_at)
 Index("ix_engine_runs_job_created", runs.c.job_id, runs.c.created_at)
 Index("ix_engine_runs_status_created", runs.c.status, runs.c.created_at)
 Index("ix_engine_runs_idempotency_key", runs.c.idempotency_key)
+# A run's children: `runs show` and the cancel cascade (0010_children).
+Index("ix_engine_runs_parent", runs.c.parent_run_id)
 
 tasks = Table(
     "engine_tasks",

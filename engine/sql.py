@@ -29,7 +29,7 @@ def _t(sql: str, **types: Any) -> TextClause:
 _RUN_COLUMNS = (
     "id, job_id, job_version, status, payload, output, output_type, error, idempotency_key, "
     "attempt, lease_owner, lease_epoch, created_at, started_at, completed_at, wake_at, "
-    "priority, concurrency_key, concurrency_limit, deadline_at"
+    "priority, concurrency_key, concurrency_limit, deadline_at, parent_run_id, parent_task_id"
 )
 _RUN_TYPES: dict[str, Any] = dict(
     payload=Json,
@@ -172,7 +172,7 @@ class Statements:
         claimed = (
             "RETURNING id, job_id, job_version, payload, lease_epoch, attempt, status, "
             "recoveries, CASE WHEN status = 'FAILED' THEN lost_executions END "
-            "AS lost_executions"
+            "AS lost_executions, parent_run_id, parent_task_id"
         )
         # Runs without a concurrency limit: one statement, highest rank first.
         self.claim_runs = (
@@ -338,7 +338,8 @@ class Statements:
             "output_type = :output_type, error = :error, "
             f"completed_at = {ended}, "
             "lease_owner = NULL, lease_expires_at = NULL, wake_at = NULL "
-            "WHERE id = :id AND lease_epoch = :epoch RETURNING concurrency_key",
+            "WHERE id = :id AND lease_epoch = :epoch "
+            "RETURNING concurrency_key, job_id, parent_task_id, parent_run_id",
             output=Json,
             error=Json,
             **now,
@@ -405,7 +406,8 @@ class Statements:
             postgres,
         )
         self.finish_poll = _t(
-            "UPDATE engine_tasks SET status = :status, output = :output, error = :error, "
+            "UPDATE engine_tasks SET status = :status, output = :output, "
+            "output_type = :output_type, error = :error, "
             "poll_state = :poll_state, completed_at = :now, next_poll_at = NULL "
             "WHERE id = :id AND status = 'WAITING'",
             output=Json,
@@ -477,7 +479,8 @@ class Statements:
         self.cancel_run = _t(
             f"UPDATE engine_runs SET status = 'CANCELED', completed_at = {ended}, wake_at = NULL, "
             "lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1 "
-            "WHERE id = :id AND status IN ('QUEUED', 'WAITING', 'RUNNING')",
+            "WHERE id = :id AND status IN ('QUEUED', 'WAITING', 'RUNNING') "
+            "RETURNING job_id, parent_task_id, parent_run_id",
             **now,
         )
         # Deadlines (docs/triggers.md): the unfinished runs past theirs, oldest first, then each

@@ -14,6 +14,7 @@ migration lock. SQL text lives in engine.sql.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -24,16 +25,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy.engine import URL
 from sqlalchemy.sql.expression import Executable
 
-from . import clock
+from . import children, clock
 from .database import DEFAULT_DATABASE_URL as DEFAULT_DATABASE_URL  # engine.store API
 from .database import Database, parse_url
 from .dberrors import invalidate_if_broken
 from .events import SentEvent, Wait, canonical, digest, project
 from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
 from .flow import PRIORITY_STEP
-from .records import ChunkWrite, ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
+from .records import ChildStart, ChunkWrite, ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
 from .recovery import DEFAULT_MAX_RECOVERIES, recovery_error
 from .sql import Statements
+from .sql_children import ChildStatements
 from .sql_events import EventStatements
 from .sql_streams import StreamStatements
 from .sql_usage import USAGE_FIELDS, UsageStatements
@@ -81,6 +83,7 @@ class Store(Database):
         self._usage_sql = UsageStatements(self.is_postgres)
         self._events_sql = EventStatements(self.is_postgres)
         self._stream_sql = StreamStatements(self.is_postgres)
+        self._children_sql = ChildStatements(self.is_postgres)
 
     async def _patiently(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Runs `attempt`, retrying transient DatabaseErrors with exponential backoff and
@@ -294,11 +297,14 @@ class Store(Database):
                 )
                 await conn.execute(self._sql.keep_lost_attempts_of_run, {"run_id": r.id})
                 await conn.execute(self._sql.cancel_open_tasks, {"run_id": r.id, "now": now})
+                await self._run_ended(conn, r.id, r, "FAILED", cascade=True, error=error)
         if failed:
             # The failed runs took claim slots: look again at once.
             self._wake_local()
         return [
-            ClaimedRun(r.id, r.job_id, r.job_version, r.payload, r.lease_epoch, r.attempt)
+            ClaimedRun(
+                r.id, r.job_id, r.job_version, r.payload, r.lease_epoch, r.attempt, r.parent_run_id
+            )
             for r in rows
             if r.status != "FAILED"
         ]
@@ -443,17 +449,32 @@ class Store(Database):
         output_type: str | None = None,
         error: dict[str, Any] | None = None,
         logs: Sequence[LogWrite] = (),
+        parent_run_id: str | None = None,
+        cascade: bool = False,
     ) -> bool:
+        """Records a run's end (fenced). A child run (`parent_run_id`) settles its parent's
+        task in the same transaction; `cascade` (the run started children) cancels the
+        children that have not ended, and theirs."""
         values = {"status": status, "output": output, "output_type": output_type, "error": error}
         return await self._patiently(
-            "finishing a run", lambda: self._finish_run(run_id, epoch, values, logs)
+            "finishing a run",
+            lambda: self._finish_run(run_id, epoch, values, logs, parent_run_id, cascade),
         )
 
     async def _finish_run(
-        self, run_id: str, epoch: int, values: dict[str, Any], logs: Sequence[LogWrite]
+        self,
+        run_id: str,
+        epoch: int,
+        values: dict[str, Any],
+        logs: Sequence[LogWrite],
+        parent_run_id: str | None,
+        cascade: bool,
     ) -> bool:
         now = clock.now()
+        woke = False
         async with self.begin() as conn:
+            if parent_run_id is not None:
+                await self._lock_run(conn, parent_run_id)
             row = (
                 await conn.execute(
                     self._sql.finish_run,
@@ -464,9 +485,12 @@ class Store(Database):
                 await conn.rollback()
                 return False
             await conn.execute(self._sql.cancel_open_tasks, {"run_id": run_id, "now": now})
+            woke = await self._run_ended(conn, run_id, row, cascade=cascade, **values)
             if logs:
                 await self._write_logs(conn, run_id, logs)
             await self._slot_freed(conn, row.concurrency_key)
+        if woke:
+            self._wake_local()
         return True
 
     async def heartbeat(
@@ -734,6 +758,7 @@ class Store(Database):
         output: Any = None,
         error: dict[str, Any] | None = None,
         poll_state: dict[str, Any] | None = None,
+        output_type: str | None = None,
     ) -> bool:
         """Completes (or errors) a WAITING task from outside its run, and wakes the run, in the
         caller's transaction; False if the task no longer waits (someone settled it first).
@@ -748,6 +773,7 @@ class Store(Database):
                 "id": task_id,
                 "status": "ERRORED" if error else "COMPLETED",
                 "output": output,
+                "output_type": output_type,
                 "error": error,
                 "now": clock.now(),
                 "poll_state": poll_state,
@@ -1051,18 +1077,23 @@ class Store(Database):
         return by_run, {(c.job_id, c.concurrency_key): int(c.running) for c in counts}
 
     async def cancel_run(self, run_id: str) -> str:
-        """Cancels a QUEUED, WAITING or RUNNING run; returns its status before.
+        """Cancels a QUEUED, WAITING or RUNNING run, and its children that have not ended
+        (recursively); returns its status before. A canceled child settles its parent's task
+        (the parent's `io.invoke` raises ChildRunError).
 
         A run that finished first (even a moment before) is left alone: InvalidRunStateError.
         """
         async with self.begin() as conn:
+            # Its parent first (lock order, see ChildStatements.lock_run); the link never changes.
+            parent = (await conn.execute(self._children_sql.parent_of, {"id": run_id})).scalar()
+            if parent is not None:
+                await self._lock_run(conn, parent)
             before = await self._locked_status(conn, run_id)
             now = clock.now()  # once the row is ours: nothing was recorded after this
-            changed = False
+            row = None
             if before in ("QUEUED", "WAITING", "RUNNING"):
-                result = await conn.execute(self._sql.cancel_run, {"id": run_id, "now": now})
-                changed = result.rowcount == 1
-            if not changed:
+                row = (await conn.execute(self._sql.cancel_run, {"id": run_id, "now": now})).first()
+            if row is None:
                 # Leaving the block by raising rolls the transaction back.
                 status = (
                     before
@@ -1074,6 +1105,7 @@ class Store(Database):
                     "runs can be canceled"
                 )
             await conn.execute(self._sql.cancel_open_tasks, {"run_id": run_id, "now": now})
+            await self._run_ended(conn, run_id, row, "CANCELED", cascade=True)
             # The worker executing it hears of it at once and interrupts the step in flight.
             await self._notify(conn)
         self._wake_local()
@@ -1111,6 +1143,130 @@ class Store(Database):
             await conn.execute(self._sql.reopen_failed_tasks, {"run_id": run_id, "now": now})
             await self._notify(conn)
         self._wake_local()
+
+    # -- child runs (engine.children) ------------------------------------------------------------
+
+    async def start_children(
+        self,
+        run_id: str,
+        epoch: int,
+        starts: Sequence[ChildStart],
+        logs: Sequence[LogWrite] = (),
+        worker: str | None = None,
+    ) -> bool:
+        """Creates child runs with their parent's WAITING invoke tasks, in one transaction
+        fenced on the parent's lease epoch; False when the execution no longer holds it.
+        Idempotent: the same starts committed again change nothing."""
+        return await self._patiently(
+            "starting child runs",
+            lambda: self._start_children(run_id, epoch, starts, logs, worker),
+        )
+
+    async def _start_children(
+        self,
+        run_id: str,
+        epoch: int,
+        starts: Sequence[ChildStart],
+        logs: Sequence[LogWrite],
+        worker: str | None,
+    ) -> bool:
+        now = clock.now()
+        sql = self._children_sql
+        tasks, runs = [], []
+        for start in starts:
+            task = start.task
+            ident = {"run_id": run_id, "parent_path": task.parent_path, "key": task.key}
+            tasks.append(
+                {**ident, "name": task.name, "attempts": task.attempts, "params": task.params,
+                 "seq": task.seq, "now": now, "worker": worker}
+            )  # fmt: skip
+            key, limit = start.concurrency if start.concurrency is not None else (None, None)
+            runs.append(
+                {**ident, "id": start.id, "job_id": start.job_id, "job_version": start.version,
+                 "payload": start.payload, "now": now, "priority": start.priority,
+                 "rank_at": now - start.priority * PRIORITY_STEP, "concurrency_key": key,
+                 "concurrency_limit": limit}
+            )  # fmt: skip
+        async with self.begin() as conn:
+            fenced = await conn.execute(sql.fence, {"run_id": run_id, "epoch": epoch})
+            if fenced.first() is None:
+                await conn.rollback()
+                return False
+            await conn.execute(sql.open_invoke, tasks)
+            await conn.execute(sql.create_child, runs)
+            if logs:
+                await self._write_logs(conn, run_id, logs)
+            await self._notify(conn)
+        self._wake_local()
+        return True
+
+    async def _run_ended(
+        self,
+        conn: AsyncConnection,
+        run_id: str,
+        row: Any,
+        status: str,
+        *,
+        cascade: bool,
+        output: Any = None,
+        output_type: str | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        """What a run's end does to the runs around it, in the transaction that ends it: its
+        children that have not ended are canceled (`cascade`), and a child settles its
+        parent's invoke task and wakes the parent. True when a parent was woken (the caller
+        calls `_wake_local()` once committed)."""
+        if cascade:
+            await self._cancel_descendants(conn, [run_id])
+        if row.parent_task_id is None:
+            return False
+        outcome = children.parent_outcome(run_id, row.job_id, status, output, output_type, error)
+        return await self._settle_waiting(conn, row.parent_task_id, row.parent_run_id, **outcome)
+
+    async def _cancel_descendants(self, conn: AsyncConnection, run_ids: list[str]) -> None:
+        """Cancels the open children of these runs, and theirs, one generation a statement;
+        a canceled child's own parent is ending, so it settles nothing."""
+        now = clock.now()
+        sql = self._children_sql
+        canceled = False
+        while run_ids:
+            params = {"ids": run_ids, "now": now, "error": children.CANCELED_WITH_PARENT}
+            run_ids = [r.id for r in (await conn.execute(sql.cancel_children, params)).all()]
+            if run_ids:
+                canceled = True
+                await conn.execute(sql.cancel_tasks_of, {"ids": run_ids, "now": now})
+        if canceled:
+            # Workers executing them hear of it and stop; freed concurrency slots are reused.
+            await self._notify(conn)
+
+    async def _lock_run(self, conn: AsyncConnection, run_id: str) -> None:
+        """Locks a parent's row before its child's (PostgreSQL): a child ending and its parent
+        being canceled at once then wait for each other instead of deadlocking."""
+        if self._children_sql.lock_run is not None:
+            await conn.execute(self._children_sql.lock_run, {"id": run_id})
+
+    async def run_links(self, run: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]]:
+        """For `runs show`: the path of the parent's task that started `run` ("a/b"), if it
+        is a child, and its children in the order the run reached them."""
+        sql = self._children_sql
+        async with self.begin() as conn:
+            path = None
+            if run.get("parent_task_id") is not None:
+                found = (await conn.execute(sql.task_path, {"id": run["parent_task_id"]})).first()
+                if found is not None:
+                    path = "/".join((*json.loads(found.parent_path), found.key))
+            rows = (await conn.execute(sql.children, {"id": run["id"]})).all()
+        listed = []
+        for r in rows:
+            child = dict(r._mapping)
+            parent_path, key = child.pop("parent_path"), child.pop("key")
+            child["task"] = None if key is None else "/".join((*json.loads(parent_path), key))
+            listed.append(child)
+        return path, listed
+
+    async def descendant_usage(self, run_id: str) -> list[dict[str, Any]]:
+        """The usage rows of every descendant of a run (its children, theirs...)."""
+        return await self._dicts(self._children_sql.descendant_usage, {"id": run_id})
 
     # -- internals -------------------------------------------------------------------------------
 

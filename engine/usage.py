@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,17 +81,30 @@ class Summary:
         }
 
 
-def attach(view: dict[str, Any], rows: list[dict[str, Any]], prices: PriceTable) -> None:
+def attach(
+    view: dict[str, Any],
+    rows: list[dict[str, Any]],
+    prices: PriceTable,
+    descendants: Sequence[dict[str, Any]] = (),
+) -> None:
     """Adds `usage` to a run view (engine.views) and to each task in it: tokens and cost of the
-    task and its subtasks, and the task's own rate-limit headers. The key is there only where
-    there is something to say: a run without paid calls keeps the contract's exact shape."""
+    task and its subtasks, and the task's own rate-limit headers. The run's total includes its
+    child runs' (`descendants`: their usage rows), also given alone as `child_runs`. The key is
+    there only where there is something to say: a run without paid calls keeps the contract's
+    exact shape."""
     by_path = {(*json.loads(r["parent_path"]), r["key"]): r for r in rows}
     total = Summary()
     for node in view["tasks"]:
         total.merge(_attach_task(node, (), by_path, prices))
+    of_children = Summary()
+    for row in descendants:
+        of_children.add_call(row, prices, _day(row.get("recorded_at")))
+    total.merge(of_children)
     found = total.view()
     if found is not None:
         view["usage"] = {**found, "currency": prices.currency}
+        if of_children.calls:
+            view["usage"]["child_runs"] = of_children.view()
 
 
 def _attach_task(

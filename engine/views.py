@@ -18,6 +18,8 @@ RUN_FIELDS = (
     "created_at",
     "started_at",
     "completed_at",
+    # The run that started this one with `io.invoke` (docs/triggers.md, "Child runs"), or null.
+    "parent_run_id",
 )
 TASK_FIELDS = (
     "key",
@@ -47,6 +49,20 @@ def run_view(run: dict[str, Any]) -> dict[str, Any]:
     view["delayed_until"] = iso(wake_at) if run.get("status") == "QUEUED" and wake_at else None
     view["deadline_at"] = iso(run.get("deadline_at"))
     return view
+
+
+def child_view(child: dict[str, Any]) -> dict[str, Any]:
+    """A child run as `runs show` lists it: id, job, version, status, the parent's task that
+    started it ("a/b"), and its times."""
+    return {
+        "id": child["id"],
+        "job_id": child["job_id"],
+        "version": child["job_version"],
+        "status": child["status"],
+        "task": child["task"],
+        "created_at": iso(child["created_at"]),
+        "completed_at": iso(child["completed_at"]),
+    }
 
 
 def task_tree(

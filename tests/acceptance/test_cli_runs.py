@@ -27,7 +27,10 @@ RUN_KEYS = {
     "waiting_for",
     "delayed_until",
     "deadline_at",
+    "parent_run_id",
 }
+# `show` only: the run's parent task and its child runs (docs/triggers.md, "Child runs").
+SHOW_KEYS = {"parent_task", "child_runs"}
 TASK_KEYS = {
     "key",
     "name",
@@ -84,7 +87,7 @@ def test_show_json_has_exactly_the_contract_shape(world: World) -> None:
     world.procs.wait_status(world.url, run_id, "COMPLETED")
     view = world.procs.show(world.url, run_id)
 
-    assert set(view) == RUN_KEYS | {"tasks"}, sorted(view)
+    assert set(view) == RUN_KEYS | SHOW_KEYS | {"tasks"}, sorted(view)
     assert view["id"] == run_id
     assert view["job_id"] == "steps"
     assert view["status"] == "COMPLETED"

@@ -72,6 +72,8 @@ def test_run_view_has_exactly_the_contract_fields() -> None:
         # docs/triggers.md
         "delayed_until",
         "deadline_at",
+        # The one addition: the run that started this one with io.invoke (null for others).
+        "parent_run_id",
     }
 
 

@@ -78,3 +78,30 @@ async def hangs_once(payload: dict[str, Any], io: Any, ctx: Any) -> dict[str, An
         return int(task.attempt)
 
     return {"attempt": await io.run_task("hang", hang)}
+
+
+# Child runs: a parent fans out to children that each wait on a background poll the test
+# releases (test_children_crash.py).
+
+
+@job(id="fan-parent", version="1")
+async def fan_parent(payload: dict[str, Any], io: Any, ctx: Any) -> list[Any]:
+    log = payload["log"]
+    await io.run_task("before", step(log, "before"))
+    results = await asyncio.gather(
+        *(
+            io.invoke(f"child-{i}", "fan-child", {"log": log, "i": i, "url": payload["url"]})
+            for i in range(payload["n"])
+        )
+    )
+    await io.run_task("after", step(log, "after"))
+    return list(results)
+
+
+@job(id="fan-child", version="1")
+async def fan_child(payload: dict[str, Any], io: Any, ctx: Any) -> int:
+    log, i = payload["log"], payload["i"]
+    await io.run_task("work", step(log, f"work {i}"))
+    await io.background_poll("gate", payload["url"], interval=0.2, timeout=300)
+    await io.run_task("done", step(log, f"done {i}"))
+    return int(i) * 10
