@@ -5,7 +5,7 @@ completed step repeated. `engine runs show` links parent and children both ways.
 from __future__ import annotations
 
 import asyncio
-import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,20 @@ pytestmark = pytest.mark.slow
 N = 12
 
 
-def _statuses(url: str, run_id: str) -> tuple[str, list[str]]:
-    """The parent's status and its children's, in one read."""
+def _read(url: str, fn: Callable[[Engine], Awaitable[Any]]) -> Any:
+    """One call through the Python API (far cheaper than a CLI process per check)."""
 
-    async def read() -> tuple[str, list[str]]:
+    async def read() -> Any:
         async with Engine(url) as engine:
-            view = await engine.show_run(run_id)
-        return view["status"], [c["status"] for c in view["child_runs"]]
+            return await fn(engine)
 
     return asyncio.run(read())
+
+
+def _statuses(url: str, run_id: str) -> tuple[str, list[str]]:
+    """The parent's status and its children's, in one read."""
+    view = _read(url, lambda engine: engine.show_run(run_id))
+    return view["status"], [c["status"] for c in view["child_runs"]]
 
 
 def _workers(db_url: str) -> int:
@@ -39,8 +44,8 @@ def test_kill9_while_a_parent_waits_for_its_children(
 ) -> None:
     log = tmp_path / "steps.log"
     payload = {"log": str(log), "n": N, "url": flag_server.url}
-    run_id = procs.trigger(db_url, "fan-parent", payload, app="crash.py")
     first = [procs.worker("crash.py", db_url, concurrency=4) for _ in range(_workers(db_url))]
+    run_id = _read(db_url, lambda engine: engine.trigger("fan-parent", payload))
 
     def all_children_wait() -> bool:
         parent, children = _statuses(db_url, run_id)
@@ -76,11 +81,11 @@ def test_kill9_while_a_parent_waits_for_its_children(
     text = procs.ok("runs", "show", run_id, "--database-url", db_url)
     assert f"child runs: {N} ({N} COMPLETED)" in text, text
     assert f"{children[3]['id']}  fan-child  COMPLETED  task child-3" in text, text
-    child = procs.show(db_url, children[3]["id"])
+    child = _read(db_url, lambda engine: engine.show_run(children[3]["id"]))
     assert (child["parent_run_id"], child["parent_task"]) == (run_id, "child-3")
     assert child["child_runs"] == [] and child["output"] == 30
     child_text = procs.ok("runs", "show", children[3]["id"], "--database-url", db_url)
     assert f"parent run: {run_id} (task child-3)" in child_text, child_text
-    listed = json.loads(procs.ok("runs", "list", "--json", "--database-url", db_url))
+    listed = _read(db_url, lambda engine: engine.list_runs())
     parents = {r["id"]: r["parent_run_id"] for r in listed}
     assert parents[run_id] is None and parents[children[0]["id"]] == run_id
