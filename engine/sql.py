@@ -457,8 +457,8 @@ class Statements:
         # each concurrency group.
         self.waiting_tasks = (
             _t(
-                "SELECT run_id, key, kind, params, status, attempts, error, due_at, poller, "
-                "next_poll_at FROM engine_tasks WHERE status = 'WAITING' AND run_id IN :ids"
+                "SELECT run_id, key, kind, name, params, status, attempts, error, due_at, "
+                "poller, next_poll_at FROM engine_tasks WHERE status = 'WAITING' AND run_id IN :ids"
             )
             .bindparams(bindparam("ids", expanding=True))
             .columns(params=Json, error=Json, due_at=UTCDateTime, next_poll_at=UTCDateTime)

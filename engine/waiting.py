@@ -65,6 +65,16 @@ def waiting_for(
 def _task_wait(task: Mapping[str, Any]) -> dict[str, Any]:
     key = task["key"]
     error = task.get("error") or None
+    if task.get("kind") == "invoke":
+        # io.invoke: the child run ends the wait (docs/triggers.md, "Child runs").
+        child = (task.get("params") or {}).get("run_id")
+        return {
+            "reason": "child",
+            "task": key,
+            "run_id": child,
+            "job_id": task.get("name"),
+            "summary": f"child run {child} ({task.get('name')}, task {key!r})",
+        }
     if task.get("poller"):
         when = task.get("next_poll_at")
         return {

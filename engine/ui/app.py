@@ -122,7 +122,13 @@ async def run_page(request: Request) -> Response:
     # Tokens and cost per task (subtasks included) and per run, as `engine runs show` has them.
     holder: dict[str, Any] = {"tasks": tasks}
     usage.attach(holder, await ui.queries.usage(run_id), ui.prices)
-    run = {**run, "usage": holder.get("usage")}
+    parent_task, child_runs = await ui.queries.links(run)
+    run = {
+        **run,
+        "usage": holder.get("usage"),
+        "parent_task": parent_task,
+        "child_runs": child_runs,
+    }
     live = None
     if run["status"] not in FINAL_RUN_STATUSES:
         live = f"/events/runs/{run_id}?since={state_digest(run, walk(tasks))}"

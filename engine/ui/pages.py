@@ -163,6 +163,15 @@ class Page:
         ]
         if run.get("recoveries"):
             facts.append(("recoveries", h(run["recoveries"])))
+        if run.get("parent_run_id"):
+            parent = h(run["parent_run_id"])
+            task = f" (task {h(run['parent_task'])})" if run.get("parent_task") else ""
+            facts.append(
+                (
+                    "parent run",
+                    f'<a id="parent-run" href="/runs/{parent}"><code>{parent}</code></a>{task}',
+                )
+            )
         usage = usage_line(run.get("usage"))
         if usage:
             facts.append(("usage", f'<span id="run-usage">{h(usage)}</span>'))
@@ -187,6 +196,7 @@ class Page:
             + (f'<span id="run-live" data-live="{h(live)}"></span>' if live else "")
             + f'<div class="actions">{"".join(actions)}</div>'
             f'<dl class="facts">{dl}</dl>{values}'
+            f"{child_runs(run.get('child_runs') or [])}"
             f"<h2>Timeline</h2>{timeline(run, flat)}"
             f"<h2>Tasks <small>({len(flat)})</small></h2>"
             f'<div class="tasks">{task_nodes(run_id, tasks) or "<p>no tasks</p>"}</div>'
@@ -333,6 +343,23 @@ def filter_params(where: RunFilter) -> dict[str, str]:
         "to": where.until_text if where.until else None,
     }
     return {k: v for k, v in pairs.items() if v}
+
+
+def child_runs(children: list[dict[str, Any]]) -> str:
+    """The runs this one started with `io.invoke`, each linked to its own page."""
+    if not children:
+        return ""
+    rows = "".join(
+        f'<tr class="child-run"><td><a href="/runs/{h(c["id"])}"><code>{h(c["id"])}</code></a></td>'
+        f"<td>{h(c['task'])}</td><td>{h(c['job_id'])}</td><td>{h(c['job_version'])}</td>"
+        f"<td>{status_badge(c['status'])}</td><td>{h(short_time(c['created_at']))}</td></tr>"
+        for c in children
+    )
+    return (
+        f'<h2>Child runs <small>({len(children)})</small></h2><table id="child-runs" class="runs">'
+        "<thead><tr><th>Run</th><th>Task</th><th>Job</th><th>Version</th><th>Status</th>"
+        f"<th>Created (UTC)</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
 
 
 def run_row(run: dict[str, Any]) -> str:

@@ -167,6 +167,11 @@ class Queries:
         """The run's row (RunNotFoundError when there is none)."""
         return secrets.scrub(await self.store.get_run(run_id))  # type: ignore[no-any-return]
 
+    async def links(self, run: dict[str, Any]) -> tuple[str | None, list[dict[str, Any]]]:
+        """The parent's task that started the run ("a/b"), if it is a child run, and its
+        child runs: [{id, job_id, job_version, status, task, created_at, completed_at}]."""
+        return await self.store.run_links(run)
+
     async def tasks(self, run_id: str) -> list[dict[str, Any]]:
         """The run's tasks as a tree (`children`), each level in the order the run reached it."""
         rows = secrets.scrub(await self.store.get_tasks(run_id))

@@ -4,6 +4,7 @@ replay without re-creating anything, fencing and once-only creation. On SQLite a
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from typing import Any
@@ -129,13 +130,26 @@ async def test_200_children_fan_out_and_the_parent_collects_them_in_order(
     view = await harness.run(fan_out, timeout=120)
     assert view["status"] == "COMPLETED", view["error"]
     assert view["output"] == list(range(200))
-    assert executions == Counter(range(200))  # every child once, none twice
+    # Every child ran (code outside a step may run again if an execution loses its lease on
+    # this busy machine: what must hold is one child run per invoke, below).
+    assert set(executions) == set(range(200))
     assert [t["key"] for t in view["tasks"]] == [f"summarize-{i}" for i in range(200)]
     children = await _children(harness, view["id"])
     assert len(children) == 200 and {c.status for c in children} == {"COMPLETED"}
+    payloads = await _rows(
+        harness, "SELECT payload FROM engine_runs WHERE parent_run_id = :p", p=view["id"]
+    )
+    docs = sorted(json.loads(r.payload)["doc"] if isinstance(r.payload, str) else r.payload["doc"]
+                  for r in payloads)  # fmt: skip
+    assert docs == list(range(200))  # one child per invoke, none twice
     assert [c["task"] for c in view["child_runs"]] == [f"summarize-{i}" for i in range(200)]
-    # All 200 were created before the parent first suspended: one execution started them.
-    assert len(parent_runs) >= 2
+    # All 200 were created together, in the one transaction of the parent's first execution.
+    created = await _rows(
+        harness,
+        "SELECT DISTINCT created_at FROM engine_runs WHERE parent_run_id = :p",
+        p=view["id"],
+    )
+    assert len(created) == 1 and len(parent_runs) >= 2
 
 
 async def test_a_parent_replay_after_its_children_ended_recreates_nothing(
@@ -233,6 +247,14 @@ async def test_a_child_canceled_on_its_own_makes_the_parents_invoke_raise(
         return len(children) == 1 and children[0].status == "WAITING"
 
     await _until_async(child_waits, "the child to wait")
+    (listed,) = await harness.engine.list_runs(waits.id)
+    assert listed["waiting_for"] == {
+        "reason": "child",
+        "task": "child",
+        "run_id": children[0].id,
+        "job_id": sleeper.id,
+        "summary": f"child run {children[0].id} ({sleeper.id}, task 'child')",
+    }
     await harness.engine.cancel(children[0].id)
     run = await harness.engine.wait_for(run_id, 30)
     assert run["status"] == "COMPLETED"

@@ -206,6 +206,34 @@ async def test_run_page_shows_values_tree_timeline_and_downloads(
         assert (await http.get("/static/app.css")).status_code == 200
 
 
+async def test_run_page_links_parent_and_child_runs_both_ways(
+    sqlite_harness: Harness, client: Client
+) -> None:
+    @job(id=unique_id("child"))
+    async def child(payload: Any, io: Any, ctx: Any) -> int:
+        return int(payload["n"])
+
+    @job(id=unique_id("parent"))
+    async def parent(payload: Any, io: Any, ctx: Any) -> list[int]:
+        return [await io.invoke(f"c{n}", child.id, {"n": n}) for n in range(2)]
+
+    await sqlite_harness.start(parent, child)
+    run = await sqlite_harness.run(parent)
+    assert run["output"] == [0, 1]
+    first, second = run["child_runs"]
+    async with client(sqlite_harness.url) as http:
+        page = (await http.get(f"/runs/{run['id']}")).text
+        assert "Child runs <small>(2)</small>" in page
+        # Each child is linked, in the order the parent reached them, with its task.
+        at = page.index(f'<a href="/runs/{first["id"]}">')
+        assert at < page.index(f'<a href="/runs/{second["id"]}">')
+        assert "<td>c0</td>" in page and "<td>c1</td>" in page
+        assert 'id="parent-run"' not in page
+        child_page = (await http.get(f"/runs/{second['id']}")).text
+        assert f'id="parent-run" href="/runs/{run["id"]}"' in child_page
+        assert "(task c1)" in child_page and 'id="child-runs"' not in child_page
+
+
 async def test_cancel_retry_and_trigger_change_the_database(
     harness: Harness, client: Client
 ) -> None:
