@@ -2,7 +2,7 @@
 parent's replay of that many invokes.
 
 The parent gathers `--children` invokes of a trivial child job, then waits (`io.wait`) several
-times. One in-process worker (concurrency 50) runs the fan-out to its end:
+times. One in-process worker (`--concurrency`, default 20) runs the fan-out to its end:
 
     fan-out          trigger -> every child COMPLETED and the parent past its gather
     create           parent's first line -> all children committed (one transaction)
@@ -87,8 +87,9 @@ async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
 
     marks: dict[str, Any] = {"executions": 0}
     parent, child = make_jobs(args.children, args.repeat, marks)
-    worker = common.Worker(db.url)
-    await worker.start(parent, child, concurrency=50)
+    # Sized like `engine run` sizes its pool (concurrency + 5); PostgreSQL may be shared.
+    worker = common.Worker(db.url, pool_size=args.concurrency + 5)
+    await worker.start(parent, child, concurrency=args.concurrency)
     store = worker.store
     out: dict[str, Any] = {"replay": [], "to_park": [], "sequential": []}
     try:
@@ -168,5 +169,6 @@ async def main(args: Any) -> None:
 if __name__ == "__main__":
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--children", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, default=20, help="the worker's --concurrency")
     p.add_argument("--repeat", type=int, default=6, help="resumes (alternately gather/loop)")
     asyncio.run(main(p.parse_args()))
