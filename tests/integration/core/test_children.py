@@ -7,16 +7,18 @@ import asyncio
 import json
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from support import Harness, unique_id
 
 from engine import IO, ChildRunError, Context, PayloadValidationError, job
 from engine.children import child_run_id
 from engine.records import ChildStart, TaskWrite
+from engine.schema import UTCDateTime
 
 
 class Summary(BaseModel):
@@ -365,3 +367,39 @@ async def _until_async(check: Any, what: str, timeout: float = 30.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def test_a_parents_usage_includes_its_childrens(harness: Harness) -> None:
+    @job(id=unique_id("grandchild"))
+    async def grandchild(payload: Any, io: IO, ctx: Context) -> int:
+        async def call(task: Any) -> int:
+            return 1
+
+        return await io.run_task("call", call)
+
+    @job(id=unique_id("child"))
+    async def child(payload: Any, io: IO, ctx: Context) -> Any:
+        return await io.invoke("g", grandchild.id)
+
+    @job(id=unique_id("parent"))
+    async def parent(payload: Any, io: IO, ctx: Context) -> Any:
+        return await io.invoke("c", child.id)
+
+    await harness.start(parent, child, grandchild)
+    view = await harness.run(parent)
+    assert view["output"] == 1 and "usage" not in view
+    # The grandchild's step made a paid call (its usage row, as the OpenAI integration writes).
+    (task,) = await _rows(harness, "SELECT id, run_id FROM engine_tasks WHERE name = 'call'")
+    async with harness.store.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO engine_task_usage (task_id, run_id, provider, model, prompt_tokens, "
+                "completion_tokens, cached_tokens, reasoning_tokens, total_tokens, recorded_at) "
+                "VALUES (:t, :r, 'openai', 'unpriced-model', 10, 5, 0, 0, 15, :now)"
+            ).bindparams(bindparam("now", type_=UTCDateTime)),
+            {"t": task.id, "r": task.run_id, "now": datetime(2026, 11, 30, 12, tzinfo=UTC)},
+        )
+    shown = await harness.engine.show_run(view["id"])
+    assert shown["usage"]["calls"] == 1 and shown["usage"]["total_tokens"] == 15
+    assert shown["usage"]["child_runs"]["total_tokens"] == 15
+    assert shown["usage"]["cost"] is None  # an unknown model's cost stays unknown
