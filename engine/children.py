@@ -55,6 +55,11 @@ def parent_outcome(
     return {"output": None, "output_type": None, "error": recorded}
 
 
+# A child that ends while its parent still waits for others wakes the parent this many seconds
+# later at most, not at once: a parent gathering many children is then replayed a few times
+# per second while they end, not once per child. The last child wakes it at once.
+CHILD_WAKE_DELAY = 0.25
+
 # What a cascade records on the children it cancels.
 CANCELED_WITH_PARENT = {
     "type": "ParentRunEnded",

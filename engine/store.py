@@ -759,6 +759,7 @@ class Store(Database):
         error: dict[str, Any] | None = None,
         poll_state: dict[str, Any] | None = None,
         output_type: str | None = None,
+        wake: bool = True,
     ) -> bool:
         """Completes (or errors) a WAITING task from outside its run, and wakes the run, in the
         caller's transaction; False if the task no longer waits (someone settled it first).
@@ -781,7 +782,8 @@ class Store(Database):
         )
         if result.rowcount != 1:
             return False
-        await conn.execute(self._sql.wake_run, {"id": run_id, "now": clock.now()})
+        if wake:  # else the caller wakes the run itself, later
+            await conn.execute(self._sql.wake_run, {"id": run_id, "now": clock.now()})
         await self._notify(conn)
         return True
 
@@ -1221,7 +1223,16 @@ class Store(Database):
         if row.parent_task_id is None:
             return False
         outcome = children.parent_outcome(run_id, row.job_id, status, output, output_type, error)
-        return await self._settle_waiting(conn, row.parent_task_id, row.parent_run_id, **outcome)
+        sql = self._children_sql
+        others = {"run_id": row.parent_run_id, "task_id": row.parent_task_id}
+        delay = (await conn.execute(sql.other_children_open, others)).first() is not None
+        woke = await self._settle_waiting(
+            conn, row.parent_task_id, row.parent_run_id, wake=not delay, **outcome
+        )
+        if woke and delay:
+            at = clock.now() + children.CHILD_WAKE_DELAY
+            await conn.execute(sql.wake_by, {"id": row.parent_run_id, "at": at})
+        return woke
 
     async def _cancel_descendants(self, conn: AsyncConnection, run_ids: list[str]) -> None:
         """Cancels the open children of these runs, and theirs, one generation a statement;
