@@ -408,8 +408,9 @@ class IO:
         if self._starts is None:
             self._starts = children.Starts(replay)
         start = ChildStart(
-            task, child_id, job_id, new.version, new.payload, new.priority, new.concurrency
-        )
+            task, child_id, job_id, new.version, new.payload, new.priority, new.concurrency,
+            new.timeout,
+        )  # fmt: skip
         await self._starts.submit(start)
 
     # -- building blocks for integrations ------------------------------------------------------

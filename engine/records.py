@@ -116,3 +116,5 @@ class ChildStart:
     priority: int
     # (key, limit) for a job with a concurrency limit.
     concurrency: tuple[str, int] | None
+    # The child job's `@job(timeout=)` in seconds: its deadline counts from its creation.
+    timeout: float | None = None

@@ -496,7 +496,7 @@ class Statements:
             "wake_at = NULL, lease_owner = NULL, lease_expires_at = NULL, "
             "lease_epoch = lease_epoch + 1 "
             "WHERE id = :id AND status IN ('QUEUED', 'WAITING', 'RUNNING') "
-            "RETURNING concurrency_key",
+            "RETURNING concurrency_key, job_id, parent_task_id, parent_run_id",
             error=Json,
             **now,
         )

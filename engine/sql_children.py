@@ -51,15 +51,18 @@ class ChildStatements:
         self.create_child = _t(
             "INSERT INTO engine_runs (id, job_id, job_version, status, payload, attempt, "
             "lease_epoch, created_at, priority, rank_at, concurrency_key, concurrency_limit, "
-            "parent_run_id, parent_task_id) VALUES (:id, :job_id, :job_version, 'QUEUED', "
-            ":payload, 0, 0, :now, :priority, :rank_at, :concurrency_key, :concurrency_limit, "
+            "parent_run_id, parent_task_id, deadline_at) VALUES (:id, :job_id, :job_version, "
+            "'QUEUED', :payload, 0, 0, :now, :priority, :rank_at, :concurrency_key, "
+            ":concurrency_limit, "
             ":run_id, (SELECT id FROM engine_tasks WHERE run_id = :run_id "
-            "AND parent_path = :parent_path AND key = :key)) ON CONFLICT (id) DO NOTHING",
+            "AND parent_path = :parent_path AND key = :key), :deadline_at) "
+            "ON CONFLICT (id) DO NOTHING",
             # One type for a parameter used twice (asyncpg deduces one per use otherwise).
             run_id=String(),
             payload=Json,
             now=UTCDateTime,
             rank_at=UTCDateTime,
+            deadline_at=UTCDateTime,
         )
         # Whether the parent waits for other children than the one ending (engine.children,
         # CHILD_WAKE_DELAY).

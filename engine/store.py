@@ -659,13 +659,16 @@ class Store(Database):
         async with self.begin() as conn:
             rows = (await conn.execute(self._sql.expired_runs, {"now": now, "limit": limit})).all()
             for r in rows:
+                recorded = error(r.deadline_at)
                 result = await conn.execute(
-                    self._sql.cancel_expired,
-                    {"id": r.id, "now": now, "error": error(r.deadline_at)},
+                    self._sql.cancel_expired, {"id": r.id, "now": now, "error": recorded}
                 )
-                if result.first() is None:
+                row = result.first()
+                if row is None:
                     continue  # finished or canceled meanwhile
                 await conn.execute(self._sql.cancel_open_tasks, {"run_id": r.id, "now": now})
+                # Like a cancel: its children end with it, and a child's parent hears of it.
+                await self._run_ended(conn, r.id, row, "CANCELED", cascade=True, error=recorded)
                 canceled += 1
             if canceled:
                 # The workers executing them hear of it and interrupt the step in flight.
@@ -1187,7 +1190,8 @@ class Store(Database):
                 {**ident, "id": start.id, "job_id": start.job_id, "job_version": start.version,
                  "payload": start.payload, "now": now, "priority": start.priority,
                  "rank_at": now - start.priority * PRIORITY_STEP, "concurrency_key": key,
-                 "concurrency_limit": limit}
+                 "concurrency_limit": limit,
+                 "deadline_at": None if start.timeout is None else now + start.timeout}
             )  # fmt: skip
         async with self.begin() as conn:
             fenced = await conn.execute(sql.fence, {"run_id": run_id, "epoch": epoch})

@@ -1,7 +1,7 @@
 """children: a child run's link to its parent run and to the parent's waiting task
 
 Revision ID: 0010_children
-Revises: 0009_events
+Revises: 0008_schedules
 Create Date: 2026-11-30
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_children"
-down_revision = "0009_events"
+down_revision = "0008_schedules"
 branch_labels = None
 depends_on = None
 

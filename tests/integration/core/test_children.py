@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy import bindparam, text
 from support import Harness, unique_id
 
-from engine import IO, ChildRunError, Context, PayloadValidationError, job
+from engine import IO, ChildRunError, Context, PayloadValidationError, clock, job
 from engine.children import child_run_id
 from engine.records import ChildStart, TaskWrite
 from engine.schema import UTCDateTime
@@ -403,3 +403,52 @@ async def test_a_parents_usage_includes_its_childrens(harness: Harness) -> None:
     assert shown["usage"]["calls"] == 1 and shown["usage"]["total_tokens"] == 15
     assert shown["usage"]["child_runs"]["total_tokens"] == 15
     assert shown["usage"]["cost"] is None  # an unknown model's cost stays unknown
+
+
+async def test_a_deadline_ends_children_like_a_cancel(harness: Harness) -> None:
+    """A parent past its deadline cancels its children; a child past its own makes the
+    parent's invoke raise (the deadline sweep ends runs the way `runs cancel` does)."""
+
+    @job(id=unique_id("slow-child"), timeout=timedelta(hours=1))
+    async def slow_child(payload: Any, io: IO, ctx: Context) -> Any:
+        await io.wait("nap", 86400)
+        return "rested"
+
+    @job(id=unique_id("patient"))
+    async def patient(payload: Any, io: IO, ctx: Context) -> Any:
+        try:
+            await io.invoke("child", slow_child.id)
+        except ChildRunError as error:
+            return {"child": error.status, "type": (error.error or {}).get("type")}
+        return "not reached"
+
+    @job(id=unique_id("hurried"), timeout=timedelta(minutes=30))
+    async def hurried(payload: Any, io: IO, ctx: Context) -> Any:
+        await io.invoke("child", slow_child.id)
+        return "not reached"
+
+    worker = await harness.start(patient, hurried, slow_child)
+    waits_on_child = await harness.engine.trigger(patient.id)
+    canceled_parent = await harness.engine.trigger(hurried.id)
+    for parent in (waits_on_child, canceled_parent):
+        await _until_async(
+            lambda p=parent: _children_waiting(harness, p), f"the child of {parent} waits"
+        )
+    clock.advance(3601)  # past both deadlines: the parent's 30 min and the child's hour
+    worker.wake.set()
+    await _until_async(lambda: _ended(harness, waits_on_child), "the patient parent ends")
+    view = await harness.engine.show_run(waits_on_child)
+    assert view["status"] == "COMPLETED", view["error"]
+    assert view["output"] == {"child": "CANCELED", "type": "RunTimeoutError"}
+    await _until_async(lambda: _ended(harness, canceled_parent), "the hurried parent ends")
+    (child,) = await _children(harness, canceled_parent)
+    assert child.status == "CANCELED"
+
+
+async def _children_waiting(harness: Harness, parent: str) -> bool:
+    return [c.status for c in await _children(harness, parent)] == ["WAITING"]
+
+
+async def _ended(harness: Harness, run_id: str) -> bool:
+    status = (await harness.engine.get_run(run_id))["status"]
+    return status in ("COMPLETED", "FAILED", "CANCELED")
