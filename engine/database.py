@@ -23,6 +23,7 @@ from . import secrets
 from .dberrors import PostgresErrors, SqliteErrors
 from .exceptions import DatabaseError
 from .records import ChunkWrite, TaskRow
+from .sql import DriverSQL
 from .writes import Write
 
 if TYPE_CHECKING:
@@ -89,6 +90,14 @@ class Database:
 
     async def announce_stream_end(self, run_id: str) -> None:
         """Tells the run's stream followers in other processes that it ended (best effort)."""
+
+    async def write_returning(
+        self, sql: DriverSQL, values: dict[str, Any]
+    ) -> tuple[Any, ...] | None:
+        """One statement that writes and returns one row (None: no row), committed on its own
+        in a single trip to the database (no separate BEGIN and COMMIT): the rate limiter's
+        reservation."""
+        raise NotImplementedError
 
     def watch(self, hear: Callable[..., None]) -> asyncio.Task[None]:
         """Starts the worker's wake-up side task: it calls `hear()` whenever another process

@@ -40,7 +40,7 @@ def _sqlite_apply(db: sqlite3.Connection, prepared: Prepared) -> bool:
     return written
 
 
-def _sqlite_rollback(db: sqlite3.Connection) -> None:
+def sqlite_rollback(db: sqlite3.Connection) -> None:
     # SQLite rolls back by itself on some errors (SQLITE_FULL, some IOERRs): a ROLLBACK then
     # fails with "no transaction is active" and would hide the real error.
     if db.in_transaction:
@@ -55,7 +55,7 @@ def _sqlite_commit(db: sqlite3.Connection, batch: list[Prepared]) -> list[bool]:
         results = [_sqlite_apply(db, prepared) for prepared in batch]
         db.execute("COMMIT")
     except BaseException:
-        _sqlite_rollback(db)
+        sqlite_rollback(db)
         raise
     return results
 

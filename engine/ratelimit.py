@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import clock, limits
-from .exceptions import DatabaseError, EngineError
+from .exceptions import DatabaseError, EngineError, WriteFailed
 from .records import TaskRow, TaskWrite
+
+if TYPE_CHECKING:
+    from .sql import DriverSQL
 
 PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 # A reservation due this soon is waited for in memory: suspending and resuming the run would
@@ -109,52 +111,75 @@ def declared(name: str, where: str) -> RateLimit:
     return found
 
 
-_GRANT = "{greatest}(:now, engine_rate_limits.requests_tat, engine_rate_limits.tokens_tat)"
+# The database's clock, one for every worker: places never depend on a worker's own clock
+# (skewed, or stale after a wait for a connection). PostgreSQL's now() is the start of the
+# statement's own transaction; SQLite's 'now' is fixed for the statement, in milliseconds.
+_NOW = {
+    True: "CAST(EXTRACT(EPOCH FROM now()) AS DOUBLE PRECISION)",
+    False: "((julianday('now') - 2440587.5) * 86400.0)",
+}
+_GRANT = "{greatest}({now}, engine_rate_limits.requests_tat, engine_rate_limits.tokens_tat)"
 # Without a request limit (`ri` = 0), requests_tat holds no place: a token refund must be able
 # to bring the next place forward.
 _RESERVE = (
     "INSERT INTO engine_rate_limits (name, requests_tat, tokens_tat, updated_at) "
-    "VALUES (:name, :now + :ri, :now + :ti, :now) "
+    "VALUES (:name, {now} + :ri, {now} + :ti, {now}) "
     "ON CONFLICT (name) DO UPDATE SET "
     f"requests_tat = CASE WHEN :ri > 0 THEN {_GRANT} + :ri ELSE 0 END, "
     f"tokens_tat = {_GRANT} + :ti, "
-    "updated_at = :now "
-    "RETURNING requests_tat, tokens_tat{no_sync}"
+    "updated_at = {now} "
+    "RETURNING requests_tat, tokens_tat, {no_sync}updated_at"
 )
+# Waits are relative (seconds from the database's now): a provider's `reset` header is too.
 _ADJUST = (
     "UPDATE engine_rate_limits SET "
-    "requests_tat = {greatest}(requests_tat, :requests_after), "
-    "tokens_tat = {greatest}(tokens_tat + :token_delta, :tokens_after), updated_at = :now "
-    "WHERE name = :name{returning_no_sync}"
+    "requests_tat = {greatest}(requests_tat, {now} + :requests_wait), "
+    "tokens_tat = {greatest}(tokens_tat + :token_delta, {now} + :tokens_wait), "
+    "updated_at = {now} "
+    "WHERE name = :name RETURNING {no_sync}updated_at"
 )
+_CLOCK = "SELECT {now}"
+_FLOATS = dict.fromkeys(("ri", "ti", "token_delta", "requests_wait", "tokens_wait"), "float8")
 
 
-def _sql(template: str, postgres: bool) -> Any:
-    from sqlalchemy import text  # here: `import engine` stays free of SQLAlchemy
-
-    # Typed parameters: PostgreSQL cannot infer the type of `:now + :ri` on its own.
-    sql = re.sub(r":(?!name\b)(\w+)", r"CAST(:\1 AS DOUBLE PRECISION)", template)
-    # A reservation need not survive a database crash (losing the last one only lets one call
-    # go a little early): on PostgreSQL its commit does not wait for the WAL flush, which is
-    # most of its cost. It is as atomic and as visible to other workers as any commit.
-    no_sync = ", set_config('synchronous_commit', 'off', true)" if postgres else ""
-    return text(
-        sql.format(
-            greatest="GREATEST" if postgres else "MAX",
-            no_sync=no_sync,
-            returning_no_sync=f" RETURNING {no_sync[2:]}" if postgres else "",
-        )
-    )
-
-
-_statements: dict[tuple[str, bool], Any] = {}
-
-
-def _statement(template: str, postgres: bool) -> Any:
+def _statement(template: str, postgres: bool) -> DriverSQL:
     key = (template, postgres)
     if key not in _statements:
-        _statements[key] = _sql(template, postgres)
+        # A reservation need not survive a database crash (losing the last one only lets one
+        # call go a little early): on PostgreSQL its commit does not wait for the WAL flush,
+        # which is most of its cost. It is as atomic and visible to other workers as any commit.
+        no_sync = "set_config('synchronous_commit', 'off', true), " if postgres else ""
+        sql = template.format(
+            now=_NOW[postgres], greatest="GREATEST" if postgres else "MAX", no_sync=no_sync
+        )
+        from .sql import driver_sql  # here: `import engine` stays free of SQLAlchemy
+
+        _statements[key] = driver_sql(sql, postgres, _FLOATS)
     return _statements[key]
+
+
+_statements: dict[tuple[str, bool], DriverSQL] = {}
+# Per database URL: the database's clock minus this worker's, as last measured (an upper
+# bound: the reply's way back is counted in, so a place is never converted to a time before
+# it). Converting places with it keeps every worker on the database's clock.
+_offsets: dict[str, float] = {}
+
+
+async def _execute(store: Any, template: str, values: dict[str, Any]) -> tuple[Any, ...]:
+    """One statement, one trip; returns its row, the database's now last."""
+    row = await store.write_returning(_statement(template, store.is_postgres), values)
+    assert row is not None  # an upsert and a SELECT always return their row
+    _offsets[str(store.url)] = float(row[-1]) - clock.now()
+    return tuple(row)
+
+
+async def local_time(store: Any, at: float) -> float:
+    """`at` on the database's clock, as this worker's clock reads it."""
+    offset = _offsets.get(str(store.url))
+    if offset is None:
+        await _execute(store, _CLOCK, {})
+        offset = _offsets[str(store.url)]
+    return at - offset
 
 
 # A worker reserves up to this much of a high limit's places at once and hands them out itself,
@@ -173,12 +198,18 @@ def batch_size(limit: RateLimit) -> int:
 
 
 async def take_place(store: Any, name: str, limit: RateLimit, tokens: int) -> float:
-    """When the next call under `name` may go: from this worker's batch, else reserved."""
+    """When the next call under `name` may go (the database's clock): from this worker's
+    batch, else reserved."""
     size = batch_size(limit)
     if size == 1:
         return await reserve(store, name, limit, tokens)
     key = (str(store.url), name, limit)
     batch = _batches.get(key)
+    if batch:
+        # Places too old to be used (see LATE_SLACK) are dropped, not handed out to be missed.
+        stale = clock.now() + _offsets.get(str(store.url), 0.0) - LATE_SLACK
+        while batch and batch[0] < stale:
+            batch.popleft()
     if batch:
         return batch.popleft()
     first = await reserve(store, name, limit, 0, places=size)
@@ -191,16 +222,14 @@ async def take_place(store: Any, name: str, limit: RateLimit, tokens: int) -> fl
 async def reserve(
     store: Any, name: str, limit: RateLimit, tokens: int, *, places: int = 1
 ) -> float:
-    """Reserves one request of `tokens` tokens under `name`; returns when it may be sent.
+    """Reserves one request of `tokens` tokens under `name`; returns when it may be sent, on
+    the database's clock (`local_time` converts it).
 
     One statement: on PostgreSQL the upsert locks the row, on SQLite writes are serialized, so
     concurrent workers queue up one after another and never take the same place."""
-    now = clock.now()
     ti = tokens * limit.token_interval
     ri = limit.request_interval * places
-    params = {"name": name, "now": now, "ri": ri, "ti": ti}
-    async with store.begin() as conn:
-        row = (await conn.execute(_statement(_RESERVE, store.is_postgres), params)).one()
+    row = await _execute(store, _RESERVE, {"name": name, "ri": ri, "ti": ti})
     if limit.request_interval:
         return float(row[0]) - ri
     return float(row[1]) - ti
@@ -212,21 +241,19 @@ async def adjust(
     limit: RateLimit,
     *,
     token_delta: int = 0,
-    requests_after: float = 0.0,
-    tokens_after: float = 0.0,
+    requests_wait: float = 0.0,
+    tokens_wait: float = 0.0,
 ) -> None:
     """Corrects a limit after a call: `token_delta` tokens more (or fewer) than reserved, and
-    nothing sent before `requests_after` / `tokens_after` (epoch seconds; what a provider's
-    headers say of its own limit)."""
-    params = {
+    nothing sent for `requests_wait` / `tokens_wait` seconds (what a provider's headers say of
+    its own limit)."""
+    values = {
         "name": name,
-        "now": clock.now(),
         "token_delta": token_delta * limit.token_interval,
-        "requests_after": requests_after,
-        "tokens_after": tokens_after,
+        "requests_wait": requests_wait,
+        "tokens_wait": tokens_wait,
     }
-    async with store.begin() as conn:
-        await conn.execute(_statement(_ADJUST, store.is_postgres), params)
+    await store.write_returning(_statement(_ADJUST, store.is_postgres), values)
 
 
 @dataclass
@@ -239,13 +266,13 @@ class Charge:
     store: Any = None
 
     async def settle(
-        self, tokens: int | None = None, *, requests_after: float = 0.0, tokens_after: float = 0.0
+        self, tokens: int | None = None, *, requests_wait: float = 0.0, tokens_wait: float = 0.0
     ) -> None:
-        """After the call: the tokens it really spent and what the provider says of its limit.
-        Writes nothing when there is nothing to correct."""
+        """After the call: the tokens it really took of the limit and what the provider says
+        of its own (nothing more for `*_wait` seconds). Writes nothing when there is nothing
+        to correct."""
         delta = (tokens - self.tokens) if tokens is not None and self.limit.tokens else 0
-        now = clock.now()
-        if self.store is None or (not delta and requests_after <= now and tokens_after <= now):
+        if self.store is None or (not delta and requests_wait <= 0 and tokens_wait <= 0):
             return
         try:
             await adjust(
@@ -253,8 +280,8 @@ class Charge:
                 self.name,
                 self.limit,
                 token_delta=delta,
-                requests_after=requests_after,
-                tokens_after=tokens_after,
+                requests_wait=requests_wait,
+                tokens_wait=tokens_wait,
             )
         except DatabaseError as exc:
             # A correction is advice to the next reservations: the call it follows succeeded
@@ -267,27 +294,70 @@ def holds_reservation(row: TaskRow | None) -> bool:
     return bool(row and row.status == "WAITING" and (row.error or {}).get("type") == WAIT_TYPE)
 
 
+# A place is used within this long after its time or not at all: a call that reaches its place
+# later (a slow resume, a stalled event loop, a reservation that waited for a connection) takes
+# a new one instead of going late, where it would bunch with the calls whose places come next.
+# The requests a provider sees are then never closer together than the limit's pace allows,
+# give or take this much (its own arrival jitter aside). A missed place stays taken: unused.
+LATE_SLACK = 0.25
+# After this many missed places in a row the call goes (late) rather than reserve forever.
+MAX_MISSED = 5
+
+
 async def admit(
     replay: Any, charge: Charge, recorded: TaskRow | None, waiting: Callable[..., TaskWrite]
 ) -> None:
     """Before a task attempt: returns once `charge` may be sent. A place further off than
     IN_MEMORY_WAIT suspends the run (a WAITING row written by `waiting(due_at=, error=)`)."""
-    charge.store = replay.store
+    store = charge.store = replay.store
     if holds_reservation(recorded):
+        # Resumed: the place was reserved before the run was suspended. A due time moved
+        # earlier (by hand) is taken as is: the run does not suspend again.
         assert recorded is not None and recorded.error is not None
-        await _until(float(recorded.error.get("at") or 0.0))
-        return
-    at = await take_place(replay.store, charge.name, charge.limit, charge.tokens)
-    if at - clock.now() > IN_MEMORY_WAIT:
-        reason = {
-            "type": WAIT_TYPE,
-            "rate_limit": charge.name,
-            "at": at,
-            "message": f"waiting for a place under rate limit {charge.name!r}",
-        }
-        await replay.write(waiting(due_at=at - IN_MEMORY_WAIT, error=reason))
-        await replay.park(at - IN_MEMORY_WAIT)
-    await _until(at)
+        at = float(recorded.error.get("at") or 0.0)
+        local = await _or_stop(replay, local_time(store, at))
+        if await _reached(local):
+            return
+    for _ in range(MAX_MISSED):
+        at = await _or_stop(replay, take_place(store, charge.name, charge.limit, charge.tokens))
+        local = await _or_stop(replay, local_time(store, at))
+        if local - clock.now() > IN_MEMORY_WAIT:
+            reason = {
+                "type": WAIT_TYPE,
+                "rate_limit": charge.name,
+                "at": at,
+                "message": f"waiting for a place under rate limit {charge.name!r}",
+            }
+            # The row's due time is on this worker's clock, as every due time is.
+            await replay.write(waiting(due_at=local - IN_MEMORY_WAIT, error=reason))
+            await replay.park(local - IN_MEMORY_WAIT)
+        if await _reached(local):
+            return
+    _log.warning("rate limit %r: %d places missed in a row, going late", charge.name, MAX_MISSED)
+
+
+async def _or_stop(replay: Any, step: Awaitable[float]) -> float:
+    """A reservation the database could not take stops the execution, as a write that failed
+    does (engine.replay): the run is picked up again once its lease lapses, and reserves then.
+    A reservation committed whose answer was lost leaves its place unused: a gap in the pace,
+    never a burst."""
+    try:
+        return await step
+    except DatabaseError as exc:
+        if not exc.transient:
+            raise
+        replay.lost = True
+        raise WriteFailed(f"reserving a rate-limit place: {exc.message}") from exc
+
+
+async def _reached(local: float) -> bool:
+    """Waits for a place at `local` (this worker's clock); False when it was missed."""
+    await _until(local)
+    late = clock.now() - local
+    if late <= LATE_SLACK:
+        return True
+    _log.debug("rate limit place missed by %.3f s: reserving another", late)
+    return False
 
 
 async def _until(at: float) -> None:

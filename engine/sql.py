@@ -613,7 +613,13 @@ class DriverSQL:
     names: tuple[str, ...]
 
 
-def _driver_sql(sql: str, postgres: bool) -> DriverSQL:
+def driver_sql(sql: str, postgres: bool, types: dict[str, str] | None = None) -> DriverSQL:
+    """`sql` with `:name` parameters as the driver takes it (PostgreSQL: `$n::type`, the type
+    from `types`, else the engine's columns' own)."""
+    return _driver_sql(sql, postgres, types)
+
+
+def _driver_sql(sql: str, postgres: bool, types: dict[str, str] | None = None) -> DriverSQL:
     names: list[str] = []
     if not postgres:
         return DriverSQL(sql, tuple(dict.fromkeys(re.findall(r"(?<!:):(\w+)", sql))))
@@ -622,7 +628,8 @@ def _driver_sql(sql: str, postgres: bool) -> DriverSQL:
         name = match.group(1)
         if name not in names:
             names.append(name)
-        return f"${names.index(name) + 1}::{_PG_TYPES.get(name, 'text')}"
+        pg_type = (types or {}).get(name) or _PG_TYPES.get(name, "text")
+        return f"${names.index(name) + 1}::{pg_type}"
 
     return DriverSQL(re.sub(r"(?<!:):(\w+)", number, sql), tuple(names))
 

@@ -24,6 +24,7 @@ from .exceptions import DatabaseError
 from .outage import backoff
 from .records import ChunkWrite, TaskRow
 from .sa_async import create_async_engine
+from .sql import DriverSQL
 from .sql_streams import CHANNEL_PREFIX
 from .store import Store
 from .writes import Write, prepare
@@ -143,6 +144,21 @@ class PostgresStore(Store):
                 )
         except DatabaseError as exc:  # followers notice at their next poll instead
             wake_log.debug("announcing the end of run %s's streams failed: %s", run_id, exc)
+
+    async def write_returning(
+        self, sql: DriverSQL, values: dict[str, Any]
+    ) -> tuple[Any, ...] | None:
+        try:
+            async with self.engine.connect() as conn:
+                try:
+                    driver: Any = (await conn.get_raw_connection()).driver_connection
+                    row = await driver.fetchrow(sql.text, *(values[n] for n in sql.names))
+                    return None if row is None else tuple(row)
+                except Exception as exc:
+                    await invalidate_if_broken(conn, exc)
+                    raise
+        except Exception as exc:
+            raise self._translate(exc) from exc
 
     async def _read_replay_rows(self, driver: Any, run_id: str) -> tuple[list[Any], list[Any]]:
         tasks = await driver.fetch(self._sql.raw_load_tasks.text, run_id)

@@ -21,10 +21,11 @@ from sqlalchemy.engine import URL
 from . import codec
 from .dberrors import SqliteErrors, invalidate_if_broken
 from .exceptions import DatabaseError, EngineError
-from .groupcommit import GroupCommit, _sqlite_time, in_sqlite_thread
+from .groupcommit import GroupCommit, _sqlite_time, in_sqlite_thread, sqlite_rollback
 from .outage import backoff
 from .records import ChunkWrite, TaskRow
 from .sa_async import create_async_engine
+from .sql import DriverSQL
 from .store import Store
 from .writes import Write
 
@@ -146,6 +147,20 @@ class SQLiteStore(Store):
             for seq, task, attempt, data, at, restart in rows
         ]
 
+    async def write_returning(
+        self, sql: DriverSQL, values: dict[str, Any]
+    ) -> tuple[Any, ...] | None:
+        try:
+            async with self.engine.connect() as conn:
+                try:
+                    driver: Any = (await conn.get_raw_connection()).driver_connection
+                    return await in_sqlite_thread(driver, _write_returning, sql.text, values)
+                except Exception as exc:
+                    await invalidate_if_broken(conn, exc)
+                    raise
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
     async def _read_replay_rows(self, driver: Any, run_id: str) -> tuple[list[Any], list[Any]]:
         tasks_sql, logs_sql = self._sql.raw_load_tasks.text, self._sql.raw_load_log_keys.text
         return await in_sqlite_thread(driver, _read, tasks_sql, logs_sql, {"run_id": run_id})
@@ -229,6 +244,20 @@ def _chunk_time(chunk: ChunkWrite) -> str:
 
 def _time(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _write_returning(
+    db: sqlite3.Connection, sql: str, args: dict[str, Any]
+) -> tuple[Any, ...] | None:
+    """Runs in aiosqlite's thread: BEGIN IMMEDIATE, the statement, COMMIT in one hand-off."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        row = db.execute(sql, args).fetchone()
+        db.execute("COMMIT")
+    except BaseException:
+        sqlite_rollback(db)
+        raise
+    return None if row is None else tuple(row)
 
 
 def _data_version(db: sqlite3.Connection) -> int:

@@ -129,11 +129,11 @@ class Caller:
                     seen.clear()
                     seen.update(headers)
                 if charge is not None:
-                    await rate_limits.settle(charge, found, headers)
+                    await rate_limits.settle(charge, found, headers, payload)
                 return found
             except openai.OpenAIError as exc:
                 if charge is not None:
-                    await rate_limits.settle(charge, None, headers)
+                    await rate_limits.settle(charge, None, headers, payload)
                 error = translate(exc, operation, secret)
                 if error.status_code == 429 and error.retryable:
                     error.max_retry_after = integration.max_rate_limit_wait

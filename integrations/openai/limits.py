@@ -3,7 +3,8 @@
 Each request takes one place of its limit (engine.ratelimit) before it is sent, with its tokens
 estimated: a quarter of the characters of its prompt plus the completion it allows
 (`max_tokens`, `max_completion_tokens`, `max_output_tokens`). After the answer, the estimate is
-corrected by the `usage` it reports, and OpenAI's own view of its limit is taken in: when
+raised by the `usage` it reports when that was more (never lowered: OpenAI counts the estimate
+itself), and OpenAI's own view of its limit is taken in: when
 `x-ratelimit-remaining-*` reaches 0, nothing more goes until its `x-ratelimit-reset-*`.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from engine import EngineError, RateLimit, clock
+from engine import EngineError, RateLimit
 from engine.ratelimit import MAX_NAME_LENGTH, Charge
 
 from . import usage
@@ -60,10 +61,12 @@ def charge_for(integration_id: str, limits: Limits, params: Mapping[str, Any]) -
 def estimate_tokens(params: Mapping[str, Any]) -> int:
     """Characters / 4 of the prompt, plus the completion allowed; at least 1."""
     chars = sum(_chars(params.get(k)) for k in ("messages", "input", "prompt", "instructions"))
-    allowed = next(
-        (v for k in _COMPLETION_KEYS if isinstance(v := params.get(k), int) and v > 0), 0
-    )
-    return max(1, chars // 4 + allowed)
+    return max(1, chars // 4 + _allowed(params))
+
+
+def _allowed(params: Mapping[str, Any]) -> int:
+    """The completion a request allows (`max_tokens` and friends), 0 when it sets none."""
+    return next((v for k in _COMPLETION_KEYS if isinstance(v := params.get(k), int) and v > 0), 0)
 
 
 def _chars(value: Any) -> int:
@@ -76,26 +79,36 @@ def _chars(value: Any) -> int:
     return 0
 
 
-async def settle(charge: Charge, value: Any, headers: Mapping[str, str]) -> None:
-    """After an answer (or a 429): tokens spent instead of the estimate, and what the headers
-    say of OpenAI's own limit."""
+async def settle(
+    charge: Charge, value: Any, headers: Mapping[str, str], params: Mapping[str, Any]
+) -> None:
+    """After an answer (or a 429): the tokens the call took of OpenAI's limit, and what the
+    headers say of that limit.
+
+    OpenAI counts a request against its token limit when it admits it: its prompt plus the
+    completion it allows (`max_tokens`). The `usage` of the answer can only show that the
+    estimate was short (a prompt longer than a quarter of its characters, a completion with
+    no cap): the charge then grows to what was spent. It never shrinks below the estimate: a
+    refund would let the fleet send what OpenAI already counted."""
     spent = None
     if value is not None:
         try:
             found = usage.tokens(value)
         except Exception:  # reading usage must never fail a call that succeeded
             found = None
-        spent = found["total_tokens"] if found and found["total_tokens"] else None
-    now = clock.now()
+        if found and found["total_tokens"]:
+            admitted = (found["prompt_tokens"] or 0) + _allowed(params)
+            spent = max(charge.tokens, found["total_tokens"], admitted)
     await charge.settle(
         spent,
-        requests_after=_exhausted_until(headers, "requests", now),
-        tokens_after=_exhausted_until(headers, "tokens", now),
+        requests_wait=_exhausted_for(headers, "requests"),
+        tokens_wait=_exhausted_for(headers, "tokens"),
     )
 
 
-def _exhausted_until(headers: Mapping[str, str], which: str, now: float) -> float:
-    """When OpenAI's `which` limit has room again, if its headers say it has none now; else 0."""
+def _exhausted_for(headers: Mapping[str, str], which: str) -> float:
+    """Seconds until OpenAI's `which` limit has room again, if its headers say it has none
+    now; else 0."""
     remaining = headers.get(f"x-ratelimit-remaining-{which}")
     reset = headers.get(f"x-ratelimit-reset-{which}")
     if remaining is None or reset is None:
@@ -105,5 +118,4 @@ def _exhausted_until(headers: Mapping[str, str], which: str, now: float) -> floa
             return 0.0
     except ValueError:
         return 0.0
-    seconds = parse_duration(reset)
-    return now + seconds if seconds else 0.0
+    return parse_duration(reset) or 0.0

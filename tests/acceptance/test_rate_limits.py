@@ -60,8 +60,10 @@ def query(url: str, sql: str) -> list[Any]:
 
 
 def start_fleet(procs: Any, url: str, workers: int) -> None:
+    # Leases long enough that a loaded machine does not take runs over mid-call (a taken-over
+    # call is sent again: more requests than calls, which these tests count).
     for _ in range(workers):
-        procs.worker("ratelimited.py", url, concurrency=10, ready=False)
+        procs.worker("ratelimited.py", url, concurrency=10, ready=False, lease=15.0)
     for w in procs.workers:
         w.wait_ready(60)
 
@@ -121,6 +123,61 @@ def test_openai_runs_finish_under_the_limit_with_no_429(
     # The account's bucket never ran dry: the answers say how much was left.
     remaining = [_remaining(r) for (r,) in query(url, "SELECT rate_limits FROM engine_task_usage")]
     assert len(remaining) == 30 and min(remaining) >= 1, remaining
+
+
+def test_a_fleet_never_bunches_past_a_one_second_bucket(
+    procs: Any, pg_url: str, fake_server: FakeOpenAIProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """600 a minute, enforced as 10 a second (OpenAI may enforce a limit over shorter periods):
+    3 workers' requests must come no closer together than the pace, give or take a second's
+    worth, or the fake refuses them."""
+    use_fake_openai(monkeypatch, fake_server.base_url)
+    monkeypatch.setenv("RL_OPENAI_RPM", "600")
+    fake_server.set_limits(requests_per_minute=600, burst_seconds=1)
+    start_fleet(procs, pg_url, 3)
+    run_ids = trigger_all(pg_url, "oa-limited", [{"calls": 3}] * 20)
+    for run_id in run_ids:
+        procs.wait_status(pg_url, run_id, "COMPLETED", timeout=300)
+
+    assert fake_server.rate_limited() == 0
+    assert fake_server.count("POST /v1/chat/completions") == 60
+    attempts = query(pg_url, "SELECT attempts FROM engine_tasks WHERE kind = 'openai'")
+    assert sorted(a for (a,) in attempts) == [1] * 60
+
+
+def test_a_token_limit_holds_across_three_workers(
+    procs: Any, pg_url: str, fake_server: FakeOpenAIProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12,000 tokens a minute, a bucket of 2 s' worth (400): each call is counted 58 by the
+    fake, estimated 53 by the engine and corrected from the answer's usage."""
+    use_fake_openai(monkeypatch, fake_server.base_url)
+    monkeypatch.setenv("RL_OPENAI_TPM", "12000")
+    fake_server.set_limits(tokens_per_minute=12_000, burst_seconds=2)
+    fake_server.set_usage(completion_tokens=5)
+    start_fleet(procs, pg_url, 3)
+    run_ids = trigger_all(pg_url, "oa-tokens", [{"calls": 3}] * 10)
+    for run_id in run_ids:
+        procs.wait_status(pg_url, run_id, "COMPLETED", timeout=300)
+
+    # Zero 429s caused by the fleet, every call answered the first time.
+    assert fake_server.rate_limited() == 0
+    assert fake_server.count("POST /v1/chat/completions") == 30
+    attempts = query(pg_url, "SELECT attempts FROM engine_tasks WHERE kind = 'openai'")
+    assert sorted(a for (a,) in attempts) == [1] * 30
+    # Usage is what the fake answered, not the estimate.
+    usage = query(
+        pg_url, "SELECT prompt_tokens, completion_tokens, total_tokens FROM engine_task_usage"
+    )
+    assert sorted(usage) == [(8, 5, 13)] * 30
+    # The limiter charged what OpenAI counts (8 + max_tokens 50 = 58 a call), not the estimate
+    # (53) nor the usage (13): 30 calls hold the limit's next place 30 x 58 / 200 s ahead of
+    # the first.
+    ((tat,),) = query(pg_url, "SELECT tokens_tat FROM engine_rate_limits")
+    first = min(
+        t.timestamp()
+        for (t,) in query(pg_url, "SELECT started_at FROM engine_tasks WHERE kind = 'openai'")
+    )
+    assert float(tat) >= first + 30 * 58 / 200 - 1.0
 
 
 def _remaining(headers: Any) -> int:

@@ -50,16 +50,22 @@ def format_duration(seconds: float) -> str:
 
 
 class Bucket:
-    """`limit` per minute, refilled continuously; `limit=None` is unlimited (nominal headers)."""
+    """`limit` per minute, refilled continuously; `limit=None` is unlimited (nominal headers).
 
-    def __init__(self, limit: int | None, nominal: int) -> None:
+    The bucket holds a minute's worth, or `burst_seconds`' worth: OpenAI says it may enforce a
+    limit over shorter periods ("60,000 requests/minute may be enforced as 1,000 requests/
+    second"), so that a client bunching its requests is refused though it keeps to the minute."""
+
+    def __init__(self, limit: int | None, nominal: int, burst_seconds: float | None = None) -> None:
         self.limit = limit
-        self.capacity = float(limit if limit is not None else nominal)
+        self.rate = float(limit if limit is not None else nominal) / 60.0
+        seconds = 60.0 if limit is None or burst_seconds is None else burst_seconds
+        self.capacity = self.rate * seconds
         self.level = self.capacity
         self.at = time.monotonic()
 
     def _refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.at) * self.capacity / 60.0)
+        self.level = min(self.capacity, self.level + (now - self.at) * self.rate)
         self.at = now
 
     def shortfall(self, cost: float, now: float) -> float:
@@ -69,16 +75,16 @@ class Bucket:
             return 0.0
         if cost > self.capacity:  # never fits: OpenAI refuses it with a full minute's wait
             return 60.0
-        return (cost - self.level) * 60.0 / self.capacity
+        return (cost - self.level) / self.rate
 
     def take(self, cost: float) -> None:
         if self.limit is not None:
             self.level -= cost
 
     def headers(self, which: str) -> dict[str, str]:
-        reset = (self.capacity - self.level) * 60.0 / self.capacity
+        reset = (self.capacity - self.level) / self.rate
         return {
-            f"x-ratelimit-limit-{which}": str(int(self.capacity)),
+            f"x-ratelimit-limit-{which}": str(int(self.rate * 60.0)),
             f"x-ratelimit-remaining-{which}": str(max(0, int(self.level))),
             f"x-ratelimit-reset-{which}": format_duration(reset),
         }
@@ -109,7 +115,10 @@ class Account:
         self.rate_limited = 0
 
     def set_limits(
-        self, requests_per_minute: int | None = None, tokens_per_minute: int | None = None
+        self,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        burst_seconds: float | None = None,
     ) -> None:
         for name, value in (
             ("requests_per_minute", requests_per_minute),
@@ -119,14 +128,23 @@ class Account:
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise FakeError(400, f"{name} must be a positive integer or null, not {value!r}")
+        if burst_seconds is not None and (
+            isinstance(burst_seconds, bool)
+            or not isinstance(burst_seconds, int | float)
+            or not 0 < burst_seconds <= 60
+        ):
+            raise FakeError(
+                400, f"burst_seconds must be over 0 and at most 60, not {burst_seconds!r}"
+            )
         with self._lock:
-            self.requests = Bucket(requests_per_minute, NOMINAL_REQUESTS)
-            self.tokens = Bucket(tokens_per_minute, NOMINAL_TOKENS)
+            self.burst_seconds = burst_seconds
+            self.requests = Bucket(requests_per_minute, NOMINAL_REQUESTS, burst_seconds)
+            self.tokens = Bucket(tokens_per_minute, NOMINAL_TOKENS, burst_seconds)
 
     def reset(self) -> None:
         with self._lock:
-            self.requests = Bucket(self.requests.limit, NOMINAL_REQUESTS)
-            self.tokens = Bucket(self.tokens.limit, NOMINAL_TOKENS)
+            self.requests = Bucket(self.requests.limit, NOMINAL_REQUESTS, self.burst_seconds)
+            self.tokens = Bucket(self.tokens.limit, NOMINAL_TOKENS, self.burst_seconds)
             self.quota_exhausted = False
             self.usage = Usage()
             self.max_concurrent = self.in_flight
@@ -191,6 +209,7 @@ class Account:
                 "quota_exhausted": self.quota_exhausted,
                 "requests_per_minute": self.requests.limit,
                 "tokens_per_minute": self.tokens.limit,
+                "burst_seconds": self.burst_seconds,
             }
 
 

@@ -114,13 +114,15 @@ class FakeOpenAIProcess:
         self._admin("POST", "reset", {})
 
     def set_limits(
-        self, requests_per_minute: int | None = None, tokens_per_minute: int | None = None
+        self,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        burst_seconds: float | None = None,
     ) -> None:
-        self._admin(
-            "POST",
-            "limits",
-            {"requests_per_minute": requests_per_minute, "tokens_per_minute": tokens_per_minute},
-        )
+        """The account's limits (buckets full again); `burst_seconds`: each holds that many
+        seconds' worth instead of a minute's (OpenAI's limits enforced over shorter periods)."""
+        body = {"requests_per_minute": requests_per_minute, "tokens_per_minute": tokens_per_minute}
+        self._admin("POST", "limits", {**body, "burst_seconds": burst_seconds})
 
     def exhaust_quota(self, exhausted: bool = True) -> None:
         self._admin("POST", "quota", {"exhausted": exhausted})

@@ -424,10 +424,13 @@ class FakeOpenAI:
         return int(self.state.account.stats()["rate_limited"])
 
     def set_limits(
-        self, requests_per_minute: int | None = None, tokens_per_minute: int | None = None
+        self,
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        burst_seconds: float | None = None,
     ) -> None:
         """Enforce these per-minute limits from now on (None: unlimited); buckets start full."""
-        self.state.account.set_limits(requests_per_minute, tokens_per_minute)
+        self.state.account.set_limits(requests_per_minute, tokens_per_minute, burst_seconds)
 
     def exhaust_quota(self, exhausted: bool = True) -> None:
         """Every API request answers 429 ``insufficient_quota`` until called with False."""

@@ -25,6 +25,12 @@ openai = OpenAI(
     id="openai",
     limits=RateLimit(requests=int(os.environ.get("RL_OPENAI_RPM", "60")), per="minute"),
 )
+# A token limit only: each call's estimate (15 characters / 4 + max_tokens = 53) is short of
+# what the fake counts (8 words + max_tokens = 58) until the answer's usage corrects it.
+openai_tokens = OpenAI(
+    id="openai-tokens",
+    limits=RateLimit(tokens=int(os.environ.get("RL_OPENAI_TPM", "12000")), per="minute"),
+)
 
 
 def _append(path: str, line: str) -> None:
@@ -52,5 +58,17 @@ async def oa_limited(payload: dict[str, Any], io: IO, ctx: Context) -> int:
     for i in range(int(payload.get("calls", 1))):
         await io.openai.chat.completions.create(
             f"chat-{i}", model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
+        )
+    return int(payload.get("calls", 1))
+
+
+@job(id="oa-tokens", version="1", integrations={"openai": openai_tokens})
+async def oa_tokens(payload: dict[str, Any], io: IO, ctx: Context) -> int:
+    for i in range(int(payload.get("calls", 1))):
+        await io.openai.chat.completions.create(
+            f"chat-{i}",
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "a b c d e f g h"}],
+            max_tokens=50,
         )
     return int(payload.get("calls", 1))

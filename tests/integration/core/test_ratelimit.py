@@ -39,10 +39,11 @@ async def test_concurrent_reservations_take_distinct_paced_places(db_url: str) -
         before = time.time()
         places = await asyncio.gather(*(reserve(stores[i % 3], name, limit, 0) for i in range(30)))
         ordered = sorted(places)
-        # Thirty workers' calls at once: thirty different places, exactly 0.1 s apart.
+        # Thirty workers' calls at once: thirty different places, at least 0.1 s apart (more
+        # where a worker's statement came when the limit had room again).
         gaps = [b - a for a, b in itertools.pairwise(ordered)]
-        assert all(abs(g - 0.1) < 1e-6 for g in gaps), gaps
-        assert before - 0.001 <= ordered[0] <= time.time()
+        assert all(g > 0.1 - 1e-6 for g in gaps), gaps
+        assert before - 0.002 <= ordered[0] <= time.time() + 0.002
         # In any one-second window, at most ten places.
         assert max(sum(1 for p in ordered if s <= p < s + 1 - 1e-6) for s in ordered) == 10
     finally:
@@ -70,7 +71,7 @@ async def test_a_high_limit_is_reserved_in_batches_and_still_paced(db_url: str) 
                     {"n": name},
                 )
             ).one()
-        assert abs(float(tat) - (mine[0] + 0.101)) < 1e-6  # two batches, then theirs
+        assert float(tat) >= mine[0] + 0.101 - 1e-6  # two batches, then theirs
     finally:
         await other.close()
         await store.close()
@@ -91,7 +92,7 @@ async def test_tokens_take_their_share_and_a_correction_moves_the_next_place(
         await charge.settle(20)
         assert abs(await reserve(store, name, limit, 0) - (start + 2.0)) < 1e-6
         # OpenAI says its own limit is used up for 60 s: nothing goes before.
-        await charge.settle(None, requests_after=time.time() + 60)
+        await charge.settle(None, requests_wait=60)
         assert await reserve(store, name, limit, 0) >= time.time() + 59
     finally:
         await store.close()
@@ -205,15 +206,15 @@ async def test_headers_saying_openai_is_exhausted_hold_the_next_place(db_url: st
         charge = Charge(name, limit, 0, store)
         await reserve(store, name, limit, 0)
         await settle(charge, None, {"x-ratelimit-remaining-requests": "0",
-                                    "x-ratelimit-reset-requests": "6m0s"})  # fmt: skip
+                                    "x-ratelimit-reset-requests": "6m0s"}, {})  # fmt: skip
         assert await reserve(store, name, limit, 0) >= time.time() + 359
         # Headers with room left change nothing.
         other = unique_id("headers")
         charge = Charge(other, limit, 0, store)
         at = await reserve(store, other, limit, 0)
         await settle(charge, None, {"x-ratelimit-remaining-requests": "5",
-                                    "x-ratelimit-reset-requests": "6m0s"})  # fmt: skip
-        assert abs(await reserve(store, other, limit, 0) - (at + 0.01)) < 1e-6
+                                    "x-ratelimit-reset-requests": "6m0s"}, {})  # fmt: skip
+        assert at + 0.01 - 1e-6 <= await reserve(store, other, limit, 0) < time.time() + 1
     finally:
         await store.close()
 
