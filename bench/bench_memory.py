@@ -1,4 +1,7 @@
-"""Worker memory with `--runs` runs (default 10,000) suspended in `io.wait("w", 3600)`.
+"""Worker memory with `--runs` runs (default 10,000) waiting: suspended in `io.wait("w", 3600)`
+(`--wait-for sleep`), suspended for a place under a rate limit of one call an hour
+(`--wait-for rate-limit`), or queued behind a concurrency limit of 1 held by a run that never
+ends (`--wait-for concurrency`).
 
 The worker is a subprocess (this file with --child): an `Engine` plus a `Scheduler`
 (concurrency `--concurrency`) with the job loaded. It reports its VmRSS/VmHWM from
@@ -12,6 +15,7 @@ The parent queues the runs in one transaction and waits until all of them are WA
 Growth = after - warm (after - cold is printed too).
 
     python bench/bench_memory.py [--db sqlite|postgres|both] [--runs 10000] [--concurrency 100]
+        [--wait-for sleep|rate-limit|concurrency]
 
 Target: growth <= 20 MB.
 """
@@ -30,11 +34,31 @@ import common
 TARGET_MB = 20.0
 
 
-def make_job(job_id: str) -> Any:
-    from engine import job
+HOURLY = "bench-memory-hourly"
+
+
+def make_job(job_id: str, wait_for: str = "sleep") -> Any:
+    from engine import RateLimit, job, rate_limits
 
     async def _step(task: Any) -> int:
         return 1
+
+    if wait_for == "rate-limit":
+        rate_limits({HOURLY: RateLimit(requests=1, per="hour")})
+
+        @job(job_id)
+        async def limited(payload: Any, io: Any, ctx: Any) -> None:
+            await io.run_task("before", _step)
+            await io.run_task("call", _step, rate_limit=HOURLY)
+
+        return limited
+    if wait_for == "concurrency":
+
+        @job(job_id, concurrency=1)
+        async def one_at_a_time(payload: Any, io: Any, ctx: Any) -> None:
+            await asyncio.Event().wait()  # holds the only slot: every other run stays QUEUED
+
+        return one_at_a_time
 
     @job(job_id)
     async def suspended(payload: Any, io: Any, ctx: Any) -> None:
@@ -44,9 +68,23 @@ def make_job(job_id: str) -> Any:
     return suspended
 
 
+# What the runs look like once they all wait, after the warm-up run (and their own).
+_WARM = {
+    "sleep": lambda c: c.get("WAITING", 0) >= 1,
+    "rate-limit": lambda c: c.get("COMPLETED", 0) >= 1,  # it took the hour's place
+    "concurrency": lambda c: c.get("RUNNING", 0) >= 1,  # it holds the slot
+}
+
+
+def _all_waiting(wait_for: str, runs: int) -> Any:
+    if wait_for == "concurrency":
+        return lambda c: c.get("QUEUED", 0) >= runs
+    return lambda c: c.get("WAITING", 0) >= runs + (wait_for == "sleep")
+
+
 async def child(spec: str) -> None:
-    url, job_id, concurrency = json.loads(spec)
-    job = make_job(job_id)
+    url, job_id, concurrency, wait_for = json.loads(spec)
+    job = make_job(job_id, wait_for)
     worker = common.Worker(url)
     await worker.start(job, concurrency=concurrency)
     loop = asyncio.get_running_loop()
@@ -66,14 +104,14 @@ async def child(spec: str) -> None:
 
 
 async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
-    job = make_job(common.unique_job_id("memory"))
+    job = make_job(common.unique_job_id("memory"), args.wait_for)
     parent = common.Worker(db.url)
     await parent.prepare(job)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
         "--child",
-        json.dumps([db.url, job.id, args.concurrency]),
+        json.dumps([db.url, job.id, args.concurrency, args.wait_for]),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
@@ -83,13 +121,15 @@ async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
         if await worker.line() != "ready":
             raise RuntimeError("the worker subprocess did not start")
         out["cold"] = dict(await worker.ask("rss"))
-        await common.create_runs(parent.store, job, [{"i": -1}])
-        await parent.wait_until(lambda c: c.get("WAITING", 0) >= 1, 30, every=0.05)
+        # A job-wide limit is stored with the key "" (engine.flow.key_of).
+        slot = ("", 1) if args.wait_for == "concurrency" else None
+        await common.create_runs(parent.store, job, [{"i": -1}], slot)
+        await parent.wait_until(_WARM[args.wait_for], 30, every=0.05)
         out["warm"] = dict(await worker.ask("rss"))
         t0 = time.perf_counter()
-        await common.create_runs(parent.store, job, [{"i": i} for i in range(args.runs)])
+        await common.create_runs(parent.store, job, [{"i": i} for i in range(args.runs)], slot)
         counts = await parent.wait_until(
-            lambda c: c.get("WAITING", 0) >= args.runs + 1, args.timeout, every=0.5
+            _all_waiting(args.wait_for, args.runs), args.timeout, every=0.5
         )
         out["seconds"] = time.perf_counter() - t0
         out["after"] = dict(await worker.ask("rss"))
@@ -105,7 +145,7 @@ async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
 
 async def main(args: Any) -> None:
     for kind in common.databases(args.db):
-        common.header(f"bench_memory ({args.runs} runs WAITING)", kind)
+        common.header(f"bench_memory ({args.runs} runs waiting: {args.wait_for})", kind)
         async with common.bench_db(kind) as db:
             r = await db.between_floors(args.floor_ops, bench(db, args))
             warm = r["warm"]["rss"] / 1024
@@ -145,4 +185,5 @@ if __name__ == "__main__":
     p.add_argument("--runs", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=100)
     p.add_argument("--timeout", type=float, default=110.0)
+    p.add_argument("--wait-for", choices=sorted(_WARM), default="sleep")
     asyncio.run(main(p.parse_args()))

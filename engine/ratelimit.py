@@ -299,7 +299,8 @@ def holds_reservation(row: TaskRow | None) -> bool:
 # a new one instead of going late, where it would bunch with the calls whose places come next.
 # The requests a provider sees are then never closer together than the limit's pace allows,
 # give or take this much (its own arrival jitter aside). A missed place stays taken: unused.
-LATE_SLACK = 0.25
+# (A provider enforcing 600 a minute as 10 a second tolerates 0.9 s.)
+LATE_SLACK = 0.5
 # After this many missed places in a row the call goes (late) rather than reserve forever.
 MAX_MISSED = 5
 

@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests-per-minute", type=int, default=None)
     parser.add_argument("--tokens-per-minute", type=int, default=None)
     parser.add_argument(
+        "--burst-seconds",
+        type=float,
+        default=None,
+        help="each limit's bucket holds this many seconds' worth, not a minute's",
+    )
+    parser.add_argument(
         "--latency", type=float, default=0.0, help="seconds every API request takes"
     )
     args = parser.parse_args(argv)
@@ -45,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         tokens_per_minute=args.tokens_per_minute,
         latency=args.latency,
     )
+    if args.burst_seconds is not None:
+        fake.set_limits(args.requests_per_minute, args.tokens_per_minute, args.burst_seconds)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
