@@ -159,27 +159,38 @@ def _statement(template: str, postgres: bool) -> DriverSQL:
 
 
 _statements: dict[tuple[str, bool], DriverSQL] = {}
-# Per database URL: the database's clock minus this worker's, as last measured (an upper
-# bound: the reply's way back is counted in, so a place is never converted to a time before
-# it). Converting places with it keeps every worker on the database's clock.
-_offsets: dict[str, float] = {}
+# Per database URL: the database's clock minus this worker's, and when it was measured. Each
+# answer gives a lower bound (the database read its clock before the answer came back, so the
+# way back is counted in, and a slow way back makes it lower); the best is the highest seen,
+# lowered by at most DRIFT a second since it was seen so that clocks that drift apart are
+# followed. A place converted with a lower bound is never before its time: at worst late by
+# the best way back seen.
+_offsets: dict[str, tuple[float, float]] = {}
+DRIFT = 0.001
+
+
+def _measured(url: str, db_now: float) -> None:
+    now = clock.now()
+    seen = db_now - now
+    best = _offsets.get(url)
+    if best is not None:
+        seen = max(seen, best[0] - DRIFT * (now - best[1]))
+    _offsets[url] = (seen, now)
 
 
 async def _execute(store: Any, template: str, values: dict[str, Any]) -> tuple[Any, ...]:
     """One statement, one trip; returns its row, the database's now last."""
     row = await store.write_returning(_statement(template, store.is_postgres), values)
     assert row is not None  # an upsert and a SELECT always return their row
-    _offsets[str(store.url)] = float(row[-1]) - clock.now()
+    _measured(str(store.url), float(row[-1]))
     return tuple(row)
 
 
 async def local_time(store: Any, at: float) -> float:
     """`at` on the database's clock, as this worker's clock reads it."""
-    offset = _offsets.get(str(store.url))
-    if offset is None:
+    if str(store.url) not in _offsets:
         await _execute(store, _CLOCK, {})
-        offset = _offsets[str(store.url)]
-    return at - offset
+    return at - _offsets[str(store.url)][0]
 
 
 # A worker reserves up to this much of a high limit's places at once and hands them out itself,
@@ -207,7 +218,7 @@ async def take_place(store: Any, name: str, limit: RateLimit, tokens: int) -> fl
     batch = _batches.get(key)
     if batch:
         # Places too old to be used (see LATE_SLACK) are dropped, not handed out to be missed.
-        stale = clock.now() + _offsets.get(str(store.url), 0.0) - LATE_SLACK
+        stale = clock.now() + _offsets.get(str(store.url), (0.0, 0.0))[0] - LATE_SLACK
         while batch and batch[0] < stale:
             batch.popleft()
     if batch:
