@@ -3,7 +3,8 @@
 The run asks OpenAI for a draft, then waits (unloaded: no worker holds it) for the event
 "draft.reviewed" about its own draft, for up to three days. A reviewer approves or rejects it
 from any shell with `engine events send`; an approved draft is published (written to
-./published/DRAFT_ID.md), a rejected or expired one is not.
+./published/DRAFT_ID.md), a rejected or expired one is not. On weekdays at 09:00 (Paris) a
+schedule starts one such draft as a child run of its tick's run.
 
 Run it end to end (a worker and a trigger in one process, on ./engine.db):
 
@@ -73,6 +74,22 @@ async def draft_approval(payload: dict[str, Any], io: IO, ctx: Context) -> dict[
     }
 
 
+@job(
+    id="weekday-draft",
+    version="1",
+    schedule="0 9 * * 1-5",  # 09:00 on weekdays, Paris time: one run per tick across all workers
+    timezone="Europe/Paris",
+)
+async def weekday_draft(payload: dict[str, Any], io: IO, ctx: Context) -> dict[str, Any]:
+    # A scheduled run's payload is {"scheduled_at": ISO time of its tick} (docs/triggers.md).
+    day = payload["scheduled_at"][:10]
+    # The draft and its review are a child run: this run waits for it, unloaded.
+    outcome: dict[str, Any] = await io.invoke(
+        "draft", "draft-approval", {"draft_id": f"daily-{day}", "topic": f"our news of {day}"}
+    )
+    return outcome
+
+
 def approve_command(draft_id: str, url: str) -> str:
     """The command a reviewer types to approve the draft."""
     payload = json.dumps({"draft_id": draft_id, "approved": True})
@@ -98,7 +115,7 @@ async def main() -> int:
             f"server at {fake.base_url} (set OPENAI_API_KEY to call OpenAI for real)."
         )
     url = os.environ.get("ENGINE_DATABASE_URL", "sqlite+aiosqlite:///engine.db")
-    worker = Worker([draft_approval], url)
+    worker = Worker([draft_approval, weekday_draft], url)
     worker_task = asyncio.create_task(worker.run())
     draft_id = f"d-{uuid.uuid4().hex[:8]}"
     async with Engine(url) as engine:

@@ -10,7 +10,10 @@ import shlex
 import signal
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -63,12 +66,24 @@ def test_the_approval_example_waits_for_the_event_then_publishes(tmp_path: Path)
 
     run_id = seen[1].split()[2].rstrip(":")
 
-    async def tasks() -> dict[str, tuple[str, int]]:
+    async def read() -> tuple[dict[str, tuple[str, int]], list[dict[str, Any]]]:
         async with Engine(f"sqlite+aiosqlite:///{tmp_path / 'engine.db'}") as engine:
             shown = await engine.show_run(run_id)
-        return {t["key"]: (t["status"], t["attempts"]) for t in shown["tasks"]}
+            schedules = await engine.schedules()
+        return {t["key"]: (t["status"], t["attempts"]) for t in shown["tasks"]}, schedules
 
-    assert asyncio.run(tasks()) == {
+    tasks, schedules = asyncio.run(read())
+    # The example's weekday schedule was registered by its worker: 09:00 Paris, Monday-Friday.
+    (weekday,) = schedules
+    assert (weekday["job_id"], weekday["expression"], weekday["timezone"]) == (
+        "weekday-draft",
+        "0 9 * * 1-5",
+        "Europe/Paris",
+    )
+    for fire in weekday["next_fire_times"]:
+        local = datetime.fromisoformat(fire).astimezone(ZoneInfo("Europe/Paris"))
+        assert (local.hour, local.minute) == (9, 0) and local.weekday() < 5, fire
+    assert tasks == {
         "write-draft": ("COMPLETED", 1),
         "review": ("COMPLETED", 1),
         "publish": ("COMPLETED", 1),
