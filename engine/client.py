@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import (
     clock,
@@ -19,7 +19,6 @@ from . import (
     flow,
     launch,
     limits,
-    streams,
     usage,
     versions,
     views,
@@ -30,7 +29,10 @@ from .exceptions import EngineError, PayloadValidationError
 from .prices import PriceTable
 from .schema import FINAL_RUN_STATUSES, RUN_STATUSES
 from .store import DEFAULT_DATABASE_URL, StartOnEvent, Store
-from .streams import StreamChunk
+
+if TYPE_CHECKING:
+    # engine.streams brings the replay machinery (and pydantic): only a reader needs it.
+    from .streams import StreamChunk
 
 
 def resolve_database_url(explicit: str | None = None) -> str:
@@ -331,6 +333,8 @@ class Engine:
         """The chunks the run writes to `stream` (`io.stream.write`), in order, as they are
         committed, ending once the run has ended and every chunk was read. Each has `.seq`:
         pass the last one seen as `after=` to resume there after a reconnect."""
+        from . import streams
+
         return streams.read_stream(self.store, run_id, stream, after)
 
     async def list_streams(self, run_id: str) -> list[dict[str, Any]]:
