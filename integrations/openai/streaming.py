@@ -10,10 +10,10 @@ the `Response` its final event (`response.completed`, `.incomplete` or `.failed`
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
@@ -26,6 +26,21 @@ Write = Callable[[Any], Awaitable[None]]
 # The methods that accept `stream=True`; every other one refuses it.
 STREAMABLE = frozenset({"chat.completions.create", "responses.create"})
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP library's "connection cut" errors: the openai package has shipped on httpx and,
+    in newer releases, on httpx2; either may be installed, without the other."""
+    found: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except ImportError:
+            continue
+    return tuple(found)
+
+
+_TRANSPORT_ERRORS = _transport_errors()
 
 
 def prepare(operation: str, payload: dict[str, Any]) -> None:
@@ -42,7 +57,7 @@ async def consume(operation: str, stream: Any, write: Write) -> Any:
             if operation == "chat.completions.create":
                 return await _chat(stream, write)
             return await _responses(stream, write)
-    except httpx.TransportError as exc:
+    except _TRANSPORT_ERRORS as exc:
         # The connection was cut mid-stream: the request may be sent again (a new attempt).
         raise OpenAIAPIError(
             f"{operation}: the stream was cut off: {type(exc).__name__}: {exc}",
