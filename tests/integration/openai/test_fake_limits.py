@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -118,8 +119,15 @@ def test_high_water_mark_of_concurrent_requests() -> None:
         for t in threads:
             t.join(timeout=60)
         assert 2 <= fake.max_concurrent() <= 4
-        with urllib.request.urlopen(f"{fake.base_url[:-3]}/_fake/concurrency", timeout=10) as r:
-            body = json.loads(r.read())
+        # A handler counts its request out after the answer is sent: the client may see its
+        # answer a moment before, so "none in flight" is waited for, not read once.
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(f"{fake.base_url[:-3]}/_fake/concurrency", timeout=10) as r:
+                body = json.loads(r.read())
+            if body["in_flight"] == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         assert body["max_concurrent"] == fake.max_concurrent()
         assert body["in_flight"] == 0
         fake.reset()
