@@ -381,6 +381,8 @@ async def create_runs(
             "rank_at": clock.now() + i * 1e-6,
             "concurrency_key": concurrency[0] if concurrency else None,
             "concurrency_limit": concurrency[1] if concurrency else None,
+            "wake_at": None,
+            "deadline_at": None,
         }
         for i, (run_id, payload) in enumerate(zip(ids, payloads, strict=True))
     ]
