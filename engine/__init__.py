@@ -30,7 +30,7 @@ from .exceptions import (
 if TYPE_CHECKING:
     from .client import Engine
     from .context import Context
-    from .events import SentEvent
+    from .events import SentEvent, SentSignal
     from .flow import Concurrency
     from .integration import Integration
     from .io import IO, Task
@@ -59,6 +59,7 @@ _LAZY = {
     "rate_limits": ".ratelimit",
     "RetryPolicy": ".retry",
     "SentEvent": ".events",
+    "SentSignal": ".events",
     "StreamChunk": ".streams",
     "Worker": ".worker",
 }
@@ -101,6 +102,7 @@ __all__ = [
     "RunTimeoutError",
     "Schedule",
     "SentEvent",
+    "SentSignal",
     "StreamChunk",
     "Task",
     "TaskError",

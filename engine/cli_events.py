@@ -13,7 +13,7 @@ from .exceptions import EngineError
 
 if TYPE_CHECKING:
     from .client import Engine
-    from .events import SentEvent
+    from .events import SentEvent, SentSignal
 
 _PAYLOAD_HELP = "The payload: JSON, @FILE (a JSON file) or - (JSON on stdin). Default: {}."
 
@@ -108,12 +108,26 @@ def list_events(name: str | None, limit: int, as_json: bool, database_url: str |
 @click.argument("run_id")
 @click.argument("name")
 @click.option("--payload", default=None, help=_PAYLOAD_HELP)
+@click.option(
+    "--id",
+    "signal_id",
+    default=None,
+    help="A dedupe key: a signal with an id the run already has is not sent again.",
+)
 @click.option("--database-url", help=DB_HELP)
-def signal_run(run_id: str, name: str, payload: str | None, database_url: str | None) -> None:
+def signal_run(
+    run_id: str, name: str, payload: str | None, signal_id: str | None, database_url: str | None
+) -> None:
     """Send signal NAME to run RUN_ID (its io.wait_for_signal gets the payload)."""
     data = _payload(payload)
-    woke = run(lambda: with_engine(database_url, lambda e: e.signal(run_id, name, data), read=True))
-    if woke:
+
+    async def send(engine: Engine) -> SentSignal:
+        return await engine.signal(run_id, name, data, id=signal_id)
+
+    sent = run(lambda: with_engine(database_url, send, read=True))
+    if not sent.created:
+        click.echo(f"run {run_id} already has signal {sent.id}: nothing sent again", err=True)
+    elif sent.woke:
         click.echo(f"signaled {run_id}: its wait for {name!r} is over")
     else:
         click.echo(f"signaled {run_id}: kept until it waits for {name!r}")

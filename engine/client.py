@@ -24,7 +24,7 @@ from . import (
     views,
     waiting,
 )
-from .events import SentEvent
+from .events import SentEvent, SentSignal
 from .exceptions import EngineError, PayloadValidationError
 from .prices import PriceTable
 from .schema import FINAL_RUN_STATUSES, RUN_STATUSES
@@ -175,13 +175,19 @@ class Engine:
         """Stores an event and delivers it at once: every run waiting for it
         (`io.wait_for_event` with a matching `match`) is woken, and every job registered with
         `@job(on_event=name)` gets one run. `id` deduplicates: sending an id again stores and
-        delivers nothing (`SentEvent.created` is False). An omitted payload is `{}`."""
+        delivers nothing (`SentEvent.created` is False). Without one the event gets a fresh id,
+        fixed before the first try: a try retried after a lost answer delivers nothing twice
+        and answers what the committed try did. An omitted payload is `{}`."""
         name = events.check_name(name, "event name")
         event_id = events.check_event_id(id) if id is not None else uuid.uuid4().hex
         stored = codec.check({} if payload is None else payload, f"the payload of event {name!r}")
         await self.upgrade()
         return await self.store.send_event(
-            event_id, name, stored, functools.partial(_runs_on_event, name, stored)
+            event_id,
+            name,
+            stored,
+            functools.partial(_runs_on_event, name, stored),
+            events.send_token(),
         )
 
     async def events(self, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -192,13 +198,18 @@ class Engine:
         rows = await self.store.list_events(name, limit)
         return [{**row, "sent_at": views.iso(row["sent_at"])} for row in rows]
 
-    async def signal(self, run_id: str, name: str, payload: Any = None) -> bool:
+    async def signal(
+        self, run_id: str, name: str, payload: Any = None, *, id: str | None = None
+    ) -> SentSignal:
         """Sends signal `name` to one run: it settles the run's wait for it
-        (`io.wait_for_signal`), or is kept until the run waits for it. True when it woke a
-        waiting run. A run that does not exist or has finished refuses it with one error."""
+        (`io.wait_for_signal`), or is kept until the run waits for it (`SentSignal.woke` says
+        which). `id` deduplicates per run: a second signal with an id the run already has sends
+        nothing (`created` is False). A run that does not exist or has finished refuses it with
+        one error."""
         name = events.check_name(name, "signal name")
+        dedupe_id = events.check_event_id(id, "signal id") if id is not None else uuid.uuid4().hex
         stored = codec.check({} if payload is None else payload, f"the payload of signal {name!r}")
-        return await self.store.send_signal(run_id, name, stored)
+        return await self.store.send_signal(run_id, name, stored, dedupe_id, events.send_token())
 
     async def schedules(self, job_id: str | None = None) -> list[dict[str, Any]]:
         """The registered schedules (`engine schedules list --json`): job, expression,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -50,12 +51,30 @@ class SentEvent:
     started: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SentSignal:
+    """What `Engine.signal` did: the signal's id (the one given, else a fresh one); `created`
+    is False when the run already had a signal with this id (then nothing was sent again);
+    `woke` is True when it settled a waiting `io.wait_for_signal` at once (else it is kept)."""
+
+    id: str
+    run_id: str
+    name: str
+    created: bool
+    woke: bool = False
+
+
 def check_name(name: Any, what: str) -> str:
     return limits.check_text(name, what, MAX_NAME_LENGTH, control=True)
 
 
-def check_event_id(event_id: Any) -> str:
-    return limits.check_text(event_id, "event id", MAX_EVENT_ID_LENGTH, control=True)
+def check_event_id(event_id: Any, what: str = "event id") -> str:
+    return limits.check_text(event_id, what, MAX_EVENT_ID_LENGTH, control=True)
+
+
+def send_token() -> str:
+    """One per send call, kept across its retries: how a retry recognises its own commit."""
+    return uuid.uuid4().hex
 
 
 def timeout_seconds(timeout: Any, where: str) -> float:

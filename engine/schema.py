@@ -317,6 +317,11 @@ events = Table(
     # How many waiting runs it woke and how many runs it started, when it was sent.
     Column("woke", Integer, nullable=False, default=0, server_default="0"),
     Column("started", Integer, nullable=False, default=0, server_default="0"),
+    # One per `Engine.send_event` call: a send retried after its commit's answer was lost
+    # recognises its own row by it, and answers with the run ids that commit stored (0014).
+    Column("send_token", String(64), nullable=True),
+    # {"woke": [run ids], "started": [run ids]}: what the send did, as its sender was told.
+    Column("run_ids", Json, nullable=True),
 )
 Index("ix_engine_events_name_sent", events.c.name, events.c.sent_at)
 
@@ -366,8 +371,14 @@ signals = Table(
     Column("sent_at", UTCDateTime, nullable=False),
     Column("task_id", Integer, ForeignKey("engine_tasks.id", ondelete="SET NULL"), nullable=True),
     Column("consumed_at", UTCDateTime, nullable=True),
+    # The dedupe id (`--id`, else a fresh one): a run keeps one signal per id (0014). NULL on
+    # rows older than that revision.
+    Column("dedupe_id", String(300), nullable=True),
+    # One per `Engine.signal` call, as for events: a retried send recognises its own row.
+    Column("send_token", String(64), nullable=True),
 )
 Index("ix_engine_signals_run", signals.c.run_id, signals.c.name, signals.c.id)
+Index("uq_engine_signals_dedupe", signals.c.run_id, signals.c.dedupe_id, unique=True)
 
 # Live output of runs (engine.streams): what `io.stream.write(name, data)` published, in order.
 # `seq` is the order readers see (1, 2, ... per stream; a reader resumes after the last it saw).

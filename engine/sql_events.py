@@ -18,12 +18,17 @@ class EventStatements:
     def __init__(self, postgres: bool) -> None:
         share = " FOR SHARE" if postgres else ""
         self.insert_event = _t(
-            "INSERT INTO engine_events (id, name, payload, sent_at, woke, started) "
-            "VALUES (:id, :name, :payload, :sent_at, :woke, :started) "
-            "ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO engine_events (id, name, payload, sent_at, woke, started, send_token, "
+            "run_ids) VALUES (:id, :name, :payload, :sent_at, :woke, :started, :send_token, "
+            ":run_ids) ON CONFLICT (id) DO NOTHING",
             payload=Json,
             sent_at=UTCDateTime,
+            run_ids=Json,
         )
+        # An id that conflicted: sent by an earlier try of this same call (its token), or not.
+        self.event_sender = _t(
+            "SELECT send_token, run_ids FROM engine_events WHERE id = :id"
+        ).columns(run_ids=Json)
         self.list_events = _t(
             "SELECT id, name, payload, sent_at, woke, started FROM engine_events "
             "WHERE (:name IS NULL OR name = :name) ORDER BY sent_at DESC, id LIMIT :limit",
@@ -92,13 +97,19 @@ class EventStatements:
             "AND t.status = 'WAITING' ORDER BY w.task_id LIMIT 1"
         )
         self.insert_signal = _t(
-            "INSERT INTO engine_signals (run_id, name, payload, sent_at, task_id, consumed_at) "
-            "VALUES (:run_id, :name, :payload, :sent_at, :task_id, :consumed_at)",
+            "INSERT INTO engine_signals (run_id, name, payload, sent_at, task_id, consumed_at, "
+            "dedupe_id, send_token) VALUES (:run_id, :name, :payload, :sent_at, :task_id, "
+            ":consumed_at, :dedupe_id, :send_token) ON CONFLICT (run_id, dedupe_id) DO NOTHING",
             payload=Json,
             sent_at=UTCDateTime,
             consumed_at=UTCDateTime,
             task_id=Integer(),
         )
+        # A signal this run already has under the id: a duplicate, or this call's earlier try.
+        self.signal_by_id = _t(
+            "SELECT send_token, task_id, sent_at, consumed_at FROM engine_signals "
+            "WHERE run_id = :run_id AND dedupe_id = :dedupe_id"
+        ).columns(sent_at=UTCDateTime, consumed_at=UTCDateTime)
         self.oldest_signal = _t(
             "SELECT id, payload FROM engine_signals WHERE run_id = :run_id AND name = :name "
             "AND consumed_at IS NULL ORDER BY id LIMIT 1"

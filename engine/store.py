@@ -29,7 +29,7 @@ from . import children, clock
 from .database import DEFAULT_DATABASE_URL as DEFAULT_DATABASE_URL  # engine.store API
 from .database import Database, parse_url
 from .dberrors import invalidate_if_broken
-from .events import SentEvent, Wait, canonical, digest, project
+from .events import SentEvent, SentSignal, Wait, canonical, digest, project, send_token
 from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
 from .flow import PRIORITY_STEP
 from .records import ChildStart, ChunkWrite, ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
@@ -793,18 +793,22 @@ class Store(Database):
     # -- events and signals (engine.events) ------------------------------------------------------
 
     async def send_event(
-        self, event_id: str, name: str, payload: Any, plan: PlanRuns | None = None
+        self, event_id: str, name: str, payload: Any, plan: PlanRuns | None = None, token: str = ""
     ) -> SentEvent:
         """Stores the event and delivers it, in one transaction: starts the runs `plan` makes of
         the jobs registered with `on_event=name` and the live workers (idempotency key
         `event:<id>`; `plan` may refuse the event by raising), and settles every wait it
-        matches. An id already stored delivers nothing again."""
+        matches. An id already stored delivers nothing again.
+
+        `token` is the caller's, one per send: a try that finds the id stored under it is a
+        retry whose earlier try committed (its answer lost), and answers what that try did."""
+        token = token or send_token()
         return await self._patiently(
-            "sending an event", lambda: self._send_event(event_id, name, payload, plan)
+            "sending an event", lambda: self._send_event(event_id, name, payload, plan, token)
         )
 
     async def _send_event(
-        self, event_id: str, name: str, payload: Any, plan: PlanRuns | None
+        self, event_id: str, name: str, payload: Any, plan: PlanRuns | None, token: str
     ) -> SentEvent:
         sql = self._events_sql
         now = clock.now()
@@ -831,11 +835,19 @@ class Store(Database):
                 "sent_at": now,
                 "woke": len(woke),
                 "started": len(started),
+                "send_token": token,
+                "run_ids": {"woke": woke, "started": started},
             }
             if (await conn.execute(sql.insert_event, values)).rowcount != 1:
+                stored = (await conn.execute(sql.event_sender, {"id": event_id})).one()
                 await conn.rollback()
-                return SentEvent(event_id, name, created=False)
-            if started:
+                if stored.send_token != token:
+                    return SentEvent(event_id, name, created=False)
+                # This call's earlier try committed: answer what it did (and wake this
+                # process's worker, which that try's lost answer did not).
+                ids = stored.run_ids or {}
+                woke, started = list(ids.get("woke", [])), list(ids.get("started", []))
+            elif started:
                 await self._notify(conn)
         if woke or started:
             self._wake_local()
@@ -883,16 +895,37 @@ class Store(Database):
     async def list_events(self, name: str | None, limit: int) -> list[dict[str, Any]]:
         return await self._dicts(self._events_sql.list_events, {"name": name, "limit": limit})
 
-    async def send_signal(self, run_id: str, name: str, payload: Any) -> bool:
+    async def send_signal(
+        self, run_id: str, name: str, payload: Any, dedupe_id: str, token: str = ""
+    ) -> SentSignal:
         """Delivers a signal to the run's first wait for `name`, or keeps it in the run's mailbox
-        for the next one; True when it woke a wait. A finished run refuses it.
+        for the next one. A finished run refuses it; a run that has a signal with `dedupe_id`
+        already gets nothing (`created` False), unless that signal is this call's own (its
+        `token`: an earlier try committed and its answer was lost), which answers as it would
+        have. Retried on transient errors, being idempotent by `dedupe_id`."""
+        token = token or send_token()
+        return await self._patiently(
+            "sending a signal",
+            lambda: self._send_signal(run_id, name, payload, dedupe_id, token),
+        )
 
-        Tried once: a signal has no id to deduplicate by, so a retry after a commit whose
-        answer was lost would send it twice; a database error reaches the caller instead."""
+    async def _send_signal(
+        self, run_id: str, name: str, payload: Any, dedupe_id: str, token: str
+    ) -> SentSignal:
         sql = self._events_sql
         now = clock.now()
         async with self.begin() as conn:
+            # The run row locked first (PostgreSQL): two sends of one id to one run take turns,
+            # and the second sees the first's row.
             status = await self._locked_status(conn, run_id)
+            ident = {"run_id": run_id, "dedupe_id": dedupe_id}
+            kept = (await conn.execute(sql.signal_by_id, ident)).first()
+            if kept is not None:
+                if kept.send_token != token:
+                    return SentSignal(dedupe_id, run_id, name, created=False)
+                # This call's earlier try committed: it woke a wait iff it was taken at once.
+                woke = kept.task_id is not None and kept.consumed_at == kept.sent_at
+                return SentSignal(dedupe_id, run_id, name, True, woke)
             if status not in ("QUEUED", "RUNNING", "WAITING"):
                 raise InvalidRunStateError(
                     f"run {run_id} is already {status}: a signal goes only to a QUEUED, "
@@ -906,17 +939,20 @@ class Store(Database):
                 assert wait is not None
                 await conn.execute(sql.delete_waits, {"ids": [wait.task_id]})
             values = {
-                "run_id": run_id,
+                **ident,
                 "name": name,
                 "payload": payload,
                 "sent_at": now,
                 "task_id": wait.task_id if woke and wait is not None else None,
                 "consumed_at": now if woke else None,
+                "send_token": token,
             }
-            await conn.execute(sql.insert_signal, values)
+            if (await conn.execute(sql.insert_signal, values)).rowcount != 1:
+                await conn.rollback()  # not reached while the run row is locked: a backstop
+                return SentSignal(dedupe_id, run_id, name, created=False)
         if woke:
             self._wake_local()
-        return woke
+        return SentSignal(dedupe_id, run_id, name, True, woke)
 
     async def record_wait(
         self, run_id: str, epoch: int, task: TaskWrite, wait: Wait, worker: str | None

@@ -109,6 +109,9 @@ class TcpProxy:
         self.connections = 0
         self.refused = 0
         self._refusing = False
+        # cut_after_commit(): the marker armed, and how many commits were cut so far.
+        self._commit_marker: bytes | None = None
+        self.commits_cut = 0
         self._accept_handle: asyncio.TimerHandle | None = None
         self._live: set[asyncio.StreamWriter] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -163,6 +166,17 @@ class TcpProxy:
             if seconds is not None:
                 assert self._loop is not None
                 self._accept_handle = self._loop.call_later(seconds, self._accept)
+
+        self._call(go)
+
+    def cut_after_commit(self, marker: bytes) -> None:
+        """One lost commit answer (PostgreSQL): the first connection that sends `marker` (a
+        piece of a statement's text) has its next COMMIT passed on to the server, and is cut
+        when the server answers it, so the transaction commits and the client never hears so.
+        `commits_cut` counts it once done."""
+
+        def go() -> None:
+            self._commit_marker = marker
 
         self._call(go)
 
@@ -242,17 +256,26 @@ class TcpProxy:
             return
         self.connections += 1
         self._live.update((client_w, server_w))
+        doom = _Doom()
         try:
-            await asyncio.gather(self._pipe(client_r, server_w), self._pipe(server_r, client_w))
+            await asyncio.gather(
+                self._pipe(client_r, server_w, doom.outgoing(self)),
+                self._pipe(server_r, client_w, doom.incoming(self)),
+            )
         finally:
             for w in (client_w, server_w):
                 self._live.discard(w)
                 _abort(w)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        passes: Callable[[bytes], bool] = lambda data: True,
+    ) -> None:
         try:
             while data := await reader.read(65536):
-                if writer not in self._live:
+                if writer not in self._live or not passes(data):
                     break
                 writer.write(data)
                 await writer.drain()
@@ -262,6 +285,36 @@ class TcpProxy:
             # One side ended: end the other too, as a real connection loss would.
             self._live.discard(writer)
             _abort(writer)
+
+
+class _Doom:
+    """One connection's part in `TcpProxy.cut_after_commit`: whether it sent the marker, then
+    its COMMIT; the server's next answer is then dropped and the connection cut."""
+
+    def __init__(self) -> None:
+        self.marked = False
+        self.committing = False
+
+    def outgoing(self, proxy: TcpProxy) -> Callable[[bytes], bool]:
+        def passes(data: bytes) -> bool:
+            marker = proxy._commit_marker
+            if marker is not None and marker in data:
+                proxy._commit_marker = None  # one connection, once
+                self.marked = True
+            if self.marked and b"COMMIT" in data:
+                self.committing = True
+            return True
+
+        return passes
+
+    def incoming(self, proxy: TcpProxy) -> Callable[[bytes], bool]:
+        def passes(data: bytes) -> bool:
+            if not self.committing:
+                return True
+            proxy.commits_cut += 1
+            return False  # the pipe ends, and with it this connection (both sides)
+
+        return passes
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:

@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 from faults import TcpProxy, with_port
 from pydantic import BaseModel
+from sqlalchemy import text
 from support import Harness, unique_id
 
 from engine import (
     IO,
     Context,
     Engine,
+    EngineError,
     InvalidRunStateError,
     Job,
     PayloadValidationError,
@@ -26,6 +28,7 @@ from engine import (
     Task,
     job,
 )
+from engine.worker import register
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -257,9 +260,9 @@ async def test_signals_go_to_one_run_and_are_kept_until_it_waits(workers: list[H
     run_id = await engine.trigger(signaled.id)
     other = await engine.trigger(signaled.id)
     await until_waiting(engine, [run_id, other], "first")
-    assert await engine.signal(run_id, "go", {"n": 1}) is True
+    assert (await engine.signal(run_id, "go", {"n": 1})).woke
     await until_waiting(engine, [run_id], "second")
-    assert await engine.signal(run_id, "go", {"n": 2}) is True
+    assert (await engine.signal(run_id, "go", {"n": 2})).woke
     assert (await engine.wait_for(run_id, 60))["output"] == [{"n": 1}, {"n": 2}]
     assert await waiting(engine, other, "first")  # the other run heard nothing
 
@@ -271,11 +274,95 @@ async def test_signals_go_to_one_run_and_are_kept_until_it_waits(workers: list[H
     # Sent before a wait: kept, and taken in order by the waits for that name.
     await h.stop()
     queued = await engine.trigger(signaled.id)
-    assert await engine.signal(queued, "go", {"n": "a"}) is False
-    assert await engine.signal(queued, "go", {"n": "b"}) is False
+    a = await engine.signal(queued, "go", {"n": "a"})
+    b = await engine.signal(queued, "go", {"n": "b"})
+    assert (a.created, a.woke, b.created, b.woke) == (True, False, True, False)
+    assert a.id != b.id  # without an id, each signal gets a fresh one
     await workers[1].start(signaled)
     assert (await engine.wait_for(queued, 60))["output"] == [{"n": "a"}, {"n": "b"}]
     assert after[queued] == 1
+
+
+async def test_a_signal_id_is_sent_once_per_run(workers: list[Harness]) -> None:
+    """Three senders race one id to one run: one signal is kept, the others are reported as
+    duplicates; the id is still a duplicate once the run has ended, and free for other runs."""
+    after: Counter[str] = Counter()
+    signaled = signal_job(after)
+    engine = workers[0].engine
+    await engine.upgrade()
+    await register(engine.store, [signaled])
+    run_id = await engine.trigger(signaled.id)
+    other = await engine.trigger(signaled.id)
+    sends = [h.engine.signal(run_id, "go", {"n": n}, id="approve-1") for n, h in enumerate(workers)]
+    sent = await asyncio.gather(*sends)
+    assert sorted(s.created for s in sent) == [False, False, True]
+    assert {s.id for s in sent} == {"approve-1"} and not any(s.woke for s in sent)
+    (kept,) = [s for s in sent if s.created]
+    assert (await engine.signal(other, "go", {"n": "other"}, id="approve-1")).created
+    assert (await engine.signal(run_id, "go", {"n": "second"}, id="approve-2")).created
+    await workers[1].start(signaled)
+    done = await engine.wait_for(run_id, 60)
+    assert done["output"] == [{"n": sent.index(kept)}, {"n": "second"}]
+    assert after[run_id] == 1
+    # After the end: a known id is still a duplicate (not an error); a new one is refused.
+    again = await engine.signal(run_id, "go", id="approve-2")
+    assert (again.created, again.woke) == (False, False)
+    with pytest.raises(InvalidRunStateError, match="already COMPLETED"):
+        await engine.signal(run_id, "go", id="approve-3")
+    with pytest.raises(EngineError, match="signal id"):
+        await engine.signal(other, "go", id="x" * 301)
+    assert await signal_rows(engine, run_id) == 2
+
+
+async def signal_rows(engine: Engine, run_id: str) -> int:
+    async with engine.store.begin() as conn:
+        query = text("SELECT count(*) FROM engine_signals WHERE run_id = :id")
+        return int((await conn.execute(query, {"id": run_id})).scalar_one())
+
+
+@pytest.mark.postgres
+async def test_sends_without_an_id_survive_a_lost_commit_answer(pg_head_url: str) -> None:
+    """The connection drops as the commit's answer comes back (the event, then a signal, is
+    stored): the send retries under the id and token it fixed before its first try, delivers
+    nothing twice, and answers what the committed try did, not "sent before"."""
+    after: Counter[str] = Counter()
+    approve = approval_job(after)
+    name = unique_id("draft.created")
+
+    @job(id=unique_id("on-draft"), on_event="draft.reviewed")
+    async def on_review(payload: Any, io: IO, ctx: Context) -> Any:
+        return payload
+
+    signaled = signal_job(after)
+    worker = Harness(pg_head_url)
+    with TcpProxy("127.0.0.1", 5432) as proxy:
+        sender = Engine(with_port(pg_head_url, proxy.port), pool_size=2)
+        try:
+            await worker.start(approve, on_review, signaled)
+            run_id = await sender.trigger(approve.id, {"draft_id": 9})
+            waiter = await sender.trigger(signaled.id)
+            await until_waiting(worker.engine, [run_id])
+            await until_waiting(worker.engine, [waiter], "first")
+
+            proxy.cut_after_commit(b"INSERT INTO engine_events")
+            sent = await sender.send_event("draft.reviewed", {"draft_id": 9, "by": name})
+            assert proxy.commits_cut == 1
+            assert sent.created and sent.woke == [run_id] and len(sent.started) == 1
+            assert (await worker.engine.wait_for(run_id, 60))["status"] == "COMPLETED"
+            assert after[run_id] == 1
+            listed = await worker.engine.events("draft.reviewed")
+            assert [(e["id"], e["woke"], e["started"]) for e in listed] == [(sent.id, 1, 1)]
+            assert [r["id"] for r in await worker.engine.list_runs(on_review.id)] == sent.started
+
+            proxy.cut_after_commit(b"INSERT INTO engine_signals")
+            signal = await sender.signal(waiter, "go", {"n": 1})
+            assert proxy.commits_cut == 2
+            assert (signal.created, signal.woke) == (True, True)
+            await until_waiting(worker.engine, [waiter], "second")
+            assert await signal_rows(worker.engine, waiter) == 1
+        finally:
+            await sender.close()
+            await worker.close()
 
 
 @pytest.mark.postgres
