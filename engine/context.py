@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -14,3 +15,6 @@ class Context:
     # not when it resumes from a wait.
     attempt: int
     worker_id: str
+    # The tick a schedule started this run for (UTC), as in its payload's "scheduled_at";
+    # None for a run no schedule started.
+    scheduled_at: datetime | None = None

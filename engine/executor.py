@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import clock, serialization, streams, tracing
+from . import clock, schedules, serialization, streams, tracing
 from .context import Context
 from .exceptions import (
     DatabaseError,
@@ -54,7 +54,14 @@ async def execute(
 ) -> Outcome:
     """Replays `claimed` to its next persisted end; `replays` lets the worker watch it;
     `tracer` (engine.tracing) gives the execution and its task attempts spans."""
-    ctx = Context(claimed.id, job.id, job.version, max(claimed.attempt, 1), worker_id)
+    ctx = Context(
+        claimed.id,
+        job.id,
+        job.version,
+        max(claimed.attempt, 1),
+        worker_id,
+        schedules.tick_of(claimed.idempotency_key),
+    )
     span = tracing.start_run(
         tracer,
         run_id=claimed.id,

@@ -17,6 +17,8 @@ class ClaimedRun:
     attempt: int
     # The run that started this one with `io.invoke`, if any.
     parent_run_id: str | None = None
+    # Its idempotency key: a schedule's tick is read from it (ctx.scheduled_at).
+    idempotency_key: str | None = None
 
 
 @dataclass

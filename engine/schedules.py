@@ -28,11 +28,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("engine.schedules")
 
-MissedPolicy = Literal["latest", "all"]
-MISSED_POLICIES: tuple[str, ...] = ("latest", "all")
+MissedPolicy = Literal["latest", "all", "skip"]
+MISSED_POLICIES: tuple[str, ...] = ("latest", "all", "skip")
 # `missed="all"` catches up at most this many ticks per schedule (the latest ones): a schedule
 # that fires every minute, stopped for a month, does not flood the queue (INVARIANTS 7).
 MAX_CATCH_UP = 100
+# `missed="skip"`: a tick fired later than this counts as missed and gives no run. A running
+# worker fires a tick within about a second; this absorbs a loaded machine, not a stop.
+SKIP_AFTER = 10.0
 MAX_EXPRESSION_LENGTH = 100
 
 
@@ -40,7 +43,7 @@ MAX_EXPRESSION_LENGTH = 100
 class Schedule:
     """A cron expression, the timezone it is read in, and what to do with ticks missed while
     no worker ran (`"latest"`: one run for the latest of them; `"all"`: one run for each, up to
-    the latest 100)."""
+    the latest 100; `"skip"`: none, only the ticks to come)."""
 
     cron: str
     timezone: str = "UTC"
@@ -78,8 +81,8 @@ def next_after(cron: str, timezone: str, when: float) -> float:
 
 def due_ticks(cron: str, timezone: str, due: float, now: float, missed: str) -> list[float]:
     """The ticks to fire now, oldest first, for a schedule whose next tick was `due` (<= now):
-    the latest tick at or before `now` (policy "latest"), or every one since `due`, at most
-    MAX_CATCH_UP (policy "all")."""
+    the latest tick at or before `now` (policy "latest"; "skip" too, unless it is more than
+    SKIP_AFTER seconds old), or every one since `due`, at most MAX_CATCH_UP (policy "all")."""
     zone = ZoneInfo(timezone)
     # cronsim steps strictly before its start: start a second on, at a whole second.
     back = CronSim(cron, datetime.fromtimestamp(int(now) + 1, zone), reverse=True)
@@ -90,6 +93,8 @@ def due_ticks(cron: str, timezone: str, due: float, now: float, missed: str) -> 
         if at < due or len(ticks) == limit:
             break
         ticks.append(at)
+    if missed == "skip":
+        return [at for at in ticks if now - at <= SKIP_AFTER]
     return ticks[::-1]
 
 
@@ -144,6 +149,17 @@ def iso(when: float) -> str:
 
 def idempotency_key(cron: str, tick: float) -> str:
     return f"schedule:{cron}@{iso(tick)}"
+
+
+def tick_of(idempotency_key: str | None) -> datetime | None:
+    """The tick a run was started for, from its idempotency key (`ctx.scheduled_at`); None
+    for a run no schedule started."""
+    if not idempotency_key or not idempotency_key.startswith("schedule:"):
+        return None
+    try:
+        return datetime.fromisoformat(idempotency_key.rpartition("@")[2]).astimezone(UTC)
+    except ValueError:  # a key that only looks like a tick's, given to a trigger by hand
+        return None
 
 
 def registrations(jobs: Iterable[Job], now: float) -> list[dict[str, Any]]:

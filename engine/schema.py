@@ -413,7 +413,7 @@ schedules = Table(
     Column("timezone", String(64), primary_key=True),
     # The version the latest registering worker serves: its runs go there.
     Column("job_version", String(100), nullable=False),
-    # Ticks missed while no worker ran: "latest" (one run) or "all" (one each, up to 100).
+    # Ticks missed while no worker ran: "latest" (one run), "all" (one each, up to 100), "skip".
     Column("missed", String(16), nullable=False, server_default="latest"),
     Column("paused", Boolean, nullable=False, server_default=false()),
     Column("next_fire_at", UTCDateTime, nullable=False),

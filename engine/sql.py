@@ -172,7 +172,7 @@ class Statements:
         claimed = (
             "RETURNING id, job_id, job_version, payload, lease_epoch, attempt, status, "
             "recoveries, CASE WHEN status = 'FAILED' THEN lost_executions END "
-            "AS lost_executions, parent_run_id, parent_task_id"
+            "AS lost_executions, parent_run_id, parent_task_id, idempotency_key"
         )
         # Runs without a concurrency limit: one statement, highest rank first.
         self.claim_runs = (

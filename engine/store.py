@@ -303,7 +303,14 @@ class Store(Database):
             self._wake_local()
         return [
             ClaimedRun(
-                r.id, r.job_id, r.job_version, r.payload, r.lease_epoch, r.attempt, r.parent_run_id
+                r.id,
+                r.job_id,
+                r.job_version,
+                r.payload,
+                r.lease_epoch,
+                r.attempt,
+                r.parent_run_id,
+                r.idempotency_key,
             )
             for r in rows
             if r.status != "FAILED"

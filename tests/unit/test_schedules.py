@@ -11,7 +11,14 @@ import pytest
 from pydantic import BaseModel
 
 from engine import EngineError, Schedule, durations, job
-from engine.schedules import MAX_CATCH_UP, due_ticks, idempotency_key, next_after
+from engine.schedules import (
+    MAX_CATCH_UP,
+    SKIP_AFTER,
+    due_ticks,
+    idempotency_key,
+    next_after,
+    tick_of,
+)
 
 
 def _t(text: str) -> float:
@@ -27,7 +34,7 @@ def test_bad_cron_or_timezone_is_one_clear_error_at_decoration() -> None:
         job(id="bad-zone", schedule="0 9 * * *", timezone="Mars/Olympus")
     with pytest.raises(EngineError, match="timezone= needs a schedule="):
         job(id="zone-alone", timezone="UTC")
-    with pytest.raises(EngineError, match="missed='some': use one of latest, all"):
+    with pytest.raises(EngineError, match="missed='some': use one of latest, all, skip"):
         Schedule("* * * * *", missed="some")  # type: ignore[arg-type]
     with pytest.raises(EngineError, match=r"schedule '\* \* \* \* \*' \(UTC\) is twice"):
         job(id="twice", schedule=["* * * * *", Schedule("*  * * * *")])
@@ -65,8 +72,12 @@ def test_due_ticks_follow_the_missed_policy() -> None:
     now = _t("2026-01-01T01:00:30")
     assert due_ticks("*/15 * * * *", "UTC", due, now, "latest") == [_t("2026-01-01T01:00:00")]
     assert due_ticks("*/15 * * * *", "UTC", due, now, "all") == [due + 900 * i for i in range(5)]
-    # On time: the tick itself, whatever the policy.
-    assert due_ticks("*/15 * * * *", "UTC", due, due + 0.2, "latest") == [due]
+    assert due_ticks("*/15 * * * *", "UTC", due, now, "skip") == []
+    # On time: the tick itself, whatever the policy ("skip": up to SKIP_AFTER seconds late).
+    for policy in ("latest", "all", "skip"):
+        assert due_ticks("*/15 * * * *", "UTC", due, due + 0.2, policy) == [due]
+    assert due_ticks("*/15 * * * *", "UTC", due, due + SKIP_AFTER, "skip") == [due]
+    assert due_ticks("*/15 * * * *", "UTC", due, due + SKIP_AFTER + 1, "skip") == []
     # A month of minutes is not a month of runs: the latest MAX_CATCH_UP.
     ticks = due_ticks("* * * * *", "UTC", due, due + 30 * 86400, "all")
     assert len(ticks) == MAX_CATCH_UP and ticks[-1] == due + 30 * 86400
@@ -76,6 +87,10 @@ def test_due_ticks_follow_the_missed_policy() -> None:
 def test_a_tick_has_a_deterministic_idempotency_key() -> None:
     key = idempotency_key("*/15 * * * *", _t("2026-01-01T09:15:00"))
     assert key == "schedule:*/15 * * * *@2026-01-01T09:15:00.000000+00:00"
+    # ctx.scheduled_at is read back from it; any other key is no tick.
+    assert tick_of(key) == datetime(2026, 1, 1, 9, 15, tzinfo=UTC)
+    for other in (None, "", "order-7", "schedule:oops@not a time", "event:schedule:x@y"):
+        assert tick_of(other) is None
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,8 @@ async def _runs(harness: Harness, job_id: str) -> list[dict[str, Any]]:
 async def test_each_tick_gives_one_run_across_three_workers(harness: Harness) -> None:
     @job(id=unique_id("tick"), schedule="*/5 * * * *", timezone="Europe/Paris")
     async def ticked(payload: Any, io: IO, ctx: Context) -> Any:
+        assert ctx.scheduled_at is not None  # the same tick, as a datetime
+        assert ctx.scheduled_at.isoformat(timespec="microseconds") == payload["scheduled_at"]
         return payload
 
     workers = [await harness.start(ticked) for _ in range(3)]
@@ -107,6 +109,38 @@ async def test_ticks_missed_while_no_worker_ran_follow_the_policy(
     assert [r["payload"]["scheduled_at"] for r in runs] == [_iso(t) for t in expected]
     row = await _schedule(harness, every_minute.id)
     assert _at(row["next_fire_times"][0]) == first + 3660
+
+
+async def test_missed_skip_fires_no_missed_tick_only_the_next(harness: Harness) -> None:
+    @job(id=unique_id("skip"), schedule=[Schedule("* * * * *", missed="skip")])
+    async def every_minute(payload: Any, io: IO, ctx: Context) -> Any:
+        return {
+            "tick": ctx.scheduled_at.isoformat(timespec="microseconds")
+            if ctx.scheduled_at
+            else None
+        }
+
+    await harness.start(every_minute)
+    first = _at((await _schedule(harness, every_minute.id))["next_fire_times"][0])
+    await harness.stop()
+    # Down for an hour and a half minute: the latest missed tick is 30 s old, beyond SKIP_AFTER.
+    clock.advance(first + 3630 - clock.now())
+    worker = await harness.start(every_minute)
+
+    async def moved_on() -> bool:
+        row = await _schedule(harness, every_minute.id)
+        return _at(row["next_fire_times"][0]) == first + 3660
+
+    # Moved on in the transaction that would have inserted a run: none was.
+    await eventually(moved_on, "the schedule to move past the missed ticks")
+    assert await harness.engine.list_runs(every_minute.id) == []
+    # The next tick, on time, fires; a run triggered by hand has no tick.
+    await _move_past(harness, first + 3660, [worker])
+    await eventually(lambda: _completed(harness, every_minute.id, 1), "the next tick's run")
+    by_hand = await harness.engine.trigger(every_minute.id)
+    assert (await harness.engine.wait_for(by_hand, 60))["output"] == {"tick": None}
+    runs = [r for r in await harness.engine.list_runs(every_minute.id) if r["id"] != by_hand]
+    assert [r["output"] for r in runs] == [{"tick": _iso(first + 3660)}]
 
 
 async def test_a_paused_schedule_does_not_fire_and_resumes_from_its_next_tick(
