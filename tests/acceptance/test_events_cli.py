@@ -74,9 +74,14 @@ def test_signals_from_the_cli_survive_a_kill9_and_refuse_bad_targets(
     first = procs.worker("events.py", db_url)
     procs.wait_until(lambda: _waiting_on(procs, db_url, run_id, "go"), 60, "the wait")
     first.kill9()
-    out = procs.ok("runs", "signal", run_id, "go", "--payload", '{"ok": true}',
+    out = procs.ok("runs", "signal", run_id, "go", "--payload", '{"ok": true}', "--id", "go-1",
                    "--database-url", db_url)  # fmt: skip
     assert "its wait for 'go' is over" in out
+    # The same id again: nothing sent (the run would otherwise keep a second signal).
+    again = procs.cli("runs", "signal", run_id, "go", "--payload", '{"ok": false}', "--id",
+                      "go-1", "--database-url", db_url)  # fmt: skip
+    assert again.returncode == 0 and again.stdout == "", str(again)
+    assert again.stderr == f"run {run_id} already has signal go-1: nothing sent again\n"
     procs.worker("events.py", db_url)
     procs.wait_status(db_url, run_id, "COMPLETED", timeout=60)
     assert _show(db_url, run_id)["output"] == {"ok": True}
