@@ -7,7 +7,8 @@ the tests that start `engine run` subprocesses use them alike:
 - `TcpProxy` runs its own asyncio loop in a daemon thread. Point a worker at the proxy's port
   (`with_port(url, proxy.port)`) and the test can `cut()` every live connection (the worker sees
   a connection reset mid-statement) or `refuse()` new ones (a server that is down) until
-  `accept()`.
+  `accept()`, or `cut_after_commit(marker)`: lose one commit's answer (the transaction that
+  sent `marker` commits on the server, and its connection is cut as the answer comes back).
 - `PrivatePostgres` runs `initdb` on a temporary directory and `pg_ctl` on a free port, with
   trust authentication, so a test can `restart()` or `stop()` the server its worker uses without
   touching the shared one. The `private_pg` fixture always stops and removes it.
