@@ -157,9 +157,10 @@ def tick_of(idempotency_key: str | None) -> datetime | None:
     if not idempotency_key or not idempotency_key.startswith("schedule:"):
         return None
     try:
-        return datetime.fromisoformat(idempotency_key.rpartition("@")[2]).astimezone(UTC)
+        tick = datetime.fromisoformat(idempotency_key.rpartition("@")[2])
     except ValueError:  # a key that only looks like a tick's, given to a trigger by hand
         return None
+    return tick.astimezone(UTC) if tick.tzinfo is not None else None
 
 
 def registrations(jobs: Iterable[Job], now: float) -> list[dict[str, Any]]:

@@ -89,7 +89,14 @@ def test_a_tick_has_a_deterministic_idempotency_key() -> None:
     assert key == "schedule:*/15 * * * *@2026-01-01T09:15:00.000000+00:00"
     # ctx.scheduled_at is read back from it; any other key is no tick.
     assert tick_of(key) == datetime(2026, 1, 1, 9, 15, tzinfo=UTC)
-    for other in (None, "", "order-7", "schedule:oops@not a time", "event:schedule:x@y"):
+    for other in (
+        None,
+        "",
+        "order-7",
+        "schedule:oops@not a time",
+        "schedule:x@2026-01-01T00:00:00",
+        "event:schedule:x@y",
+    ):
         assert tick_of(other) is None
 
 
