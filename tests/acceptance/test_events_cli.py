@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import TcpProxy, with_port
 
 from engine import Engine
 
@@ -110,3 +111,29 @@ def test_an_on_event_job_gets_one_run_per_event(procs: Any, db_url: str) -> None
         procs.wait_status(db_url, run["id"], "COMPLETED", timeout=60)
     orders = sorted(_show(db_url, r["id"])["output"]["order"] for r in runs)
     assert orders == [1, 2, 3]
+
+
+@pytest.mark.postgres
+def test_events_send_without_an_id_survives_a_lost_commit_answer(
+    procs: Any, pg_head_url: str, tmp_path: Path
+) -> None:
+    """`engine events send` (no --id) whose commit's answer is lost: the command retries, the
+    waiting run is woken once, the on_event job gets one run, and it says nothing about a
+    duplicate."""
+    log = tmp_path / "steps.log"
+    payload = {"log": str(log), "doc": 3}
+    run_id = procs.trigger(pg_head_url, "awaits-review", payload, app="events.py")
+    procs.worker("events.py", pg_head_url)
+    procs.wait_until(lambda: _waiting_on(procs, pg_head_url, run_id, "review"), 60, "the wait")
+    with TcpProxy("127.0.0.1", 5432) as proxy:
+        proxy.cut_after_commit(b"INSERT INTO engine_events")
+        result = procs.cli("events", "send", "doc.reviewed", "--payload", '{"doc": 3}', "--json",
+                           "--database-url", with_port(pg_head_url, proxy.port))  # fmt: skip
+        assert proxy.commits_cut == 1
+    assert result.returncode == 0 and result.stderr == "", str(result)
+    sent = json.loads(result.stdout)
+    assert (sent["created"], sent["woke"], sent["started"]) == (True, [run_id], []), sent
+    procs.wait_status(pg_head_url, run_id, "COMPLETED", timeout=60)
+    assert procs.counts(log) == {"before": 1, "after": 1}
+    listed = json.loads(procs.ok("events", "list", "--json", "--database-url", pg_head_url))
+    assert [(e["id"], e["woke"]) for e in listed] == [(sent["id"], 1)]
