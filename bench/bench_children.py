@@ -13,11 +13,14 @@ past each wait, claimed and executed as in bench_replay):
 
     replay           the parent replaying its invokes (no SQL), per resume: through the gather
                      that started them, and (every other resume) awaited one by one
+    replay CPU       the gather replay's CPU time in the executing thread: the figure to
+                     compare on a loaded machine (wall time there follows the neighbours)
     claim -> park    from the claim until the parent is suspended again
 
 and, for comparison in the same run, bench_replay's replay of as many cached `run_task`s.
 
-    python bench/bench_children.py [--db sqlite|postgres|both] [--children 1000] [--repeat 5]
+    python bench/bench_children.py [--db sqlite|postgres|both] [--children 1000] [--repeat 6]
+                                   [--profile N]   # cProfile of the gather resumes, top N
 
 Target: the replay of 1,000 invokes within the budget of 1,000 cached tasks (20 ms).
 """
@@ -26,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import pstats
 import statistics
 import time
 from typing import Any
@@ -47,6 +52,7 @@ def make_jobs(n: int, waits: int, marks: dict[str, Any]) -> tuple[Any, Any]:
     async def parent(payload: Any, io: Any, ctx: Any) -> int:
         marks["executions"] += 1
         marks["start"] = time.perf_counter()
+        marks["start_cpu"] = time.thread_time()
         if marks.get("sequential"):
             # A replay finds each invoke by its key however it is awaited: this measures the
             # invokes themselves, without the gather's n asyncio tasks.
@@ -56,6 +62,7 @@ def make_jobs(n: int, waits: int, marks: dict[str, Any]) -> tuple[Any, Any]:
                 *(io.invoke(f"c{i}", child.id, {"i": i}) for i in range(n))
             )
         marks["replayed"] = time.perf_counter()
+        marks["replayed_cpu"] = time.thread_time()
         assert results == [i * 2 for i in range(n)]
         for w in range(waits):
             await io.wait(f"w{w}", 3600)
@@ -91,7 +98,8 @@ async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
     worker = common.Worker(db.url, pool_size=args.concurrency + 5)
     await worker.start(parent, child, concurrency=args.concurrency)
     store = worker.store
-    out: dict[str, Any] = {"replay": [], "to_park": [], "sequential": []}
+    out: dict[str, Any] = {"replay": [], "replay_cpu": [], "to_park": [], "sequential": []}
+    profile = cProfile.Profile() if args.profile else None
     try:
         t0 = time.perf_counter()
         (parent_id,) = await common.create_runs(store, parent, [None])
@@ -120,17 +128,25 @@ async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
             marks.pop("replayed", None)
             t0 = time.perf_counter()
             (claimed,) = await store.claim_runs("bench", 1, 300, [parent.key])
+            if profile is not None and not marks["sequential"]:
+                profile.enable()
             outcome = await execute(store, parent, claimed, "bench")
+            if profile is not None:
+                profile.disable()
             elapsed = marks["replayed"] - marks["start"]
             if marks["sequential"]:
                 out["sequential"].append(elapsed)
             else:
                 out["to_park"].append(time.perf_counter() - t0)
                 out["replay"].append(elapsed)
+                out["replay_cpu"].append(marks["replayed_cpu"] - marks["start_cpu"])
             assert outcome.status in ("WAITING", "COMPLETED"), outcome
     finally:
         clock.reset()
         await worker.close()
+    if profile is not None:
+        # The gather resumes (claim to parked again): where the time goes, by own time.
+        pstats.Stats(profile).sort_stats("tottime").print_stats(args.profile)
     return out
 
 
@@ -155,6 +171,8 @@ async def main(args: Any) -> None:
                     ("  parent executions meanwhile", result["executions"], "", ""),
                     (f"replay of {args.children} invokes (median ms)", replay, TARGET_MS,
                      "ok" if replay <= TARGET_MS else "MISS"),
+                    ("  CPU time of that replay, this thread (median ms)",
+                     common.ms(statistics.median(result["replay_cpu"])), "", ""),
                     (f"  the same {args.children} invokes awaited one by one (median ms)",
                      common.ms(statistics.median(result["sequential"])), TARGET_MS, ""),
                     ("  claim -> parked again, gather (median ms)",
@@ -171,4 +189,8 @@ if __name__ == "__main__":
     p.add_argument("--children", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=20, help="the worker's --concurrency")
     p.add_argument("--repeat", type=int, default=6, help="resumes (alternately gather/loop)")
+    p.add_argument(
+        "--profile", type=int, default=0, metavar="N",
+        help="cProfile the gather resumes and print the N entries with the most own time",
+    )  # fmt: skip
     asyncio.run(main(p.parse_args()))
