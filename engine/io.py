@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -39,7 +39,7 @@ from .exceptions import (
 )
 from .integration import Integration
 from .records import ChildStart, TaskRow, TaskWrite
-from .replay import Replay, current_attempt, current_path, path_text
+from .replay import Recorded, Replay, current_attempt, current_path, path_text
 from .retry import NO_RETRY, RetryPolicy, is_retryable
 from .streams import StreamIO
 from .timeouts import with_timeout
@@ -353,13 +353,27 @@ class IO:
         finally:
             replay.leave()
 
-    async def invoke(
+    def invoke(
         self, key: str, job_id: str, payload: Any = None, *, version: str | None = None
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
         """Starts a run of `job_id` as this run's child and waits for it to end, suspended
         (no memory held); returns the child's output, or raises ChildRunError when it failed
         or was canceled. The payload is checked as `Engine.trigger` checks it, before anything
         is written. See docs/triggers.md, "Child runs"."""
+        # An invoke whose child ended before this execution is its recorded outcome, already
+        # there: a parent replaying a gather of 1,000 of them creates no task per branch.
+        row = self._replay.replayed(key, "invoke", job_id)
+        if row is None:
+            return self._invoke(key, job_id, payload, version)
+        if row.status == "ERRORED":
+            return Recorded(error=serialization.decode_error(row.error or {}))
+        try:
+            return Recorded(serialization.decode(row.output, row.output_type))
+        except DivergenceError as exc:  # a recorded value that cannot be rebuilt ends the run
+            self._replay.fatal = exc
+            return Recorded(error=exc)
+
+    async def _invoke(self, key: str, job_id: str, payload: Any, version: str | None) -> Any:
         replay = self._replay
         parent, key, path = replay.claim_key(key)
         replay.enter()

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -112,6 +112,25 @@ class Replay:
             )
         self.seen.add(ident)
         return ident[0], key, (*parent, key)
+
+    def replayed(self, key: str, kind: str, name: str) -> TaskRow | None:
+        """The COMPLETED or ERRORED task a step of this kind recorded under `key`, its key
+        claimed, when replaying it needs no suspension point and nothing can go wrong (the
+        execution goes on, the key is fresh, the kinds agree). None otherwise: the step then
+        goes the usual way, which raises or runs as it always does."""
+        if self.lost or self.fatal is not None or self.unloading or type(key) is not str:
+            return None
+        if any(timed_out.get()):
+            return None
+        ident = (path_text(current_path.get()), key)
+        row = self.recorded.get(ident)
+        if row is None or row.status not in _REPLAYABLE or ident in self.seen:
+            return None
+        if row.kind != kind or row.name != name:
+            return None
+        self.seen.add(ident)
+        self.progress += 1  # a step came and went: the supervisor sees the execution moving
+        return row
 
     def take_seq(self, ident: tuple[str, str]) -> int:
         row = self.recorded.get(ident)
@@ -373,6 +392,34 @@ class Replay:
         for future, _ in self.parked:
             if not future.done():
                 future.set_exception(Suspend())
+
+
+# What `Replay.replayed` hands back as it is: a recorded outcome (a cancel takes the usual way).
+_REPLAYABLE = frozenset({"COMPLETED", "ERRORED"})
+
+
+class Recorded(asyncio.Future[Any], Coroutine[Any, Any, Any]):
+    """A recorded outcome as what `await io.<step>(...)` takes: a done future, so
+    `asyncio.gather` over a thousand replayed steps adds no task, no loop turn and no
+    suspension point per branch; and a coroutine, so that `asyncio.create_task` and task
+    groups accept it as they accept the coroutine of a step that really runs."""
+
+    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
+        super().__init__(loop=asyncio.get_running_loop())
+        if error is not None:
+            self.set_exception(error)
+        else:
+            self.set_result(value)
+
+    def send(self, value: Any) -> Any:
+        # A task wrapping it (create_task) steps it once: the outcome, returned or raised.
+        raise StopIteration(self.result())
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        raise typ if val is None else val
+
+    def close(self) -> None:
+        return None
 
 
 def _row(task: TaskWrite, retry_base: int) -> TaskRow:

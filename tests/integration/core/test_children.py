@@ -184,6 +184,65 @@ async def test_a_parent_replay_after_its_children_ended_recreates_nothing(
     assert len(await _children(harness, view["id"])) == 5
 
 
+async def test_replayed_invokes_come_back_the_same_however_they_are_awaited(
+    harness: Harness,
+) -> None:
+    """A replay returns a settled invoke's outcome at once (engine.replay.Recorded): through a
+    gather, tasks or one by one, the values and errors are those of the first
+    execution, in the order of the calls."""
+    seen: list[Any] = []
+
+    @job(id=unique_id("child"))
+    async def child(payload: dict[str, int], io: IO, ctx: Context) -> int:
+        if payload["n"] < 0:
+            raise ValueError("negative")
+        return payload["n"] * 2
+
+    @job(id=unique_id("awaits"))
+    async def awaits(payload: Any, io: IO, ctx: Context) -> Any:
+        gathered = await asyncio.gather(*(io.invoke(f"g{n}", child.id, {"n": n}) for n in range(3)))
+        tasked = await asyncio.create_task(io.invoke("task", child.id, {"n": 10}))
+        tasks = [asyncio.create_task(io.invoke(f"t{n}", child.id, {"n": n})) for n in (5, 6)]
+        grouped = [await task for task in tasks]
+        mixed = await asyncio.gather(
+            io.invoke("ok", child.id, {"n": 4}),
+            io.invoke("bad", child.id, {"n": -1}),
+            return_exceptions=True,
+        )
+        try:
+            await io.invoke("bad-alone", child.id, {"n": -2})
+            alone = "not raised"
+        except ChildRunError as exc:
+            alone = exc.status
+        one_by_one = [await io.invoke(f"s{n}", child.id, {"n": n}) for n in range(2)]
+        observed = {
+            "gathered": list(gathered),
+            "task": tasked,
+            "tasks": grouped,
+            "mixed": [mixed[0], type(mixed[1]).__name__, getattr(mixed[1], "status", None)],
+            "alone": alone,
+            "one_by_one": one_by_one,
+        }
+        seen.append(observed)
+        await io.wait("nap", 0.05)  # then replayed from the top, every invoke settled
+        return observed
+
+    await harness.start(awaits, child)
+    view = await harness.run(awaits)
+    assert view["status"] == "COMPLETED", view["error"]
+    expected = {
+        "gathered": [0, 2, 4],
+        "task": 20,
+        "tasks": [10, 12],
+        "mixed": [8, "ChildRunError", "FAILED"],
+        "alone": "FAILED",
+        "one_by_one": [0, 2],
+    }
+    assert view["output"] == expected
+    assert len(seen) >= 2 and all(observed == expected for observed in seen)
+    assert len(await _children(harness, view["id"])) == 11  # none started again
+
+
 async def test_cancel_of_a_parent_cancels_its_children_and_theirs(harness: Harness) -> None:
     @job(id=unique_id("sleeper"))
     async def sleeper(payload: Any, io: IO, ctx: Context) -> Any:
