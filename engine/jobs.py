@@ -15,6 +15,7 @@ from . import integration as integration_seam
 from .exceptions import EngineError, PayloadValidationError
 from .integration import Integration
 from .payloads import PayloadType, declared
+from .records import Registration
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -63,18 +64,11 @@ class Job:
         return await self.fn(payload, io, ctx)
 
 
-def registration(job: Job) -> tuple[str, str, Any, int, Any, str | None, float | None]:
-    """What `engine_jobs` records of a job: id, version, payload schema, priority, concurrency,
-    the event it starts on, and its run timeout (seconds)."""
+def registration(job: Job) -> Registration:
+    """What `engine_jobs` records of a job."""
     spec = job.concurrency.spec() if job.concurrency else None
-    return (
-        job.id,
-        job.version,
-        job.payload_schema(),
-        job.priority,
-        spec,
-        job.on_event,
-        job.timeout,
+    return Registration(
+        job.id, job.version, job.payload_schema(), job.priority, spec, job.on_event, job.timeout
     )
 
 

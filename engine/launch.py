@@ -14,10 +14,8 @@ from typing import Any
 
 from . import codec, flow, limits, versions
 from .exceptions import EngineError, UnknownJobError, UnknownVersionError
+from .records import Registration
 from .store import Store
-
-# What `jobs.registration` gives: id, version, payload schema, priority, concurrency spec.
-Registration = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -70,27 +68,25 @@ async def prepare(
     else:
         # This process lacks the code of the version the run goes to: what the worker
         # registered of it (schema, priority, concurrency) decides.
-        version, declared = await _route(store, job_id, version)
+        declared = await _route(store, job_id, version)
         # As JSON first: a pydantic model given as the payload is checked as its dict.
         stored = codec.check(payload, f"the payload of {job_id!r}")
-        check_against_schema(job_id, stored, declared[2])
-        key = flow.key_of(declared[4], job_id, stored, None)
-    _, version, _, default_priority, spec = declared[:5]
-    timeout = declared[6] if len(declared) > 6 else None
+        check_against_schema(job_id, stored, declared.payload_schema)
+        key = flow.key_of(declared.concurrency, job_id, stored, None)
+    spec = declared.concurrency  # never None when there is a key
     return NewRun(
         job_id,
-        str(version),
+        str(declared.version),
         stored,
-        default_priority if priority is None else priority,
-        None if key is None else (key, int(spec["limit"])),
+        declared.priority if priority is None else priority,
+        None if key is None or spec is None else (key, int(spec["limit"])),
         local,
-        timeout,
+        declared.timeout,
     )
 
 
-async def _route(store: Store, job_id: str, pinned: str | None) -> tuple[str, Registration]:
-    """The version a run of `job_id` goes to (see engine.versions) and what is registered
-    of it (as `jobs.registration` gives it)."""
+async def _route(store: Store, job_id: str, pinned: str | None) -> Registration:
+    """What is registered of the version a run of `job_id` goes to (see engine.versions)."""
     missing = store.missing_file()
     if missing:  # reading would create the file
         raise UnknownJobError(
@@ -100,7 +96,7 @@ async def _route(store: Store, job_id: str, pinned: str | None) -> tuple[str, Re
         )
     rows, workers = await store.job_versions(job_id)
     by_version = {
-        row["version"]: (
+        row["version"]: Registration(
             job_id,
             row["version"],
             row["payload_schema"],
@@ -124,11 +120,11 @@ async def _route(store: Store, job_id: str, pinned: str | None) -> tuple[str, Re
         served = versions.live_versions(job_id, workers)
         chosen = versions.default_version(schemas, served)
         assert chosen is not None
-        return chosen, by_version[chosen]
+        return by_version[chosen]
     if pinned not in schemas:
         known = ", ".join(sorted(schemas, key=versions.version_key))
         raise UnknownVersionError(
             f"job {job_id!r} has no version {pinned!r} registered (registered: {known}): "
             "pass one of those, or start a worker with that version's code"
         )
-    return pinned, by_version[pinned]
+    return by_version[pinned]

@@ -7,6 +7,22 @@ from datetime import datetime
 from typing import Any
 
 
+@dataclass(frozen=True)
+class Registration:
+    """What `engine_jobs` records of a job version: a worker registers it from the job's code,
+    and a trigger without that code checks a new run against it (engine.launch)."""
+
+    job_id: str
+    version: str
+    payload_schema: dict[str, Any] | None
+    priority: int = 0
+    # The concurrency spec ({"limit", "key"}), if the job declares a limit.
+    concurrency: dict[str, Any] | None = None
+    on_event: str | None = None
+    # The job's own deadline for a run (`@job(timeout=)`), in seconds.
+    timeout: float | None = None
+
+
 @dataclass
 class ClaimedRun:
     id: str

@@ -14,6 +14,7 @@ migration lock. SQL text lives in engine.sql.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -32,7 +33,16 @@ from .dberrors import invalidate_if_broken
 from .events import SentEvent, SentSignal, Wait, canonical, digest, project, send_token
 from .exceptions import DatabaseError, InvalidRunStateError, RunNotFoundError
 from .flow import PRIORITY_STEP
-from .records import ChildStart, ChunkWrite, ClaimedRun, DuePoll, LogWrite, TaskRow, TaskWrite
+from .records import (
+    ChildStart,
+    ChunkWrite,
+    ClaimedRun,
+    DuePoll,
+    LogWrite,
+    Registration,
+    TaskRow,
+    TaskWrite,
+)
 from .recovery import DEFAULT_MAX_RECOVERIES, recovery_error
 from .sql import Statements
 from .sql_children import ChildStatements
@@ -103,22 +113,10 @@ class Store(Database):
 
     # -- jobs ------------------------------------------------------------------------------------
 
-    async def register_jobs(self, entries: Iterable[tuple[Any, ...]]) -> None:
-        """Records (job id, version, payload schema[, priority, concurrency spec, on_event,
-        timeout]) entries."""
-        rows = [
-            {
-                "job_id": entry[0],
-                "version": entry[1],
-                "payload_schema": entry[2],
-                "priority": entry[3] if len(entry) > 3 else 0,
-                "concurrency": entry[4] if len(entry) > 4 else None,
-                "on_event": entry[5] if len(entry) > 5 else None,
-                "timeout": entry[6] if len(entry) > 6 else None,
-                "registered_at": clock.now(),
-            }
-            for entry in entries
-        ]
+    async def register_jobs(self, entries: Iterable[Registration]) -> None:
+        """Records job versions in `engine_jobs` (a version registered again is updated)."""
+        now = clock.now()
+        rows = [{**dataclasses.asdict(entry), "registered_at": now} for entry in entries]
         if not rows:
             return
         async with self.begin() as conn:

@@ -163,9 +163,9 @@ async def test_a_write_that_cannot_be_prepared_fails_alone(sqlite_harness: Harne
     """A value the driver cannot even bind fails its own write, not the batch it was in."""
     h = sqlite_harness
     await h.engine.upgrade()
-    from engine.records import TaskWrite
+    from engine.records import Registration, TaskWrite
 
-    await h.store.register_jobs([("j", "v", None)])
+    await h.store.register_jobs([Registration("j", "v", None)])
     run_id, _ = await h.store.create_run("j", "v", None, None)
     claimed = await h.store.claim_runs("w", 1, 30, ["j@v"])
     epoch = claimed[0].epoch if claimed else 0

@@ -13,6 +13,7 @@ import pytest
 from support import Harness, unique_id
 
 from engine import Concurrency, Engine, EngineError, RetryPolicy, clock, job
+from engine.records import Registration
 from engine.store import Store
 
 
@@ -27,7 +28,7 @@ async def _queue(engine: Engine, n: int, key: str | None, limit: int = 2, **kw: 
 async def _setup(url: str) -> Engine:
     engine = Engine(url)
     await engine.upgrade()
-    await engine.store.register_jobs([("j", "1", None, 0, {"limit": 2, "key": None})])
+    await engine.store.register_jobs([Registration("j", "1", None, 0, {"limit": 2, "key": None})])
     return engine
 
 

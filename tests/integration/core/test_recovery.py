@@ -13,7 +13,7 @@ from support import Harness, lose_executions, unique_id
 
 from engine import IO, Context, Task, clock, job
 from engine.client import Engine
-from engine.records import TaskWrite
+from engine.records import Registration, TaskWrite
 from engine.store import Store
 
 
@@ -21,7 +21,7 @@ from engine.store import Store
 async def engine(db_url: str) -> AsyncIterator[Engine]:
     async with Engine(db_url) as opened:
         await opened.upgrade()
-        await opened.store.register_jobs([("j", "1", None)])
+        await opened.store.register_jobs([Registration("j", "1", None)])
         yield opened
 
 

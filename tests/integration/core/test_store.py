@@ -14,14 +14,14 @@ from sqlalchemy.exc import IntegrityError
 
 from engine import clock
 from engine.client import Engine
-from engine.records import TaskWrite
+from engine.records import Registration, TaskWrite
 from engine.schema import metadata
 from engine.store import Store
 
 
 async def _claimed(engine: Engine, job_key: str = "j@1") -> tuple[str, int]:
     await engine.upgrade()
-    await engine.store.register_jobs([("j", "1", None)])
+    await engine.store.register_jobs([Registration("j", "1", None)])
     run_id, _ = await engine.store.create_run("j", "1", {}, None)
     (claim,) = await engine.store.claim_runs("w1", 1, 30, [job_key])
     return run_id, claim.epoch
@@ -97,7 +97,7 @@ async def test_a_worker_that_lost_its_lease_cannot_record_anything(engine: Engin
 
 async def test_a_run_is_claimed_by_one_worker_at_a_time(engine: Engine, db_url: str) -> None:
     await engine.upgrade()
-    await engine.store.register_jobs([("j", "1", None)])
+    await engine.store.register_jobs([Registration("j", "1", None)])
     for _ in range(20):
         await engine.store.create_run("j", "1", {}, None)
     stores = [Store(db_url) for _ in range(4)]
@@ -139,7 +139,7 @@ async def test_missing_tables_say_how_to_fix_it(sqlite_engine: Engine) -> None:
 
 async def test_concurrent_writes_share_commits_but_are_fenced_one_by_one(engine: Engine) -> None:
     await engine.upgrade()
-    await engine.store.register_jobs([("j", "1", None)])
+    await engine.store.register_jobs([Registration("j", "1", None)])
     live, _ = await engine.store.create_run("j", "1", {}, None)
     stale, _ = await engine.store.create_run("j", "1", {}, None)
     claims = {c.id: c.epoch for c in await engine.store.claim_runs("w1", 2, 30, ["j@1"])}

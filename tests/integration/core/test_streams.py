@@ -23,7 +23,7 @@ from engine import (
     secrets,
 )
 from engine.exceptions import LeaseLost
-from engine.records import ChunkWrite
+from engine.records import ChunkWrite, Registration
 from engine.replay import Replay
 from engine.streams import MAX_CHUNK_BYTES
 
@@ -157,7 +157,7 @@ async def test_reading_an_unknown_run_is_one_clear_error(harness: Harness) -> No
 async def test_an_execution_that_lost_its_lease_publishes_nothing(harness: Harness) -> None:
     store = harness.store
     await harness.engine.upgrade()
-    await store.register_jobs([("j", "1", None)])
+    await store.register_jobs([Registration("j", "1", None)])
     run_id, _ = await store.create_run("j", "1", {}, None)
     (claim,) = await store.claim_runs("w1", 1, 30, ["j@1"])
     chunk = ChunkWrite("out", 1, "[]", 0, 1, '"early"', False, clock.now())

@@ -11,6 +11,7 @@ from support import unique_id
 
 from engine import IO, Context, Engine, UnknownJobError, clock, job
 from engine.exceptions import UnknownVersionError
+from engine.records import Registration
 
 
 @pytest.fixture
@@ -28,9 +29,9 @@ async def _version(engine: Engine, job_id: str, version: str | None = None) -> s
 async def test_a_trigger_goes_to_the_highest_version_a_live_worker_serves(engine: Engine) -> None:
     store = engine.store
     # 1.10 registered first, 1.9 after it (an old worker started to drain old runs).
-    await store.register_jobs([("j", "1.10", None)])
+    await store.register_jobs([Registration("j", "1.10", None)])
     clock.advance(1)
-    await store.register_jobs([("j", "1.9", None)])
+    await store.register_jobs([Registration("j", "1.9", None)])
     assert await _version(engine, "j") == "1.10"  # no live worker: the highest registered
 
     await store.upsert_worker("old", "h", 1, ["j@1.9"], 60)
@@ -55,7 +56,7 @@ async def test_a_trigger_goes_to_the_highest_version_a_live_worker_serves(engine
 
 
 async def test_a_pinned_version_must_be_registered(engine: Engine) -> None:
-    await engine.store.register_jobs([("j", "2", None), ("j", "10", None)])
+    await engine.store.register_jobs([Registration("j", "2", None), Registration("j", "10", None)])
     with pytest.raises(UnknownVersionError) as refused:
         await engine.trigger("j", {}, version="3")
     assert "has no version '3' registered (registered: 2, 10)" in str(refused.value)
@@ -69,7 +70,7 @@ async def test_the_triggering_process_uses_its_own_code_unless_pinned(engine: En
     async def local(payload: Any, io: IO, ctx: Context) -> None:
         return None
 
-    await engine.store.register_jobs([(local.id, "2", None)])
+    await engine.store.register_jobs([Registration(local.id, "2", None)])
     await engine.store.upsert_worker("w", "h", 1, [f"{local.id}@2"], 60)
     assert await _version(engine, local.id) == "1"
     assert await _version(engine, local.id, version="2") == "2"
