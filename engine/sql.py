@@ -415,10 +415,12 @@ class Statements:
             poll_state=Json,
             **now,
         )
+        # A run's wake-up, no later than `at` (an earlier one already set is kept: it is due
+        # first). Now for most settles; a little later for a parent gathering children.
         self.wake_run = _t(
-            "UPDATE engine_runs SET wake_at = :now WHERE id = :id "
-            "AND status IN ('WAITING', 'RUNNING')",
-            **now,
+            "UPDATE engine_runs SET wake_at = CASE WHEN wake_at IS NOT NULL AND wake_at < :at "
+            "THEN wake_at ELSE :at END WHERE id = :id AND status IN ('WAITING', 'RUNNING')",
+            at=UTCDateTime,
         )
         self.get_run = _t(
             f"SELECT {_RUN_COLUMNS}, recoveries, lost_executions FROM engine_runs WHERE id = :id"

@@ -70,12 +70,6 @@ class ChildStatements:
             "SELECT 1 FROM engine_tasks WHERE run_id = :run_id AND status = 'WAITING' "
             "AND kind = 'invoke' AND id <> :task_id LIMIT 1"
         )
-        # A parent's wake-up, no later than `at` (an earlier one already set is kept).
-        self.wake_by = _t(
-            "UPDATE engine_runs SET wake_at = CASE WHEN wake_at IS NOT NULL AND wake_at < :at "
-            "THEN wake_at ELSE :at END WHERE id = :id AND status IN ('WAITING', 'RUNNING')",
-            at=UTCDateTime,
-        )
         # Lock order: a run's parent before the run itself, everywhere a child ends while its
         # parent may be canceled at once (PostgreSQL; SQLite serializes writers anyway).
         self.parent_of = _t("SELECT parent_run_id FROM engine_runs WHERE id = :id")

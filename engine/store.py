@@ -767,10 +767,11 @@ class Store(Database):
         error: dict[str, Any] | None = None,
         poll_state: dict[str, Any] | None = None,
         output_type: str | None = None,
-        wake: bool = True,
+        wake_at: float | None = None,
     ) -> bool:
-        """Completes (or errors) a WAITING task from outside its run, and wakes the run, in the
-        caller's transaction; False if the task no longer waits (someone settled it first).
+        """Completes (or errors) a WAITING task from outside its run, and wakes the run (now,
+        or by `wake_at`), in the caller's transaction; False if the task no longer waits
+        (someone settled it first).
 
         The one way anything but the run itself (a poll, an event, a child's end) ends a wait:
         the `status = 'WAITING'` guard makes a duplicate delivery a no-op. The caller calls
@@ -790,8 +791,8 @@ class Store(Database):
         )
         if result.rowcount != 1:
             return False
-        if wake:  # else the caller wakes the run itself, later
-            await conn.execute(self._sql.wake_run, {"id": run_id, "now": clock.now()})
+        at = clock.now() if wake_at is None else wake_at
+        await conn.execute(self._sql.wake_run, {"id": run_id, "at": at})
         await self._notify(conn)
         return True
 
@@ -1268,16 +1269,14 @@ class Store(Database):
         if row.parent_task_id is None:
             return False
         outcome = children.parent_outcome(run_id, row.job_id, status, output, output_type, error)
-        sql = self._children_sql
+        # The last child wakes its parent now; one ending while others run, a little later
+        # (engine.children, CHILD_WAKE_DELAY), so that their ends share a replay.
         others = {"run_id": row.parent_run_id, "task_id": row.parent_task_id}
-        delay = (await conn.execute(sql.other_children_open, others)).first() is not None
-        woke = await self._settle_waiting(
-            conn, row.parent_task_id, row.parent_run_id, wake=not delay, **outcome
+        waits = await conn.execute(self._children_sql.other_children_open, others)
+        wake_at = clock.now() + children.CHILD_WAKE_DELAY if waits.first() is not None else None
+        return await self._settle_waiting(
+            conn, row.parent_task_id, row.parent_run_id, wake_at=wake_at, **outcome
         )
-        if woke and delay:
-            at = clock.now() + children.CHILD_WAKE_DELAY
-            await conn.execute(sql.wake_by, {"id": row.parent_run_id, "at": at})
-        return woke
 
     async def _cancel_descendants(self, conn: AsyncConnection, run_ids: list[str]) -> None:
         """Cancels the open children of these runs, and theirs, one generation a statement;
