@@ -240,6 +240,7 @@ def runs() -> None:
 @click.option("--job", "job_id", default=None, help="Only runs of this job id.")
 @click.option("--version", "version", default=None, help="Only runs of this job version.")
 @click.option("--status", default=None, help="Only runs in this status (e.g. FAILED).")
+@click.option("--parent", default=None, metavar="RUN_ID", help="Only the child runs of this run.")
 @click.option(
     "--limit", default=100, show_default=True, type=click.IntRange(min=1), help="At most N runs."
 )
@@ -249,6 +250,7 @@ def list_runs(
     job_id: str | None,
     version: str | None,
     status: str | None,
+    parent: str | None,
     limit: int,
     as_json: bool,
     database_url: str | None,
@@ -259,7 +261,9 @@ def list_runs(
 
     rows = _run(
         lambda: _with_engine(
-            database_url, lambda e: e.list_runs(job_id, status, limit, version=version), read=True
+            database_url,
+            lambda e: e.list_runs(job_id, status, limit, version=version, parent=parent),
+            read=True,
         )
     )
     if as_json:

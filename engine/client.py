@@ -275,9 +275,10 @@ class Engine:
         limit: int = 100,
         *,
         version: str | None = None,
+        parent: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Runs (of one job version, with `version`), newest first, each shaped like `show_run`
-        without `tasks`."""
+        """Runs (of one job version, with `version`; the child runs of `parent`), newest
+        first, each shaped like `show_run` without `tasks`."""
         # The dialects disagree on LIMIT -1 (SQLite: no limit; PostgreSQL: an error).
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise EngineError(f"limit {limit!r}: give a whole number of runs, 1 or more")
@@ -285,7 +286,9 @@ class Engine:
             raise EngineError(
                 f"status {status!r} is not a run status: use one of {', '.join(RUN_STATUSES)}"
             )
-        rows = await self.store.list_runs(job_id, status and status.upper(), limit, version)
+        if parent is not None:
+            await self.store.get_run(parent)  # an unknown parent: one clear error, not "no runs"
+        rows = await self.store.list_runs(job_id, status and status.upper(), limit, version, parent)
         return await self._with_waits(rows)
 
     async def _with_waits(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

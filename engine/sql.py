@@ -430,10 +430,12 @@ class Statements:
             "WHERE (:job_id IS NULL OR job_id = :job_id) "
             "AND (:status IS NULL OR status = :status) "
             "AND (:version IS NULL OR job_version = :version) "
+            "AND (:parent IS NULL OR parent_run_id = :parent) "
             "ORDER BY created_at DESC LIMIT :limit",
             job_id=_str(),
             status=_str(),
             version=_str(),
+            parent=_str(),
         ).columns(**_RUN_TYPES)
         self.get_tasks = _t(
             "SELECT id, parent_path, key, kind, name, status, attempts, params, output, "

@@ -1079,9 +1079,20 @@ class Store(Database):
         return [dict(r._mapping) for r in rows]
 
     async def list_runs(
-        self, job_id: str | None, status: str | None, limit: int, version: str | None = None
+        self,
+        job_id: str | None,
+        status: str | None,
+        limit: int,
+        version: str | None = None,
+        parent: str | None = None,
     ) -> list[dict[str, Any]]:
-        params = {"job_id": job_id, "status": status, "limit": limit, "version": version}
+        params = {
+            "job_id": job_id,
+            "status": status,
+            "limit": limit,
+            "version": version,
+            "parent": parent,
+        }
         return await self._dicts(self._sql.list_runs, params)
 
     async def get_tasks(self, run_id: str) -> list[dict[str, Any]]:

@@ -89,3 +89,11 @@ def test_kill9_while_a_parent_waits_for_its_children(
     listed = _read(db_url, lambda engine: engine.list_runs())
     parents = {r["id"]: r["parent_run_id"] for r in listed}
     assert parents[run_id] is None and parents[children[0]["id"]] == run_id
+    # `runs list --parent`: a run's children alone; an unknown run is one error line.
+    assert {r["id"] for r in procs.list(db_url, "--parent", run_id)} == {c["id"] for c in children}
+    assert procs.list(db_url, "--parent", children[0]["id"]) == []
+    missing = procs.cli("runs", "list", "--parent", "0" * 32, "--database-url", db_url)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr, str(missing)
+    assert missing.stderr.strip() == (
+        f"error: no run has id {'0' * 32!r}: `engine runs list` shows the runs there are"
+    ), str(missing)
