@@ -1,11 +1,12 @@
 """Runs the blocks of one document, in order, in one fresh directory, as a reader would.
 
 Shell blocks run in bash (`set -eo pipefail`) with the project's venv first on PATH, so `engine`
-resolves; exported variables and the working directory carry over from one block to the next,
-as in the reader's terminal. What a reader does by hand, the session does for them, and nothing
-else:
+resolves (the doc venv of `forkserver.py`: its `engine` and `python` are real processes, forks
+of one pre-imported Python, not fresh interpreters that import everything); exported variables
+and the working directory carry over from one block to the next, as in the reader's terminal.
+What a reader does by hand, the session does for them, and nothing else:
 
-- `python3 -m venv .venv && .venv/bin/pip install ...` links the project's venv instead (the
+- `python3 -m venv .venv && .venv/bin/pip install ...` links the doc venv instead (the
   install itself is what CI does; repeating it per document would cost minutes);
 - long-running commands (`engine run APP`, the fake OpenAI server) start in the background, and
   the next command waits until they say they are ready, as a reader would look before typing on;
@@ -16,7 +17,8 @@ else:
 - the `job-body` fragments run as jobs of a generated app (`jobbody.py`);
 - on PostgreSQL (marker `postgres`), any `postgresql://` URL in a block is the throwaway database.
 
-Every process a block starts is in that block's process group, killed when the document ends.
+Every process a block starts is in that block's process group, killed when the document ends
+(the fork server kills a command whose shim dies).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +39,8 @@ from docs.blocks import CONSOLE, PYTHON, ROOT, SHELL, Block
 
 from docs import jobbody
 
-VENV = Path(sys.prefix)
 FIXTURES = Path(__file__).parent / "fixtures"
+CHECK_RUNS = Path(__file__).parent / "checkruns.py"
 BLOCK_TIMEOUT = 180.0  # hard limit per block; a block normally takes a few seconds
 RUN_DEADLINE = 120  # seconds for a triggered run to reach the status its document expects
 DOC_PORT = "8765"
@@ -94,28 +95,33 @@ _doc_last_run() {
   fi
   tail -n 1 "$DOC_DIR/.last-run"
 }
-_doc_check_runs() {  # every run a block triggered ends up as that block expects
-  local id want status deadline
-  while read -r id want; do
-    deadline=$((SECONDS + RUN_DEADLINE))
-    while :; do
-      status=$(command engine runs show "$id" --json \
-        | python -c 'import json, sys; print(json.load(sys.stdin)["status"])')
-      if [ "$status" = "$want" ]; then echo "run $id: $status"; break; fi
-      case "$status" in COMPLETED | FAILED | CANCELED)
-        echo "doc-test: run $id is $status; the document expects $want:" >&2
-        command engine runs show "$id" >&2; return 1 ;;
-      esac
-      if ((SECONDS > deadline)); then
-        echo "doc-test: run $id is still $status after ${RUN_DEADLINE}s; expected $want:" >&2
-        command engine runs show "$id" >&2; return 1
-      fi
-      sleep 0.5
-    done
-  done <"$DOC_DIR/.triggered"
-}
 _doc_save() { export -p >"$DOC_DIR/.env.sh"; pwd >"$DOC_DIR/.cwd"; }
 """
+
+
+# What no block's environment inherits from the test's: the reader's terminal has none of it.
+DROPPED = frozenset(
+    {
+        "ENGINE_DATABASE_URL",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "OPENAI_ORG_ID",
+        "OPENAI_PROJECT_ID",
+        "VIRTUAL_ENV",
+        "PYTEST_CURRENT_TEST",
+        "PYTEST_ADDOPTS",
+        "PYTHONPATH",
+    }
+)
+
+
+def base_env(venv: Path) -> dict[str, str]:
+    """The environment every block starts from (`venv`: the doc venv, see forkserver.py)."""
+    env = {k: v for k, v in os.environ.items() if k not in DROPPED}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env["DOC_VENV"] = str(venv)
+    return env
 
 
 def free_port() -> str:
@@ -195,6 +201,7 @@ class DocSession:
     """One document's directory, environment and processes."""
 
     directory: Path
+    venv: Path  # the doc venv (forkserver.py): `engine` and `python` are its shims
     database_url: str | None = None  # PostgreSQL: the throwaway database
     port: str = field(default_factory=free_port)
     groups: list[int] = field(default_factory=list)
@@ -210,23 +217,8 @@ class DocSession:
     # -- environment ---------------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
-        drop = {
-            "ENGINE_DATABASE_URL",
-            "OPENAI_API_KEY",
-            "OPENAI_BASE_URL",
-            "OPENAI_ORG_ID",
-            "OPENAI_PROJECT_ID",
-            "VIRTUAL_ENV",
-            "PYTEST_CURRENT_TEST",
-            "PYTEST_ADDOPTS",
-            "PYTHONPATH",
-        }
-        env = {k: v for k, v in os.environ.items() if k not in drop}
-        env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-        env["PYTHONUNBUFFERED"] = "1"
+        env = base_env(self.venv)
         env["DOC_DIR"] = str(self.directory)
-        env["DOC_VENV"] = str(VENV)
-        env["RUN_DEADLINE"] = str(RUN_DEADLINE)
         if self.database_url:
             env["ENGINE_DATABASE_URL"] = self.database_url
         return env
@@ -265,7 +257,7 @@ class DocSession:
                 return None
             script = self.directory / f".block-{block.line}.py"
             script.write_text(self.text_of(block))
-            return self._spawn(block, [str(VENV / "bin" / "python"), script.name])
+            return self._spawn(block, [str(self.venv / "bin" / "python"), script.name])
         if block.lang in SHELL | CONSOLE:
             text = self.text_of(block)
             body = console_to_shell(text) if block.lang in CONSOLE else shell_script(text)
@@ -292,13 +284,14 @@ class DocSession:
         script = jobbody.runner_script(self.job_bodies, self.stub_port)
         (self.directory / ".doc-jobs.py").write_text(script)
         block = Block(f"{doc} (its job-body fragments)", 0, "python", script)
-        return self._spawn(block, [str(VENV / "bin" / "python"), ".doc-jobs.py"])
+        return self._spawn(block, [str(self.venv / "bin" / "python"), ".doc-jobs.py"])
 
     def check_triggered_runs(self, doc: str) -> Outcome | None:
         """Every run the blocks triggered reaches the status its block expects (COMPLETED)."""
         if not (self.directory / ".triggered").exists():
             return None
-        block = Block(f"{doc} (the runs it triggered)", 1, "bash", "_doc_check_runs\n")
+        check = f'python {shlex.quote(str(CHECK_RUNS))} "$DOC_DIR/.triggered" {RUN_DEADLINE}\n'
+        block = Block(f"{doc} (the runs it triggered)", 1, "bash", check)
         return self._bash(block, block.text)
 
     def _copy_fixture(self, name: str) -> None:

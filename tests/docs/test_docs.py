@@ -6,15 +6,24 @@ triggered reached COMPLETED (or what the block's `expect` marker says), and runs
 fragments as real jobs (`jobbody.py`); the blocks marked `postgres` run in a second test
 against a throwaway PostgreSQL database. SQL blocks run against a database seeded with real rows
 (`seed.py`). Blocks marked `skip (why)` are reported as skipped tests, by name and reason, and
-there must stay few of them.
+there must stay few of them. A block fails its document when it exits non-zero or prints a
+traceback or an `error:` line.
+
+The blocks' `engine` and `python` commands are forks of one pre-imported Python
+(`forkserver.py`), which saves most of the doc test's CPU; ENGINE_DOCS_FORK=0 runs the real
+programs instead (the same test, several times the CPU).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,9 +38,10 @@ from docs.blocks import (
     extract,
     parse_markers,
 )
+from docs.forkserver import ForkServer
 from docs.jobbody import job_module
 from docs.seed import Seed, seeded
-from docs.session import DocSession, Outcome, console_to_shell, shell_script
+from docs.session import DocSession, Outcome, base_env, console_to_shell, shell_script
 from docs.sql import Answer, run_postgres, run_sqlite, statements
 
 # The blocks that cannot run at all; raise it only with a reason that cannot be fixed.
@@ -71,14 +81,27 @@ POSTGRES_DOCS = [doc for doc in BLOCKS if _to_run(doc, True)]
 
 
 @pytest.fixture(scope="module")
-def sqlite_documents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[str]]]:
-    """Every document's SQLite run, started at once: they are independent, and most of their
-    time is spent waiting for processes to start, so running them side by side keeps the doc
-    test within its budget on a 2-core machine."""
+def doc_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The venv the blocks see, whose `engine` and `python` run as forks of one pre-imported
+    Python (forkserver.py); ENGINE_DOCS_FORK=0 runs the real programs instead."""
+    directory = tmp_path_factory.mktemp("forkserver")
+    server = ForkServer(directory, base_env(directory / "venv"))
+    try:
+        yield server.start(fork=os.environ.get("ENGINE_DOCS_FORK", "1") != "0").venv
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def sqlite_documents(
+    tmp_path_factory: pytest.TempPathFactory, doc_venv: Path
+) -> Iterator[dict[str, Future[Ran]]]:
+    """Every document's SQLite run, started at once: they are independent, and much of their
+    time is spent waiting (for workers, runs, the fake OpenAI server's delays)."""
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         futures = {
             doc: pool.submit(
-                _run_document, _to_run(doc, False), tmp_path_factory.mktemp("doc"), None
+                _run_document, _to_run(doc, False), tmp_path_factory.mktemp("doc"), doc_venv, None
             )
             for doc in SQLITE_DOCS
         }
@@ -90,15 +113,48 @@ def sqlite_documents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
 # One xdist worker runs them all: the module fixture above starts every document at once.
 @pytest.mark.xdist_group("docs-sqlite")
 @pytest.mark.parametrize("doc", SQLITE_DOCS)
-def test_document(doc: str, sqlite_documents: dict[str, Future[str]]) -> None:
-    print(sqlite_documents[doc].result(timeout=DOC_TIMEOUT))  # the timings, shown with -s
+def test_document(doc: str, sqlite_documents: dict[str, Future[Ran]]) -> None:
+    print(sqlite_documents[doc].result(timeout=DOC_TIMEOUT).timings)  # shown with -s
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(DOC_TIMEOUT + 60)
+@pytest.mark.xdist_group("docs-sqlite")
+def test_the_readme_quick_start_runs_offline_and_prints_a_command_that_works(
+    sqlite_documents: dict[str, Future[Ran]], doc_venv: Path
+) -> None:
+    """The README's main command (the data visualizer, on the SQLite default, offline against
+    the fake OpenAI server as no key is set) says so, shows the task tree and leaves ./engine.db;
+    its last line is a command that shows the run again and works as printed without the venv's
+    bin/ on PATH (the README's one-liner never activates the venv)."""
+    ran = sqlite_documents["README.md"].result(timeout=DOC_TIMEOUT)
+    (outcome,) = [o for o in ran.outcomes if "examples/data_visualizer.py" in o.block.text]
+    out = outcome.stdout
+    assert "running OFFLINE against the local fake OpenAI server" in out, outcome
+    assert "COMPLETED" in out, outcome
+    for key in ("upload-file", "create-assistant", "create-thread", "list-messages"):
+        assert key in out, outcome
+    assert (ran.directory / "engine.db").exists()
+
+    hint = out.strip().splitlines()[-1]
+    assert hint.startswith("inspect it again with: "), outcome
+    command = hint.removeprefix("inspect it again with: ")
+    run_id = command.split()[-1]
+    env = base_env(doc_venv)
+    venv_bins = {str(doc_venv / "bin"), str(Path(sys.prefix) / "bin")}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p not in venv_bins)
+    shown = subprocess.run(
+        command, shell=True, cwd=ran.directory, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, f"$ {command}\n{shown.stdout}{shown.stderr}"
+    assert run_id in shown.stdout and "COMPLETED" in shown.stdout, shown.stdout
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.parametrize("doc", POSTGRES_DOCS)
-def test_document_on_postgres(doc: str, tmp_path: Path, pg_url: str) -> None:
-    print(_run_document(_to_run(doc, True), tmp_path, pg_url))
+def test_document_on_postgres(doc: str, tmp_path: Path, doc_venv: Path, pg_url: str) -> None:
+    print(_run_document(_to_run(doc, True), tmp_path, doc_venv, pg_url).timings)
 
 
 @pytest.mark.parametrize("block", SKIPPED, ids=[b.name for b in SKIPPED])
@@ -133,9 +189,19 @@ def test_every_code_block_is_run_or_checked() -> None:
 # -- running one document -------------------------------------------------------------------
 
 
-def _run_document(blocks: list[Block], directory: Path, database_url: str | None) -> str:
-    """Runs the blocks; returns how long each took."""
-    session = DocSession(directory, database_url)
+@dataclass
+class Ran:
+    """A document that ran: where, what each block did, and how long each took."""
+
+    directory: Path
+    outcomes: list[Outcome]
+    timings: str
+
+
+def _run_document(
+    blocks: list[Block], directory: Path, venv: Path, database_url: str | None
+) -> Ran:
+    session = DocSession(directory, venv, database_url)
     timings: list[str] = []
     try:
         for block in blocks:
@@ -151,7 +217,7 @@ def _run_document(blocks: list[Block], directory: Path, database_url: str | None
             if last is not None:
                 _check(last, timings)
         for name, log in session.background_logs().items():
-            assert "Traceback" not in log, f"{name} (a background command):\n{log}"
+            _assert_no_error(log, f"{name} (a background command):\n{log}")
     finally:
         started = time.monotonic()
         session.close()
@@ -163,13 +229,20 @@ def _run_document(blocks: list[Block], directory: Path, database_url: str | None
         seed, answers = asyncio.run(_answer(sql, url))
         _check_answers(seed, answers)
         timings.append(f"{time.monotonic() - started:5.1f}s seeding and the SQL")
-    return "\n".join(timings)
+    return Ran(directory, session.outcomes, "\n".join(timings))
 
 
 def _check(outcome: Outcome, timings: list[str]) -> None:
     timings.append(f"{outcome.seconds:5.1f}s {outcome.block.name}")
     assert outcome.returncode == 0, str(outcome)
-    assert "Traceback" not in outcome.stdout + outcome.stderr, str(outcome)
+    _assert_no_error(outcome.stdout + outcome.stderr, str(outcome))
+
+
+def _assert_no_error(output: str, shown: str) -> None:
+    """No traceback, and no `error: ...` line (the CLI's one-line errors): a command whose
+    failure a block does not stop at (`until CMD ...`, `CMD || ...`) still fails the test."""
+    assert "Traceback" not in output, shown
+    assert not any(line.startswith("error:") for line in output.splitlines()), shown
 
 
 async def _answer(blocks: list[Block], url: str) -> tuple[Seed, list[Answer]]:
