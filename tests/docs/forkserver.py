@@ -14,8 +14,7 @@ modules (an import has no effect that depends on the environment or the director
 engine reads those when it runs) and the interpreter's start-up settings, which is why a
 request whose PYTHON* or locale variables differ from the server's runs the real program.
 
-The doc venv (`install`) is what blocks see as the project's venv: bin/ holds the shims and
-links to every other program of the real venv; `activate` puts it first on PATH.
+`docvenv.py` installs the shims and starts this server (`python forkserver.py SOCKET`).
 """
 
 from __future__ import annotations
@@ -27,22 +26,16 @@ import os
 import pkgutil
 import runpy
 import selectors
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-VENV = Path(sys.prefix)
-READY = "fork server ready"
-START_TIMEOUT = 120.0  # the imports, on a loaded machine
+READY = "fork server ready"  # docvenv.py waits for it
 # What the blocks' commands import: the CLI and everything `engine run`, the fake OpenAI server
 # and the generated job-body runner load (the engine's own modules are found by walking it).
 PRELOAD = (
@@ -66,10 +59,6 @@ PRELOAD = (
 NOT_PRELOADED = ("engine.ui", "engine.__main__", "engine.migrations")
 # The environment a Python reads once, at start-up: a request must agree with the server's.
 STARTUP_VARIABLES = ("LANG", "LC_ALL", "LC_CTYPE")
-PROGRAMS = ("engine", "python", "python3", f"python3.{sys.version_info.minor}")
-
-
-# -- the server ---------------------------------------------------------------------------------
 
 
 def preload() -> None:
@@ -290,82 +279,6 @@ def main() -> None:
     preload()
     request = Server(sys.argv[1]).serve()
     run(request, base_path)
-
-
-# -- the test's side ----------------------------------------------------------------------------
-
-
-def install(venv: Path, socket_path: Path) -> None:
-    """The doc venv: the real venv's programs, but `engine` and `python` are shims."""
-    real_bin = VENV / "bin"
-    (venv / "bin").mkdir(parents=True)
-    for entry in VENV.iterdir():
-        if entry.name != "bin":
-            (venv / entry.name).symlink_to(entry)
-    shim = (HERE / "shim.py").read_text()
-    shim = shim.replace("@SOCKET@", str(socket_path)).replace("@REAL_BIN@", str(real_bin))
-    for program in real_bin.iterdir():
-        target = venv / "bin" / program.name
-        if program.name in PROGRAMS:
-            target.write_text(f"#!{real_bin / 'python'} -IS\n{shim}")
-            target.chmod(0o755)
-        elif program.name.startswith("activate"):
-            target.write_text(program.read_text().replace(str(VENV), str(venv)))
-        else:
-            target.symlink_to(program)
-
-
-@dataclass
-class ForkServer:
-    """The server process and its doc venv, for one test session."""
-
-    directory: Path
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def venv(self) -> Path:
-        return self.directory / "venv"
-
-    @property
-    def log(self) -> Path:
-        return self.directory / "forkserver.log"
-
-    def start(self, fork: bool = True) -> ForkServer:
-        """Installs the doc venv; starts the server unless `fork` is false (then every shim
-        runs the real program: no server listens)."""
-        socket_path = Path(self.directory, "s")  # short: a unix socket's path has 107 bytes
-        install(self.venv, socket_path)
-        if not fork:
-            return self
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [str(VENV / "bin" / "python"), str(HERE / "forkserver.py"), str(socket_path)],
-                cwd=self.directory,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while READY not in self.log.read_text(errors="replace"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise AssertionError(f"the fork server did not start:\n{self.log.read_text()}")
-            time.sleep(0.05)
-        return self
-
-    def close(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()  # it kills the commands still running
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            _kill_group(self.proc.pid)
-            self.proc.wait(10)
-        shutil.rmtree(self.venv, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ from docs.blocks import (
     extract,
     parse_markers,
 )
-from docs.forkserver import ForkServer
 from docs.jobbody import job_module
 from docs.seed import Seed, seeded
 from docs.session import DocSession, Outcome, base_env, console_to_shell, shell_script
@@ -78,18 +77,6 @@ def _to_run(doc: str, postgres: bool) -> list[Block]:
 
 SQLITE_DOCS = [doc for doc in BLOCKS if _to_run(doc, False)]
 POSTGRES_DOCS = [doc for doc in BLOCKS if _to_run(doc, True)]
-
-
-@pytest.fixture(scope="module")
-def doc_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The venv the blocks see, whose `engine` and `python` run as forks of one pre-imported
-    Python (forkserver.py); ENGINE_DOCS_FORK=0 runs the real programs instead."""
-    directory = tmp_path_factory.mktemp("forkserver")
-    server = ForkServer(directory, base_env(directory / "venv"))
-    try:
-        yield server.start(fork=os.environ.get("ENGINE_DOCS_FORK", "1") != "0").venv
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")
