@@ -119,30 +119,34 @@ class Server:
 
         signal.signal(signal.SIGTERM, stop)
         print(READY, flush=True)
-        while not stopping:
-            for key, _ in selector.select(timeout=1.0):
-                if key.fileobj is listener:
-                    conn, _ = listener.accept()
-                    self.running[conn.fileno()] = Running(conn)
-                    selector.register(conn, selectors.EVENT_READ)
-                elif isinstance(key.fileobj, int):  # a pidfd: that command has exited
-                    self._reap(selector, key.data)
-                else:
-                    assert isinstance(key.fileobj, socket.socket)
-                    running = self.running[key.fileobj.fileno()]
-                    if running.pid:  # the shim is gone (killed): so is its command
-                        self._lost(selector, running)
-                        continue
-                    request = self._start(selector, running)
-                    if request is not None:  # this is the forked child
-                        selector.close()
-                        listener.close()
-                        return request
-        for running in self.running.values():
-            if running.pid:
-                _kill_group(running.pid)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(running.pid, 0)
+        server = os.getpid()
+        try:
+            while not stopping:
+                for key, _ in selector.select(timeout=1.0):
+                    if key.fileobj is listener:
+                        conn, _ = listener.accept()
+                        self.running[conn.fileno()] = Running(conn)
+                        selector.register(conn, selectors.EVENT_READ)
+                    elif isinstance(key.fileobj, int):  # a pidfd: that command has exited
+                        self._reap(selector, key.data)
+                    else:
+                        assert isinstance(key.fileobj, socket.socket)
+                        running = self.running[key.fileobj.fileno()]
+                        if running.pid:  # the shim is gone (killed): so is its command
+                            self._lost(selector, running)
+                            continue
+                        request = self._start(selector, running)
+                        if request is not None:  # this is the forked child
+                            selector.close()
+                            listener.close()
+                            return request
+        finally:
+            if os.getpid() == server:  # stopped, or a bug: no command outlives the server
+                for running in self.running.values():
+                    if running.pid:
+                        _kill_group(running.pid)
+                        with contextlib.suppress(ChildProcessError):
+                            os.waitpid(running.pid, 0)
         raise SystemExit(0)
 
     def _start(self, selector: selectors.BaseSelector, running: Running) -> Request | None:
