@@ -483,6 +483,14 @@ class Statements:
         )
         # Deadlines (docs/triggers.md): the unfinished runs past theirs, oldest first, then each
         # canceled like `engine runs cancel`, with the RunTimeoutError recorded.
+        # The sweep reads this first (ix_engine_runs_status_deadline) and opens a write
+        # transaction only when it is true: an idle worker sweeps every second.
+        any_expired = (
+            "SELECT EXISTS (SELECT 1 FROM engine_runs WHERE status IN "
+            "('QUEUED', 'RUNNING', 'WAITING') AND deadline_at <= :now)"
+        )
+        self.any_expired = _t(any_expired, **now)
+        self.raw_any_expired = _driver_sql(any_expired, postgres)
         self.expired_runs = _t(
             "SELECT id, deadline_at FROM engine_runs WHERE status IN "
             "('QUEUED', 'RUNNING', 'WAITING') AND deadline_at <= :now "
