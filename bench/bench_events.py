@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
@@ -58,15 +57,7 @@ async def child(spec: str) -> None:
     url, job_id, concurrency = json.loads(spec)
     worker = common.Worker(url)
     await worker.start(make_job(job_id), concurrency=concurrency)
-    loop = asyncio.get_running_loop()
-    print("ready", flush=True)
-    try:
-        while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "rss":
-            await asyncio.sleep(0.5)  # let the scheduler settle into its idle sleep
-            rss, hwm = common.rss_kb()
-            print(json.dumps({"rss": rss, "hwm": hwm}), flush=True)
-    finally:
-        await worker.close()
+    await common.serve_rss(worker)
 
 
 async def waiting(parent: common.Worker, count: int, timeout: float) -> None:
@@ -96,19 +87,9 @@ async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
     job = make_job(common.unique_job_id("events"))
     parent = common.Worker(db.url, pool_size=5)
     await parent.prepare(job)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        __file__,
-        "--child",
-        json.dumps([db.url, job.id, args.concurrency]),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    worker = common.Child(proc)
+    worker = await common.Child.start(__file__, [db.url, job.id, args.concurrency])
     out: dict[str, Any] = {}
     try:
-        if await worker.line() != "ready":
-            raise RuntimeError("the worker subprocess did not start")
         # Warm-up: one run through a whole wait and delivery.
         (warm,) = await common.create_runs(parent.store, job, [{"i": -1}])
         await waiting(parent, 1, 60)
@@ -133,9 +114,7 @@ async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
         out["many"] = await latencies(parent, dict(zip(measured, ids, strict=True)))
         await worker.stop()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await worker.kill()
         await parent.close()
     return out
 

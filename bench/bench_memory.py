@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import time
 from typing import Any
@@ -87,39 +86,20 @@ async def child(spec: str) -> None:
     job = make_job(job_id, wait_for)
     worker = common.Worker(url)
     await worker.start(job, concurrency=concurrency)
-    loop = asyncio.get_running_loop()
-    print("ready", flush=True)
-    try:
-        while True:
-            command = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
-            if command == "rss":
-                await asyncio.sleep(0.5)  # let the scheduler settle into its idle sleep
-                rss, hwm = common.rss_kb()
-                active = len(worker.scheduler.active) if worker.scheduler else -1
-                print(json.dumps({"rss": rss, "hwm": hwm, "active": active}), flush=True)
-            else:
-                break
-    finally:
-        await worker.close()
+
+    def active() -> dict[str, Any]:
+        return {"active": len(worker.scheduler.active) if worker.scheduler else -1}
+
+    await common.serve_rss(worker, active)
 
 
 async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
     job = make_job(common.unique_job_id("memory"), args.wait_for)
     parent = common.Worker(db.url)
     await parent.prepare(job)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        __file__,
-        "--child",
-        json.dumps([db.url, job.id, args.concurrency, args.wait_for]),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    worker = common.Child(proc)
+    worker = await common.Child.start(__file__, [db.url, job.id, args.concurrency, args.wait_for])
     out: dict[str, Any] = {}
     try:
-        if await worker.line() != "ready":
-            raise RuntimeError("the worker subprocess did not start")
         out["cold"] = dict(await worker.ask("rss"))
         # A job-wide limit is stored with the key "" (engine.flow.key_of).
         slot = ("", 1) if args.wait_for == "concurrency" else None
@@ -139,9 +119,7 @@ async def bench(db: common.BenchDB, args: Any) -> dict[str, Any]:
         else:
             await worker.stop()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await worker.kill()
         await parent.close()
     return out
 

@@ -397,6 +397,21 @@ def unique_job_id(prefix: str) -> str:
     return f"bench-{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+async def serve_rss(worker: Worker, extra: Callable[[], dict[str, Any]] | None = None) -> None:
+    """The worker subprocess's side of `Child`: prints `ready`, then answers each `rss` line
+    on stdin with one JSON line {"rss": VmRSS kB, "hwm": VmHWM kB, **extra()}, measured once
+    the scheduler has settled into its idle sleep; any other line (or EOF) closes the worker."""
+    loop = asyncio.get_running_loop()
+    print("ready", flush=True)
+    try:
+        while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "rss":
+            await asyncio.sleep(0.5)  # let the scheduler settle into its idle sleep
+            rss, hwm = rss_kb()
+            print(json.dumps({"rss": rss, "hwm": hwm, **(extra() if extra else {})}), flush=True)
+    finally:
+        await worker.close()
+
+
 def rss_kb() -> tuple[int, int]:
     """(VmRSS, VmHWM) of this process in kB, after a full collection."""
     gc.collect()
@@ -446,6 +461,35 @@ class Child:
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
+
+    @classmethod
+    async def start(cls, script: str, spec: Any) -> Child:
+        """Runs `script --child SPEC` (`spec` as JSON) and waits for its `ready` line: the
+        worker side calls `serve_rss` (`kill()` it in a `finally`)."""
+        import subprocess
+
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            script,
+            "--child",
+            json.dumps(spec),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        child = cls(proc)
+        try:
+            if await child.line() != "ready":
+                raise RuntimeError("the worker subprocess did not start")
+        except BaseException:
+            await child.kill()
+            raise
+        return child
+
+    async def kill(self) -> None:
+        """Kills the subprocess unless it has exited already."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
 
     async def line(self) -> str:
         assert self.proc.stdout is not None

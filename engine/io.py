@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import typing
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -156,6 +157,7 @@ class IO:
         # `io.stream.write(name, data)`: live output readers follow (engine.streams).
         self.stream = StreamIO(replay)
         self._starts: children.Starts | None = None
+        self._marks = _RunningMarks(replay)
 
     # -- integrations (engine.integration) -----------------------------------------------------
 
@@ -617,7 +619,7 @@ class IO:
 
     async def _run_attempt(self, step: _Step, number: int) -> _Attempt:
         attempt = _Attempt(number, clock.now())
-        mark = _RunningMark(self._replay, step, attempt)
+        mark = self._marks.mark(step, attempt)
         task = Task(self.run_id, step.key, step.name, step.path, number, step.params)
         token = current_path.set(step.path)
         attempt_token = current_attempt.set(number)
@@ -791,27 +793,71 @@ class _RunningMark:
     """An attempt's RUNNING row: written at once (`record_start`), or once the attempt has run
     MARK_RUNNING_AFTER seconds; bookkeeping, not a result, committed before the outcome."""
 
-    __slots__ = ("_attempt", "_replay", "_step", "_timer", "_write")
+    __slots__ = ("_attempt", "_replay", "_step", "_write", "due", "settled")
 
-    def __init__(self, replay: Replay, step: _Step, attempt: _Attempt) -> None:
+    def __init__(self, replay: Replay, step: _Step, attempt: _Attempt, due: float) -> None:
         self._replay, self._step, self._attempt = replay, step, attempt
         self._write: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        if step.record_start:
-            self._start()
-        else:
-            self._timer = asyncio.get_running_loop().call_later(MARK_RUNNING_AFTER, self._start)
+        self.due = due
+        self.settled = False
 
-    def _start(self) -> None:
+    def start(self) -> None:
         row = self._step.row(self._attempt, "RUNNING")
         self._write = asyncio.ensure_future(self._replay.write(row))
 
     async def settle(self) -> None:
         """The attempt is over: no mark if none was started, else the mark committed."""
-        if self._timer is not None:
-            self._timer.cancel()
+        self.settled = True
         if self._write is not None:
             await self._write
+
+
+class _RunningMarks:
+    """The delayed RUNNING marks of one execution's attempts, on one loop timer.
+
+    A timer per attempt, set and canceled around each task, cost a TimerHandle, a heap push and
+    Python-level heap comparisons against the canceled ones left in the loop's heap, per task.
+    Every mark waits the same delay from its attempt's start, so they fall due in the order
+    they were made: one timer, armed for the oldest unsettled mark, serves them all.
+    """
+
+    __slots__ = ("_pending", "_replay", "_timer")
+
+    # A timer may fire a little before its time (the loop's clock resolution): a mark this
+    # close to due is started then rather than re-arming the timer for it.
+    _EARLY = 0.001
+
+    def __init__(self, replay: Replay) -> None:
+        self._replay = replay
+        self._pending: deque[_RunningMark] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def mark(self, step: _Step, attempt: _Attempt) -> _RunningMark:
+        """The mark of an attempt starting now: written now or after MARK_RUNNING_AFTER."""
+        loop = asyncio.get_running_loop()
+        mark = _RunningMark(self._replay, step, attempt, loop.time() + MARK_RUNNING_AFTER)
+        if step.record_start:
+            mark.start()
+            return mark
+        pending = self._pending
+        while pending and pending[0].settled:  # attempts done before their mark was due
+            pending.popleft()
+        pending.append(mark)
+        if self._timer is None:
+            self._timer = loop.call_at(mark.due, self._fire)
+        return mark
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time() + self._EARLY
+        pending = self._pending
+        while pending and (pending[0].settled or pending[0].due <= now):
+            mark = pending.popleft()
+            if not mark.settled:
+                mark.start()
+        if pending:
+            self._timer = loop.call_at(pending[0].due, self._fire)
 
 
 def _encoder(encode: Encoder | None, name: str, key: str, where: str) -> Encoder:

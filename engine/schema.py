@@ -162,7 +162,8 @@ runs = Table(
 )
 Index("ix_engine_runs_status_deadline", runs.c.status, runs.c.deadline_at)
 Index("ix_engine_runs_status_wake", runs.c.status, runs.c.wake_at)
-Index("ix_engine_runs_rank", runs.c.rank_at)
+# The claim: each status's ready runs in rank order (0013_claim_index).
+Index("ix_engine_runs_status_rank", runs.c.status, runs.c.rank_at)
 Index("ix_engine_runs_concurrency", runs.c.job_id, runs.c.concurrency_key, runs.c.status)
 Index("ix_engine_runs_created", runs.c.created_at)
 # The dashboard's runs page: filters by job or status, and search by idempotency key (0006_ui).

@@ -132,12 +132,7 @@ class Statements:
         )
         # A delayed QUEUED run (`trigger --delay/--at`) has a `wake_at` too; its `rank_at` is
         # its due time, so it sorts after the runs due now and the claim scan stops before it.
-        ready = (
-            "((status = 'QUEUED' AND (wake_at IS NULL OR wake_at <= :now)) "
-            "OR (status = 'WAITING' AND wake_at <= :now) "
-            "OR (status = 'RUNNING' AND lease_expires_at < :now)) "
-            "AND job_id || '@' || job_version IN :job_keys"
-        )
+        ready = "(" + " OR ".join(f"({c})" for c in _READY_BY_STATUS) + f") AND {_KEYED}"
         # A RUNNING run in the ready set has lost its execution (lease lapsed, worker gone):
         # claiming it records the lost execution and counts a recovery, and one that has been
         # recovered `max_recoveries` times already ends FAILED instead, in this same statement
@@ -178,8 +173,7 @@ class Statements:
         self.claim_runs = (
             _t(
                 f"UPDATE engine_runs SET {claim_set}"
-                f"WHERE id IN (SELECT id FROM engine_runs WHERE {ready} "
-                f"ORDER BY rank_at LIMIT :limit{skip}) {claimed}",
+                f"WHERE id IN ({_ready_in_rank_order(ready, skip)}) {claimed}",
                 now=UTCDateTime,
                 expires=UTCDateTime,
             )
@@ -489,6 +483,14 @@ class Statements:
         )
         # Deadlines (docs/triggers.md): the unfinished runs past theirs, oldest first, then each
         # canceled like `engine runs cancel`, with the RunTimeoutError recorded.
+        # The sweep reads this first (ix_engine_runs_status_deadline) and opens a write
+        # transaction only when it is true: an idle worker sweeps every second.
+        any_expired = (
+            "SELECT EXISTS (SELECT 1 FROM engine_runs WHERE status IN "
+            "('QUEUED', 'RUNNING', 'WAITING') AND deadline_at <= :now)"
+        )
+        self.any_expired = _t(any_expired, **now)
+        self.raw_any_expired = _driver_sql(any_expired, postgres)
         self.expired_runs = _t(
             "SELECT id, deadline_at FROM engine_runs WHERE status IN "
             "('QUEUED', 'RUNNING', 'WAITING') AND deadline_at <= :now "
@@ -607,6 +609,34 @@ _PG_TYPES = {
     "rate_limits": "jsonb",
     "recorded_at": "timestamptz",
 }
+
+
+# The runs a claim may take, one condition per status (a RUNNING one has lost its execution),
+# among the worker's jobs.
+_READY_BY_STATUS = (
+    "status = 'QUEUED' AND (wake_at IS NULL OR wake_at <= :now)",
+    "status = 'WAITING' AND wake_at <= :now",
+    "status = 'RUNNING' AND lease_expires_at < :now",
+)
+_KEYED = "job_id || '@' || job_version IN :job_keys"
+
+
+def _ready_in_rank_order(ready: str, skip: str) -> str:
+    """The ids of the first `:limit` ready runs in rank order.
+
+    SQLite answers an OR over the three statuses with several indexes and then sorts all they
+    match, i.e. the whole queue, on every claim. Each status apart, in rank order through
+    ix_engine_runs_status_rank, stops after `:limit` runs. PostgreSQL keeps the one SELECT:
+    its row locks (SKIP LOCKED) must be taken on the runs claimed, not on every branch's.
+    """
+    if skip:
+        return f"SELECT id FROM engine_runs WHERE {ready} ORDER BY rank_at LIMIT :limit{skip}"
+    branches = " UNION ALL ".join(
+        f"SELECT * FROM (SELECT id, rank_at FROM engine_runs WHERE {cond} AND {_KEYED} "
+        "ORDER BY rank_at LIMIT :limit)"
+        for cond in _READY_BY_STATUS
+    )
+    return f"SELECT id FROM ({branches}) ORDER BY rank_at LIMIT :limit"
 
 
 @dataclass(frozen=True)

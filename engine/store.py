@@ -660,6 +660,8 @@ class Store(Database):
         recorded, and their open tasks; returns how many. The lease epoch moves on, so an
         execution still going cannot record anything after (fencing)."""
         now = clock.now()
+        if not await self._any_expired(now):
+            return 0
         canceled = 0
         async with self.begin() as conn:
             rows = (await conn.execute(self._sql.expired_runs, {"now": now, "limit": limit})).all()
@@ -681,6 +683,11 @@ class Store(Database):
         if canceled:
             self._wake_local()
         return canceled
+
+    async def _any_expired(self, now: float) -> bool:
+        """Whether some unfinished run is past its deadline (a read: no row is locked)."""
+        async with self.begin() as conn:
+            return bool((await conn.execute(self._sql.any_expired, {"now": now})).scalar())
 
     # -- polls -----------------------------------------------------------------------------------
 

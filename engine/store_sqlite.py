@@ -177,11 +177,21 @@ class SQLiteStore(Store):
 
     async def data_version(self) -> int:
         """A number that changes when another process commits (no NOTIFY here)."""
+        return int(await self._read_value("PRAGMA data_version", {}))
+
+    async def _any_expired(self, now: float) -> bool:
+        # Outside any transaction: a sweep with nothing due never takes the write lock
+        # (store.begin is BEGIN IMMEDIATE), which every other writer would wait for.
+        sql = self._sql.raw_any_expired.text
+        return bool(await self._read_value(sql, {"now": _sqlite_time(now)}))
+
+    async def _read_value(self, sql: str, args: dict[str, Any]) -> Any:
+        """The first column of the first row of a read, outside any transaction."""
         try:
             async with self.engine.connect() as conn:
                 try:
                     driver: Any = (await conn.get_raw_connection()).driver_connection
-                    return await in_sqlite_thread(driver, _data_version)
+                    return await in_sqlite_thread(driver, _read_value, sql, args)
                 except Exception as exc:
                     await invalidate_if_broken(conn, exc)
                     raise
@@ -260,9 +270,9 @@ def _write_returning(
     return None if row is None else tuple(row)
 
 
-def _data_version(db: sqlite3.Connection) -> int:
-    # A PRAGMA outside any transaction: it must not take the write lock.
-    return int(db.execute("PRAGMA data_version").fetchone()[0])
+def _read_value(db: sqlite3.Connection, sql: str, args: dict[str, Any]) -> Any:
+    # Outside any transaction (the connection is in autocommit): no write lock is taken.
+    return db.execute(sql, args).fetchone()[0]
 
 
 def _json(value: Any) -> Any:
