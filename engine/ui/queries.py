@@ -242,7 +242,7 @@ class Queries:
     async def run_state(self, run_id: str) -> tuple[str, str] | None:
         """(the run's status, a digest of everything its page shows that can change), read
         with two narrow queries; None when there is no such run."""
-        async with self.store.begin() as conn:
+        async with self.store.read() as conn:
             run = (
                 await conn.execute(
                     select(runs.c.status, runs.c.started_at, runs.c.completed_at).where(
@@ -263,7 +263,7 @@ class Queries:
         """Registered jobs (versions, schemas, live workers, newest runs), live workers and
         the runs each holds, and up to `limit` waiting runs with what each waits for."""
         versions, workers = await self.store.job_versions()
-        async with self.store.begin() as conn:
+        async with self.store.read() as conn:
             held = (
                 await conn.execute(
                     select(runs.c.id, runs.c.lease_owner).where(
