@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from faults import SQLiteLock
 from pydantic import BaseModel
 from support import Harness, unique_id
 
@@ -490,3 +491,42 @@ async def test_streams_delays_deadlines_and_schedules_are_shown(
         assert await harness.engine.pause_schedule(nightly.id) == 1
         paused = (await http.get("/jobs")).text
         assert re.search(r'data-expression="0 2 \* \* \*"><td>.*?</td><td><strong>paused', paused)
+
+
+async def test_pages_never_wait_for_the_sqlite_write_lock(
+    sqlite_harness: Harness, client: Client
+) -> None:
+    """The dashboard only reads, and its reads take no lock: while another process holds the
+    write lock (as a worker does for each write), every page and live stream answers. Its busy
+    timeout is 1 s here, so a read that waited for the lock would answer 503."""
+    jobs = make_jobs()
+    await sqlite_harness.start(*jobs.values())
+    done = await sqlite_harness.run(jobs["steps"])
+    sleeping = await sqlite_harness.engine.trigger(jobs["sleeps"].id)
+    for _ in range(1500):  # up to 30 s
+        if (await sqlite_harness.engine.get_run(sleeping))["status"] == "WAITING":
+            break
+        await asyncio.sleep(0.02)
+    await sqlite_harness.stop()
+    task = (await sqlite_harness.store.get_tasks(done["id"]))[0]
+    path = sqlite_harness.url.split("///", 1)[1]
+    async with client(f"{sqlite_harness.url}?timeout=1", stream_seconds=0.3) as http:
+        async with SQLiteLock(path):
+            answers = {
+                path: await http.get(path)
+                for path in (
+                    "/",
+                    "/?status=WAITING",
+                    f"/runs/{done['id']}",
+                    f"/runs/{sleeping}",
+                    f"/runs/{done['id']}/tasks/{task['id']}",
+                    "/jobs",
+                    "/events/runs",
+                    f"/events/runs/{sleeping}",
+                )
+            }
+    for path, answer in answers.items():
+        assert answer.status_code == 200, (path, answer.text)
+    assert sleeping in answers["/?status=WAITING"].text
+    assert "event: outage" not in answers["/events/runs"].text
+    assert f'"id": "{sleeping}"' in answers["/events/runs"].text
