@@ -287,9 +287,31 @@ async def main(args: Any) -> None:
             "worker CPU per run with the dashboard: "
             f"median {statistics.median(cpu_changes):+.1f}%, "
             f"spread {cpu_changes[0]:+.1f}% .. {cpu_changes[-1]:+.1f}% (a spread that straddles "
-            "0 is the machine's noise, not the dashboard)\n",
+            "0 is the machine's noise, not the dashboard)",
             flush=True,
         )
+        print(verdict(costs, r.ui_cpu_share) + "\n", flush=True)
+
+
+def verdict(costs: list[float], ui_cpu_share: float) -> str:
+    """One line: whether the dashboard stayed within TARGET_PCT of the worker's throughput.
+
+    The paired costs decide when they agree (all within the target, or all beyond it); when
+    their spread straddles the target the machine was too noisy for them, and the dashboard's
+    own CPU share (what it can take from a CPU-bound worker, which noise moves least) decides.
+    """
+    median = statistics.median(costs)
+    if costs[-1] <= TARGET_PCT:
+        return f"VERDICT ok: every pair cost <= {TARGET_PCT:.0f}% (median {median:+.1f}%)"
+    if costs[0] > TARGET_PCT:
+        return f"VERDICT MISS: every pair cost > {TARGET_PCT:.0f}% (median {median:+.1f}%)"
+    share = 100 * ui_cpu_share
+    decided = "ok" if share <= TARGET_PCT and median <= TARGET_PCT else "MISS"
+    return (
+        f"VERDICT {decided} (noisy): the pairs spread {costs[0]:+.1f}% .. {costs[-1]:+.1f}% "
+        f"across the {TARGET_PCT:.0f}% target; median {median:+.1f}%, the dashboard used "
+        f"{share:.1f}% of a core; rerun on a quiet machine to decide"
+    )
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ class Database:
 
     # How long a stream's follower waits between reads when no wake-up came (seconds).
     stream_poll: ClassVar[float]
+    # The execution options of a `read()` connection: no BEGIN, no COMMIT, no lock.
+    read_options: ClassVar[dict[str, Any]]
 
     async def _write_chunks(self, run_id: str, epoch: int, chunks: Sequence[ChunkWrite]) -> bool:
         """Records stream chunks in one fenced transaction (engine.sql_streams)."""
@@ -124,6 +126,13 @@ class Database:
         """A transaction; driver errors come out as DatabaseError."""
         return _Transaction(self)
 
+    def read(self) -> Any:
+        """A connection for reads only (the dashboard): each statement is committed on its own,
+        one trip to the database with no BEGIN or COMMIT, and on SQLite takes no write lock, so
+        a reader never delays a worker. Each statement sees what had committed when it ran;
+        there is no snapshot across statements. Driver errors come out as DatabaseError."""
+        return _Transaction(self, read=True)
+
     # Schedulers in this process that share the database hear of new work without a query;
     # called after the commit, so what they claim is visible to them.
     def add_local_listener(self, callback: Callable[[], None]) -> None:
@@ -143,14 +152,19 @@ _local_listeners: dict[str, set[Callable[[], None]]] = {}
 class _Transaction:
     """`async with store.begin() as conn`, translating driver failures into DatabaseError."""
 
-    def __init__(self, store: Database) -> None:
+    def __init__(self, store: Database, read: bool = False) -> None:
         self.store = store
+        self.read = read
         self.ctx: Any = None
 
     async def __aenter__(self) -> AsyncConnection:
         try:
-            self.ctx = self.store.engine.begin()
-            return await self.ctx.__aenter__()  # type: ignore[no-any-return]
+            if not self.read:
+                self.ctx = self.store.engine.begin()
+                return await self.ctx.__aenter__()  # type: ignore[no-any-return]
+            self.ctx = self.store.engine.connect()
+            conn: AsyncConnection = await self.ctx.__aenter__()
+            return await conn.execution_options(**self.store.read_options)
         except (OSError, SQLAlchemyError) as exc:
             raise _database_error(self.store, exc) from exc
 

@@ -128,7 +128,7 @@ class Store(Database):
         """The registered versions (of `job_id`, or of every job) and the live workers, read
         together: `[{job_id, version, payload_schema, registered_at}]`, `[{worker_id, jobs, ...}]`.
         """
-        async with self.begin() as conn:
+        async with self.read() as conn:
             versions = (await conn.execute(self._sql.job_versions, {"job_id": job_id})).all()
             workers = (await conn.execute(self._sql.live_workers, {"now": clock.now()})).all()
         return [dict(r._mapping) for r in versions], [dict(r._mapping) for r in workers]
@@ -1071,7 +1071,7 @@ class Store(Database):
     # -- inspection and control ------------------------------------------------------------------
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
-        async with self.begin() as conn:
+        async with self.read() as conn:
             row = (await conn.execute(self._sql.get_run, {"id": run_id})).first()
         if row is None:
             raise RunNotFoundError(
@@ -1080,8 +1080,9 @@ class Store(Database):
         return dict(row._mapping)
 
     async def _dicts(self, statement: Executable, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """Every row `statement` returns, as the plain dicts the read API hands out."""
-        async with self.begin() as conn:
+        """Every row `statement` returns, as the plain dicts the read API hands out (read
+        outside any transaction: on SQLite, without waiting for the write lock)."""
+        async with self.read() as conn:
             rows = (await conn.execute(statement, params)).all()
         return [dict(r._mapping) for r in rows]
 
@@ -1322,7 +1323,7 @@ class Store(Database):
         """For `runs show`: the path of the parent's task that started `run` ("a/b"), if it
         is a child, and its children in the order the run reached them."""
         sql = self._children_sql
-        async with self.begin() as conn:
+        async with self.read() as conn:
             path = None
             if run.get("parent_task_id") is not None:
                 found = (await conn.execute(sql.task_path, {"id": run["parent_task_id"]})).first()

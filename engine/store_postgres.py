@@ -13,7 +13,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL
@@ -44,6 +44,8 @@ class PostgresStore(Store):
     is_postgres = True
     errors = PostgresErrors
     idle_poll = 5.0
+    # asyncpg in autocommit sends no BEGIN/COMMIT: a read is one round trip.
+    read_options: ClassVar[dict[str, Any]] = {"isolation_level": "AUTOCOMMIT"}
     # Followers are woken by NOTIFY (engine.sql_streams); this is their safety net.
     stream_poll = 1.0
 

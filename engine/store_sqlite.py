@@ -13,7 +13,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL
@@ -43,6 +43,8 @@ class SQLiteStore(Store):
     is_postgres = False
     errors = SqliteErrors
     idle_poll = 1.0
+    # Read connections issue no BEGIN (see _on_begin): each SELECT is its own read transaction.
+    read_options: ClassVar[dict[str, Any]] = {"engine_read": True}
     # No NOTIFY: a follower in another process reads again this often (an indexed read,
     # outside any transaction: it never holds the writers up).
     stream_poll = 0.05
@@ -99,6 +101,8 @@ class SQLiteStore(Store):
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: Any) -> None:
+            if conn.get_execution_options().get("engine_read"):
+                return  # Database.read(): reads only, no lock taken
             # Take the write lock up front: a deferred transaction that upgrades later can fail
             # with "database is locked" instead of waiting its turn.
             conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -31,7 +31,7 @@ from ..prices import PriceTable
 from ..schema import FINAL_RUN_STATUSES
 from ..store import DEFAULT_DATABASE_URL
 from . import assets, security
-from .pages import Page, json_text, run_row, walk
+from .pages import Page, json_text, run_row, task_body, walk
 from .queries import PAGE_SIZE, Queries, RunFilter, fingerprint, state_digest
 
 log = logging.getLogger("engine.ui")
@@ -105,7 +105,7 @@ async def runs_page(request: Request) -> Response:
     where = RunFilter.from_params(request.query_params)
     after = request.query_params.get("after") or None
     rows, next_after = await ui.queries.list_runs(where, after)
-    jobs = [j["job_id"] for j in await ui.queries.jobs()]
+    jobs = await ui.queries.job_ids()
     return _html(ui.page.runs(rows, where, next_after, after, jobs))
 
 
@@ -128,6 +128,7 @@ async def run_page(request: Request) -> Response:
         "usage": holder.get("usage"),
         "parent_task": parent_task,
         "child_runs": child_runs,
+        "streams": await ui.queries.streams(run_id),
     }
     live = None
     if run["status"] not in FINAL_RUN_STATUSES:
@@ -145,6 +146,36 @@ async def run_value(request: Request) -> Response:
     except RunNotFoundError as exc:
         return Response(exc.message, 404)
     return _download(run.get(field), f"{run_id}-{field}.json")
+
+
+async def stream_chunks(request: Request) -> Response:
+    """A page of a run's stream as JSON: {run_id, stream, chunks: [{seq, task, attempt, data,
+    written_at}], next}; `next` is the URL of the following page, or null."""
+    ui = _ui(request)
+    run_id, name = request.path_params["run_id"], request.path_params["stream"]
+    text = request.query_params.get("after", "0")
+    if not text.isdigit():
+        return Response(f"after={text!r}: give the seq of the last chunk read (0 or more)", 400)
+    try:
+        await ui.queries.run(run_id)
+    except RunNotFoundError as exc:
+        return Response(exc.message, 404)
+    chunks, last = await ui.queries.stream_page(run_id, name, int(text))
+    following = (
+        None if last is None else f"/runs/{run_id}/streams/{quote(name, safe='')}?after={last}"
+    )
+    body = {"run_id": run_id, "stream": name, "chunks": chunks, "next": following}
+    return Response(_utf8(json_text(body)), media_type="application/json")
+
+
+async def task_fragment(request: Request) -> Response:
+    """An opened task's body (engine.ui.pages.task_body), fetched by app.js."""
+    ui = _ui(request)
+    run_id, task_id = request.path_params["run_id"], request.path_params["task_id"]
+    task = await ui.queries.task(run_id, task_id)
+    if task is None:
+        return Response(f"run {run_id} has no task {task_id}", 404)
+    return _html(task_body(run_id, task))
 
 
 async def task_value(request: Request) -> Response:
@@ -200,6 +231,26 @@ def _event_stream(events: AsyncIterator[str]) -> Response:
     )
 
 
+class _Health:
+    """Whether a live page's stream could read the database: `outage` (with the reason) on
+    the first failed read, `recovered` on the first good read after one. The page shows a
+    banner in between (app.js), since it cannot be current while the database is away."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def failed(self, exc: DatabaseError) -> str:
+        if self.down:
+            return ": still down\n\n"
+        self.down = True
+        reason = secrets.scrub(str(exc.message))
+        return f"event: outage\ndata: {json.dumps({'reason': reason})}\n\n"
+
+    def read(self) -> str:
+        self.down = False
+        return "event: recovered\ndata: {}\n\n"
+
+
 async def runs_events(request: Request) -> Response:
     """Server-sent events: the rows of a runs page (same filters, same `after`) as they change.
 
@@ -216,13 +267,18 @@ async def runs_events(request: Request) -> Response:
     async def stream() -> AsyncIterator[str]:
         seen: dict[str, tuple[Any, ...]] = {}
         deadline = time.monotonic() + ui.settings.stream_seconds
+        health = _Health()
         yield "retry: 1000\n\n"
         while ui.streaming(deadline):
             try:
                 rows, _ = await ui.queries.list_runs(where, after, PAGE_SIZE)
             except DatabaseError as exc:
                 log.warning("dashboard: reading runs failed: %s", exc)
-                rows = []
+                yield health.failed(exc)
+                await ui.pause()
+                continue
+            if health.down:
+                yield health.read()
             changed = [r for r in reversed(rows) if seen.get(r["id"]) != fingerprint(r)]
             for row in changed:
                 seen[row["id"]] = fingerprint(row)
@@ -245,13 +301,18 @@ async def run_events(request: Request) -> Response:
     async def stream() -> AsyncIterator[str]:
         known = since
         deadline = time.monotonic() + ui.settings.stream_seconds
+        health = _Health()
         yield "retry: 1000\n\n"
         while ui.streaming(deadline):
             try:
                 state = await ui.queries.run_state(run_id)
             except DatabaseError as exc:
                 log.warning("dashboard: reading run %s failed: %s", run_id, exc)
-                state = ("", known)
+                yield health.failed(exc)
+                await ui.pause()
+                continue
+            if health.down:
+                yield health.read()
             if state is None:
                 return
             status, digest = state
@@ -380,6 +441,8 @@ def create_app(
         Route("/events/runs/{run_id}", run_events),
         Route("/runs/{run_id}", run_page),
         Route("/runs/{run_id}/values/{field}", run_value),
+        Route("/runs/{run_id}/tasks/{task_id:int}", task_fragment),
+        Route("/runs/{run_id}/streams/{stream}", stream_chunks),
         Route("/runs/{run_id}/tasks/{task_id:int}/values/{field}", task_value),
         Route("/runs/{run_id}/cancel", cancel_action, methods=["POST"]),
         Route("/runs/{run_id}/retry", retry_action, methods=["POST"]),

@@ -30,6 +30,8 @@ details.json pre { max-height: 480px; overflow: auto; margin: 4px 0; }
 .truncated { color: #a33; }
 details.task { margin: 2px 0 2px 0; border-left: 2px solid #e3e6ea; padding-left: 8px; }
 details.task summary { cursor: pointer; }
+/* A run of 1,000 tasks: the browser lays out and paints only the lanes and tasks in view. */
+.tasks > details.task { content-visibility: auto; contain-intrinsic-size: auto 22px; }
 .task-body { padding: 4px 0 4px 12px; }
 .name { color: #667; } .dur { color: #667; font-size: 12px; }
 .usage { color: #2a5d9f; font-size: 12px; }
@@ -37,11 +39,13 @@ details.task summary { cursor: pointer; }
 .timeline { background: #fff; border: 1px solid #e3e6ea; padding: 6px; }
 .scale { display: flex; justify-content: space-between; color: #667; font-size: 12px;
   margin-left: 220px; }
-.lane { display: flex; align-items: center; height: 18px; }
-.lane-label { width: 220px; overflow: hidden; white-space: nowrap; text-overflow: ellipsis;
+.lane { position: relative; height: 18px; display: flex; align-items: center;
+  background: linear-gradient(to right, transparent 220px, #f2f3f5 220px) no-repeat
+  center / 100% 12px; content-visibility: auto; contain-intrinsic-size: auto 18px; }
+.lane > span { width: 220px; overflow: hidden; white-space: nowrap; text-overflow: ellipsis;
   font: 12px ui-monospace, monospace; }
-.track { position: relative; flex: 1; height: 12px; background: #f2f3f5; }
-.bar { position: absolute; top: 0; bottom: 0; border-radius: 2px; }
+.bar { position: absolute; top: 3px; height: 12px; border-radius: 2px;
+  left: calc(220px + (100% - 220px) * var(--l)); width: calc((100% - 220px) * var(--w)); }
 .bar.queued { background: #d7dae0; }
 .bar.suspended { background: repeating-linear-gradient(45deg, #9fd3df, #9fd3df 4px,
   #e6f6f9 4px, #e6f6f9 8px); }
@@ -50,6 +54,10 @@ button { cursor: pointer; } button.danger { color: #a11; }
 code.cli { background: #eef0f3; padding: 2px 4px; }
 .error { background: #fde2e2; border: 1px solid #e9a3a3; padding: 8px; margin: 8px 0; }
 form.trigger label { display: block; margin: 6px 0; }
+.banner { position: sticky; top: 0; z-index: 1; background: #fde2e2; color: #611;
+  border-bottom: 1px solid #e9a3a3; padding: 8px 16px; font-weight: 600; }
+details.task > .children { padding-left: 12px; }
+.task-body:empty { display: none; }
 .jtree { margin-left: 14px; } .jtree summary { cursor: pointer; }
 .jtree > div { margin-left: 14px; }
 """
@@ -63,11 +71,34 @@ document.addEventListener("submit", (event) => {
   if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) event.preventDefault();
 });
 
+// A live page's event stream. The server says when it cannot read the database (`outage`)
+// and when it can again (`recovered`): a banner tells the reader the page is not current.
+function live(url) {
+  const source = new EventSource(url);
+  source.addEventListener("outage", (event) => {
+    let banner = document.getElementById("db-banner");
+    if (!banner) {
+      banner = document.createElement("div");
+      banner.id = "db-banner";
+      banner.className = "banner";
+      document.body.prepend(banner);
+    }
+    const reason = JSON.parse(event.data).reason;
+    banner.textContent = "The database is not answering (" + reason + "): this page is not " +
+      "up to date. It will catch up by itself when the database is back.";
+  });
+  source.addEventListener("recovered", () => {
+    const banner = document.getElementById("db-banner");
+    if (banner) banner.remove();
+  });
+  return source;
+}
+
 // Live runs table: rows arrive over server-sent events; a row we have is replaced in place.
 const table = document.getElementById("runs");
 if (table && table.dataset.live) {
   const body = table.tBodies[0];
-  const source = new EventSource(table.dataset.live);
+  const source = live(table.dataset.live);
   source.addEventListener("run", (event) => {
     const data = JSON.parse(event.data);
     const holder = document.createElement("tbody");
@@ -119,17 +150,52 @@ function enhance(root) {
 }
 enhance(document);
 
+// A task's body (its facts and values) is fetched the first time it is opened: a run of
+// 1,000 tasks is sent as 1,000 lines. `reopen` holds the values a reader had open before a
+// live update replaced the page, to open them again once their task's body is back.
+let reopen = new Set();
+// A task by its id, a value by its task and label: neither changes as the run goes on.
+const keyOf = (d) => {
+  const task = d.dataset.taskId ? d : d.closest("details.task");
+  const label = d.dataset.taskId ? "" : d.querySelector("summary").firstChild.textContent;
+  return (task ? task.dataset.taskId : "-") + "/" + label;
+};
+async function loadBody(task) {
+  let body = task.querySelector(":scope > .task-body");
+  if (body && body.dataset.loaded) return;
+  if (!body) {
+    body = document.createElement("div");
+    body.className = "task-body";
+    task.querySelector(":scope > summary").after(body);
+  }
+  body.dataset.loaded = "1";
+  const run = encodeURIComponent(task.closest(".tasks").dataset.run);
+  const src = `/runs/${run}/tasks/${task.dataset.taskId}`;
+  try {
+    const response = await fetch(src, { cache: "no-store" });
+    if (!response.ok) throw new Error(String(response.status));
+    body.innerHTML = await response.text();
+  } catch (e) {
+    delete body.dataset.loaded;  // opened again, it tries again
+    body.textContent = "could not load this task: " + e.message;
+    return;
+  }
+  body.querySelectorAll("details.json").forEach((d) => {
+    if (reopen.has(keyOf(d))) d.open = true;
+  });
+  enhance(body);
+}
+document.addEventListener("toggle", (event) => {
+  const task = event.target;
+  if (task.matches && task.matches("details.task") && task.open) loadBody(task);
+}, true);
+const loadOpened = () => document.querySelectorAll("details.task[open]").forEach(loadBody);
+
 // A run still under way: when the server says it changed, the page's content is fetched again
 // and swapped in, keeping open what the reader opened.
 const runLive = document.getElementById("run-live");
 if (runLive) {
-  const source = new EventSource(runLive.dataset.live);
-  // A task by its id, a value by its task and label: neither changes as the run goes on.
-  const keyOf = (d) => {
-    const task = d.dataset.taskId ? d : d.parentElement.closest("details.task");
-    const label = d.dataset.taskId ? "" : d.querySelector("summary").firstChild.textContent;
-    return (task ? task.dataset.taskId : "-") + "/" + label;
-  };
+  const source = live(runLive.dataset.live);
   const opened = () => new Set(
     [...document.querySelectorAll("main details.task[open], main details.json[open]")].map(keyOf));
   source.addEventListener("changed", async () => {
@@ -141,8 +207,10 @@ if (runLive) {
     main.querySelectorAll("details.task, details.json").forEach((d) => {
       if (keep.has(keyOf(d))) d.open = true;
     });
+    reopen = keep;
     document.querySelector("main").replaceWith(main);
     enhance(document);
+    loadOpened();
   });
   source.addEventListener("final", () => source.close());
   window.addEventListener("beforeunload", () => source.close());

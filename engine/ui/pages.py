@@ -161,6 +161,12 @@ class Page:
             ("completed", h(short_time(run["completed_at"]))),
             ("duration", h(fmt_duration(duration(run)))),
         ]
+        if run["status"] == "QUEUED" and run.get("wake_at"):
+            facts.append(("delayed until", h(short_time(run["wake_at"]))))
+        if run.get("deadline_at"):
+            facts.append(
+                ("deadline", f'<span id="run-deadline">{h(short_time(run["deadline_at"]))}</span>')
+            )
         if run.get("recoveries"):
             facts.append(("recoveries", h(run["recoveries"])))
         if run.get("parent_run_id"):
@@ -197,12 +203,33 @@ class Page:
             + f'<div class="actions">{"".join(actions)}</div>'
             f'<dl class="facts">{dl}</dl>{values}'
             f"{child_runs(run.get('child_runs') or [])}"
+            f"{self.streams(run_id, run.get('streams') or [])}"
             f"<h2>Timeline</h2>{timeline(run, flat)}"
             f"<h2>Tasks <small>({len(flat)})</small></h2>"
-            f'<div class="tasks">{task_nodes(run_id, tasks) or "<p>no tasks</p>"}</div>'
+            f'<div class="tasks" data-run="{h(run_id)}">'
+            f"{task_nodes(run_id, tasks) or '<p>no tasks</p>'}</div>"
             f"{log_html}"
         )
         return self.layout(f"Run {run_id}", body)
+
+    def streams(self, run_id: str, found: list[dict[str, Any]]) -> str:
+        """The run's streams (io.stream), each with its chunk count and a link to its chunks."""
+        if not found:
+            return ""
+        rows = "".join(
+            f'<tr class="stream" data-stream="{h(s["stream"])}"><td>'
+            f'<a href="/runs/{h(run_id)}/streams/{h(quote(s["stream"], safe=""))}">'
+            f"<code>{h(s['stream'])}</code></a></td><td>{h(s['chunks'])}</td>"
+            f"<td>{h(short_time(s['last_at']))}</td>"
+            f'<td><code class="cli">{h(self.cli("runs", "stream", run_id, s["stream"]))}</code>'
+            "</td></tr>"
+            for s in found
+        )
+        return (
+            f'<h2>Streams <small>({len(found)})</small></h2><table id="streams">'
+            "<thead><tr><th>Stream</th><th>Chunks</th><th>Last written (UTC)</th>"
+            f"<th>Follow it</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
 
     # -- trigger ---------------------------------------------------------------------------------
 
@@ -271,6 +298,7 @@ class Page:
                 for v in job["versions"]
             )
             recent = "".join(run_row(r) for r in job["recent"])
+            planned = schedule_table(ov.schedules.get(job_id, []))
             trigger = (
                 ""
                 if self.read_only
@@ -281,7 +309,7 @@ class Page:
                 f'<small><a href="/?{h(urlencode({"job": job_id}))}">all runs</a></small></h2>'
                 "<table><thead><tr><th>Version</th><th>Registered (UTC)</th>"
                 f"<th>Live workers</th><th>Payload</th></tr></thead><tbody>{rows}</tbody></table>"
-                f'<table class="runs"><tbody>{recent}</tbody></table></section>'
+                f'{planned}<table class="runs"><tbody>{recent}</tbody></table></section>'
             )
         workers = "".join(
             f'<tr data-worker="{h(w["worker_id"])}"><td><code>{h(w["worker_id"])}</code></td>'
@@ -343,6 +371,30 @@ def filter_params(where: RunFilter) -> dict[str, str]:
         "to": where.until_text if where.until else None,
     }
     return {k: v for k, v in pairs.items() if v}
+
+
+def schedule_table(found: list[dict[str, Any]]) -> str:
+    """A job's schedules: when each fires next (or that it is paused), its last tick."""
+    if not found:
+        return ""
+    rows = "".join(
+        f'<tr class="schedule" data-expression="{h(s["expression"])}">'
+        f"<td><code>{h(s['expression'])}</code> {h(s['timezone'])}</td>"
+        f"<td>{'<strong>paused</strong>' if s['paused'] else h(short_time(s['next_fire_at']))}</td>"
+        f"<td>{h(short_time(s['last_tick_at']))}"
+        + (
+            f' <a href="/runs/{h(s["last_run_id"])}"><code>{h(s["last_run_id"][:12])}</code></a>'
+            if s.get("last_run_id")
+            else ""
+        )
+        + f"</td><td>{h(s['missed'])}</td><td>{h(s['job_version'])}</td></tr>"
+        for s in found
+    )
+    return (
+        '<table class="schedules"><thead><tr><th>Schedule</th><th>Next fire (UTC)</th>'
+        "<th>Last tick (UTC)</th><th>Missed ticks</th><th>Version</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
 
 
 def child_runs(children: list[dict[str, Any]]) -> str:
@@ -422,34 +474,41 @@ def walk(tasks: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
 
 
 def task_nodes(run_id: str, tasks: list[dict[str, Any]]) -> str:
+    """The task tree: each task's line, and its children. A task's body (its facts and
+    values: task_body) is fetched by app.js when it is first opened, from
+    /runs/RUN/tasks/ID, so that a run of 1,000 tasks is a page of 1,000 lines, not of 3,000
+    JSON values."""
     out = []
     for task in tasks:
-        base = f"/runs/{run_id}/tasks/{task['id']}/values"
-        values = "".join(
-            json_block(name, task.get(name), f"{base}/{name}")
-            for name in ("params", "output", "error")
-            if task.get(name) is not None
-        )
-        facts = (
-            f"<small>kind {h(task['kind'])} · attempts {h(task['attempts'])} · "
-            f"started {h(short_time(task['started_at']))} · "
-            f"completed {h(short_time(task['completed_at']))}</small>"
-        )
         children = task_nodes(run_id, task["children"])
         usage = usage_line(task.get("usage"))
         if usage:
             usage = f" <span class=usage>{h(usage)}</span>"
+        attempts = task["attempts"]
         out.append(
             f'<details class="task" data-task-id="{h(task["id"])}" data-key="{h(task["key"])}">'
             f"<summary>{status_badge(task['status'])} <code>{h(task['key'])}</code> "
             f"<span class=name>{h(task['name'])}</span> "
             f"<span class=dur>{h(fmt_duration(duration(task)))}</span>"
-            f"{usage}"
-            f"{' ×' + h(task['attempts']) if task['attempts'] and task['attempts'] > 1 else ''}"
-            f'</summary><div class="task-body">{facts}{values}'
-            f"{f'<div class=children>{children}</div>' if children else ''}</div></details>"
+            f"{usage}{' ×' + h(attempts) if attempts and attempts > 1 else ''}</summary>"
+            f"{f'<div class=children>{children}</div>' if children else ''}</details>"
         )
     return "".join(out)
+
+
+def task_body(run_id: str, task: dict[str, Any]) -> str:
+    """What an opened task shows: its kind, attempts and times, and its values."""
+    base = f"/runs/{run_id}/tasks/{task['id']}/values"
+    values = "".join(
+        json_block(name, task.get(name), f"{base}/{name}")
+        for name in ("params", "output", "error")
+        if task.get(name) is not None
+    )
+    return (
+        f"<small>kind {h(task['kind'])} · attempts {h(task['attempts'])} · "
+        f"started {h(short_time(task['started_at']))} · "
+        f"completed {h(short_time(task['completed_at']))}</small>{values}"
+    )
 
 
 def timeline(run: dict[str, Any], tasks: list[dict[str, Any]]) -> str:
@@ -472,12 +531,13 @@ def timeline(run: dict[str, Any], tasks: list[dict[str, Any]]) -> str:
     def bar(label: str, start: float | None, length: float | None, css: str, title: str) -> str:
         if start is None:
             return ""
-        left = 100 * (start - t0) / span
-        width = max(100 * (length or 0) / span, 0.4)
+        # Fractions of the track (CSS places the bar): three elements a lane, no more, as a
+        # run of 1,000 tasks draws 1,000 lanes.
+        left = (start - t0) / span
+        width = min(max((length or 0) / span, 0.004), 1 - left)
         return (
-            f'<div class="lane"><span class="lane-label" title="{h(title)}">{h(label)}</span>'
-            f'<span class="track"><span class="bar {css}" style="left:{left:.3f}%;'
-            f'width:{min(width, 100 - left):.3f}%" title="{h(title)}"></span></span></div>'
+            f'<div class="lane" title="{h(title)}"><span>{h(label)}</span>'
+            f'<i class="bar {css}" style="--l:{left:.5f};--w:{width:.5f}"></i></div>'
         )
 
     queued = (_ts(run["started_at"]) or t0) - t0

@@ -86,7 +86,11 @@ def test_runs_list_run_page_cancel_retry_and_trigger_in_a_browser(
     outer.find_element(By.TAG_NAME, "summary").click()
     wait.until(lambda d: inner.is_displayed())
     assert outer.get_attribute("open") is not None
-    params = outer.find_element(By.CSS_SELECTOR, "details.json")
+    # Its body (facts, values) is fetched when it is first opened.
+    params = wait.until(
+        lambda d: outer.find_element(By.CSS_SELECTOR, ":scope > .task-body details.json")
+    )
+    assert "kind task" in outer.find_element(By.CSS_SELECTOR, ":scope > .task-body").text
     params.find_element(By.TAG_NAME, "summary").click()
     wait.until(lambda d: '"p"' in params.text or "p: 1" in params.text)
     assert browser.find_elements(By.CSS_SELECTOR, ".timeline .bar")

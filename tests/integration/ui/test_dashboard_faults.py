@@ -1,7 +1,7 @@
 """The dashboard while its database is away: PostgreSQL behind a TCP proxy that cuts every
 connection and refuses new ones. Pages and actions answer one clear 503 page (no traceback),
 nothing is half-written, the live stream keeps going and picks up again once the database is
-back, and the actions work again."""
+back (saying so, for the page's banner), and the actions work again."""
 
 from __future__ import annotations
 
@@ -97,18 +97,29 @@ async def test_pages_actions_and_streams_ride_out_a_lost_database(
                 assert (await h.engine.get_run(failed))["status"] == "FAILED"
                 assert await count_runs() == before
 
-                # A live stream opened during the outage keeps going and recovers.
-                stream = asyncio.create_task(http.get("/events/runs"))
-                tries = proxy.refused + 3
+                # Live streams opened during the outage say so once (the page shows a banner),
+                # keep going, and say when the database is back (the banner goes).
+                streams = [
+                    asyncio.create_task(http.get("/events/runs")),
+                    asyncio.create_task(http.get(f"/events/runs/{asleep}", params={"since": "x"})),
+                ]
+                tries = proxy.refused + 6
 
                 async def tried() -> bool:
                     return proxy.refused >= tries
 
-                await until(tried, "the stream trying the database")
+                await until(tried, "the streams trying the database")
                 proxy.accept()
-                events = (await stream).text
-                assert "Traceback" not in events
-                assert f'"id": "{asleep}", "status": "WAITING"' in events
+                runs_events, run_events = [(await stream).text for stream in streams]
+                for events in (runs_events, run_events):
+                    assert "Traceback" not in events
+                    assert events.count("event: outage") == 1, events
+                    assert events.count("event: recovered") == 1, events
+                    assert events.index("event: outage") < events.index("event: recovered")
+                    assert '"reason": "database postgresql' in events
+                row = runs_events.index(f'"id": "{asleep}", "status": "WAITING"')
+                assert runs_events.index("event: recovered") < row
+                assert run_events.index("event: recovered") < run_events.index("event: changed")
 
                 # Back: the actions work again.
                 done = await http.post(f"/runs/{asleep}/cancel", data=form)

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from faults import SQLiteLock
 from pydantic import BaseModel
 from support import Harness, unique_id
 
@@ -172,8 +173,14 @@ async def test_run_page_shows_values_tree_timeline_and_downloads(
         outer_at = page.index('data-key="outer"')
         assert outer_at < page.index('data-key="inner"') < page.index('data-key="big"')
         assert "bar suspended" in page and "nap (wait) suspended" in page
-        assert f"truncated at {SHOWN_LIMIT // 1024} KB" in page
-        assert "x" * (SHOWN_LIMIT + 1) not in page
+        # A task's values are not in the page: its body is fetched when it is opened.
+        assert "x" * 100 not in page and "&quot;p&quot;: 1" not in page
+        body = (await http.get(f"/runs/{run['id']}/tasks/{ids['big']}")).text
+        assert f"truncated at {SHOWN_LIMIT // 1024} KB" in body and "kind task" in body
+        assert "x" * (SHOWN_LIMIT + 1) not in body
+        outer = (await http.get(f"/runs/{run['id']}/tasks/{ids['outer']}")).text
+        assert "&quot;p&quot;: 1" in outer and "<html" not in outer
+        assert (await http.get(f"/runs/{run['id']}/tasks/999999")).status_code == 404
 
         big = await http.get(f"/runs/{run['id']}/tasks/{ids['big']}/values/output")
         assert big.status_code == 200 and "attachment" in big.headers["content-disposition"]
@@ -425,6 +432,7 @@ async def test_known_secrets_never_reach_a_page_or_a_download(
             await http.get("/", params={"q": run["id"]}),
             await http.get(f"/runs/{run['id']}/values/payload"),
             await http.get(f"/runs/{run['id']}/values/output"),
+            await http.get(f"/runs/{run['id']}/tasks/{tasks[0]['id']}"),
             await http.get(f"/runs/{run['id']}/tasks/{tasks[0]['id']}/values/params"),
             await http.get(f"/runs/{run['id']}/tasks/{tasks[0]['id']}/values/output"),
         ]
@@ -433,3 +441,92 @@ async def test_known_secrets_never_reach_a_page_or_a_download(
         assert key not in response.text
     assert "[REDACTED]" in responses[0].text
     assert responses[2].json() == {"key": "[REDACTED]"}
+
+
+async def test_streams_delays_deadlines_and_schedules_are_shown(
+    harness: Harness, client: Client
+) -> None:
+    @job(id=unique_id("writer"), timeout=3600)
+    async def writer(payload: Any, io: Any, ctx: Any) -> str:
+        for letter in "abc":
+            await io.stream.write("letters", letter)
+        await io.stream.write("done", {"n": 3})
+        return "written"
+
+    @job(id=unique_id("nightly"), schedule="0 2 * * *")
+    async def nightly(payload: Any, io: Any, ctx: Any) -> None:
+        return None
+
+    await harness.start(writer, nightly)
+    run = await harness.run(writer)
+    assert run["status"] == "COMPLETED"
+    later = await harness.engine.trigger(writer.id, delay=3600)
+    async with client(harness.url) as http:
+        page = (await http.get(f"/runs/{run['id']}")).text
+        assert "Streams <small>(2)</small>" in page
+        letters = re.search(r'<tr class="stream" data-stream="letters">.*?</tr>', page)
+        assert letters and "<td>3</td>" in letters.group(0)
+        assert f"engine runs stream {run['id']} letters" in letters.group(0)
+        assert f'href="/runs/{run["id"]}/streams/letters"' in page
+        assert '<dt>deadline</dt><dd><span id="run-deadline">' in page
+
+        read = (await http.get(f"/runs/{run['id']}/streams/letters")).json()
+        assert [c["data"] for c in read["chunks"]] == ["a", "b", "c"]
+        assert [c["seq"] for c in read["chunks"]] == [1, 2, 3] and read["next"] is None
+        rest = (await http.get(f"/runs/{run['id']}/streams/letters", params={"after": 2})).json()
+        assert [c["data"] for c in rest["chunks"]] == ["c"]
+        assert (await http.get(f"/runs/{run['id']}/streams/none")).json()["chunks"] == []
+        assert (await http.get("/runs/no-such-run/streams/letters")).status_code == 404
+        bad = await http.get(f"/runs/{run['id']}/streams/letters", params={"after": "x"})
+        assert bad.status_code == 400 and "after=" in bad.text
+
+        delayed = (await http.get(f"/runs/{later}")).text
+        assert "<dt>delayed until</dt>" in delayed and "Streams" not in delayed
+
+        jobs_page = (await http.get("/jobs")).text
+        planned = re.search(
+            r'<tr class="schedule" data-expression="0 2 \* \* \*">.*?</tr>', jobs_page
+        )
+        assert planned and "02:00:00" in planned.group(0) and "paused" not in planned.group(0)
+        assert await harness.engine.pause_schedule(nightly.id) == 1
+        paused = (await http.get("/jobs")).text
+        assert re.search(r'data-expression="0 2 \* \* \*"><td>.*?</td><td><strong>paused', paused)
+
+
+async def test_pages_never_wait_for_the_sqlite_write_lock(
+    sqlite_harness: Harness, client: Client
+) -> None:
+    """The dashboard only reads, and its reads take no lock: while another process holds the
+    write lock (as a worker does for each write), every page and live stream answers. Its busy
+    timeout is 1 s here, so a read that waited for the lock would answer 503."""
+    jobs = make_jobs()
+    await sqlite_harness.start(*jobs.values())
+    done = await sqlite_harness.run(jobs["steps"])
+    sleeping = await sqlite_harness.engine.trigger(jobs["sleeps"].id)
+    for _ in range(1500):  # up to 30 s
+        if (await sqlite_harness.engine.get_run(sleeping))["status"] == "WAITING":
+            break
+        await asyncio.sleep(0.02)
+    await sqlite_harness.stop()
+    task = (await sqlite_harness.store.get_tasks(done["id"]))[0]
+    path = sqlite_harness.url.split("///", 1)[1]
+    async with client(f"{sqlite_harness.url}?timeout=1", stream_seconds=0.3) as http:
+        async with SQLiteLock(path):
+            answers = {
+                path: await http.get(path)
+                for path in (
+                    "/",
+                    "/?status=WAITING",
+                    f"/runs/{done['id']}",
+                    f"/runs/{sleeping}",
+                    f"/runs/{done['id']}/tasks/{task['id']}",
+                    "/jobs",
+                    "/events/runs",
+                    f"/events/runs/{sleeping}",
+                )
+            }
+    for path, answer in answers.items():
+        assert answer.status_code == 200, (path, answer.text)
+    assert sleeping in answers["/?status=WAITING"].text
+    assert "event: outage" not in answers["/events/runs"].text
+    assert f'"id": "{sleeping}"' in answers["/events/runs"].text
