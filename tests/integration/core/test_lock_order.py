@@ -30,7 +30,7 @@ TIMEOUT_ERROR = {"type": "RunTimeoutError", "message": "past its deadline"}
 
 
 def impatient(url: str) -> Store:
-    store = Store(url, pool_size=4)
+    store = Store(url, pool_size=2)
     store.patience = 0  # a deadlock surfaces as a DatabaseError instead of a silent retry
     return store
 
