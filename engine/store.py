@@ -660,21 +660,24 @@ class Store(Database):
         recorded, and their open tasks; returns how many. The lease epoch moves on, so an
         execution still going cannot record anything after (fencing).
 
-        Each run in a transaction of its own, locked as `engine runs cancel` locks it (parent,
-        run, tasks, children): several runs in one transaction would lock one tree's child
-        before another's parent, and deadlock with a child ending or a cancel."""
+        Each run is locked as `engine runs cancel` locks it (parent, run, tasks, children), and
+        on PostgreSQL in a transaction of its own: several runs in one would lock one family's
+        child before another's parent, and deadlock with a child ending or a cancel. SQLite
+        serializes writers anyway: there, one transaction saves a commit per run."""
         async with self.begin() as conn:
             now = clock.now()
             rows = (await conn.execute(self._sql.expired_runs, {"now": now, "limit": limit})).all()
         canceled = 0
-        for r in rows:
+        for group in [[r] for r in rows] if self.is_postgres else [rows]:
             async with self.begin() as conn:
-                _, row = await self._cancel(conn, r.id, error(r.deadline_at))
-                if row is None:
-                    continue  # finished or canceled meanwhile
-                # The worker executing it hears of it and interrupts the step in flight.
-                await self._notify(conn)
-            canceled += 1
+                done = 0
+                for r in group:
+                    _, row = await self._cancel(conn, r.id, error(r.deadline_at))
+                    done += row is not None  # else it finished or was canceled meanwhile
+                if done:
+                    # The workers executing them hear of it and interrupt the step in flight.
+                    await self._notify(conn)
+            canceled += done
         if canceled:
             self._wake_local()
         return canceled
