@@ -232,7 +232,8 @@ async def _cancel(store: Any, run_ids: list[str]) -> None:
 
     now = clock.now()
     async with store.begin() as conn:
-        await conn.execute(store._sql.cancel_run, [{"id": i, "now": now} for i in run_ids])
+        canceled = [{"id": i, "now": now, "error": None} for i in run_ids]
+        await conn.execute(store._sql.cancel_run, canceled)
         await conn.execute(
             store._sql.cancel_open_tasks, [{"run_id": i, "now": now} for i in run_ids]
         )

@@ -472,17 +472,22 @@ class Statements:
             "WHERE run_id = :run_id ORDER BY created_at, line"
         ).columns(fields=Json, created_at=UTCDateTime)
         self.run_status_locked = _t(f"SELECT status FROM engine_runs WHERE id = :id{lock}")
-        # The status guard is in the statement itself: a run that finished meanwhile is left
-        # as it is (INVARIANTS 12).
+        # Every cancel (`engine runs cancel`, a deadline) is this one statement: the status
+        # guard is in it, so a run that finished meanwhile is left as it is (INVARIANTS 12);
+        # `error` is what a deadline records (RunTimeoutError), NULL for a plain cancel.
         self.cancel_run = _t(
-            f"UPDATE engine_runs SET status = 'CANCELED', completed_at = {ended}, wake_at = NULL, "
-            "lease_owner = NULL, lease_expires_at = NULL, lease_epoch = lease_epoch + 1 "
+            f"UPDATE engine_runs SET status = 'CANCELED', error = :error, completed_at = {ended}, "
+            "wake_at = NULL, lease_owner = NULL, lease_expires_at = NULL, "
+            "lease_epoch = lease_epoch + 1 "
             "WHERE id = :id AND status IN ('QUEUED', 'WAITING', 'RUNNING') "
-            "RETURNING job_id, parent_task_id, parent_run_id",
+            "RETURNING concurrency_key, job_id, parent_task_id, parent_run_id",
+            error=Json,
             **now,
         )
-        # Deadlines (docs/triggers.md): the unfinished runs past theirs, oldest first, then each
-        # canceled like `engine runs cancel`, with the RunTimeoutError recorded.
+        # Deadlines (docs/triggers.md): the unfinished runs past theirs, oldest first, each then
+        # canceled in a transaction of its own, like `engine runs cancel`, with the
+        # RunTimeoutError recorded. Read without a lock: taking them all here would lock a
+        # child before its parent (see Store._cancel).
         # The sweep reads this first (ix_engine_runs_status_deadline) and opens a write
         # transaction only when it is true: an idle worker sweeps every second.
         any_expired = (
@@ -494,18 +499,9 @@ class Statements:
         self.expired_runs = _t(
             "SELECT id, deadline_at FROM engine_runs WHERE status IN "
             "('QUEUED', 'RUNNING', 'WAITING') AND deadline_at <= :now "
-            f"ORDER BY deadline_at LIMIT :limit{skip}",
+            "ORDER BY deadline_at, id LIMIT :limit",
             **now,
         ).columns(deadline_at=UTCDateTime)
-        self.cancel_expired = _t(
-            f"UPDATE engine_runs SET status = 'CANCELED', error = :error, completed_at = {ended}, "
-            "wake_at = NULL, lease_owner = NULL, lease_expires_at = NULL, "
-            "lease_epoch = lease_epoch + 1 "
-            "WHERE id = :id AND status IN ('QUEUED', 'WAITING', 'RUNNING') "
-            "RETURNING concurrency_key, job_id, parent_task_id, parent_run_id",
-            error=Json,
-            **now,
-        )
         # Schedules (engine.schedules).
         self.register_schedule = _t(
             "INSERT INTO engine_schedules (job_id, expression, timezone, job_version, missed, "

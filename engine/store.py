@@ -658,28 +658,29 @@ class Store(Database):
     async def cancel_expired(self, error: Callable[[Any], dict[str, Any]], limit: int = 100) -> int:
         """Cancels the unfinished runs past their deadline, each with `error(deadline)`
         recorded, and their open tasks; returns how many. The lease epoch moves on, so an
-        execution still going cannot record anything after (fencing)."""
+        execution still going cannot record anything after (fencing).
+
+        Each run is locked as `engine runs cancel` locks it (parent, run, tasks, children), and
+        on PostgreSQL in a transaction of its own: several runs in one would lock one family's
+        child before another's parent, and deadlock with a child ending or a cancel. SQLite
+        serializes writers anyway: there, one transaction saves a commit per run."""
         now = clock.now()
         if not await self._any_expired(now):
             return 0
-        canceled = 0
-        async with self.begin() as conn:
+        async with self.read() as conn:  # no lock: each run is locked in order by `_cancel`
+            now = clock.now()
             rows = (await conn.execute(self._sql.expired_runs, {"now": now, "limit": limit})).all()
-            for r in rows:
-                recorded = error(r.deadline_at)
-                result = await conn.execute(
-                    self._sql.cancel_expired, {"id": r.id, "now": now, "error": recorded}
-                )
-                row = result.first()
-                if row is None:
-                    continue  # finished or canceled meanwhile
-                await conn.execute(self._sql.cancel_open_tasks, {"run_id": r.id, "now": now})
-                # Like a cancel: its children end with it, and a child's parent hears of it.
-                await self._run_ended(conn, r.id, row, "CANCELED", cascade=True, error=recorded)
-                canceled += 1
-            if canceled:
-                # The workers executing them hear of it and interrupt the step in flight.
-                await self._notify(conn)
+        canceled = 0
+        for group in [[r] for r in rows] if self.is_postgres else [rows]:
+            async with self.begin() as conn:
+                done = 0
+                for r in group:
+                    _, row = await self._cancel(conn, r.id, error(r.deadline_at))
+                    done += row is not None  # else it finished or was canceled meanwhile
+                if done:
+                    # The workers executing them hear of it and interrupt the step in flight.
+                    await self._notify(conn)
+            canceled += done
         if canceled:
             self._wake_local()
         return canceled
@@ -755,6 +756,9 @@ class Store(Database):
     ) -> None:
         now = clock.now()
         async with self.begin() as conn:
+            # The run's row before its task's, as a cancel and the run's own writes take them:
+            # the other way round, a poll ending while its run is canceled deadlocks.
+            await self._lock_run(conn, poll.run_id)
             woke = await self._settle_waiting(
                 conn, poll.task_id, poll.run_id, output=output, error=error, poll_state=poll_state
             )
@@ -1150,32 +1154,41 @@ class Store(Database):
         A run that finished first (even a moment before) is left alone: InvalidRunStateError.
         """
         async with self.begin() as conn:
-            # Its parent first (lock order, see ChildStatements.lock_run); the link never changes.
-            parent = (await conn.execute(self._children_sql.parent_of, {"id": run_id})).scalar()
-            if parent is not None:
-                await self._lock_run(conn, parent)
-            before = await self._locked_status(conn, run_id)
-            now = clock.now()  # once the row is ours: nothing was recorded after this
-            row = None
-            if before in ("QUEUED", "WAITING", "RUNNING"):
-                row = (await conn.execute(self._sql.cancel_run, {"id": run_id, "now": now})).first()
+            before, row = await self._cancel(conn, run_id, None)
             if row is None:
                 # Leaving the block by raising rolls the transaction back.
-                status = (
-                    before
-                    if before not in ("QUEUED", "WAITING", "RUNNING")
-                    else (await self._locked_status(conn, run_id))
-                )
                 raise InvalidRunStateError(
-                    f"run {run_id} is already {status}: only QUEUED, WAITING and RUNNING "
+                    f"run {run_id} is already {before}: only QUEUED, WAITING and RUNNING "
                     "runs can be canceled"
                 )
-            await conn.execute(self._sql.cancel_open_tasks, {"run_id": run_id, "now": now})
-            await self._run_ended(conn, run_id, row, "CANCELED", cascade=True)
             # The worker executing it hears of it at once and interrupts the step in flight.
             await self._notify(conn)
         self._wake_local()
         return before
+
+    async def _cancel(
+        self, conn: AsyncConnection, run_id: str, error: dict[str, Any] | None
+    ) -> tuple[str, Any]:
+        """Cancels one open run with `error` recorded (None: a plain cancel), in the caller's
+        transaction: (its status before, the cancel's row, or None when it had ended).
+
+        Lock order, the same as a run's own end and every settle: the parent's row, the run's,
+        the run's tasks, then its children's rows and tasks (PostgreSQL; SQLite serializes
+        writers anyway). The parent link never changes, so it is read before any lock."""
+        parent = (await conn.execute(self._children_sql.parent_of, {"id": run_id})).scalar()
+        if parent is not None:
+            await self._lock_run(conn, parent)
+        before = await self._locked_status(conn, run_id)
+        if before not in ("QUEUED", "WAITING", "RUNNING"):
+            return before, None
+        now = clock.now()  # once the row is ours: nothing was recorded after this
+        values = {"id": run_id, "now": now, "error": error}
+        row = (await conn.execute(self._sql.cancel_run, values)).first()
+        if row is None:  # the status guard: the lock above makes this a safety net only
+            return await self._locked_status(conn, run_id), None
+        await conn.execute(self._sql.cancel_open_tasks, {"run_id": run_id, "now": now})
+        await self._run_ended(conn, run_id, row, "CANCELED", cascade=True, error=error)
+        return before, row
 
     async def _locked_status(self, conn: AsyncConnection, run_id: str) -> str:
         """The run's status, its row locked until the transaction ends (PostgreSQL)."""
@@ -1314,8 +1327,10 @@ class Store(Database):
             await self._notify(conn)
 
     async def _lock_run(self, conn: AsyncConnection, run_id: str) -> None:
-        """Locks a parent's row before its child's (PostgreSQL): a child ending and its parent
-        being canceled at once then wait for each other instead of deadlocking."""
+        """Locks a run's row (PostgreSQL) ahead of what the caller writes next: a parent's
+        before its child's, a run's before its tasks'. Everything that ends a run or settles a
+        wait takes rows in that order, so two of them meeting wait for each other instead of
+        deadlocking (and retrying as a transient error)."""
         if self._children_sql.lock_run is not None:
             await conn.execute(self._children_sql.lock_run, {"id": run_id})
 

@@ -572,3 +572,93 @@ class SQLiteLock:
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.__exit__, *exc)
+
+
+# -- PostgreSQL: a commit held at its last moment ----------------------------------------------
+
+
+class CommitGate:
+    """Holds every commit that inserts a row into `table` (rows matching `when`) at the very end
+    of the commit, until the test releases it: a deferred constraint trigger waits for an
+    advisory lock the gate holds. With the commit held, the test can cut the connection
+    (`TcpProxy.cut`) and then let the commit land (`release`: the server commits, the client
+    never hears of it) or lose it (`terminate`, then `release`): a lost connection at an exact
+    point of a write, without a timing window.
+
+    Async (`async with CommitGate(dsn, table) as gate:`), on the test's own loop; the gate's
+    trigger is dropped on exit. `dsn` is the database's URL (engine or plain), reached directly,
+    not through a proxy.
+    """
+
+    KEY = 740_140_031  # the advisory lock's key: nothing of the engine's uses advisory locks so
+
+    def __init__(self, dsn: str, table: str, when: str = "true") -> None:
+        self.dsn = dsn.replace("postgresql+asyncpg://", "postgresql://", 1)
+        self.table = table
+        self.when = when
+        self.name = f"engine_test_gate_{table}"
+        self._conn: Any = None
+        self._held = False
+
+    async def __aenter__(self) -> CommitGate:
+        import asyncpg
+
+        self._conn = await asyncpg.connect(self.dsn, timeout=30)
+        await self._conn.execute(
+            f"CREATE OR REPLACE FUNCTION {self.name}() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN PERFORM pg_advisory_xact_lock({self.KEY}); RETURN NULL; END $$; "
+            f"CREATE CONSTRAINT TRIGGER {self.name} AFTER INSERT ON {self.table} "
+            f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ({self.when}) "
+            f"EXECUTE FUNCTION {self.name}()"
+        )
+        await self._conn.execute(f"SELECT pg_advisory_lock({self.KEY})")
+        self._held = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.release()
+            await self._conn.execute(
+                f"DROP TRIGGER IF EXISTS {self.name} ON {self.table}; "
+                f"DROP FUNCTION IF EXISTS {self.name}()"
+            )
+        finally:
+            await self._conn.close()
+
+    async def waiting(self) -> list[int]:
+        """The backends whose commit the gate holds now."""
+        rows = await self._conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND wait_event = 'advisory' ORDER BY pid"
+        )
+        return [int(r["pid"]) for r in rows]
+
+    async def wait_held(self, timeout: float = 60.0) -> int:
+        """Returns the pid of a backend held in its commit, once there is one."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not (pids := await self.waiting()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"no commit into {self.table} reached the gate in {timeout}s")
+            await asyncio.sleep(0.02)
+        return pids[0]
+
+    async def terminate(self, pid: int) -> None:
+        """Ends the held backend: its transaction rolls back, as a server-side connection
+        loss before the commit would."""
+        await self._conn.execute("SELECT pg_terminate_backend($1)", pid)
+
+    async def release(self) -> None:
+        """Lets the held commits (and every later one) go through."""
+        if self._held:
+            self._held = False
+            await self._conn.execute(f"SELECT pg_advisory_unlock({self.KEY})")
+
+    async def wait_gone(self, pid: int, timeout: float = 60.0) -> None:
+        """Returns once backend `pid` has ended (its commit landed or rolled back, and it
+        found its client gone)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        query = "SELECT 1 FROM pg_stat_activity WHERE pid = $1"
+        while await self._conn.fetchval(query, pid):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"backend {pid} still there after {timeout}s")
+            await asyncio.sleep(0.02)
