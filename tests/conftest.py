@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import reaper
 from pgdatabases import PgDatabases, run_statement
 from support import Harness
 
@@ -38,6 +39,12 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     if named and all(path.is_file() for path in named):
         return 0
     return max(2, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In the main process and in every xdist worker: a SIGTERM (CI's `timeout`) kills the
+    processes the tests started before pytest ends (tests/reaper.py)."""
+    reaper.install()
 
 
 def _pg_reachable() -> str | None:

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import reaper
 
 T = TypeVar("T")
 
@@ -484,11 +485,14 @@ class PrivatePostgres:
 def private_postgres() -> Iterator[PrivatePostgres]:
     """A started private cluster; stopped and removed on exit, whatever happened."""
     cluster = PrivatePostgres()
+    # The cluster daemonizes: a SIGTERM to the session would leave it running (tests/reaper.py).
+    forget = reaper.on_terminate(cluster.close)
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.close()
+        forget()
 
 
 @pytest.fixture
