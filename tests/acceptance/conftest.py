@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from engine import Engine
+from engine.app import load_app
 
 ENGINE = str(Path(sys.executable).parent / "engine")
 APPS = Path(__file__).parent / "apps"
@@ -71,18 +72,14 @@ class Result:
 START_TIMEOUT = 60.0
 
 
+def _spawn(args: list[str], cwd: Path, **streams: Any) -> subprocess.Popen[Any]:
+    """Starts `engine ARGS...` in its own session, so that its whole group can be killed."""
+    return subprocess.Popen([ENGINE, *args], cwd=cwd, env=_env(), start_new_session=True, **streams)
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = START_TIMEOUT) -> Result:
     """Runs `engine ARGS...` to completion (hard timeout; the process group is always killed)."""
-    cmd = [ENGINE, *args]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _spawn(list(args), cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -93,29 +90,50 @@ def run_cli(*args: str, cwd: Path, timeout: float = START_TIMEOUT) -> Result:
         ) from None
     finally:
         _kill_group(proc)
-    return Result(cmd, proc.returncode, out, err)
+    return Result([ENGINE, *args], proc.returncode, out, err)
 
 
-class Worker:
+class EngineProcess:
+    """A long-running `engine ARGS...` whose output the test follows while it runs: a worker
+    (`engine run`, output to a file) or a reader (`engine runs stream`, output line by line).
+    Its group is killed by `close()`, whatever happened."""
+
+    def __init__(self, args: list[str], cwd: Path, **streams: Any) -> None:
+        self.args = [ENGINE, *args]
+        self.proc = _spawn(args, cwd, **streams)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"`{' '.join(self.args)}` still running {timeout}s later:\n{self.output}"
+            ) from None
+
+    @property
+    def output(self) -> str:
+        return ""
+
+    def close(self) -> None:
+        _kill_group(self.proc)
+
+
+class Worker(EngineProcess):
     """One `engine run APP` process; its stdout+stderr go to a file."""
 
     def __init__(self, app: Path, url: str, cwd: Path, name: str, *options: str) -> None:
         self.log_path = cwd / f"{name}.log"
         self._log = open(self.log_path, "wb")  # closed by kill9() / close()
-        self.args = [ENGINE, "run", str(app), "--database-url", url, *options]
-        self.proc = subprocess.Popen(
-            self.args,
-            cwd=cwd,
-            env=_env(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        args = ["run", str(app), "--database-url", url, *options]
+        super().__init__(args, cwd, stdout=self._log, stderr=subprocess.STDOUT)
         self.id: str | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     @property
     def output(self) -> str:
@@ -140,35 +158,17 @@ class Worker:
         self.proc.wait(10)
         self._log.close()
 
-    def signal(self, sig: int) -> None:
-        os.kill(self.proc.pid, sig)
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"worker still running {timeout}s later:\n{self.output}") from None
-
     def close(self) -> None:
-        _kill_group(self.proc)
+        super().close()
         self._log.close()
 
 
-class Follower:
+class Follower(EngineProcess):
     """A long-running CLI command (`engine runs stream ...`) whose output lines the test reads
     as they come, each within a deadline, while the process goes on."""
 
     def __init__(self, args: list[str], cwd: Path) -> None:
-        self.args = [ENGINE, *args]
-        self.proc = subprocess.Popen(
-            self.args,
-            cwd=cwd,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
+        super().__init__(args, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -191,11 +191,7 @@ class Follower:
 
     def rest(self, timeout: float = 30.0) -> Result:
         """Waits for it to exit; its remaining stdout lines and its stderr."""
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            command = " ".join(self.args)
-            raise AssertionError(f"`{command}` still running {timeout}s later") from None
+        self.wait(timeout)
         self._reader.join(10)
         out = []
         while not self._lines.empty():
@@ -206,7 +202,7 @@ class Follower:
         return Result(self.args, self.proc.returncode, "\n".join(out), self.proc.stderr.read())
 
     def close(self) -> None:
-        _kill_group(self.proc)
+        super().close()
         self._reader.join(5)
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None:
@@ -287,7 +283,16 @@ class Procs:
         )
         return listed
 
-    # -- the same views, read in this process ---------------------------------------------------
+    # -- the same, in this process ---------------------------------------------------------------
+
+    @staticmethod
+    def start(url: str, job_id: str, payload: Any = None, *, app: str | None = None) -> str:
+        """What `trigger` does, without starting `engine` (for tests of something else than the
+        CLI): `app` is loaded here first, as `engine trigger --app` loads it."""
+        if app is not None:
+            load_app(str(APPS / app))
+        run_id: str = _read(url, lambda engine: engine.trigger(job_id, payload))
+        return run_id
 
     @staticmethod
     def view(url: str, run_id: str) -> dict[str, Any]:

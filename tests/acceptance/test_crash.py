@@ -23,7 +23,7 @@ N_TASKS = 40
 
 def test_kill9_mid_run_then_a_new_worker_finishes(procs: Any, db_url: str, tmp_path: Path) -> None:
     log = tmp_path / "tasks.log"
-    run_id = procs.trigger(
+    run_id = procs.start(
         db_url, "many-tasks", {"log": str(log), "n": N_TASKS, "sleep": 0.05}, app="crash.py"
     )
     first = procs.worker("crash.py", db_url)
@@ -74,7 +74,7 @@ def test_kill9_mid_step_keeps_the_lost_attempt_with_its_worker(
     procs: Any, db_url: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "hang.log"
-    run_id = procs.trigger(db_url, "hangs-once", {"log": str(log)}, app="crash.py")
+    run_id = procs.start(db_url, "hangs-once", {"log": str(log)}, app="crash.py")
     first = procs.worker("crash.py", db_url)
     # A step running for more than a second is marked RUNNING in the log: kill only then.
     procs.wait_until(
@@ -109,7 +109,7 @@ def test_kill9_while_waiting(procs: Any, db_url: str, tmp_path: Path) -> None:
     log = tmp_path / "nap.log"
     # An hour-long sleep holds the run WAITING for as long as the test needs; the test then
     # makes it due itself (no window in which the state must be observed).
-    run_id = procs.trigger(db_url, "napper", {"log": str(log), "seconds": 3600}, app="crash.py")
+    run_id = procs.start(db_url, "napper", {"log": str(log), "seconds": 3600}, app="crash.py")
     first = procs.worker("crash.py", db_url)
     procs.wait_status(db_url, run_id, "WAITING", timeout=20)
     first.kill9()
@@ -165,7 +165,7 @@ def test_kill9_while_a_background_poll_is_pending(
     procs: Any, db_url: str, tmp_path: Path, flag_server: Any
 ) -> None:
     log = tmp_path / "poll.log"
-    run_id = procs.trigger(
+    run_id = procs.start(
         db_url, "poller", {"log": str(log), "url": flag_server.url}, app="crash.py"
     )
     first = procs.worker("crash.py", db_url)
@@ -200,7 +200,7 @@ def test_kill9_while_a_background_poll_is_pending(
 
 def sigterm_during_the_long_task(procs: Any, url: str, log: Path) -> str:
     """Starts a worker, SIGTERMs it while the 2 s task runs; returns the run id."""
-    run_id: str = procs.trigger(url, "long", {"log": str(log), "seconds": 2}, app="crash.py")
+    run_id: str = procs.start(url, "long", {"log": str(log), "seconds": 2}, app="crash.py")
     first = procs.worker("crash.py", url)
     procs.wait_until(lambda: "long-start" in procs.lines(log), 20, "the long task to start")
     sent = time.monotonic()

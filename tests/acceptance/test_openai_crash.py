@@ -80,7 +80,7 @@ def test_kill_during_an_openai_wait_resumes_without_repeating_the_create(
     fake_server.hold(held)
 
     first = procs.worker("openai_waits.py", sqlite_url)
-    run_id = procs.trigger(sqlite_url, job_id, payload)
+    run_id = procs.start(sqlite_url, job_id, payload)
     procs.wait_status(sqlite_url, run_id, "WAITING", timeout=60)
     create_key = f"{wait_key}:create" if job_id != "oa-wait-run" else "create-run"
     # The worker polls the held object (a GET on it) without finishing the wait.
@@ -112,7 +112,7 @@ def test_a_400_fails_the_run_with_openais_message_in_runs_show(
     )
 
     procs.worker("openai_waits.py", sqlite_url)
-    run_id = procs.trigger(sqlite_url, "oa-response")
+    run_id = procs.start(sqlite_url, "oa-response")
     procs.wait_status(sqlite_url, run_id, "FAILED", timeout=20)
     shown = procs.ok("runs", "show", run_id, "--database-url", sqlite_url)
     assert "Invalid value for 'model': no such model" in shown

@@ -44,7 +44,7 @@ def test_kill_during_a_rate_limit_wait_loses_nothing(
         ROUTE, status=429, reset_requests="10m0s", message="Rate limit reached for requests"
     )
     first = procs.worker("openai_limits.py", sqlite_url)
-    run_id = procs.trigger(sqlite_url, "oa-chat")
+    run_id = procs.start(sqlite_url, "oa-chat")
     procs.wait_status(sqlite_url, run_id, "WAITING", timeout=60)
     db = tmp_path / "engine.db"
     due = _due_at(db, run_id)

@@ -29,7 +29,7 @@ def start_runs(procs: Any, url: str, tmp_path: Path, count: int, sleep: float) -
     for i in range(count):
         log = tmp_path / f"run{i}.log"
         payload = {"log": str(log), "n": STEPS, "sleep": sleep}
-        runs[procs.trigger(url, "many-tasks", payload, app="crash.py")] = log
+        runs[procs.start(url, "many-tasks", payload, app="crash.py")] = log
     return runs
 
 

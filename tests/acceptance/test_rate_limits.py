@@ -37,10 +37,19 @@ def fleet(request: pytest.FixtureRequest) -> tuple[str, int]:
     return str(request.getfixturevalue("sqlite_url")), 1
 
 
-@pytest.fixture
-def fake_server() -> Iterator[FakeOpenAIProcess]:
+@pytest.fixture(scope="module")
+def fake_process() -> Iterator[FakeOpenAIProcess]:
+    """One fake OpenAI for the module (each start imports openai in a new process)."""
     with FakeOpenAIProcess(requests_per_minute=60) as fake:
         yield fake
+
+
+@pytest.fixture
+def fake_server(fake_process: FakeOpenAIProcess) -> FakeOpenAIProcess:
+    """The module's fake, emptied (no request counted, buckets full); each test sets the
+    limits it is about."""
+    fake_process.reset()
+    return fake_process
 
 
 def trigger_all(url: str, job_id: str, payloads: list[dict[str, Any]]) -> list[str]:
@@ -101,23 +110,27 @@ def test_openai_runs_finish_under_the_limit_with_no_429(
 ) -> None:
     url, workers = fleet
     use_fake_openai(monkeypatch, fake_server.base_url)
-    monkeypatch.setenv("RL_OPENAI_RPM", "60")
-    # Someone else spent 55 of the account's 60 requests a minute: 5 are left, and one more
-    # comes each second. A fleet sending faster than that is refused.
+    monkeypatch.setenv("RL_OPENAI_RPM", "600")
+    # 600 requests a minute, held as 60 at most (6 s' worth, as a minute's worth of 60 a
+    # minute would be): the fleet paces at 10 a second, so 30 calls take 3 s, not 30.
+    fake_server.set_limits(requests_per_minute=600, burst_seconds=6)
+    start_fleet(procs, url, workers)
+    # Someone else spent 50 of the 60 just now: 10 are left, and one more comes every 0.1 s.
+    # A fleet sending faster than that is refused.
     direct = openai.OpenAI(base_url=fake_server.base_url, api_key="sk-other", max_retries=0)
-    for _ in range(55):
+    for _ in range(50):
         direct.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
         )
+    direct.close()
     assert fake_server.rate_limited() == 0
-    start_fleet(procs, url, workers)
     run_ids = trigger_all(url, "oa-limited", [{"calls": 3}] * 10)
     for run_id in run_ids:
         procs.wait_status(url, run_id, "COMPLETED", timeout=300)
 
     # Zero 429s caused by the fleet: every call answered the first time.
     assert fake_server.rate_limited() == 0
-    assert fake_server.count("POST /v1/chat/completions") == 55 + 30
+    assert fake_server.count("POST /v1/chat/completions") == 50 + 30
     attempts = query(url, "SELECT attempts FROM engine_tasks WHERE kind = 'openai'")
     assert sorted(a for (a,) in attempts) == [1] * 30
     # The account's bucket never ran dry: the answers say how much was left.

@@ -17,7 +17,7 @@ def test_a_run_killed_in_a_step_again_and_again_fails_then_retry_finishes_it(
 ) -> None:
     log, release = tmp_path / "hang.log", tmp_path / "release"
     payload = {"log": str(log), "release": str(release)}
-    run_id = procs.trigger(db_url, "fragile", payload, app="recovery.py")
+    run_id = procs.start(db_url, "fragile", payload, app="recovery.py")
 
     killed = []
     for n in (1, 2, 3):

@@ -55,7 +55,7 @@ def test_a_stream_is_followed_from_another_process_and_replayed_after_kill_9(
     use_fake_openai(monkeypatch, fake.base_url)
     fake.hold("streams")
     first = procs.worker("streams.py", db_url)
-    run_id = procs.trigger(db_url, "stream-chat", {"prompt": PROMPT, "gate": flag_server.url})
+    run_id = procs.start(db_url, "stream-chat", {"prompt": PROMPT, "gate": flag_server.url})
     follow = ("runs", "stream", run_id, "answer", "--json", "--database-url", db_url)
 
     # A reader in another process sees the first chunks while the call is still in progress.
@@ -85,7 +85,7 @@ def test_a_stream_is_followed_from_another_process_and_replayed_after_kill_9(
     procs.wait_status(db_url, run_id, "COMPLETED", timeout=60)
     end = reader.rest(60)
     assert end.returncode == 0 and end.stdout == "", str(end)
-    view = procs.show(db_url, run_id)
+    view = procs.view(db_url, run_id)
     # The new worker replayed the recorded response: no second request.
     assert fake.count(ROUTE) == 1
     assert view["output"]["text"] == REPLY
@@ -107,7 +107,7 @@ def test_a_call_cut_off_by_kill_9_mid_stream_runs_again_after_a_restart_marker(
     use_fake_openai(monkeypatch, fake.base_url)
     fake.hold("streams")
     first = procs.worker("streams.py", sqlite_url)
-    run_id = procs.trigger(sqlite_url, "stream-chat", {"prompt": PROMPT, "gate": flag_server.url})
+    run_id = procs.start(sqlite_url, "stream-chat", {"prompt": PROMPT, "gate": flag_server.url})
     follow = ("runs", "stream", run_id, "answer", "--json", "--database-url", sqlite_url)
     reader = procs.follow(*follow)
     cut = [json.loads(reader.line()) for _ in range(BEFORE_HOLD)]
@@ -125,7 +125,7 @@ def test_a_call_cut_off_by_kill_9_mid_stream_runs_again_after_a_restart_marker(
     assert again[0]["restart"] and not any(c["restart"] for c in again[1:])
     assert _text(again) == REPLY
     assert fake.count(ROUTE) == 2
-    view = procs.show(sqlite_url, run_id)
+    view = procs.view(sqlite_url, run_id)
     answer = next(t for t in view["tasks"] if t["key"] == "answer")
     assert answer["status"] == "COMPLETED" and answer["attempts"] == 2
     # For people: the text stream says on stderr where the output starts again.
