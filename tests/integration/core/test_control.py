@@ -101,7 +101,10 @@ async def test_cancel_a_queued_run(harness: Harness) -> None:
     run_id = await harness.engine.trigger(never.id)
     await harness.engine.cancel(run_id)
     await harness.start(never)
-    await asyncio.sleep(0.3)
+    # A run queued after it completes (not a sleep): the scheduler's claims, which take the
+    # oldest run first, passed the canceled one over.
+    later = await harness.engine.trigger(never.id)
+    assert (await harness.engine.wait_for(later, 10))["status"] == "COMPLETED"
     assert (await harness.engine.get_run(run_id))["status"] == "CANCELED"
 
 

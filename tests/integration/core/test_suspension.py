@@ -165,7 +165,10 @@ async def test_a_worker_leaves_runs_of_versions_it_does_not_have(harness: Harnes
     await harness.start(v2)
     new_run = await harness.engine.trigger(job_id)
     assert (await harness.engine.wait_for(new_run, 10))["output"] == "v2"
-    await asyncio.sleep(0.3)
+    # One more run through the scheduler (not a sleep): every claim since old_run was queued
+    # passed it over, the older run, which a claim would have taken first.
+    later = await harness.engine.trigger(job_id)
+    assert (await harness.engine.wait_for(later, 10))["output"] == "v2"
     assert (await harness.engine.get_run(old_run))["status"] == "QUEUED"
     # A worker that still has version 1 finishes it.
     await harness.start(v1)
