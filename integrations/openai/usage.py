@@ -6,7 +6,8 @@ that are billed carry tokens (creates, and the waits that see a run or response 
 retrieve or a list records its rate-limit headers with no model and no tokens, so that reading
 a run twice never counts its tokens twice.
 
-The headers come from an httpx response hook on the client (`capture_headers`): the
+The headers come from an httpx response hook on the client (`capture_headers`; its request
+hook, `recheck_place`, is the limiter's last look before a request leaves): the
 openai-python models do not keep them, and `with_raw_response` would bring back the Assistants
 API's DeprecationWarning at every await.
 """
@@ -17,6 +18,8 @@ import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
+
+from engine import ratelimit
 
 PROVIDER = "openai"
 # Calls OpenAI bills by the tokens in their answer's `usage` (the waits are billed through
@@ -62,13 +65,25 @@ def capturing() -> Iterator[dict[str, str]]:
         _headers.reset(token)
 
 
+async def recheck_place(request: Any) -> None:
+    """httpx request hook: a rate-limited request that stalled after its place was granted
+    takes a new one rather than go late (engine.ratelimit.recheck)."""
+    await ratelimit.recheck()
+
+
+def hooks() -> dict[str, list[Any]]:
+    """The event hooks of the httpx clients the integration creates."""
+    return {"request": [recheck_place], "response": [capture_headers]}
+
+
 def install(http_client: Any) -> None:
-    """Adds the hook to an httpx client (once)."""
-    hooks = getattr(http_client, "event_hooks", None)
-    if isinstance(hooks, dict):
-        responses = list(hooks.get("response", []))
-        if capture_headers not in responses:
-            http_client.event_hooks = {**hooks, "response": [*responses, capture_headers]}
+    """Adds the hooks to an httpx client (once)."""
+    found = getattr(http_client, "event_hooks", None)
+    if isinstance(found, dict):
+        merged = {kind: list(found.get(kind, [])) for kind in ("request", "response")}
+        for kind, added in hooks().items():
+            merged[kind] += [hook for hook in added if hook not in merged[kind]]
+        http_client.event_hooks = {**found, **merged}
 
 
 def _get(obj: Any, *path: str) -> Any:
