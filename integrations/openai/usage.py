@@ -126,13 +126,35 @@ def tokens(value: Any) -> dict[str, Any] | None:
     }
 
 
-def of_call(operation: str, value: Any, headers: dict[str, str]) -> dict[str, Any] | None:
-    """What a finished call records: tokens if it is billed, and its rate-limit headers."""
+def of_call(
+    operation: str, value: Any, headers: dict[str, str], params: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """What a finished call records: tokens if it is billed, the images it made (`params`:
+    what was sent), and its rate-limit headers."""
     try:
         found = tokens(value) if operation in BILLED else None
+        if operation in IMAGES:
+            found = {"provider": PROVIDER, **(found or {}), **images(value, params or {})}
     except Exception:  # reading usage must never fail a call that succeeded
         found = None
     if found is None and not headers:
         return None
     row = found or {"provider": PROVIDER, "model": None}
     return {**row, "rate_limits": dict(headers) or None}
+
+
+# Calls OpenAI bills per image, by size and quality (gpt-image-1 by the tokens it reports).
+IMAGES = frozenset({"images.generate", "images.edit", "images.create_variation"})
+
+
+def images(value: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """The images a call made, and at what size and quality: what was asked, else OpenAI's
+    defaults (dall-e-2, 1024x1024, standard). The answer does not name its model."""
+    data = _get(value, "data")
+    model = params.get("model") or _get(value, "model") or "dall-e-2"
+    return {
+        "model": str(model),
+        "images": len(data) if isinstance(data, list) else 0,
+        "image_size": str(params.get("size") or _get(value, "size") or "1024x1024"),
+        "image_quality": str(params.get("quality") or _get(value, "quality") or "standard"),
+    }
