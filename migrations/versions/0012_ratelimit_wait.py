@@ -3,7 +3,7 @@ the images a call made, for their price (`engine_task_usage.images`, `image_size
 `image_quality`)
 
 Revision ID: 0012_ratelimit_wait
-Revises: 0010_children
+Revises: 0013_claim_index
 Create Date: 2026-11-30
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 from engine.schema import Json
 
 revision = "0012_ratelimit_wait"
-down_revision = "0010_children"
+down_revision = "0013_claim_index"
 branch_labels = None
 depends_on = None
 

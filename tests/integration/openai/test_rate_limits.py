@@ -191,16 +191,14 @@ async def test_a_request_that_stalls_after_its_place_takes_a_new_one_before_it_l
     the request 1 s past its place and reserves another rather than let it go late."""
     import logging
 
-    import httpx
-
     from engine import RateLimit
 
     caplog.set_level(logging.DEBUG, logger="engine.ratelimit")
 
-    async def stall(request: httpx.Request) -> None:
+    async def stall(request: Any) -> None:
         await asyncio.sleep(1.0)  # at least 1 s: more than LATE_SLACK (0.5 s) past its place
 
-    http = httpx.AsyncClient(event_hooks={"request": [stall]})
+    http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [stall]})
     client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-stall", http_client=http)
     name = unique_id("stalled")
     integration = OpenAI(id=name, client=client, limits=RateLimit(requests=2, per="second"))
