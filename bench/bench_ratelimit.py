@@ -20,7 +20,7 @@ before).
 
     python bench/bench_ratelimit.py [--db sqlite|postgres|both] [--runs 1000] [--scale 1]
         [--calls 5] [--workers 3] [--rpm 600] [--burst-seconds 1] [--overhead-calls 300]
-        [--repeat 3] [--skip-fleet]
+        [--repeat 3] [--skip-fleet] [--skip-overhead] [--worker-logs DIR]
 
 Targets: requests per minute never above --rpm, zero 429s, total time within 5% of the ideal;
 overhead <= 0.2 ms per call. 1,000 x 5 at 600/min takes 8+ minutes; `--scale 0.1` about 1.
@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import common
 import openai_common
@@ -63,15 +63,21 @@ async def fleet(url: str, args: Any) -> None:
     }
     engine_cli = str(Path(sys.executable).parent / "engine")
     workers: list[asyncio.subprocess.Process] = []
+    logs = []
     try:
         async with Engine(url) as engine:
             await engine.upgrade()
-            for _ in range(args.workers):
+            for i in range(args.workers):
+                # --worker-logs: each worker's debug log (the limiter says each place missed).
+                log = _log_file(args.worker_logs, i)
+                logs += [log] if log else []
+                level = ["--log-level", "debug"] if log else []
                 workers.append(
                     await asyncio.create_subprocess_exec(
                         engine_cli, "run", str(HERE / "ratelimit_app.py"), "--database-url",
-                        url, "--concurrency", "50", env=env,
-                        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                        url, "--concurrency", "50", *level, env=env,
+                        stdout=asyncio.subprocess.DEVNULL,
+                        stderr=log or asyncio.subprocess.DEVNULL,
                     )
                 )  # fmt: skip
             await _registered(engine)
@@ -97,6 +103,8 @@ async def fleet(url: str, args: Any) -> None:
             w.terminate()
         for w in workers:
             await w.wait()
+        for log in logs:
+            log.close()
         await fake.stop()
 
     at = sorted(float(r["at"]) for r in requests)
@@ -124,6 +132,13 @@ async def fleet(url: str, args: Any) -> None:
           f"{span:.1f}", f"{ideal:.1f}", f"{(span / ideal - 1) * 100 if ideal else 0:+.1f}%",
           f"{done - started:.1f}")],
     )  # fmt: skip
+
+
+def _log_file(directory: str | None, worker: int) -> IO[str] | None:
+    """Worker `worker`'s log file in `directory` (closed by the caller), or None."""
+    if not directory:
+        return None
+    return (Path(directory) / f"worker-{worker}.log").open("w")
 
 
 async def _registered(engine: Any) -> None:
@@ -227,8 +242,9 @@ async def main(args: Any) -> None:
         if not args.skip_fleet:
             async with common.bench_db(kind) as db:
                 await fleet(db.url, args)
-        async with common.bench_db(kind) as db:
-            await db.between_floors(args.floor_ops, overhead(db.url, args))
+        if not args.skip_overhead:
+            async with common.bench_db(kind) as db:
+                await db.between_floors(args.floor_ops, overhead(db.url, args))
 
 
 if __name__ == "__main__":
@@ -243,6 +259,8 @@ if __name__ == "__main__":
     p.add_argument("--overhead-calls", type=int, default=300)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--skip-fleet", action="store_true")
+    p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--worker-logs", help="a directory for each worker's debug log")
     p.add_argument("--dump", help="write the fake's request times (JSON) to this file")
     parsed = p.parse_args()
     parsed.runs = max(1, round(parsed.runs * parsed.scale))

@@ -271,14 +271,15 @@ def list_runs(
         return
     table = Table(box=None, header_style="bold")
     table.add_column("ID", no_wrap=True, min_width=32)
-    for column in ("JOB", "VERSION", "STATUS", "CREATED", "DURATION", "WAITING FOR"):
-        table.add_column(column)
+    for column in ("JOB", "VERSION", "STATUS", "PRIORITY", "CREATED", "DURATION", "WAITING FOR"):
+        table.add_column(column, justify="right" if column == "PRIORITY" else "left")
     for row in rows:
         table.add_row(
             row["id"],
             _escape(row["job_id"]),
             _escape(row["version"] or ""),
             _status(row["status"]),
+            str(row.get("priority") or 0),
             _short_time(row["created_at"]),
             _duration(row["started_at"], row["completed_at"]),
             _escape((row.get("waiting_for") or {}).get("summary", "")),

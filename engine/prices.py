@@ -11,7 +11,9 @@ neither, or used before its first dated price, has no price: its cost is unknown
 
 Cost of one call: uncached prompt tokens at `input`, cached ones at `cached_input` (`input`
 when the model has no cache discount), completion tokens (reasoning included: OpenAI bills them
-as output) at `output`, all per million tokens.
+as output) at `output`, all per million tokens. An image model is billed per image, by quality
+and size: `"images": {"standard": {"1024x1024": 0.04, ...}, "hd": {...}}` (its entry needs no
+token prices); an image of a quality or size the entry does not list has no price.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -43,11 +45,18 @@ class Price:
     input: float
     cached_input: float
     output: float
+    # Per image, by quality then size; empty for a model billed by tokens only.
+    images: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def cost(self, prompt: int, cached: int, completion: int) -> float:
         uncached = max(prompt - cached, 0)
         total = uncached * self.input + min(cached, prompt) * self.cached_input
         return (total + completion * self.output) / 1_000_000
+
+    def image_cost(self, count: int, size: str | None, quality: str | None) -> float | None:
+        """`count` images of `size` and `quality`, or None when the entry has no such price."""
+        each = self.images.get(quality or "", {}).get(size or "")
+        return None if each is None else count * each
 
 
 class PriceTable:
@@ -129,9 +138,12 @@ def _prices(dated: Any, where: str) -> list[Price]:
     for entry in dated:
         if not isinstance(entry, dict) or not _DAY.match(str(entry.get("as_of", ""))):
             raise PriceTableError(f'{where}: each price needs "as_of": "YYYY-MM-DD"')
-        values = {}
+        images = _image_prices(entry.get("images"), where)
+        values: dict[str, float] = {}
         for name in ("input", "output", "cached_input"):
-            value = entry.get(name, entry.get("input") if name == "cached_input" else None)
+            value = entry.get(name, values.get("input") if name == "cached_input" else None)
+            if value is None and images:
+                value = 0.0  # an image model: billed per image only
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
@@ -142,5 +154,31 @@ def _prices(dated: Any, where: str) -> list[Price]:
                     f"{where}: {name!r} must be a price per 1M tokens (a number >= 0)"
                 )
             values[name] = float(value)
-        out.append(Price(str(entry["as_of"]), **values))
+        out.append(Price(str(entry["as_of"]), **values, images=images))
     return sorted(out, key=lambda p: p.as_of)
+
+
+def _image_prices(raw: Any, where: str) -> dict[str, dict[str, float]]:
+    if raw is None:
+        return {}
+    shape = (
+        f'{where}: "images" must map quality to size to a price per image, '
+        '{"standard": {"1024x1024": 0.04}}'
+    )
+    if not isinstance(raw, dict):
+        raise PriceTableError(shape)
+    out: dict[str, dict[str, float]] = {}
+    for quality, sizes in raw.items():
+        if not isinstance(sizes, dict):
+            raise PriceTableError(shape)
+        out[str(quality)] = {}
+        for size, value in sizes.items():
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise PriceTableError(shape)
+            out[str(quality)][str(size)] = float(value)
+    return out

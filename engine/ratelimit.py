@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +35,9 @@ PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 # and waits the rest in memory, so that the scheduler's latency in resuming it does not make
 # late requests bunch up.
 IN_MEMORY_WAIT = 2.0
-# What the WAITING row of a task suspended by the limiter has as `error.type`: engine.waiting
-# reads it as the reason, and IO.call, on resuming, knows its reservation is held.
+# A task suspended by the limiter is WAITING with `rate_limit_wait` = {"rate_limit", "at"}:
+# engine.waiting reads it as the reason, and IO.call, on resuming, knows its place is held.
+# Rows written before that column (migration 0012) carried it as `error`, of this type.
 WAIT_TYPE = "RateLimitWait"
 MAX_NAME_LENGTH = 300
 
@@ -300,9 +302,19 @@ class Charge:
             _log.warning("rate limit %r: correction not written: %s", self.name, exc)
 
 
-def holds_reservation(row: TaskRow | None) -> bool:
-    """Whether `row` is a wait the limiter set: its reservation is taken, the attempt may go."""
-    return bool(row and row.status == "WAITING" and (row.error or {}).get("type") == WAIT_TYPE)
+def held_place(row: TaskRow | None) -> dict[str, Any] | None:
+    """The place `row` waits for when it is a wait the limiter set ({"rate_limit", "at"}):
+    its reservation is taken, the attempt may go. None for any other row."""
+    if row is None or row.status != "WAITING":
+        return None
+    return row.rate_limit_wait or legacy_wait(row.error)
+
+
+def legacy_wait(error: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A limiter's wait as rows before migration 0012 kept it, in `error`."""
+    if error and error.get("type") == WAIT_TYPE:
+        return {"rate_limit": error.get("rate_limit"), "at": error.get("at")}
+    return None
 
 
 # A place is used within this long after its time or not at all: a call that reaches its place
@@ -320,30 +332,29 @@ async def admit(
     replay: Any, charge: Charge, recorded: TaskRow | None, waiting: Callable[..., TaskWrite]
 ) -> None:
     """Before a task attempt: returns once `charge` may be sent. A place further off than
-    IN_MEMORY_WAIT suspends the run (a WAITING row written by `waiting(due_at=, error=)`)."""
+    IN_MEMORY_WAIT suspends the run (a WAITING row written by `waiting(due_at=,
+    rate_limit_wait=)`)."""
     store = charge.store = replay.store
-    if holds_reservation(recorded):
+    _place.set(None)
+    held = held_place(recorded)
+    if held is not None:
         # Resumed: the place was reserved before the run was suspended. A due time moved
         # earlier (by hand) is taken as is: the run does not suspend again.
-        assert recorded is not None and recorded.error is not None
-        at = float(recorded.error.get("at") or 0.0)
+        at = float(held.get("at") or 0.0)
         local = await _or_stop(replay, local_time(store, at))
-        if await _reached(local):
+        if await _reached(local, "resumed"):
+            _place.set(_Place(charge, local))
             return
     for _ in range(MAX_MISSED):
         at = await _or_stop(replay, take_place(store, charge.name, charge.limit, charge.tokens))
         local = await _or_stop(replay, local_time(store, at))
         if local - clock.now() > IN_MEMORY_WAIT:
-            reason = {
-                "type": WAIT_TYPE,
-                "rate_limit": charge.name,
-                "at": at,
-                "message": f"waiting for a place under rate limit {charge.name!r}",
-            }
+            place = {"rate_limit": charge.name, "at": at}
             # The row's due time is on this worker's clock, as every due time is.
-            await replay.write(waiting(due_at=local - IN_MEMORY_WAIT, error=reason))
+            await replay.write(waiting(due_at=local - IN_MEMORY_WAIT, rate_limit_wait=place))
             await replay.park(local - IN_MEMORY_WAIT)
-        if await _reached(local):
+        if await _reached(local, "in memory"):
+            _place.set(_Place(charge, local))
             return
     _log.warning("rate limit %r: %d places missed in a row, going late", charge.name, MAX_MISSED)
 
@@ -362,13 +373,13 @@ async def _or_stop(replay: Any, step: Awaitable[float]) -> float:
         raise WriteFailed(f"reserving a rate-limit place: {exc.message}") from exc
 
 
-async def _reached(local: float) -> bool:
+async def _reached(local: float, how: str) -> bool:
     """Waits for a place at `local` (this worker's clock); False when it was missed."""
     await _until(local)
     late = clock.now() - local
     if late <= LATE_SLACK:
         return True
-    _log.debug("rate limit place missed by %.3f s: reserving another", late)
+    _log.debug("rate limit place (%s) missed by %.3f s: reserving another", how, late)
     return False
 
 
@@ -377,3 +388,49 @@ async def _until(at: float) -> None:
     wait = min(at - clock.now(), IN_MEMORY_WAIT)
     if wait > 0:
         await asyncio.sleep(wait)
+
+
+@dataclass
+class _Place:
+    """The place a call was admitted at, for the check right before its request goes out."""
+
+    charge: Charge
+    local: float  # on this worker's clock
+    checked: bool = False
+
+
+# Set by `admit` in the run's context; the attempt (its own task when it has a timeout) runs in
+# a copy of that context and sees the same _Place.
+_place: ContextVar[_Place | None] = ContextVar("engine_ratelimit_place", default=None)
+
+
+async def recheck() -> None:
+    """Right before a rate-limited request leaves (an HTTP client's request hook): the
+    request reached its place in `admit`, but the worker may have stalled since (a loaded
+    machine, a blocked event loop). One that now goes more than LATE_SLACK after its place
+    takes a new place and waits for it here, in memory (the run cannot suspend in the middle
+    of its request), instead of bunching with the requests whose places come next. Only the
+    first request of an attempt is checked: its place serves one request."""
+    place = _place.get()
+    if place is None or place.checked:
+        return
+    place.checked = True
+    charge = place.charge
+    for _ in range(MAX_MISSED):
+        late = clock.now() - place.local
+        if late <= LATE_SLACK:
+            return
+        _log.debug(
+            "rate limit %r: request %.3f s past its place: reserving another", charge.name, late
+        )
+        try:
+            at = await take_place(charge.store, charge.name, charge.limit, charge.tokens)
+            place.local = await local_time(charge.store, at)
+        except DatabaseError as exc:
+            # No place to wait for: the request goes (late) rather than fail the attempt.
+            _log.warning("rate limit %r: no new place for a late request: %s", charge.name, exc)
+            return
+        wait = place.local - clock.now()
+        if wait > 0:
+            await asyncio.sleep(wait)
+    _log.warning("rate limit %r: %d places missed in a row, going late", charge.name, MAX_MISSED)

@@ -54,6 +54,8 @@ class TaskRow:
     seq: int
     # Attempts made before the last `engine runs retry`: the retry policy counts from here.
     retry_base: int = 0
+    # Suspended by the shared limiter: {"rate_limit": name, "at": its place} (engine.ratelimit).
+    rate_limit_wait: dict[str, Any] | None = None
 
 
 @dataclass
@@ -77,6 +79,7 @@ class TaskWrite:
     next_poll_at: float | None = None
     started_at: float | None = None
     completed_at: float | None = None
+    rate_limit_wait: dict[str, Any] | None = None
     # A paid call's tokens ({"provider", "model", "prompt_tokens", ...}: engine_task_usage),
     # written with the outcome; None for every other task.
     usage: dict[str, Any] | None = None

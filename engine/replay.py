@@ -427,4 +427,5 @@ def _row(task: TaskWrite, retry_base: int) -> TaskRow:
     return TaskRow(
         task.parent_path, task.key, task.kind, task.name, task.status, task.attempts,
         task.output, task.output_type, task.error, due, task.seq, retry_base,
+        task.rate_limit_wait,
     )  # fmt: skip

@@ -206,6 +206,9 @@ tasks = Table(
     Column("worker", String(200), nullable=True),
     # Attempts made before the last `engine runs retry`: the retry policy counts from here.
     Column("retry_base", Integer, nullable=False, default=0, server_default="0"),
+    # A WAITING task suspended by the shared limiter (engine.ratelimit) until its reserved
+    # place: {"rate_limit": name, "at": the place, epoch seconds on the database's clock}.
+    Column("rate_limit_wait", Json, nullable=True),
     UniqueConstraint("run_id", "parent_path", "key", name="uq_engine_tasks_identity"),
 )
 Index("ix_engine_tasks_polls", tasks.c.status, tasks.c.next_poll_at)
@@ -285,6 +288,11 @@ task_usage = Table(
     Column("cached_tokens", Integer, nullable=False, default=0),
     Column("reasoning_tokens", Integer, nullable=False, default=0),
     Column("total_tokens", Integer, nullable=False, default=0),
+    # Images a call made (billed per image, by size and quality: "1024x1024", "hd"); 0 and
+    # nulls for every other call.
+    Column("images", Integer, nullable=False, default=0, server_default="0"),
+    Column("image_size", String(40), nullable=True),
+    Column("image_quality", String(40), nullable=True),
     # The response's x-ratelimit-* headers, as sent ({"x-ratelimit-remaining-requests": "59"}).
     Column("rate_limits", Json, nullable=True),
     Column("recorded_at", UTCDateTime, nullable=False),

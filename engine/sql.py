@@ -220,7 +220,7 @@ class Statements:
         # Replay loads a whole run at once: through the driver, like the hot-path writes.
         self.raw_load_tasks = _driver_sql(
             "SELECT parent_path, key, kind, name, status, attempts, output, output_type, error, "
-            "due_at, seq, retry_base FROM engine_tasks WHERE run_id = :run_id",
+            "due_at, seq, retry_base, rate_limit_wait FROM engine_tasks WHERE run_id = :run_id",
             postgres,
         )
         self.raw_load_log_keys = _driver_sql(
@@ -229,7 +229,7 @@ class Statements:
         cols = (
             "run_id, parent_path, key, kind, name, status, attempts, params, output, "
             "output_type, error, due_at, poller, poll_state, next_poll_at, seq, started_at, "
-            "completed_at, attempt_started_at, worker"
+            "completed_at, attempt_started_at, worker, rate_limit_wait"
         )
         # `started_at` keeps the first attempt's start; `attempt_started_at`, the latest's.
         values = ", ".join(
@@ -253,6 +253,7 @@ class Statements:
                 "next_poll_at",
                 "completed_at",
                 "worker",
+                "rate_limit_wait",
             )
         )
         # The hot path (engine.writes) runs these two through the driver itself: named
@@ -456,10 +457,17 @@ class Statements:
         self.waiting_tasks = (
             _t(
                 "SELECT run_id, key, kind, name, params, status, attempts, error, due_at, "
-                "poller, next_poll_at FROM engine_tasks WHERE status = 'WAITING' AND run_id IN :ids"
+                "poller, next_poll_at, rate_limit_wait FROM engine_tasks "
+                "WHERE status = 'WAITING' AND run_id IN :ids"
             )
             .bindparams(bindparam("ids", expanding=True))
-            .columns(params=Json, error=Json, due_at=UTCDateTime, next_poll_at=UTCDateTime)
+            .columns(
+                params=Json,
+                error=Json,
+                due_at=UTCDateTime,
+                next_poll_at=UTCDateTime,
+                rate_limit_wait=Json,
+            )
         )
         self.running_counts = _t(
             "SELECT job_id, concurrency_key, COUNT(*) AS running FROM engine_runs "
@@ -589,6 +597,7 @@ _PG_TYPES = {
     "output": "jsonb",
     "error": "jsonb",
     "poll_state": "jsonb",
+    "rate_limit_wait": "jsonb",
     "fields": "jsonb",
     "due_at": "timestamptz",
     "next_poll_at": "timestamptz",
@@ -603,6 +612,7 @@ _PG_TYPES = {
     "reasoning_tokens": "integer",
     "total_tokens": "integer",
     "rate_limits": "jsonb",
+    "images": "integer",
     "recorded_at": "timestamptz",
 }
 

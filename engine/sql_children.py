@@ -105,6 +105,7 @@ class ChildStatements:
             "WITH RECURSIVE tree(id) AS (SELECT id FROM engine_runs WHERE parent_run_id = :id "
             "UNION SELECT r.id FROM engine_runs r JOIN tree ON r.parent_run_id = tree.id) "
             "SELECT u.provider, u.model, u.prompt_tokens, u.completion_tokens, u.cached_tokens, "
-            "u.reasoning_tokens, u.total_tokens, u.recorded_at FROM engine_task_usage u "
+            "u.reasoning_tokens, u.total_tokens, u.images, u.image_size, u.image_quality, "
+            "u.recorded_at FROM engine_task_usage u "
             "WHERE u.run_id IN (SELECT id FROM tree)"
         ).columns(recorded_at=UTCDateTime)

@@ -20,6 +20,9 @@ USAGE_FIELDS = (
     "cached_tokens",
     "reasoning_tokens",
     "total_tokens",
+    "images",
+    "image_size",
+    "image_quality",
     "rate_limits",
 )
 _TOKENS = (
@@ -55,6 +58,7 @@ class UsageStatements:
         self.for_run = _t(
             "SELECT t.parent_path, t.key, u.provider, u.model, u.prompt_tokens, "
             "u.completion_tokens, u.cached_tokens, u.reasoning_tokens, u.total_tokens, "
+            "u.images, u.image_size, u.image_quality, "
             "u.rate_limits, u.recorded_at FROM engine_task_usage u "
             "JOIN engine_tasks t ON t.id = u.task_id WHERE u.run_id = :run_id"
         ).columns(rate_limits=Json, recorded_at=UTCDateTime)
@@ -67,13 +71,15 @@ class UsageStatements:
         sums = ", ".join(f"SUM(u.{t}) AS {t}" for t in _TOKENS)
         self.report = _t(
             f"SELECT r.job_id, u.provider, u.model, {day} AS day, COUNT(*) AS calls, "
-            f"COUNT(DISTINCT u.run_id) AS runs, {sums} "
+            f"COUNT(DISTINCT u.run_id) AS runs, {sums}, SUM(u.images) AS images, "
+            "u.image_size, u.image_quality "
             "FROM engine_task_usage u JOIN engine_runs r ON r.id = u.run_id "
             f"WHERE ({since} IS NULL OR u.recorded_at >= {since}) "
             "AND (:job_id IS NULL OR r.job_id = :job_id) "
             # Calls that only brought rate-limit headers (a retrieve, a list) spent nothing.
             "AND (u.model IS NOT NULL OR u.total_tokens > 0) "
-            f"GROUP BY r.job_id, u.provider, u.model, {day} "
+            # Images are priced by size and quality: one row for each.
+            f"GROUP BY r.job_id, u.provider, u.model, u.image_size, u.image_quality, {day} "
             f"ORDER BY {day}, r.job_id, u.model",
             since=UTCDateTime,
             job_id=String(),

@@ -1391,6 +1391,9 @@ def _usage_defaults(usage: dict[str, Any]) -> dict[str, Any]:
     for name in USAGE_FIELDS:
         if name.endswith("_tokens"):
             values[name] = min(max(int(values[name] or 0), 0), 2**31 - 1)
+    values["images"] = min(max(int(values["images"] or 0), 0), 2**31 - 1)
+    for name in ("image_size", "image_quality"):
+        values[name] = None if values[name] is None else str(values[name])[:40]
     values["provider"] = str(values["provider"] or "unknown")[:40]
     if values["model"] is not None:
         values["model"] = str(values["model"])[:200]

@@ -168,11 +168,23 @@ class PostgresStore(Store):
         return tasks, logs
 
     def _task_row(self, row: tuple[Any, ...]) -> TaskRow:
-        parent, key, kind, name, status, attempts, output, output_type, error, due_at, seq, base = (
-            row
-        )
+        (
+            parent,
+            key,
+            kind,
+            name,
+            status,
+            attempts,
+            output,
+            output_type,
+            error,
+            due_at,
+            seq,
+            base,
+            wait,
+        ) = row
         return TaskRow(parent, key, kind, name, status, attempts, output, output_type, error,
-                       due_at, seq, base)  # fmt: skip
+                       due_at, seq, base, wait)  # fmt: skip
 
     async def _notify(self, conn: AsyncConnection) -> None:
         await conn.execute(text(f"NOTIFY {WAKE_CHANNEL}"))

@@ -170,14 +170,26 @@ class SQLiteStore(Store):
         return await in_sqlite_thread(driver, _read, tasks_sql, logs_sql, {"run_id": run_id})
 
     def _task_row(self, row: tuple[Any, ...]) -> TaskRow:
-        parent, key, kind, name, status, attempts, output, output_type, error, due_at, seq, base = (
-            row
-        )
+        (
+            parent,
+            key,
+            kind,
+            name,
+            status,
+            attempts,
+            output,
+            output_type,
+            error,
+            due_at,
+            seq,
+            base,
+            wait,
+        ) = row
         # JSON text and UTC timestamps as SQLite stores them
-        output, error = _json(output), _json(error)
+        output, error, wait = _json(output), _json(error), _json(wait)
         due_at = None if due_at is None else datetime.fromisoformat(due_at).replace(tzinfo=UTC)
         return TaskRow(parent, key, kind, name, status, attempts, output, output_type, error,
-                       due_at, seq, base)  # fmt: skip
+                       due_at, seq, base, wait)  # fmt: skip
 
     async def data_version(self) -> int:
         """A number that changes when another process commits (no NOTIFY here)."""

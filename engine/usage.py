@@ -31,30 +31,36 @@ class Summary:
     def __init__(self) -> None:
         self.calls = 0
         self.tokens = dict.fromkeys(TOKENS, 0)
+        self.images = 0
         self.cost = 0.0
         self.unknown: set[str] = set()
         self.models: set[str] = set()
 
     def add_call(self, row: dict[str, Any], prices: PriceTable, day: str) -> None:
         spent = {name: int(row.get(name) or 0) for name in TOKENS}
+        images = int(row.get("images") or 0)
         model = row.get("model")
-        if not model and not spent["total_tokens"]:
+        if not model and not spent["total_tokens"] and not images:
             return  # headers only: nothing was billed
         self.add(spent, 1, model)
-        if not spent["total_tokens"]:
-            return
-        cost = prices.cost(
-            str(row.get("provider") or ""),
-            model,
-            day,
-            spent["prompt_tokens"],
-            spent["cached_tokens"],
-            spent["completion_tokens"],
-        )
-        if cost is None:
-            self.unknown.add(str(model or "unknown model"))
-        else:
-            self.cost += cost
+        self.images += images
+        price = prices.price(str(row.get("provider") or ""), model, day)
+        if spent["total_tokens"]:
+            if price is None:
+                self.unknown.add(str(model or "unknown model"))
+            else:
+                self.cost += price.cost(
+                    spent["prompt_tokens"], spent["cached_tokens"], spent["completion_tokens"]
+                )
+        if images and (price is None or price.images or not spent["total_tokens"]):
+            # Priced per image by size and quality; a model whose entry has no image prices
+            # but reported tokens (gpt-image-1) is billed by those tokens.
+            size, quality = row.get("image_size"), row.get("image_quality")
+            cost = None if price is None else price.image_cost(images, size, quality)
+            if cost is None:
+                self.unknown.add(f"{model or 'unknown model'} ({quality} {size} images)")
+            else:
+                self.cost += cost
 
     def add(self, spent: dict[str, int], calls: int, model: str | None) -> None:
         self.calls += calls
@@ -65,6 +71,7 @@ class Summary:
 
     def merge(self, other: Summary) -> None:
         self.add(other.tokens, other.calls, None)
+        self.images += other.images
         self.models |= other.models
         self.cost += other.cost
         self.unknown |= other.unknown
@@ -75,6 +82,7 @@ class Summary:
         return {
             "calls": self.calls,
             **self.tokens,
+            "images": self.images,
             "models": sorted(self.models),
             "cost": None if self.unknown else round(self.cost, 8),
             "cost_unknown": sorted(self.unknown),
@@ -90,8 +98,8 @@ def attach(
     """Adds `usage` to a run view (engine.views) and to each task in it: tokens and cost of the
     task and its subtasks, and the task's own rate-limit headers. The run's total includes its
     child runs' (`descendants`: their usage rows), also given alone as `child_runs`. The key is
-    there only where there is something to say: a run without paid calls keeps the contract's
-    exact shape."""
+    always there, null for a run (or a task) without paid calls, as `waiting_for` is for a run
+    that waits for nothing."""
     by_path = {(*json.loads(r["parent_path"]), r["key"]): r for r in rows}
     total = Summary()
     for node in view["tasks"]:
@@ -101,10 +109,9 @@ def attach(
         of_children.add_call(row, prices, _day(row.get("recorded_at")))
     total.merge(of_children)
     found = total.view()
-    if found is not None:
-        view["usage"] = {**found, "currency": prices.currency}
-        if of_children.calls:
-            view["usage"]["child_runs"] = of_children.view()
+    view["usage"] = None if found is None else {**found, "currency": prices.currency}
+    if found is not None and of_children.calls:
+        view["usage"]["child_runs"] = of_children.view()
 
 
 def _attach_task(
@@ -123,8 +130,7 @@ def _attach_task(
     found = mine.view()
     if row is not None and row.get("rate_limits"):
         found = {**(found or {}), "rate_limits": row["rate_limits"]}
-    if found is not None:
-        node["usage"] = found
+    node["usage"] = found
     return mine
 
 
@@ -148,10 +154,15 @@ def report(rows: list[dict[str, Any]], prices: PriceTable) -> dict[str, Any]:
                 "calls": int(row["calls"]),
                 "runs": int(row["runs"]),
                 **{name: int(row[name] or 0) for name in TOKENS},
+                "images": int(row.get("images") or 0),
+                "image_size": row.get("image_size"),
+                "image_quality": row.get("image_quality"),
                 "cost": view.get("cost"),
             }
         )
-    summary = total.view() or {"calls": 0, **dict.fromkeys(TOKENS, 0), "cost": 0.0}
+    summary = total.view() or {
+        "calls": 0, **dict.fromkeys(TOKENS, 0), "images": 0, "cost": 0.0
+    }  # fmt: skip
     summary.pop("models", None)
     summary.setdefault("cost_unknown", [])
     return {
@@ -185,7 +196,12 @@ def tokens_text(usage: dict[str, Any]) -> str:
     out = f"{usage['completion_tokens']:,} out"
     if usage.get("reasoning_tokens"):
         out += f", {usage['reasoning_tokens']:,} reasoning"
-    return f"{usage['total_tokens']:,} tokens ({inside}; {out})"
+    text = f"{usage['total_tokens']:,} tokens ({inside}; {out})"
+    images = int(usage.get("images") or 0)
+    if not images:
+        return text
+    made = f"{images:,} image{'' if images == 1 else 's'}"
+    return f"{made}, {text}" if usage["total_tokens"] else made
 
 
 def summary_text(usage: dict[str, Any], currency: str = "USD") -> str:

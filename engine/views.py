@@ -20,6 +20,8 @@ RUN_FIELDS = (
     "completed_at",
     # The run that started this one with `io.invoke` (docs/triggers.md, "Child runs"), or null.
     "parent_run_id",
+    # -100 to 100: claims take higher first (docs/flow-control.md, "Priority").
+    "priority",
 )
 TASK_FIELDS = (
     "key",

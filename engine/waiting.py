@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from . import ratelimit
 from .views import iso
 
 Group = tuple[str, str]
@@ -100,12 +101,13 @@ def _task_wait(task: Mapping[str, Any]) -> dict[str, Any]:
             "until": iso(due),
             "summary": f"{kind} {name!r}{matching} until {_t(due)} (task {key!r})",
         }
-    if error and error.get("type") == "RateLimitWait":
+    place = task.get("rate_limit_wait") or ratelimit.legacy_wait(error)
+    if place:
         # Suspended by the shared limiter (engine.ratelimit) until its reserved place (the
         # row is due a little before it).
-        name = error.get("rate_limit")
-        if isinstance(error.get("at"), int | float):
-            due = datetime.fromtimestamp(error["at"], UTC)
+        name = place.get("rate_limit")
+        if isinstance(place.get("at"), int | float):
+            due = datetime.fromtimestamp(place["at"], UTC)
         return {
             "reason": "rate_limit",
             "rate_limit": name,

@@ -15,7 +15,9 @@ from typing import Any
 
 from .sql import DriverSQL
 
-_JSON_FIELDS = frozenset({"params", "output", "error", "poll_state", "fields", "rate_limits"})
+_JSON_FIELDS = frozenset(
+    {"params", "output", "error", "poll_state", "fields", "rate_limits", "rate_limit_wait"}
+)
 _TIME_FIELDS = frozenset(
     {
         "due_at",

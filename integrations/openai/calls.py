@@ -158,7 +158,7 @@ class Caller:
             encode=encode,
             decode=codec.decode,
             record_start=True,
-            usage=lambda value: usage.of_call(operation, value, seen),
+            usage=lambda value: usage.of_call(operation, value, seen, payload),
             rate_limit=charge,
         )
 

@@ -23,7 +23,7 @@ from .calls import Caller
 from .errors import MissingAPIKeyError
 from .pollers import make_pollers
 from .resources import OpenAIIO
-from .usage import capture_headers, install
+from .usage import hooks, install
 
 DEFAULT_RETRY = RetryPolicy(max_attempts=5, min_delay=1.0, max_delay=60.0, factor=2.0)
 DEFAULT_POLL_INTERVAL = 0.5
@@ -101,7 +101,7 @@ class OpenAI:
         }
         self._given = client.with_options(max_retries=0) if client is not None else None
         if self._given is not None:
-            # Rate-limit headers are read by a response hook on the client's httpx client.
+            # Its httpx client's hooks read rate-limit headers and hold back late requests.
             install(getattr(self._given, "_client", None))
         self._clients: dict[int, tuple[asyncio.AbstractEventLoop, openai.AsyncOpenAI]] = {}
 
@@ -135,7 +135,7 @@ class OpenAI:
         key = self.secret()
         if not key:
             raise MissingAPIKeyError(self.id)
-        http_client = openai.DefaultAsyncHttpxClient(event_hooks={"response": [capture_headers]})
+        http_client = openai.DefaultAsyncHttpxClient(event_hooks=hooks())
         created = openai.AsyncOpenAI(
             api_key=key, max_retries=0, http_client=http_client, **self._options
         )

@@ -6,7 +6,8 @@ that are billed carry tokens (creates, and the waits that see a run or response 
 retrieve or a list records its rate-limit headers with no model and no tokens, so that reading
 a run twice never counts its tokens twice.
 
-The headers come from an httpx response hook on the client (`capture_headers`): the
+The headers come from an httpx response hook on the client (`capture_headers`; its request
+hook, `recheck_place`, is the limiter's last look before a request leaves): the
 openai-python models do not keep them, and `with_raw_response` would bring back the Assistants
 API's DeprecationWarning at every await.
 """
@@ -17,6 +18,8 @@ import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
+
+from engine import ratelimit
 
 PROVIDER = "openai"
 # Calls OpenAI bills by the tokens in their answer's `usage` (the waits are billed through
@@ -62,13 +65,25 @@ def capturing() -> Iterator[dict[str, str]]:
         _headers.reset(token)
 
 
+async def recheck_place(request: Any) -> None:
+    """httpx request hook: a rate-limited request that stalled after its place was granted
+    takes a new one rather than go late (engine.ratelimit.recheck)."""
+    await ratelimit.recheck()
+
+
+def hooks() -> dict[str, list[Any]]:
+    """The event hooks of the httpx clients the integration creates."""
+    return {"request": [recheck_place], "response": [capture_headers]}
+
+
 def install(http_client: Any) -> None:
-    """Adds the hook to an httpx client (once)."""
-    hooks = getattr(http_client, "event_hooks", None)
-    if isinstance(hooks, dict):
-        responses = list(hooks.get("response", []))
-        if capture_headers not in responses:
-            http_client.event_hooks = {**hooks, "response": [*responses, capture_headers]}
+    """Adds the hooks to an httpx client (once)."""
+    found = getattr(http_client, "event_hooks", None)
+    if isinstance(found, dict):
+        merged = {kind: list(found.get(kind, [])) for kind in ("request", "response")}
+        for kind, added in hooks().items():
+            merged[kind] += [hook for hook in added if hook not in merged[kind]]
+        http_client.event_hooks = {**found, **merged}
 
 
 def _get(obj: Any, *path: str) -> Any:
@@ -111,13 +126,35 @@ def tokens(value: Any) -> dict[str, Any] | None:
     }
 
 
-def of_call(operation: str, value: Any, headers: dict[str, str]) -> dict[str, Any] | None:
-    """What a finished call records: tokens if it is billed, and its rate-limit headers."""
+def of_call(
+    operation: str, value: Any, headers: dict[str, str], params: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """What a finished call records: tokens if it is billed, the images it made (`params`:
+    what was sent), and its rate-limit headers."""
     try:
         found = tokens(value) if operation in BILLED else None
+        if operation in IMAGES:
+            found = {"provider": PROVIDER, **(found or {}), **images(value, params or {})}
     except Exception:  # reading usage must never fail a call that succeeded
         found = None
     if found is None and not headers:
         return None
     row = found or {"provider": PROVIDER, "model": None}
     return {**row, "rate_limits": dict(headers) or None}
+
+
+# Calls OpenAI bills per image, by size and quality (gpt-image-1 by the tokens it reports).
+IMAGES = frozenset({"images.generate", "images.edit", "images.create_variation"})
+
+
+def images(value: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """The images a call made, and at what size and quality: what was asked, else OpenAI's
+    defaults (dall-e-2, 1024x1024, standard). The answer does not name its model."""
+    data = _get(value, "data")
+    model = params.get("model") or _get(value, "model") or "dall-e-2"
+    return {
+        "model": str(model),
+        "images": len(data) if isinstance(data, list) else 0,
+        "image_size": str(params.get("size") or _get(value, "size") or "1024x1024"),
+        "image_quality": str(params.get("quality") or _get(value, "quality") or "standard"),
+    }

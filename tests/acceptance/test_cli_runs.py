@@ -28,9 +28,11 @@ RUN_KEYS = {
     "delayed_until",
     "deadline_at",
     "parent_run_id",
+    "priority",
 }
-# `show` only: the run's parent task and its child runs (docs/triggers.md, "Child runs").
-SHOW_KEYS = {"parent_task", "child_runs"}
+# `show` only: the run's parent task and its child runs (docs/triggers.md, "Child runs"), and
+# its tokens and cost (null without paid calls: docs/usage.md).
+SHOW_KEYS = {"parent_task", "child_runs", "usage"}
 TASK_KEYS = {
     "key",
     "name",
@@ -42,6 +44,7 @@ TASK_KEYS = {
     "started_at",
     "completed_at",
     "attempt_history",
+    "usage",
     "children",
 }
 ISO_MICROS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(\+00:00|Z)$")

@@ -194,6 +194,10 @@ def test_priority_order_holds_for_one_batch_with_one_worker(
     asyncio.run(rest())
     queued = procs.runs(url, "ordered")
     assert {r["waiting_for"]["reason"] for r in queued} == {"worker"}
+    # Each run's priority, in `runs list --json` and its PRIORITY column.
+    assert sorted(r["priority"] for r in queued) == [-3, 1, 1, 5, 5, 10]
+    table = procs.ok("runs", "list", "--job", "ordered", "--database-url", url).splitlines()
+    assert "PRIORITY" in table[0] and sum(" -3 " in line for line in table[1:]) == 1, table
 
     procs.worker("flow.py", url, concurrency=1)
     procs.wait_until(lambda: len(procs.lines(Path(log))) == 6, 60, "six runs")

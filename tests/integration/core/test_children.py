@@ -446,7 +446,7 @@ async def test_a_parents_usage_includes_its_childrens(harness: Harness) -> None:
 
     await harness.start(parent, child, grandchild)
     view = await harness.run(parent)
-    assert view["output"] == 1 and "usage" not in view
+    assert view["output"] == 1 and view["usage"] is None
     # The grandchild's step made a paid call (its usage row, as the OpenAI integration writes).
     (task,) = await _rows(harness, "SELECT id, run_id FROM engine_tasks WHERE name = 'call'")
     async with harness.store.begin() as conn:

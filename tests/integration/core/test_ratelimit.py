@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from typing import Any
 
 import pytest
+from ratelimited import a_run_waiting_for_a_place
 from sqlalchemy import text
 from support import Harness, unique_id
 
@@ -99,27 +101,9 @@ async def test_tokens_take_their_share_and_a_correction_moves_the_next_place(
 
 
 async def test_a_run_over_its_limit_is_suspended_then_finishes(harness: Harness) -> None:
-    name = unique_id("slow")
-    rate_limits({name: RateLimit(requests=1, per="hour")})
-    calls: list[str] = []
-
-    @job(id=unique_id("limited"))
-    async def limited(payload: Any, io: Any, ctx: Any) -> int:
-        async def call(task: Any) -> int:
-            calls.append(ctx.run_id)
-            return int(task.attempt)
-
-        return int(await io.run_task("call", call, rate_limit=name))
-
-    await harness.start(limited)
-    engine = harness.engine
-    first = await engine.trigger(limited.id, {})
-    await engine.wait_for(first, 60)
-    second = await engine.trigger(limited.id, {})
-    for _ in range(1500):
-        if (await engine.get_run(second))["status"] == "WAITING":
-            break
-        await asyncio.sleep(0.02)
+    setup = await a_run_waiting_for_a_place(harness, "limited")
+    engine, first, second = harness.engine, setup.first, setup.second
+    name, calls = setup.limit, setup.calls
     view = await engine.show_run(second)
     waiting = view["waiting_for"]
     assert waiting is not None, (view.get("error"), view.get("tasks"))
@@ -133,6 +117,16 @@ async def test_a_run_over_its_limit_is_suspended_then_finishes(harness: Harness)
     async with harness.store.begin() as conn:
         from sqlalchemy import text
 
+        # The wait is in its own column; `error` holds errors only.
+        error, wait = (
+            await conn.execute(
+                text("SELECT error, rate_limit_wait FROM engine_tasks WHERE run_id = :id"),
+                {"id": second},
+            )
+        ).one()
+        wait = json.loads(wait) if isinstance(wait, str) else wait
+        assert error is None and wait["rate_limit"] == name, (error, wait)
+        assert wait["at"] >= time.time() + 3000, wait
         await conn.execute(
             text("UPDATE engine_tasks SET due_at = :now WHERE run_id = :id"),
             {"now": _utc_now(), "id": second},
@@ -219,18 +213,20 @@ async def test_headers_saying_openai_is_exhausted_hold_the_next_place(db_url: st
         await store.close()
 
 
-def test_wait_type_is_what_waiting_for_reads() -> None:
+def test_a_limiter_wait_is_read_from_its_column_and_from_old_rows() -> None:
     from datetime import UTC, datetime
 
     from engine.waiting import waiting_for
 
     due = datetime(2099, 11, 30, 14, 6, tzinfo=UTC)
-    task: dict[str, Any] = {"key": "call", "due_at": due, "attempts": 0,
-            "error": {"type": WAIT_TYPE, "rate_limit": "crm-api"}}  # fmt: skip
+    place = due.timestamp() + 2  # the row is due a little before its place
+    task: dict[str, Any] = {"key": "call", "due_at": due, "attempts": 0, "error": None,
+                            "rate_limit_wait": {"rate_limit": "crm-api", "at": place}}  # fmt: skip
     found = waiting_for({"status": "WAITING", "wake_at": due}, [task], {}, datetime.now(UTC))
     assert found is not None
-    assert found["summary"] == "rate limit crm-api until 2099-11-30 14:06:00 (task 'call')"
-    # The place itself, when the row says it (the row is due a little before).
-    task["error"] = {**task["error"], "at": due.timestamp() + 2}
-    found = waiting_for({"status": "WAITING", "wake_at": due}, [task], {}, datetime.now(UTC))
-    assert found is not None and found["until"].startswith("2099-11-30T14:06:02"), found
+    assert found["summary"] == "rate limit crm-api until 2099-11-30 14:06:02 (task 'call')"
+    assert found["rate_limit"] == "crm-api" and found["until"].startswith("2099-11-30T14:06:02")
+    # A row written before migration 0012 kept the wait in `error`: read the same.
+    old = {**task, "rate_limit_wait": None,
+           "error": {"type": WAIT_TYPE, "rate_limit": "crm-api", "at": place}}  # fmt: skip
+    assert waiting_for({"status": "WAITING", "wake_at": due}, [old], {}, datetime.now(UTC)) == found

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from faults import TcpProxy, with_port
+from ratelimited import a_run_waiting_for_a_place
 from sqlalchemy import text
 from support import Harness, unique_id
 
@@ -90,28 +91,8 @@ async def _true(value: bool) -> bool:
 
 
 async def test_a_cancel_reaching_a_run_waiting_for_a_place_ends_it_once(harness: Harness) -> None:
-    name = unique_id("hourly")
-    rate_limits({name: RateLimit(requests=1, per="hour")})
-    calls: list[str] = []
-
-    @job(id=unique_id("cancel-limited"))
-    async def limited(payload: Any, io: Any, ctx: Any) -> int:
-        async def call(task: Any) -> int:
-            calls.append(ctx.run_id)
-            return 1
-
-        return int(await io.run_task("call", call, rate_limit=name))
-
-    await harness.start(limited)
-    engine = harness.engine
-    first = await engine.trigger(limited.id, {})
-    await engine.wait_for(first, 60)
-    second = await engine.trigger(limited.id, {})
-
-    async def waiting() -> bool:
-        return bool((await engine.get_run(second))["status"] == "WAITING")
-
-    await until(waiting, 30, "the second run waiting for its place")
+    setup = await a_run_waiting_for_a_place(harness, "cancel-limited")
+    engine, first, second, calls = harness.engine, setup.first, setup.second, setup.calls
     # The cancel and the scheduler's resume race for the row: the hour is moved to now in
     # the same breath, so the scheduler wants to resume the run as the cancel arrives.
     async with harness.store.begin() as conn:

@@ -181,3 +181,32 @@ def test_rate_limit_options_are_checked() -> None:
         OpenAI(api_key="k", max_rate_limit_wait=0)
     with pytest.raises(EngineError, match="max_rate_limit_retries"):
         OpenAI(api_key="k", max_rate_limit_retries=-1)
+
+
+async def test_a_request_that_stalls_after_its_place_takes_a_new_one_before_it_leaves(
+    oai: Any, fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker stalls (here: a request hook of the caller's own httpx client, which runs
+    before the limiter's) for 1 s between the place and the request: the limiter's hook finds
+    the request 1 s past its place and reserves another rather than let it go late."""
+    import logging
+
+    from engine import RateLimit
+
+    caplog.set_level(logging.DEBUG, logger="engine.ratelimit")
+
+    async def stall(request: Any) -> None:
+        await asyncio.sleep(1.0)  # at least 1 s: more than LATE_SLACK (0.5 s) past its place
+
+    http = openai.DefaultAsyncHttpxClient(event_hooks={"request": [stall]})
+    client = openai.AsyncOpenAI(base_url=fake.base_url, api_key="sk-stall", http_client=http)
+    name = unique_id("stalled")
+    integration = OpenAI(id=name, client=client, limits=RateLimit(requests=2, per="second"))
+    try:
+        run = await oai.run(chat_job(integration))
+    finally:
+        await http.aclose()
+    assert run["status"] == "COMPLETED", run["error"]
+    assert fake.count(ROUTE) == 1
+    rechecked = [r.getMessage() for r in caplog.records if "past its place" in r.getMessage()]
+    assert len(rechecked) == 1 and f"openai:{name}" in rechecked[0], rechecked

@@ -229,3 +229,63 @@ async def test_usage_is_recorded_and_reported_on_both_dialects(
     assert report["rows"][0]["day"] == first["completed_at"][:10]
     later = await harness.engine.usage_report(since=4102444800.0)  # 2100-01-01
     assert later["rows"] == []
+
+
+async def test_images_are_counted_and_priced_per_image_on_both_dialects(
+    harness: Any, fake: FakeOpenAI, integration: OpenAI
+) -> None:
+    @job(id=unique_id("oai-images"), integrations={"openai": integration})
+    async def draw(payload: Any, io: Any, ctx: Any) -> int:
+        made = await io.openai.images.generate(
+            "poster", model="dall-e-3", prompt="a cat", size="1024x1792", quality="hd"
+        )
+        # OpenAI's defaults: dall-e-2, standard quality.
+        pair = await io.openai.images.generate("sketches", prompt="a dog", n=2, size="512x512")
+        return len(made.data) + len(pair.data)
+
+    await harness.start(draw)
+    run = await harness.run(draw)
+    assert run["status"] == "COMPLETED" and run["output"] == 3, run["error"]
+    async with harness.store.begin() as conn:
+        from sqlalchemy import text
+
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT t.key, u.model, u.images, u.image_size, u.image_quality "
+                    "FROM engine_task_usage u JOIN engine_tasks t ON t.id = u.task_id "
+                    "WHERE u.run_id = :id ORDER BY t.key"
+                ),
+                {"id": run["id"]},
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("poster", "dall-e-3", 1, "1024x1792", "hd"),
+        ("sketches", "dall-e-2", 2, "512x512", "standard"),
+    ]
+    # The shipped table's prices (dated 2023-11-06): $0.12 an HD tall image, $0.018 a 512px one.
+    tasks = {t["key"]: t["usage"] for t in run["tasks"]}
+    assert tasks["poster"]["cost"] == pytest.approx(0.12) and tasks["poster"]["images"] == 1
+    assert tasks["sketches"]["cost"] == pytest.approx(0.036)
+    assert run["usage"]["images"] == 3 and run["usage"]["cost"] == pytest.approx(0.156)
+    report = await harness.engine.usage_report(job_id=draw.id)
+    assert sorted((r["model"], r["images"], r["cost"]) for r in report["rows"]) == [
+        ("dall-e-2", 2, pytest.approx(0.036)),
+        ("dall-e-3", 1, pytest.approx(0.12)),
+    ]
+
+
+async def test_an_image_without_a_price_makes_the_cost_unknown(
+    oai: Any, fake: FakeOpenAI, integration: OpenAI
+) -> None:
+    @job(id=unique_id("oai-odd-image"), integrations={"openai": integration})
+    async def draw(payload: Any, io: Any, ctx: Any) -> None:
+        await io.openai.images.generate("huge", model="dall-e-3", prompt="x", size="4096x4096")
+
+    run = await oai.run(draw)
+    assert run["status"] == "COMPLETED", run["error"]
+    view = await oai.engine.show_run(run["id"])
+    assert view["usage"]["images"] == 1 and view["usage"]["cost"] is None
+    assert view["usage"]["cost_unknown"] == ["dall-e-3 (standard 4096x4096 images)"]
+    shown = cli(oai.db_path, "runs", "show", run["id"])
+    assert "1 image, cost unknown (no price for dall-e-3" in shown.stdout, shown.stdout
