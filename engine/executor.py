@@ -152,6 +152,8 @@ async def _conclude(
         replay.changed.clear()
         await replay.changed.wait()
     exc = job_task.exception() if not job_task.cancelled() else asyncio.CancelledError()
+    if isinstance(exc, BaseExceptionGroup):
+        exc = _ungroup(exc)
     if replay.fatal is not None and not isinstance(exc, LeaseLost):
         exc = replay.fatal
     if not await replay.settle_background():
@@ -202,6 +204,27 @@ async def _conclude(
                 logs = []  # they may be what was refused
     log.info("run %s failed: %s: %s", claimed.id, type(exc).__name__, exc)
     return await _finish_failed(store, claimed, exc, logs, _links(claimed, replay))
+
+
+def _ungroup(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What a task group's exceptions mean for the run. A group made only of suspensions (and
+    the cancellations a task group sends the siblings of the branch that raised) suspends the
+    run, as `gather` does; a lost lease or a stopped write in it is that signal; otherwise the
+    group without its suspensions is the run's error, as if no branch had been parked."""
+    for signal in (LeaseLost, WriteFailed):
+        found = group.subgroup(signal)
+        if found is not None:
+            return _first_leaf(found)
+    parked = group.subgroup(Suspend)
+    _, rest = group.split((Suspend, asyncio.CancelledError))
+    if rest is None:
+        return _first_leaf(parked) if parked is not None else asyncio.CancelledError()
+    return rest
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _links(claimed: ClaimedRun, replay: Replay) -> dict[str, Any]:

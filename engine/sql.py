@@ -134,12 +134,14 @@ class Statements:
         # its due time, so it sorts after the runs due now and the claim scan stops before it.
         ready = "(" + " OR ".join(f"({c})" for c in _READY_BY_STATUS) + f") AND {_KEYED}"
         # A RUNNING run in the ready set has lost its execution (lease lapsed, worker gone):
-        # claiming it records the lost execution and counts a recovery, and one that has been
-        # recovered `max_recoveries` times already ends FAILED instead, in this same statement
-        # (the caller adds the error and cancels its open tasks in the same transaction).
+        # claiming it records the lost execution and counts a recovery. One recovered
+        # `max_recoveries` times already is claimed *to be failed*: a fresh lease and epoch but
+        # no owner, which the caller ends in its own transaction, parent
+        # first (Store._fail_exhausted); if that never commits, the lease lapses and the next
+        # claim finds the run exhausted again (an ownerless lease is no lost execution).
         exhausted = "(status = 'RUNNING' AND recoveries >= :max_recoveries)"
         lost = (
-            "CASE WHEN status = 'RUNNING' THEN "
+            "CASE WHEN status = 'RUNNING' AND lease_owner IS NOT NULL THEN "
             + append_json(
                 "lost_executions",
                 postgres,
@@ -151,23 +153,22 @@ class Statements:
             + " ELSE lost_executions END"
         )
         claim_set = (
-            f"status = CASE WHEN {exhausted} THEN 'FAILED' ELSE 'RUNNING' END, "
+            "status = 'RUNNING', "
             f"lease_owner = CASE WHEN {exhausted} THEN NULL ELSE :worker END, "
             f"lease_epoch = lease_epoch + 1, "
-            f"lease_expires_at = CASE WHEN {exhausted} THEN NULL ELSE {stamp(':expires')} END, "
+            f"lease_expires_at = {stamp(':expires')}, "
             "wake_at = NULL, "
             f"attempt = attempt + CASE WHEN status = 'WAITING' OR {exhausted} THEN 0 "
             "ELSE 1 END, "
             f"started_at = COALESCE(started_at, {later(stamp(':now'), 'created_at')}), "
-            f"completed_at = CASE WHEN {exhausted} THEN {ended} ELSE completed_at END, "
             f"recoveries = recoveries + CASE WHEN status = 'RUNNING' AND NOT {exhausted} "
             "THEN 1 ELSE 0 END, "
             f"lost_executions = {lost} "
         )
         claimed = (
-            "RETURNING id, job_id, job_version, payload, lease_epoch, attempt, status, "
-            "recoveries, CASE WHEN status = 'FAILED' THEN lost_executions END "
-            "AS lost_executions, parent_run_id, parent_task_id, idempotency_key"
+            # The bare owner: SQLite 3.40's RETURNING reads it before the update inside a CASE.
+            "RETURNING id, job_id, job_version, payload, lease_epoch, attempt, lease_owner, "
+            "recoveries, lost_executions, parent_run_id, parent_task_id, idempotency_key"
         )
         # Runs without a concurrency limit: one statement, highest rank first.
         self.claim_runs = (
@@ -212,10 +213,6 @@ class Statements:
             _t("SELECT pg_advisory_xact_lock(hashtext('engine-concurrency:' || :job_id))")
             if postgres
             else None
-        )
-        self.fail_exhausted = _t(
-            "UPDATE engine_runs SET error = :error WHERE id = :id AND lease_epoch = :epoch",
-            error=Json,
         )
         # Replay loads a whole run at once: through the driver, like the hot-path writes.
         self.raw_load_tasks = _driver_sql(

@@ -263,7 +263,7 @@ class Store(Database):
     ) -> list[ClaimedRun]:
         """Claims due runs, highest rank first (priority, then trigger time). A run whose
         execution was lost is recovered, or, past `max_recoveries`, failed here (see
-        engine.recovery), in the same transaction.
+        engine.recovery), right after the claim commits (`_fail_exhausted`).
 
         `limited` names the job ids among `job_keys` that have a concurrency limit: their runs
         are claimed only while their job (and key) has a free slot (`_claim_limited`).
@@ -284,18 +284,9 @@ class Store(Database):
                 rows = await self._claim_limited(conn, values, sorted(set(limited)))
             else:
                 rows = (await conn.execute(self._sql.claim_runs, values)).all()
-            failed = [r for r in rows if r.status == "FAILED"]
-            for r in failed:
-                # This round's executions only: earlier ones (before a retry) stay as history.
-                lost = list(r.lost_executions or [])[-(r.recoveries + 1) :]
-                error = recovery_error(r.id, lost)
-                log.warning("run %s failed: %s", r.id, error["message"])
-                await conn.execute(
-                    self._sql.fail_exhausted, {"id": r.id, "epoch": r.lease_epoch, "error": error}
-                )
-                await conn.execute(self._sql.keep_lost_attempts_of_run, {"run_id": r.id})
-                await conn.execute(self._sql.cancel_open_tasks, {"run_id": r.id, "now": now})
-                await self._run_ended(conn, r.id, r, "FAILED", cascade=True, error=error)
+        failed = [r for r in rows if r.lease_owner is None]  # claimed to be failed
+        for r in failed:
+            await self._fail_exhausted(r)
         if failed:
             # The failed runs took claim slots: look again at once.
             self._wake_local()
@@ -311,8 +302,26 @@ class Store(Database):
                 r.idempotency_key,
             )
             for r in rows
-            if r.status != "FAILED"
+            if r.lease_owner is not None
         ]
+
+    async def _fail_exhausted(self, r: Any) -> None:
+        """Ends FAILED a run the claim found out of recoveries. Not in the claim's transaction:
+        the claim locked the run's row, and its parent's comes first (docs/reliability.md, lock
+        order). The claim gave the run a fresh epoch and lease without an owner; this end is
+        fenced on that epoch (a cancel meanwhile wins), and if it never commits, the lease
+        lapses and the next claim fails the run again."""
+        # This round's executions only: earlier ones (before a retry) stay as history.
+        lost = list(r.lost_executions or [])[-(r.recoveries + 1) :]
+        error = recovery_error(r.id, lost)
+        log.warning("run %s failed: %s", r.id, error["message"])
+        values = {"status": "FAILED", "output": None, "output_type": None, "error": error}
+        await self._patiently(
+            "failing a run out of recoveries",
+            lambda: self._finish_run(
+                r.id, r.lease_epoch, values, (), r.parent_run_id, True, lost_attempts=True
+            ),
+        )
 
     async def _claim_limited(
         self, conn: AsyncConnection, values: dict[str, Any], job_ids: list[str]
@@ -474,6 +483,8 @@ class Store(Database):
         logs: Sequence[LogWrite],
         parent_run_id: str | None,
         cascade: bool,
+        *,
+        lost_attempts: bool = False,
     ) -> bool:
         now = clock.now()
         woke = False
@@ -489,6 +500,8 @@ class Store(Database):
             if row is None:
                 await conn.rollback()
                 return False
+            if lost_attempts:  # the run's RUNNING attempts were lost with its executions
+                await conn.execute(self._sql.keep_lost_attempts_of_run, {"run_id": run_id})
             await conn.execute(self._sql.cancel_open_tasks, {"run_id": run_id, "now": now})
             woke = await self._run_ended(conn, run_id, row, cascade=cascade, **values)
             if logs:

@@ -149,3 +149,54 @@ async def test_a_plain_cancel_records_no_error_and_a_deadline_its_own(pg_head_ur
         assert json.dumps(invoke["error"])  # recorded as plain JSON
     finally:
         await store.close()
+
+
+async def lost_child_out_of_recoveries(store: Store, parent_job: str, child_job: str) -> Any:
+    """A parent WAITING on its invoke task, and its child RUNNING with a lapsed lease after
+    one recovery already: the next claim with `max_recoveries=1` fails it."""
+    parent_id, _ = await store.create_run(parent_job, "1", {}, None)
+    parent = await claim(store, parent_job)
+    child_id = child_run_id(parent_id, ("child",), 1)
+    task = TaskWrite("[]", "child", "invoke", child_job, "WAITING", 1, 1, params={})
+    start = ChildStart(task, child_id, child_job, "1", {}, 0, None)
+    assert await store.start_children(parent_id, parent.epoch, [start])
+    assert await store.suspend_run(parent_id, parent.epoch, None)
+    for _ in range(2):  # executed, lost; recovered, lost again
+        [run] = await store.claim_runs("w-lost", 1, 0, [f"{child_job}@1"], 1)
+        assert run.id == child_id
+        clock.advance(1)  # past the zero-second lease
+    return parent_id, child_id
+
+
+async def test_recovery_limit_claim_and_parent_cancel_never_deadlock(pg_head_url: str) -> None:
+    parent_job, child_job = unique_id("parent"), unique_id("child")
+    setup, a, b = (impatient(pg_head_url) for _ in range(3))
+    outcomes: dict[str, int] = {}
+    try:
+        for _ in range(ITERATIONS):
+            parent_id, child_id = await lost_child_out_of_recoveries(setup, parent_job, child_job)
+            claimed, before = await asyncio.gather(
+                a.claim_runs("w-claim", 1, 600, [f"{child_job}@1"], 1), b.cancel_run(parent_id)
+            )
+            assert claimed == [] and before == "WAITING"  # a failed run is never handed out
+            kid = await setup.get_run(child_id)
+            parent = await setup.get_run(parent_id)
+            [invoke] = await setup.get_tasks(parent_id)
+            assert parent["status"] == "CANCELED", parent
+            if kid["status"] == "FAILED":  # the claim failed it first: its parent heard of it
+                assert kid["error"]["type"] == "RecoveryLimitError", kid
+                assert invoke["status"] == "ERRORED", invoke
+                assert invoke["error"]["type"] == "ChildRunError", invoke
+            else:  # the parent's cancel ended it first
+                assert kid["status"] == "CANCELED", kid
+                assert kid["error"]["type"] == "ParentRunEnded", kid
+                assert invoke["status"] == "CANCELED", invoke
+            assert kid["lease_owner"] is None, kid
+            # The epoch tells whether the cancel came before the claim (3: two setup claims
+            # and the cancel) or after it (4, or FAILED: the claim failed it first).
+            key = f"{kid['status']}@{kid['lease_epoch']}"
+            outcomes[key] = outcomes.get(key, 0) + 1
+    finally:
+        for store in (setup, a, b):
+            await store.close()
+    assert len(outcomes) > 1, outcomes

@@ -120,3 +120,32 @@ async def test_a_run_that_keeps_losing_its_execution_fails_and_retry_finishes_it
     done = await harness.engine.wait_for(run_id, 30)
     assert (done["status"], done["output"], done["recoveries"]) == ("COMPLETED", "done", 0)
     assert attempts == [1, 2, 3, 4]
+
+
+async def test_a_claimer_gone_before_failing_an_exhausted_run_leaves_it_to_the_next(
+    engine: Engine,
+) -> None:
+    """The claim fails an exhausted run in a second transaction (lock order: its parent first).
+    A claimer that dies between the two leaves the run RUNNING under a lease without owner:
+    once it lapses, the next claim fails the run, listing only the executions really lost."""
+    store = engine.store
+    run_id = await engine.trigger("j", {})
+    for worker in ("w1", "w2"):
+        await store.claim_runs(worker, 1, 30, ["j@1"], max_recoveries=1)
+        clock.advance(31)
+    now = clock.now()
+    values = {"worker": "w3", "now": now, "expires": now + 30, "limit": 1,
+              "job_keys": ["j@1"], "max_recoveries": 1}  # fmt: skip
+    async with store.begin() as conn:  # the claim's own transaction, and nothing after it
+        [row] = (await conn.execute(store._sql.claim_runs, values)).all()
+    assert row.id == run_id and row.lease_owner is None
+    left = await engine.get_run(run_id)
+    assert (left["status"], left["lease_owner"]) == ("RUNNING", None)
+    assert await store.claim_runs("w4", 1, 30, ["j@1"], max_recoveries=1) == []  # lease holds
+    clock.advance(31)
+    assert await store.claim_runs("w5", 1, 30, ["j@1"], max_recoveries=1) == []
+    failed = await engine.get_run(run_id)
+    assert failed["status"] == "FAILED" and failed["error"]["type"] == "RecoveryLimitError"
+    executions = [(e["attempt"], e["worker"]) for e in failed["error"]["executions"]]
+    assert executions == [(1, "w1"), (2, "w2")]
+    assert len(failed["lost_executions"]) == 2  # the dead claimer's lease is no execution
