@@ -198,6 +198,14 @@ class Statements:
             f"ORDER BY r.rank_at LIMIT :scan{skip}",
             now=UTCDateTime,
         ).bindparams(bindparam("job_keys", expanding=True))
+        # SQLite reads this outside any transaction before it claims (engine.store_sqlite): an
+        # idle worker's claim takes no write lock. One index seek per status, as the claim's.
+        any_ready = "SELECT " + " OR ".join(
+            f"EXISTS (SELECT 1 FROM engine_runs WHERE {cond} "
+            "AND job_id || '@' || job_version IN (SELECT value FROM json_each(:job_keys)))"
+            for cond in _READY_BY_STATUS
+        )
+        self.raw_any_ready = None if postgres else _driver_sql(any_ready, postgres)
         self.claim_ids = (
             _t(
                 f"UPDATE engine_runs SET {claim_set}WHERE id IN :ids {claimed}",
@@ -392,6 +400,12 @@ class Statements:
             .bindparams(bindparam("pollers", expanding=True))
             .columns(params=Json, poll_state=Json, started_at=UTCDateTime)
         )
+        # SQLite reads this first, outside any transaction, like any_ready (ix_engine_tasks_polls).
+        any_poll_due = (
+            "SELECT EXISTS (SELECT 1 FROM engine_tasks WHERE status = 'WAITING' "
+            "AND next_poll_at <= :now AND poller IN (SELECT value FROM json_each(:pollers)))"
+        )
+        self.raw_any_poll_due = None if postgres else _driver_sql(any_poll_due, postgres)
         self.raw_reschedule_poll = _driver_sql(
             "UPDATE engine_tasks SET next_poll_at = :next_poll_at, poll_state = :poll_state "
             "WHERE id = :id AND status = 'WAITING'",

@@ -94,6 +94,7 @@ class Store(Database):
         self._events_sql = EventStatements(self.is_postgres)
         self._stream_sql = StreamStatements(self.is_postgres)
         self._children_sql = ChildStatements(self.is_postgres)
+        self._claim_found_none = True
 
     async def _patiently(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Runs `attempt`, retrying transient DatabaseErrors with exponential backoff and
@@ -271,6 +272,10 @@ class Store(Database):
         if limit <= 0 or not job_keys:
             return []
         now = clock.now()
+        # Read first only after a claim that found nothing: a busy worker's next claim most
+        # likely finds runs, and the read would only cost it a round trip.
+        if self._claim_found_none and not await self._any_ready(now, job_keys):
+            return []
         values = {
             "worker": worker_id,
             "now": now,
@@ -284,6 +289,7 @@ class Store(Database):
                 rows = await self._claim_limited(conn, values, sorted(set(limited)))
             else:
                 rows = (await conn.execute(self._sql.claim_runs, values)).all()
+            self._claim_found_none = not rows
         failed = [r for r in rows if r.lease_owner is None]  # claimed to be failed
         for r in failed:
             await self._fail_exhausted(r)
@@ -322,6 +328,11 @@ class Store(Database):
                 r.id, r.lease_epoch, values, (), r.parent_run_id, True, lost_attempts=True
             ),
         )
+
+    async def _any_ready(self, now: float, job_keys: Sequence[str]) -> bool:
+        """Whether the claim may find a run (engine.store_sqlite reads first; here the claim's
+        own UPDATE locks no row when none is ready, so it is not worth a round trip)."""
+        return True
 
     async def _claim_limited(
         self, conn: AsyncConnection, values: dict[str, Any], job_ids: list[str]
@@ -533,7 +544,9 @@ class Store(Database):
     ) -> float | None:
         """The earliest time at which this scheduler has something to do, if any; wake-ups at
         or before `after` are left out (see Scheduler._sleep)."""
-        async with self.begin() as conn:
+        # A read: on SQLite, outside any transaction, so an idle worker's every loop does not
+        # take the write lock that the other processes' writers wait for.
+        async with self.read() as conn:
             row = (
                 await conn.execute(
                     self._sql.next_due,
@@ -710,6 +723,8 @@ class Store(Database):
         if not pollers:
             return []
         now = clock.now()
+        if not await self._any_poll_due(now, pollers):
+            return []
         async with self.begin() as conn:
             rows = (
                 await conn.execute(
@@ -733,6 +748,10 @@ class Store(Database):
             )
             for r in rows
         ]
+
+    async def _any_poll_due(self, now: float, pollers: Sequence[str]) -> bool:
+        """Whether a poll may be due (engine.store_sqlite reads first, as `_any_ready`)."""
+        return True
 
     async def reschedule_poll(
         self, task_id: int, next_poll_at: float, poll_state: dict[str, Any]

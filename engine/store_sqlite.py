@@ -201,6 +201,21 @@ class SQLiteStore(Store):
         sql = self._sql.raw_any_expired.text
         return bool(await self._read_value(sql, {"now": _sqlite_time(now)}))
 
+    async def _any_ready(self, now: float, job_keys: Sequence[str]) -> bool:
+        # Outside any transaction, like the sweep's: an idle worker's claim never takes the
+        # write lock. A run made ready after this read wakes the worker (data_version, the
+        # local wake) or falls due at a time next_due reports, so the next loop claims it.
+        assert self._sql.raw_any_ready is not None  # SQLite's statements have it
+        sql = self._sql.raw_any_ready.text
+        args = {"now": _sqlite_time(now), "job_keys": codec.dumps(list(job_keys))}
+        return bool(await self._read_value(sql, args))
+
+    async def _any_poll_due(self, now: float, pollers: Sequence[str]) -> bool:
+        assert self._sql.raw_any_poll_due is not None  # SQLite's statements have it
+        sql = self._sql.raw_any_poll_due.text
+        args = {"now": _sqlite_time(now), "pollers": codec.dumps(list(pollers))}
+        return bool(await self._read_value(sql, args))
+
     async def _read_value(self, sql: str, args: dict[str, Any]) -> Any:
         """The first column of the first row of a read, outside any transaction."""
         try:

@@ -4,13 +4,20 @@ engine.sql claim_runs), and leaves the runs that are not ready."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from faults import SQLiteLock
 from sqlalchemy import bindparam, text
 from support import Harness, unique_id
 
-from engine import IO, Context, clock, job
+from engine import IO, Context, clock, job, pollers
+from engine.exceptions import DatabaseError
+from engine.scheduler import Scheduler
 from engine.schema import UTCDateTime
 from engine.worker import register
 
@@ -48,3 +55,56 @@ async def test_ready_runs_of_every_status_are_claimed_in_rank_order(harness: Har
     rest = await harness.store.claim_runs("w", 10, 30, [_order.key])
     assert {r.id for r in rest} == {ids[5], ids[6]}
     assert await harness.store.claim_runs("w", 10, 30, [_order.key]) == []
+
+
+async def _never_done(params: dict[str, Any]) -> pollers.PollResult:
+    return pollers.PollResult(done=False)
+
+
+async def test_an_idle_sqlite_worker_writes_nothing_and_takes_no_write_lock(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "engine.db"
+    # A short busy timeout: a loop that needs the write lock says so at once.
+    h = Harness(f"sqlite+aiosqlite:///{path}?timeout=0.2")
+    # A registered poller: an idle worker's poll claim reads first too.
+    pollers.register(unique_id("idle-poller"), _never_done)
+    scheduler = Scheduler(h.store, [_order], lease_seconds=5)
+    try:
+        await h.engine.upgrade()
+        await register(h.store, [_order])
+        delayed = await h.engine.trigger(_order.id, delay=timedelta(minutes=5))
+
+        async def idle_loop() -> None:
+            # One round of Scheduler.run with nothing to do: the claims, then the next due time.
+            assert await scheduler.tick() is False
+            due = await h.store.next_due([_order.key], sorted(pollers.registered()))
+            assert due is not None and due > clock.now()  # the delayed run's wake-up
+            assert scheduler.active == {}
+
+        other = sqlite3.connect(path)
+        try:
+            version = other.execute("PRAGMA data_version").fetchone()[0]
+            for _ in range(5):
+                await idle_loop()
+            # data_version moves when another connection commits a change.
+            assert other.execute("PRAGMA data_version").fetchone()[0] == version
+        finally:
+            other.close()
+
+        async with SQLiteLock(path):
+            for _ in range(3):
+                await idle_loop()
+            clock.advance(6 * 60)
+            # The delayed run is ready now: the claim needs the write lock another process holds.
+            with pytest.raises(DatabaseError) as info:
+                await scheduler.tick()
+            assert info.value.transient and "database is locked" in info.value.message
+        fresh = await h.engine.trigger(_order.id)
+        await scheduler.tick()
+        assert set(scheduler.active) == {delayed, fresh}
+        await asyncio.gather(*scheduler.active.values())
+        for run_id in (delayed, fresh):
+            assert (await h.engine.get_run(run_id))["status"] == "COMPLETED"
+    finally:
+        await h.close()
