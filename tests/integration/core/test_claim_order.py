@@ -108,3 +108,31 @@ async def test_an_idle_sqlite_worker_writes_nothing_and_takes_no_write_lock(
             assert (await h.engine.get_run(run_id))["status"] == "COMPLETED"
     finally:
         await h.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_claim_skips_runs_locked_past_its_first_window(pg_url: str) -> None:
+    # The claim looks at a window of candidates first (engine.sql._pg_claim): with more runs
+    # locked by another transaction than the window holds, it looks further and still takes
+    # the first unlocked ready runs in rank order, and locks nothing else.
+    h = Harness(pg_url)
+    try:
+        await h.engine.upgrade()
+        await register(h.store, [_order])
+        ids = [await h.engine.trigger(_order.id, {"n": n}) for n in range(60)]
+        locked = ids[:40]  # the window for a claim of 2 holds 2 * 2 + 16 = 20
+        holder = h.store.engine
+        async with holder.connect() as other:
+            await other.execute(
+                text("SELECT id FROM engine_runs WHERE id IN :ids FOR UPDATE").bindparams(
+                    bindparam("ids", expanding=True)
+                ),
+                {"ids": locked},
+            )
+            claimed = await h.store.claim_runs("w", 2, 30, [_order.key])
+            assert {r.id for r in claimed} == set(ids[40:42])
+            await other.rollback()
+        rest = await h.store.claim_runs("w", 100, 30, [_order.key])
+        assert {r.id for r in rest} == set(ids) - set(ids[40:42])
+    finally:
+        await h.close()
