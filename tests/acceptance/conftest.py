@@ -259,12 +259,15 @@ class Procs:
         *,
         key: str | None = None,
         app: str | None = None,
+        delay: str | None = None,
     ) -> str:
         args = ["trigger", job_id, "--database-url", url]
         if payload is not None:
             args += ["--payload", json.dumps(payload)]
         if key is not None:
             args += ["--idempotency-key", key]
+        if delay is not None:
+            args += ["--delay", delay]
         if app is not None:
             args += ["--app", str(APPS / app)]
         out = self.ok(*args).strip()

@@ -6,6 +6,7 @@ and every run completes without a restart.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -216,6 +217,16 @@ def test_backends_terminated(procs: Any, pg_head_url: str, tmp_path: Path) -> No
 # -- SQLite locked by another process past the busy timeout -------------------------------------
 
 
+def _status(path: Path, run_id: str) -> str:
+    # Plain sqlite3 reads take no write lock: they answer while another process holds it.
+    db = sqlite3.connect(path)
+    try:
+        row = db.execute("SELECT status FROM engine_runs WHERE id = ?", (run_id,)).fetchone()
+        return str(row[0])
+    finally:
+        db.close()
+
+
 def test_sqlite_locked_past_the_busy_timeout(procs: Any, tmp_path: Path) -> None:
     path = tmp_path / "engine.db"
     # A short busy timeout (`?timeout=` seconds) keeps the test short; the outage is the same.
@@ -224,8 +235,15 @@ def test_sqlite_locked_past_the_busy_timeout(procs: Any, tmp_path: Path) -> None
     runs = start_runs(procs, plain, tmp_path, 3, sleep=0.1)
     worker = procs.worker("crash.py", url, lease=120, concurrency=10)
     wait_more(procs, runs, 10, "steps before the lock")
+    # An idle loop takes no write lock (it reads first): the worker meets the lock when it has
+    # something to claim, this run falling due while the lock is held.
+    payload = {"log": str(tmp_path / "delayed.log"), "n": STEPS, "sleep": 0.1}
+    delayed = procs.trigger(plain, "many-tasks", payload, app="crash.py", delay="5s")
+    runs[delayed] = tmp_path / "delayed.log"
 
     with SQLiteLock(path):
+        status = _status(path, delayed)
+        assert status == "QUEUED", f"the delayed run was {status} before the lock was taken"
         # Held until the worker has given up waiting for it at least once.
         procs.wait_until(has(worker, UNAVAILABLE), 60, "the lock reported")
         assert_alive(worker)
