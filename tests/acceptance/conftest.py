@@ -259,15 +259,12 @@ class Procs:
         *,
         key: str | None = None,
         app: str | None = None,
-        delay: str | None = None,
     ) -> str:
         args = ["trigger", job_id, "--database-url", url]
         if payload is not None:
             args += ["--payload", json.dumps(payload)]
         if key is not None:
             args += ["--idempotency-key", key]
-        if delay is not None:
-            args += ["--delay", delay]
         if app is not None:
             args += ["--app", str(APPS / app)]
         out = self.ok(*args).strip()
@@ -289,12 +286,19 @@ class Procs:
     # -- the same, in this process ---------------------------------------------------------------
 
     @staticmethod
-    def start(url: str, job_id: str, payload: Any = None, *, app: str | None = None) -> str:
+    def start(
+        url: str,
+        job_id: str,
+        payload: Any = None,
+        *,
+        app: str | None = None,
+        delay: float | None = None,
+    ) -> str:
         """What `trigger` does, without starting `engine` (for tests of something else than the
         CLI): `app` is loaded here first, as `engine trigger --app` loads it."""
         if app is not None:
             load_app(str(APPS / app))
-        run_id: str = _read(url, lambda engine: engine.trigger(job_id, payload))
+        run_id: str = _read(url, lambda engine: engine.trigger(job_id, payload, delay=delay))
         return run_id
 
     @staticmethod

@@ -238,7 +238,7 @@ def test_sqlite_locked_past_the_busy_timeout(procs: Any, tmp_path: Path) -> None
     # An idle loop takes no write lock (it reads first): the worker meets the lock when it has
     # something to claim, this run falling due while the lock is held.
     payload = {"log": str(tmp_path / "delayed.log"), "n": STEPS, "sleep": 0.1}
-    delayed = procs.trigger(plain, "many-tasks", payload, app="crash.py", delay="5s")
+    delayed = procs.start(plain, "many-tasks", payload, app="crash.py", delay=5)
     runs[delayed] = tmp_path / "delayed.log"
 
     with SQLiteLock(path):
