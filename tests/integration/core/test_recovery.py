@@ -76,7 +76,7 @@ async def test_a_reclaim_records_the_lost_execution_and_past_the_bound_fails_the
     assert set(view) == {
         "id", "job_id", "version", "status", "payload", "output", "error", "created_at",
         "started_at", "completed_at", "waiting_for", "tasks", "delayed_until", "deadline_at",
-        "parent_run_id", "parent_task", "child_runs",
+        "parent_run_id", "parent_task", "child_runs", "priority", "usage",
     }  # fmt: skip
 
     await engine.retry(run_id)
