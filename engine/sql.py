@@ -13,7 +13,6 @@ from typing import Any
 
 from sqlalchemy import Integer, String, bindparam, column, text
 from sqlalchemy.sql.elements import TextClause
-from sqlalchemy.types import TupleType
 
 from .schema import Json, UTCDateTime
 
@@ -172,23 +171,16 @@ class Statements:
             "recoveries, lost_executions, parent_run_id, parent_task_id, idempotency_key"
         )
         # Runs without a concurrency limit: one statement, highest rank first.
-        if postgres:
-            self.claim_runs = (
-                _t(_pg_claim(claim_set, claimed), now=UTCDateTime, expires=UTCDateTime)
-                .bindparams(bindparam("job_pairs", expanding=True, type_=TupleType(_str(), _str())))
-                .columns(payload=Json, lost_executions=Json)
+        self.claim_runs = (
+            _t(
+                f"UPDATE engine_runs SET {claim_set}"
+                f"WHERE id IN ({_ready_in_rank_order(ready, skip)}) {claimed}",
+                now=UTCDateTime,
+                expires=UTCDateTime,
             )
-        else:
-            self.claim_runs = (
-                _t(
-                    f"UPDATE engine_runs SET {claim_set}"
-                    f"WHERE id IN ({_ready_in_rank_order(ready, skip)}) {claimed}",
-                    now=UTCDateTime,
-                    expires=UTCDateTime,
-                )
-                .bindparams(bindparam("job_keys", expanding=True))
-                .columns(payload=Json, lost_executions=Json)
-            )
+            .bindparams(bindparam("job_keys", expanding=True))
+            .columns(payload=Json, lost_executions=Json)
+        )
         # With limits (engine.store.claim_limited): the ready runs in rank order, each with the
         # number of live RUNNING runs sharing its job and key, skipping keys already at their
         # limit so that a long queue for one key does not hide the others. A lost RUNNING run
@@ -644,9 +636,6 @@ _READY_BY_STATUS = (
     "status = 'RUNNING' AND lease_expires_at < :now",
 )
 _KEYED = "job_id || '@' || job_version IN :job_keys"
-# The same filter as (job_id, job_version) pairs (engine.store.job_pairs): PostgreSQL estimates
-# it from the columns' statistics and uses their indexes.
-_PAIRED = "(job_id, job_version) IN :job_pairs"
 
 
 def _ready_in_rank_order(ready: str, skip: str) -> str:
@@ -665,39 +654,6 @@ def _ready_in_rank_order(ready: str, skip: str) -> str:
         for cond in _READY_BY_STATUS
     )
     return f"SELECT id FROM ({branches}) ORDER BY rank_at LIMIT :limit"
-
-
-def _pg_claim(claim_set: str, claimed: str) -> str:
-    """PostgreSQL's claim of the first `:limit` ready runs in rank order, locking only those.
-
-    One SELECT over the three statuses (an OR) cannot be read in rank order from any index:
-    PostgreSQL read every ready run and sorted them, 10,000 for a queue of 10,000. Here each
-    status's ready runs come in rank order from ix_engine_runs_status_rank, the first `:scan`
-    of them merged unlocked (`candidates`); only then are the first `:limit` of those locked,
-    skipping the locked ones, as before, and the readiness checked again on the locked row
-    (a run another worker claimed meanwhile is passed over). The job filter is on the
-    (job_id, job_version) pairs: on `job_id || '@' || job_version` PostgreSQL guessed 50
-    matching rows and chose to sort the table. Every row also says how many candidates there
-    were: the store looks further (a larger `:scan`) when the window was full and it is still
-    short of runs (engine.store.claim_runs), so the runs claimed are those the one SELECT took.
-    The one row with a NULL id stands for "nothing claimed".
-    """
-    branches = " UNION ALL ".join(
-        f"(SELECT id, rank_at FROM engine_runs WHERE {cond} AND {_PAIRED} "
-        "ORDER BY rank_at LIMIT :scan)"
-        for cond in _READY_BY_STATUS
-    )
-    ready = " OR ".join(f"({c})" for c in _READY_BY_STATUS)
-    returning = claimed.removeprefix("RETURNING ")
-    return (
-        f"WITH candidates AS (SELECT id FROM ({branches}) AS c ORDER BY rank_at LIMIT :scan), "
-        "picked AS (SELECT id FROM engine_runs WHERE id IN (SELECT id FROM candidates) "
-        f"AND ({ready}) ORDER BY rank_at LIMIT :limit FOR UPDATE SKIP LOCKED), "
-        f"claimed AS (UPDATE engine_runs SET {claim_set}"
-        f"WHERE id IN (SELECT id FROM picked) RETURNING {returning}) "
-        "SELECT claimed.*, n.candidates FROM (SELECT COUNT(*) AS candidates FROM candidates) "
-        "AS n LEFT JOIN claimed ON true"
-    )
 
 
 @dataclass(frozen=True)

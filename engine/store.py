@@ -72,14 +72,6 @@ StartOnEvent = tuple[str, str, int, tuple[str, int] | None, float | None]
 PlanRuns = Callable[[list[dict[str, Any]], list[dict[str, Any]]], list[StartOnEvent]]
 
 
-def job_pairs(job_keys: Sequence[str]) -> list[tuple[str, str]]:
-    """The (job id, version) pairs whose `id@version` is one of `job_keys`: an id and a version
-    may both hold an '@', so each key stands for every split at one of its '@'s."""
-    return [
-        (key[:at], key[at + 1 :]) for key in job_keys for at, char in enumerate(key) if char == "@"
-    ]
-
-
 class Store(Database):
     """The engine's database: create with a URL, `await connect()`, `await close()`.
 
@@ -295,8 +287,6 @@ class Store(Database):
         async with self.begin() as conn:
             if limited:
                 rows = await self._claim_limited(conn, values, sorted(set(limited)))
-            elif self.is_postgres:
-                rows = await self._claim_in_windows(conn, values, job_keys)
             else:
                 rows = (await conn.execute(self._sql.claim_runs, values)).all()
             self._claim_found_none = not rows
@@ -338,27 +328,6 @@ class Store(Database):
                 r.id, r.lease_epoch, values, (), r.parent_run_id, True, lost_attempts=True
             ),
         )
-
-    async def _claim_in_windows(
-        self, conn: AsyncConnection, values: dict[str, Any], job_keys: Sequence[str]
-    ) -> list[Any]:
-        """PostgreSQL's claim (engine.sql._pg_claim): the first ready runs in rank order, from
-        a window of candidates that grows only while it was full and runs are still wanted
-        (other workers held the ones in it), so the runs taken are the same as one scan's."""
-        wanted = int(values["limit"])
-        scan = wanted * 2 + 16
-        values = {**values, "job_pairs": job_pairs(job_keys)}
-        rows: list[Any] = []
-        while True:
-            got = (
-                await conn.execute(
-                    self._sql.claim_runs, {**values, "limit": wanted - len(rows), "scan": scan}
-                )
-            ).all()
-            rows += [r for r in got if r.id is not None]
-            if len(rows) >= wanted or got[0].candidates < scan:
-                return rows
-            scan *= 4
 
     async def _any_ready(self, now: float, job_keys: Sequence[str]) -> bool:
         """Whether the claim may find a run (engine.store_sqlite reads first; here the claim's

@@ -111,16 +111,15 @@ async def test_an_idle_sqlite_worker_writes_nothing_and_takes_no_write_lock(
 
 
 @pytest.mark.postgres
-async def test_postgres_claim_skips_runs_locked_past_its_first_window(pg_url: str) -> None:
-    # The claim looks at a window of candidates first (engine.sql._pg_claim): with more runs
-    # locked by another transaction than the window holds, it looks further and still takes
-    # the first unlocked ready runs in rank order, and locks nothing else.
+async def test_postgres_claim_skips_locked_runs_and_locks_only_its_own(pg_url: str) -> None:
+    # With runs locked by another transaction (another worker's claim in flight), a claim
+    # takes the first unlocked ready runs in rank order, and locks nothing else.
     h = Harness(pg_url)
     try:
         await h.engine.upgrade()
         await register(h.store, [_order])
         ids = [await h.engine.trigger(_order.id, {"n": n}) for n in range(60)]
-        locked = ids[:40]  # the window for a claim of 2 holds 2 * 2 + 16 = 20
+        locked = ids[:40]
         holder = h.store.engine
         async with holder.connect() as other:
             await other.execute(

@@ -134,9 +134,8 @@ async def test_a_claimer_gone_before_failing_an_exhausted_run_leaves_it_to_the_n
         await store.claim_runs(worker, 1, 30, ["j@1"], max_recoveries=1)
         clock.advance(31)
     now = clock.now()
-    # (job_pairs and scan: PostgreSQL's statement, engine.sql._pg_claim.)
-    values = {"worker": "w3", "now": now, "expires": now + 30, "limit": 1, "job_keys": ["j@1"],
-              "job_pairs": [("j", "1")], "scan": 18, "max_recoveries": 1}  # fmt: skip
+    values = {"worker": "w3", "now": now, "expires": now + 30, "limit": 1,
+              "job_keys": ["j@1"], "max_recoveries": 1}  # fmt: skip
     async with store.begin() as conn:  # the claim's own transaction, and nothing after it
         [row] = (await conn.execute(store._sql.claim_runs, values)).all()
     assert row.id == run_id and row.lease_owner is None
