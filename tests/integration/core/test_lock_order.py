@@ -35,6 +35,21 @@ def impatient(url: str) -> Store:
     return store
 
 
+async def staggered(n: int, first: Any, *others: Any) -> list[Any]:
+    """Runs the racers together, `first` held back 0-3 ms or the others, by round: on a
+    quiet machine one racer would otherwise win every round and the race would test one
+    interleaving only."""
+    lag = (n % 7) * 0.0005
+
+    async def late(coro: Any) -> Any:
+        await asyncio.sleep(lag)
+        return await coro
+
+    if n % 2:
+        return list(await asyncio.gather(late(first), *others))
+    return list(await asyncio.gather(first, *(late(o) for o in others)))
+
+
 async def claim(store: Store, job: str) -> Any:
     [run] = await store.claim_runs("w-" + job, 1, 600, [f"{job}@1"])
     return run
@@ -62,7 +77,8 @@ async def test_deadline_sweep_child_end_and_parent_cancel_never_deadlock(pg_head
     try:
         for n in range(ITERATIONS):
             parent_id, child = await parent_waiting_for_child(setup, parent_job, child_job)
-            finished, swept, before = await asyncio.gather(
+            finished, swept, before = await staggered(
+                n,
                 a.finish_run(child.id, child.epoch, "COMPLETED", output=n, parent_run_id=parent_id),
                 b.cancel_expired(lambda deadline: TIMEOUT_ERROR),
                 c.cancel_run(parent_id),
@@ -111,8 +127,8 @@ async def test_poll_end_and_run_cancel_never_deadlock(pg_head_url: str) -> None:
             assert await setup.suspend_run(run_id, run.epoch, None)
             [row] = await setup.get_tasks(run_id)
             poll = DuePoll(row["id"], run_id, "p", {}, {}, now)
-            _, before = await asyncio.gather(
-                a.finish_poll(poll, output=n, poll_state={}), b.cancel_run(run_id)
+            _, before = await staggered(
+                n, a.finish_poll(poll, output=n, poll_state={}), b.cancel_run(run_id)
             )
             assert before == "WAITING"
             [task_row] = await setup.get_tasks(run_id)
@@ -173,10 +189,10 @@ async def test_recovery_limit_claim_and_parent_cancel_never_deadlock(pg_head_url
     setup, a, b = (impatient(pg_head_url) for _ in range(3))
     outcomes: dict[str, int] = {}
     try:
-        for _ in range(ITERATIONS):
+        for n in range(ITERATIONS):
             parent_id, child_id = await lost_child_out_of_recoveries(setup, parent_job, child_job)
-            claimed, before = await asyncio.gather(
-                a.claim_runs("w-claim", 1, 600, [f"{child_job}@1"], 1), b.cancel_run(parent_id)
+            claimed, before = await staggered(
+                n, a.claim_runs("w-claim", 1, 600, [f"{child_job}@1"], 1), b.cancel_run(parent_id)
             )
             assert claimed == [] and before == "WAITING"  # a failed run is never handed out
             kid = await setup.get_run(child_id)
