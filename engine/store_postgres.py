@@ -168,23 +168,8 @@ class PostgresStore(Store):
         return tasks, logs
 
     def _task_row(self, row: tuple[Any, ...]) -> TaskRow:
-        (
-            parent,
-            key,
-            kind,
-            name,
-            status,
-            attempts,
-            output,
-            output_type,
-            error,
-            due_at,
-            seq,
-            base,
-            wait,
-        ) = row
-        return TaskRow(parent, key, kind, name, status, attempts, output, output_type, error,
-                       due_at, seq, base, wait)  # fmt: skip
+        # asyncpg decodes JSON and timestamps itself: the row is the TaskRow's fields in order.
+        return TaskRow(*row)
 
     async def _notify(self, conn: AsyncConnection) -> None:
         await conn.execute(text(f"NOTIFY {WAKE_CHANNEL}"))
