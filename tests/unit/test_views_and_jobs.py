@@ -72,8 +72,10 @@ def test_run_view_has_exactly_the_contract_fields() -> None:
         # docs/triggers.md
         "delayed_until",
         "deadline_at",
-        # The one addition: the run that started this one with io.invoke (null for others).
+        # docs/triggers.md: the run that started this one with io.invoke (null for others).
         "parent_run_id",
+        # docs/flow-control.md: the run's priority (0 unless given).
+        "priority",
     }
 
 
