@@ -52,6 +52,10 @@ class RateLimit:
     requests: int | None = None
     tokens: int | None = None
     per: str = "second"
+    # The share of the limit left unused: places are paced at (1 - headroom) of the rate, so
+    # that requests which leave on their places but reach the provider bunched (a stalled
+    # network or worker) still fit in every window the provider counts (docs/flow-control.md).
+    headroom: float = 0.02
 
     def __post_init__(self) -> None:
         if self.per not in PERIODS:
@@ -64,6 +68,15 @@ class RateLimit:
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise EngineError(f"RateLimit({name}={value!r}): give a whole number, 1 or more")
+        if (
+            isinstance(self.headroom, bool)
+            or not isinstance(self.headroom, int | float)
+            or not 0 <= self.headroom <= 0.5
+        ):
+            raise EngineError(
+                f"RateLimit(headroom={self.headroom!r}): give a share of the limit to leave "
+                "unused, from 0 to 0.5 (default 0.02)"
+            )
         if self.requests is None and self.tokens is None:
             raise EngineError(
                 "RateLimit(): give requests=, tokens= or both, e.g. "
@@ -73,12 +86,16 @@ class RateLimit:
     @property
     def request_interval(self) -> float:
         """Seconds one request takes of the limit (0 without a request limit)."""
-        return PERIODS[self.per] / self.requests if self.requests else 0.0
+        return self._pace / self.requests if self.requests else 0.0
 
     @property
     def token_interval(self) -> float:
         """Seconds one token takes of the limit (0 without a token limit)."""
-        return PERIODS[self.per] / self.tokens if self.tokens else 0.0
+        return self._pace / self.tokens if self.tokens else 0.0
+
+    @property
+    def _pace(self) -> float:
+        return PERIODS[self.per] / (1.0 - self.headroom)
 
 
 _declared: dict[str, RateLimit] = {}

@@ -35,7 +35,7 @@ async def _upgraded(url: str) -> Store:
 async def test_concurrent_reservations_take_distinct_paced_places(db_url: str) -> None:
     first = await _upgraded(db_url)
     stores = [first, *(Store(db_url) for _ in range(2))]
-    limit = RateLimit(requests=10, per="second")
+    limit = RateLimit(requests=10, per="second", headroom=0)
     name = unique_id("api")
     try:
         before = time.time()
@@ -56,7 +56,7 @@ async def test_concurrent_reservations_take_distinct_paced_places(db_url: str) -
 async def test_a_high_limit_is_reserved_in_batches_and_still_paced(db_url: str) -> None:
     store = await _upgraded(db_url)
     other = Store(db_url)
-    limit = RateLimit(requests=1000, per="second")  # batches of 50 places, 1 ms apart
+    limit = RateLimit(requests=1000, per="second", headroom=0)  # batches of 50 places, 1 ms apart
     name = unique_id("batched")
     try:
         mine = [await take_place(store, name, limit, 0) for _ in range(60)]
@@ -83,7 +83,7 @@ async def test_tokens_take_their_share_and_a_correction_moves_the_next_place(
     db_url: str,
 ) -> None:
     store = await _upgraded(db_url)
-    limit = RateLimit(tokens=600, per="minute")  # 0.1 s per token
+    limit = RateLimit(tokens=600, per="minute", headroom=0)  # 0.1 s per token
     name = unique_id("tokens")
     try:
         start = await reserve(store, name, limit, 30)
@@ -170,6 +170,8 @@ def test_bad_limits_are_refused_where_they_are_declared() -> None:
         RateLimit(per="minute")
     with pytest.raises(EngineError, match=r"requests=0\)"):
         RateLimit(requests=0)
+    with pytest.raises(EngineError, match=r"headroom=0\.9\): give a share"):
+        RateLimit(requests=1, headroom=0.9)
     with pytest.raises(EngineError, match=r"give an engine\.RateLimit"):
         rate_limits({"x": 5})  # type: ignore[dict-item]
     from integrations.openai import OpenAI
@@ -194,7 +196,7 @@ def test_openai_calls_are_charged_per_model_with_an_estimate() -> None:
 
 async def test_headers_saying_openai_is_exhausted_hold_the_next_place(db_url: str) -> None:
     store = await _upgraded(db_url)
-    limit = RateLimit(requests=100, per="second")
+    limit = RateLimit(requests=100, per="second", headroom=0)
     name = unique_id("headers")
     try:
         charge = Charge(name, limit, 0, store)
@@ -230,3 +232,18 @@ def test_a_limiter_wait_is_read_from_its_column_and_from_old_rows() -> None:
     old = {**task, "rate_limit_wait": None,
            "error": {"type": WAIT_TYPE, "rate_limit": "crm-api", "at": place}}  # fmt: skip
     assert waiting_for({"status": "WAITING", "wake_at": due}, [old], {}, datetime.now(UTC)) == found
+
+
+async def test_places_leave_the_limits_headroom_unused(db_url: str) -> None:
+    # 600 a minute with the default 2 % headroom: one place every 0.1 / 0.98 s, so that a
+    # fleet's requests that reach the provider bunched still fit in each minute it counts.
+    store = await _upgraded(db_url)
+    limit = RateLimit(requests=600, per="minute")
+    name = unique_id("headroom")
+    try:
+        places = [await reserve(store, name, limit, 0) for _ in range(3)]
+        for a, b in itertools.pairwise(places):
+            assert abs(b - a - 0.1 / 0.98) < 1e-6, places
+        assert RateLimit(requests=600, per="minute", headroom=0).request_interval == 0.1
+    finally:
+        await store.close()
