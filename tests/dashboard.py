@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import forked
 import httpx
 
 ENGINE = str(Path(sys.executable).parent / "engine")
@@ -37,13 +38,12 @@ class Dashboard:
             env["ENGINE_UI_TOKEN"] = token
         self.log_path = cwd / f"ui-{self.port}.log"
         self._log = open(self.log_path, "wb")  # closed by close()
-        self.proc = subprocess.Popen(
+        self.proc = forked.spawn(
             [ENGINE, "ui", "--database-url", url, "--port", str(self.port), *options],
             cwd=cwd,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
 
     @property

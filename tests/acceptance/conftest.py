@@ -19,7 +19,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -29,12 +28,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import forked
 import pytest
 
 from engine import Engine
 from engine.app import load_app
 
-ENGINE = str(Path(sys.executable).parent / "engine")
+ENGINE = forked.ENGINE
 APPS = Path(__file__).parent / "apps"
 FINAL = frozenset({"COMPLETED", "FAILED", "CANCELED"})
 
@@ -46,7 +46,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _kill_group(proc: subprocess.Popen[Any]) -> None:
+def _kill_group(proc: forked.Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -72,9 +72,10 @@ class Result:
 START_TIMEOUT = 60.0
 
 
-def _spawn(args: list[str], cwd: Path, **streams: Any) -> subprocess.Popen[Any]:
-    """Starts `engine ARGS...` in its own session, so that its whole group can be killed."""
-    return subprocess.Popen([ENGINE, *args], cwd=cwd, env=_env(), start_new_session=True, **streams)
+def _spawn(args: list[str], cwd: Path, **streams: Any) -> forked.Process:
+    """Starts `engine ARGS...` in its own session, so that its whole group can be killed (a
+    fork of the tests' pre-imported Python: tests/forked.py)."""
+    return forked.spawn([ENGINE, *args], cwd=cwd, env=_env(), **streams)
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = START_TIMEOUT) -> Result:

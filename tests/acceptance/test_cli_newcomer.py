@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import forked
 import pytest
 
 
@@ -43,9 +44,7 @@ BASIC = str(APPS / "basic.py")
 
 def _cli_with_stdin(cwd: Path, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "ENGINE_DATABASE_URL"}
-    return subprocess.run(
-        [ENGINE, *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=60
-    )
+    return forked.run([ENGINE, *args], cwd=cwd, env=env, input=stdin, text=True, timeout=60)
 
 
 def _one_error_line(result: Any) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SERVER = HERE.parent / "forkserver.py"  # shared with the other tests' `forked.spawn`
 VENV = Path(sys.prefix)
 PROGRAMS = ("engine", "python", "python3", f"python3.{sys.version_info.minor}")
 READY = "fork server ready"  # what forkserver.py prints once it listens
@@ -70,7 +71,11 @@ class ForkServer:
             return self
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [str(VENV / "bin" / "python"), str(HERE / "forkserver.py"), str(socket_path)],
+                [
+                    str(VENV / "bin" / "python"),
+                    str(SERVER),
+                    str(socket_path),
+                ],
                 cwd=self.directory,
                 env=self.env,
                 stdin=subprocess.DEVNULL,

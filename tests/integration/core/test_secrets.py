@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
+import forked
 import pytest
 from support import Harness, unique_id
 
@@ -34,11 +34,8 @@ def _leaky_job(secret: str, integrations: dict[str, Integration[Any]]) -> Job:
 
 
 def _runs_show_json(url: str, run_id: str) -> str:
-    result = subprocess.run(
-        [ENGINE, "runs", "show", run_id, "--json", "--database-url", url],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = forked.run(
+        [ENGINE, "runs", "show", run_id, "--json", "--database-url", url], text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     return result.stdout

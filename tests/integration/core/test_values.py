@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import forked
 import pytest
 from pydantic import BaseModel
 from sqlalchemy import text
@@ -351,9 +352,7 @@ async def test_a_payload_the_codec_refuses_creates_no_run(harness: Harness) -> N
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "ENGINE_DATABASE_URL"}
-    return subprocess.run(
-        [ENGINE, *args], capture_output=True, text=True, timeout=60, env=env, check=False
-    )
+    return forked.run([ENGINE, *args], text=True, timeout=60, env=env)
 
 
 async def test_cli_payloads_round_trip_or_fail_in_one_line(harness: Harness) -> None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import forked
 import openai
 import pytest
 from support import unique_id
@@ -28,13 +29,11 @@ def cli(db: Path, *args: str, prices: Path | None = None) -> subprocess.Complete
     env = {k: v for k, v in os.environ.items() if k != "ENGINE_PRICES"}
     if prices is not None:
         env["ENGINE_PRICES"] = str(prices)
-    return subprocess.run(
+    return forked.run(
         [ENGINE, *args, "--database-url", f"sqlite+aiosqlite:///{db}"],
-        capture_output=True,
         text=True,
         timeout=60,
         env=env,
-        check=False,
     )
 
 

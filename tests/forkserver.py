@@ -1,20 +1,23 @@
-"""Runs the doc blocks' `engine` and `python` commands as forks of one pre-imported Python.
+"""Runs `engine` and `python` commands as forks of one pre-imported Python.
 
-Every `engine ...` a block runs used to be a fresh interpreter importing SQLAlchemy, pydantic,
-openai and the engine: ~0.7 s of CPU each, hundreds of times per doc test. Here one server
-process imports all that once (`PRELOAD`); each command is a fork of it that then becomes the
-command exactly as a fresh interpreter would: the shim's (`shim.py`) argv, environment, working
-directory, stdin/stdout/stderr (the same descriptors, so pipes, redirections and `$(...)` work
-as before), its own session, its exit status, its signals. A command still is a process of its
-own: a backgrounded `engine run` worker, a pipe's `engine runs list | grep`, a `kill -9` work as
-with the real program.
+Every `engine ...` a test or a doc block runs used to be a fresh interpreter importing
+SQLAlchemy, pydantic, openai and the engine: ~0.4-0.7 s of CPU each, hundreds of times per
+suite. Here one server process imports all that once (`PRELOAD`); each command is a fork of it
+that then becomes the command exactly as a fresh interpreter would: the client's argv,
+environment, working directory, stdin/stdout/stderr (the same descriptors, so pipes,
+redirections and `$(...)` work as before), its own session, its exit status, its signals. A
+command still is a process of its own: a backgrounded `engine run` worker, a pipe's
+`engine runs list | grep`, a `kill -9` work as with the real program.
 
 What the fork keeps from the server is only what is the same in a fresh interpreter: imported
 modules (an import has no effect that depends on the environment or the directory here; the
 engine reads those when it runs) and the interpreter's start-up settings, which is why a
 request whose PYTHON* or locale variables differ from the server's runs the real program.
 
-`docvenv.py` installs the shims and starts this server (`python forkserver.py SOCKET`).
+Two clients: the doc test's shims (docs/shim.py, installed by docs/docvenv.py) and the tests'
+`forked.spawn` (forked.py), which hands the test the command's own pid. The server is
+`python forkserver.py SOCKET`; it ends, killing the commands still running, on SIGTERM or when
+the process that started it is gone.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-READY = "fork server ready"  # docvenv.py waits for it
+READY = "fork server ready"  # its starter waits for it
 # What the blocks' commands import: the CLI and everything `engine run`, the fake OpenAI server
 # and the generated job-body runner load (the engine's own modules are found by walking it).
 PRELOAD = (
@@ -119,9 +122,10 @@ class Server:
 
         signal.signal(signal.SIGTERM, stop)
         print(READY, flush=True)
-        server = os.getpid()
+        server, starter = os.getpid(), os.getppid()
         try:
-            while not stopping:
+            # The session that started it killed with SIGKILL: no command outlives it either.
+            while not stopping and os.getppid() == starter:
                 for key, _ in selector.select(timeout=1.0):
                     if key.fileobj is listener:
                         conn, _ = listener.accept()
