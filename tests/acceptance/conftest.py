@@ -91,7 +91,7 @@ def run_cli(*args: str, cwd: Path, timeout: float = START_TIMEOUT) -> Result:
         ) from None
     finally:
         _kill_group(proc)
-    return Result([ENGINE, *args], proc.returncode, out, err)
+    return Result([ENGINE, *args], proc.wait(), out, err)
 
 
 class EngineProcess:
@@ -200,7 +200,7 @@ class Follower(EngineProcess):
             if line is not None:
                 out.append(line)
         assert self.proc.stderr is not None
-        return Result(self.args, self.proc.returncode, "\n".join(out), self.proc.stderr.read())
+        return Result(self.args, self.proc.wait(), "\n".join(out), self.proc.stderr.read())
 
     def close(self) -> None:
         super().close()

@@ -38,7 +38,7 @@ def _runs_show_json(url: str, run_id: str) -> str:
         [ENGINE, "runs", "show", run_id, "--json", "--database-url", url], text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    return result.stdout
+    return str(result.stdout)
 
 
 async def _run_and_check(
