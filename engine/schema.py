@@ -47,6 +47,10 @@ from sqlalchemy import (
     false,
 )
 
+# Alembic's version table for the engine's migrations: its own name, so a host application's
+# Alembic history in the same database never clashes with it.
+VERSION_TABLE = "engine_alembic_version"
+
 metadata = MetaData()
 
 RUN_STATUSES = ("QUEUED", "RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELED")

@@ -13,9 +13,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from engine.schema import metadata
+from engine.schema import VERSION_TABLE, metadata
 
-VERSION_TABLE = "engine_alembic_version"
 config = context.config
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from engine import clock
@@ -61,6 +61,47 @@ async def test_schema_at_head_has_no_drift_from_the_tables(empty_db_url: str) ->
         c for c in changes if not (c[0] == "remove_table" and c[1].name == "engine_alembic_version")
     ]
     assert changes == []
+
+
+def test_migrate_head_is_the_migrations_head() -> None:
+    """`migrate.HEAD` lets a database at head skip Alembic; a migration added without moving it
+    would never run on a database at the old head."""
+    from alembic.script import ScriptDirectory
+
+    from engine import migrate
+
+    assert ScriptDirectory.from_config(migrate.alembic_config()).get_heads() == [migrate.HEAD]
+
+
+async def test_an_upgrade_at_head_reads_the_revision_and_one_behind_runs_alembic(
+    empty_db_url: str,
+) -> None:
+    from engine import migrate
+
+    async with Engine(empty_db_url) as engine:
+        assert not await migrate.at_head(engine.store)  # no tables yet
+        await engine.upgrade()
+        assert await migrate.at_head(engine.store)
+        # One migration behind (its down step run by Alembic itself): the fast path must not
+        # take it for head, and the upgrade brings it back.
+        from alembic import command
+
+        def downgrade(conn: Connection) -> None:
+            config = migrate.alembic_config()
+            config.attributes["connection"] = conn
+            command.downgrade(config, "-1")
+
+        async with engine.store.begin() as conn:
+            await conn.run_sync(downgrade)
+        assert not await migrate.at_head(engine.store)
+    async with Engine(empty_db_url) as engine:
+        await engine.upgrade()
+        assert await migrate.at_head(engine.store)
+        async with engine.store.read() as conn:
+            columns = await conn.run_sync(
+                lambda c: [col["name"] for col in inspect(c).get_columns("engine_tasks")]
+            )
+        assert "rate_limit_wait" in columns  # what 0012_ratelimit_wait adds
 
 
 async def test_the_database_refuses_a_second_task_with_one_identity(engine: Engine) -> None:
