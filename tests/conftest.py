@@ -17,15 +17,16 @@ from engine import clock
 PG_ADMIN_DSN = os.environ.get("ENGINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 # Workers for the whole suite or a folder (pyproject's `-n auto`): tests mostly wait for
-# `engine` processes and PostgreSQL, so a few more workers than cores still pay, but every
-# worker adds its own processes and databases to a machine other sessions share.
+# `engine` processes, PostgreSQL and timers, so one worker more than cores pays (on 2 cores, 3
+# workers: 3:44 against 4:47 with 2), but every worker adds its own processes and databases to a
+# machine other sessions share, and 4 were no faster than 3 there.
 MAX_WORKERS = 4
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """How many xdist workers `-n auto` starts: ENGINE_TEST_WORKERS if set; none (the tests run
     in this process, without xdist's start-up) when only files or single tests are named;
-    else one per core, at least 2 and at most MAX_WORKERS."""
+    else one per core plus one, at least 2 and at most MAX_WORKERS."""
     wanted = os.environ.get("ENGINE_TEST_WORKERS", "").strip()
     if wanted:
         try:
@@ -38,13 +39,30 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     named = [(here / arg.split("::", 1)[0]) for arg in config.args]
     if named and all(path.is_file() for path in named):
         return 0
-    return max(2, min(os.cpu_count() or 1, MAX_WORKERS))
+    return max(2, min((os.cpu_count() or 1) + 1, MAX_WORKERS))
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """In the main process and in every xdist worker: a SIGTERM (CI's `timeout`) kills the
     processes the tests started before pytest ends (tests/reaper.py)."""
     reaper.install()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an xdist worker with `--dist loadgroup`: every test marked `xdist_group` carries its
+    group in its id, else xdist spreads the group over the workers, quietly, and each worker
+    runs the group's shared fixture (the doc test's: every document) on its own."""
+    if not config.getoption("loadgroup", False):
+        return
+    lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group")]
+    lost = [nodeid for nodeid in lost if "@" not in nodeid.rsplit("]", 1)[-1]]
+    if lost:
+        raise pytest.UsageError(
+            f"--dist loadgroup does not group {lost[0]} (and {len(lost) - 1} more): this "
+            "pytest and pytest-xdist do not work together (pytest-dev/pytest-xdist#1386); "
+            "install the versions pyproject.toml's `test` extra allows"
+        )
 
 
 def _pg_reachable() -> str | None:
