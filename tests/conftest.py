@@ -4,15 +4,24 @@ in-process worker harness for integration tests."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+import sys
 
-import pytest
-import reaper
-from pgdatabases import PgDatabases, run_statement
-from support import Harness
+# Compiled modules are cached even where the environment says not to (PYTHONDONTWRITEBYTECODE,
+# set on this project's machines): every xdist worker, fork server and Python the tests start
+# would otherwise compile the engine, and rewrite the test modules' asserts, again, seconds of
+# CPU each. Set before the engine is first imported, and for the processes the tests start.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
-from engine import clock
+from collections.abc import AsyncIterator, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import reaper  # noqa: E402
+from pgdatabases import PgDatabases, run_statement  # noqa: E402
+from support import Harness  # noqa: E402
+
+from engine import clock  # noqa: E402
 
 PG_ADMIN_DSN = os.environ.get("ENGINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
