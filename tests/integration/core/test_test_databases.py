@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Awaitable
 
 import pytest
-from pgdatabases import PREFIX, _Owner, _stale_databases, run_statement
+from pgdatabases import PREFIX, PgDatabases, _Owner, _stale_databases, run_statement
 from pgdatabases import _execute as execute
 
 pytestmark = pytest.mark.postgres
@@ -51,3 +51,34 @@ def test_only_databases_of_dead_processes_of_this_machine_are_stale(pg_server: s
 
 async def _gather(*statements: Awaitable[None]) -> None:
     await asyncio.gather(*statements)
+
+
+async def _names(dsn: str, prefix: str) -> set[str]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        query = "SELECT datname FROM pg_database WHERE datname LIKE $1"
+        rows = await conn.fetch(query, f"{prefix}%")
+    finally:
+        await conn.close()
+    return {row["datname"] for row in rows}
+
+
+def test_copies_are_made_one_ahead_and_every_one_is_dropped(pg_server: str) -> None:
+    databases = PgDatabases(pg_server)
+    given: list[str] = []
+    try:
+        given += [databases.at_head(), databases.at_head()]
+        assert given[0] != given[1]
+        # The next test's copy, made while this one runs, is a third database.
+        assert databases._spare is not None
+        spare = databases._spare.result(timeout=60)
+        assert spare not in given
+        assert {*given, spare} <= asyncio.run(_names(pg_server, databases.prefix))
+    finally:
+        for name in given:
+            databases.drop(name)
+        assert databases.close() == []
+    # Nothing left: neither the copies given out, nor the spare, nor the template.
+    assert asyncio.run(_names(pg_server, databases.prefix)) == set()
