@@ -36,10 +36,11 @@ START_TIMEOUT = 120.0  # its imports, on a loaded machine
 
 
 class Server:
-    """A fork server process: `python forkserver.py SOCKET`, with the environment given."""
+    """A fork server process: `python forkserver.py SOCKET`, with the environment given; its
+    socket (`s`) and log (one line per command: its CPU, its exit status) in `directory`."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="engine-fork-"))
+    def __init__(self, env: dict[str, str], directory: Path | None = None) -> None:
+        self.directory = directory or Path(tempfile.mkdtemp(prefix="engine-fork-"))
         self.socket = str(self.directory / "s")  # short: a unix socket's path has 107 bytes
         self.log = self.directory / "forkserver.log"
         self.startup = _startup(env)  # a command whose own differs runs the real program

@@ -3,26 +3,20 @@
 Its bin/ holds the shims (`shim.py`) as `engine`, `python`, `python3`..., links to every other
 program of the real venv, and `activate` scripts that put it first on PATH; its other entries
 (lib/, pyvenv.cfg) are links to the real venv's. `ForkServer` installs it and runs the server
-(`forkserver.py`) for a test session.
+(`forkserver.py`, started as the other tests' `forked.Server`) for a test session.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import forked
+
 HERE = Path(__file__).resolve().parent
-SERVER = HERE.parent / "forkserver.py"  # shared with the other tests' `forked.spawn`
 VENV = Path(sys.prefix)
 PROGRAMS = ("engine", "python", "python3", f"python3.{sys.version_info.minor}")
-READY = "fork server ready"  # what forkserver.py prints once it listens
-START_TIMEOUT = 120.0  # its imports, on a loaded machine
 
 
 def install(venv: Path, socket_path: Path) -> None:
@@ -51,7 +45,7 @@ class ForkServer:
 
     directory: Path
     env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
+    server: forked.Server | None = None
 
     @property
     def venv(self) -> Path:
@@ -65,39 +59,14 @@ class ForkServer:
     def start(self, fork: bool = True) -> ForkServer:
         """Installs the doc venv; starts the server unless `fork` is false (then every shim
         runs the real program: no server listens)."""
-        socket_path = Path(self.directory, "s")  # short: a unix socket's path has 107 bytes
-        install(self.venv, socket_path)
-        if not fork:
-            return self
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    str(VENV / "bin" / "python"),
-                    str(SERVER),
-                    str(socket_path),
-                ],
-                cwd=self.directory,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while READY not in self.log.read_text(errors="replace"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise AssertionError(f"the fork server did not start:\n{self.log.read_text()}")
-            time.sleep(0.05)
+        install(self.venv, self.directory / "s")  # the socket forked.Server listens on
+        if fork:
+            try:
+                self.server = forked.Server(self.env, self.directory)
+            except RuntimeError as exc:
+                raise AssertionError(str(exc)) from None
         return self
 
     def close(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()  # it kills the commands still running
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.server is not None:
+            self.server.close()  # it kills the commands still running
