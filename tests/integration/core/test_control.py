@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from flagserver import FlagServer
 from pydantic import BaseModel
 from support import Harness, unique_id
 
@@ -209,48 +208,14 @@ async def test_retry_does_not_repeat_completed_tasks(harness: Harness) -> None:
     assert calls == ["good", "bad", "bad"]
 
 
-class _Flag:
-    """An HTTP endpoint for background_poll: 404 until `ready`, then 200 with JSON."""
-
-    def __init__(self) -> None:
-        self.ready = False
-        self.hits = 0
-        self.url = ""
-
-
 @pytest.fixture
-def flag() -> Iterator[_Flag]:
-    state = _Flag()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state.hits += 1
-            if not state.ready:
-                self.send_response(404)
-                self.end_headers()
-                return
-            body = json.dumps({"state": "done", "hits": state.hits}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/status"
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()
+def flag() -> Iterator[FlagServer]:
+    with FlagServer({"state": "done"}) as server:
+        yield server
 
 
 async def test_background_poll_returns_the_body_once_the_url_answers(
-    harness: Harness, flag: _Flag
+    harness: Harness, flag: FlagServer
 ) -> None:
     @job(id=unique_id("poll"))
     async def polling(payload: Any, io: IO, ctx: Context) -> Any:
@@ -267,7 +232,7 @@ async def test_background_poll_returns_the_body_once_the_url_answers(
     polls_while_waiting = flag.hits
     waited = time.monotonic() - started
     assert polls_while_waiting >= 2
-    flag.ready = True
+    flag.ready.set()
     run = await harness.engine.wait_for(run_id, 10)
     assert run["status"] == "COMPLETED"
     assert run["output"]["state"] == "done"
@@ -275,7 +240,9 @@ async def test_background_poll_returns_the_body_once_the_url_answers(
     assert polls_while_waiting <= waited / 0.05 + 2
 
 
-async def test_background_poll_times_out_with_a_clear_error(harness: Harness, flag: _Flag) -> None:
+async def test_background_poll_times_out_with_a_clear_error(
+    harness: Harness, flag: FlagServer
+) -> None:
     @job(id=unique_id("polltimeout"))
     async def polling(payload: Any, io: IO, ctx: Context) -> str | None:
         try:
@@ -314,7 +281,7 @@ def test_bad_retry_policy_is_refused_with_the_bounds() -> None:
 
 
 async def test_retrying_a_run_whose_poll_timed_out_polls_again_afresh(
-    harness: Harness, flag: _Flag
+    harness: Harness, flag: FlagServer
 ) -> None:
     @job(id=unique_id("pollretry"))
     async def polling(payload: Any, io: IO, ctx: Context) -> Any:
@@ -324,7 +291,7 @@ async def test_retrying_a_run_whose_poll_timed_out_polls_again_afresh(
     view = await harness.run(polling)
     assert view["status"] == "FAILED"
     assert view["error"]["type"] == "PollTimeoutError"
-    flag.ready = True
+    flag.ready.set()
     await harness.engine.retry(view["id"])
     run = await harness.engine.wait_for(view["id"], 10)
     assert run["status"] == "COMPLETED", run["error"]
