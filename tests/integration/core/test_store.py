@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from engine import clock
 from engine.client import Engine
+from engine.exceptions import DatabaseError
 from engine.records import Registration, TaskWrite
 from engine.schema import metadata
 from engine.store import Store
@@ -102,6 +103,23 @@ async def test_an_upgrade_at_head_reads_the_revision_and_one_behind_runs_alembic
                 lambda c: [col["name"] for col in inspect(c).get_columns("engine_tasks")]
             )
         assert "rate_limit_wait" in columns  # what 0012_ratelimit_wait adds
+
+
+@pytest.mark.postgres
+async def test_an_upgrade_with_the_database_unreachable_fails_as_a_transient_outage(
+    pg_head_url: str,
+) -> None:
+    """The fast path's read failing is no answer: the upgrade goes on to Alembic's path, whose
+    connection fails too, as a transient DatabaseError (what `engine run` retries through)."""
+    from faults import free_port, with_port
+
+    from engine import migrate
+
+    async with Engine(with_port(pg_head_url, free_port())) as engine:  # nothing listens there
+        assert not await migrate.at_head(engine.store)
+        with pytest.raises(DatabaseError) as raised:
+            await engine.upgrade()
+    assert raised.value.transient, raised.value
 
 
 async def test_the_database_refuses_a_second_task_with_one_identity(engine: Engine) -> None:
