@@ -69,8 +69,11 @@ def test_file_upload_is_processed_after_file_seconds(
 ) -> None:
     uploaded = client.files.create(file=("notes.txt", io.BytesIO(b"hello")), purpose="assistants")
     assert (uploaded.status, uploaded.filename, uploaded.bytes) == ("uploaded", "notes.txt", 5)
-    time.sleep(0.15)
-    body = raw_json(client, "get", f"/files/{uploaded.id}")
+    body = wait_for(
+        lambda: raw_json(client, "get", f"/files/{uploaded.id}"),
+        lambda body: body["status"] != "uploaded",
+        timeout=30,
+    )
     assert FileObject.model_validate(body).status == "processed"
     assert [f.id for f in client.files.list()] == [uploaded.id]
     assert client.files.delete(uploaded.id).deleted is True
@@ -82,9 +85,9 @@ def test_file_can_end_in_error(fake_openai: FakeOpenAI, client: openai.OpenAI) -
     failing = client.files.create(file=("will_fail.jsonl", b"{}"), purpose="batch")
     fake_openai.next_file_status = "error"
     hooked = client.files.create(file=("fine.txt", b"x"), purpose="assistants")
-    time.sleep(0.15)
-    assert client.files.retrieve(failing.id).status == "error"
-    assert client.files.retrieve(hooked.id).status == "error"
+    for file_id in (failing.id, hooked.id):
+        retrieve = lambda file_id=file_id: client.files.retrieve(file_id)  # noqa: E731
+        assert wait_for(retrieve, lambda f: f.status != "uploaded", timeout=30).status == "error"
     assert client.files.retrieve(hooked.id).status_details
 
 
