@@ -29,9 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from forkserver import READY, startup_environment
+
 ENGINE = str(Path(sys.executable).parent / "engine")
 SERVER = Path(__file__).with_name("forkserver.py")
-READY = "fork server ready"  # what forkserver.py prints once it listens
 START_TIMEOUT = 120.0  # its imports, on a loaded machine
 
 
@@ -43,7 +44,7 @@ class Server:
         self.directory = directory or Path(tempfile.mkdtemp(prefix="engine-fork-"))
         self.socket = str(self.directory / "s")  # short: a unix socket's path has 107 bytes
         self.log = self.directory / "forkserver.log"
-        self.startup = _startup(env)  # a command whose own differs runs the real program
+        self.startup = startup_environment(env)  # a command whose own differs runs the real program
         with self.log.open("wb") as log:
             # Not in a session of its own: a SIGTERM to the test session (tests/reaper.py)
             # reaches it, and it kills the commands it runs before it ends.
@@ -77,15 +78,6 @@ class Server:
 _server: Server | None = None
 _server_failed = False
 _server_lock = threading.Lock()
-
-
-def _startup(env: dict[str, str]) -> dict[str, str]:
-    """What a Python reads from its environment once, at start-up (forkserver.py's check)."""
-    return {
-        k: v
-        for k, v in env.items()
-        if k.startswith("PYTHON") or k in ("LANG", "LC_ALL", "LC_CTYPE")
-    }
 
 
 def server() -> Server | None:
@@ -188,15 +180,6 @@ class Forked:
     def _collected(self, name: str) -> Any:
         return self._output.get(name, [None])[0]
 
-    def __enter__(self) -> Forked:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for stream in (self.stdin, self.stdout, self.stderr):
-            if stream is not None:
-                stream.close()
-        self.wait()
-
 
 Process = Forked | subprocess.Popen[Any]
 
@@ -240,7 +223,7 @@ def spawn(
     env = dict(os.environ if env is None else env)
     program = [str(a) for a in args]
     fork = server() if program[0] == ENGINE else None
-    if fork is not None and _startup(env) == fork.startup:
+    if fork is not None and startup_environment(env) == fork.startup:
         forked = _ask(fork, program, str(cwd), env, stdin, stdout, stderr, text)
         if forked is not None:
             return forked

@@ -79,7 +79,8 @@ def preload() -> None:
     gc.freeze()
 
 
-def _startup_environment(env: dict[str, str]) -> dict[str, str]:
+def startup_environment(env: dict[str, str]) -> dict[str, str]:
+    """What a Python reads from its environment once, at start-up: a request must agree."""
     return {k: v for k, v in env.items() if k.startswith("PYTHON") or k in STARTUP_VARIABLES}
 
 
@@ -104,7 +105,7 @@ class Running:
 @dataclass
 class Server:
     path: str
-    startup: dict[str, str] = field(default_factory=lambda: _startup_environment(dict(os.environ)))
+    startup: dict[str, str] = field(default_factory=lambda: startup_environment(dict(os.environ)))
     running: dict[int, Running] = field(default_factory=dict)  # by the connection's fd
 
     def serve(self) -> Request:
@@ -189,7 +190,7 @@ class Server:
         return None
 
     def _can_run(self, request: Request) -> bool:
-        if _startup_environment(request.env) != self.startup:
+        if startup_environment(request.env) != self.startup:
             return False
         if request.program == "engine":
             return True
